@@ -46,7 +46,7 @@ func TestCheckInputs(t *testing.T) {
 			"  - {name: east, context: east, network: n1}", "  - {name: west, context: kind-west, network: n2}"),
 			[]string{`line 9: spec.clusters[1].context: cluster west: context "kind-west" not found in kubeconfig ` + kc}},
 		{"a cluster's own kubeconfig", mesh("  topology: multi-primary", "  clusters:",
-			"  - {name: east, context: east, network: n1}", "  - {name: west, context: admin, kubeconfig: '" + other + "', network: n2}"), nil},
+			"  - {name: east, context: east, network: n1}", "  - {name: west, context: admin, kubeconfig: '"+other+"', network: n2}"), nil},
 		{"a cluster's own kubeconfig missing", mesh("  topology: multi-primary", "  clusters:",
 			"  - {name: east, context: east, network: n1}", "  - {name: west, context: admin, kubeconfig: /nonexistent/kc, network: n2}"),
 			[]string{"spec.clusters[1].kubeconfig: cluster west: open /nonexistent/kc: no such file or directory"}},
@@ -59,7 +59,7 @@ func TestCheckInputs(t *testing.T) {
 			"  - {name: east, context: east, network: n1}", "  - {name: west, context: loop, network: n2}"), nil},
 		{"loopback server of a primary nobody reads", mesh("  topology: primary-remote", "  clusters:",
 			"  - {name: east, context: loop, network: n1}", "  - {name: west, context: west, network: n2, role: remote}"), nil},
-		{"root files missing", mesh("  topology: multi-primary", "  pki: {root: {certFile: '" + rootPEM + "', keyFile: /nonexistent/root-key.pem}}",
+		{"root files missing", mesh("  topology: multi-primary", "  pki: {root: {certFile: '"+rootPEM+"', keyFile: /nonexistent/root-key.pem}}",
 			"  clusters:", "  - {name: east, context: east, network: n1}"),
 			[]string{"line 7: spec.pki.root.keyFile: open /nonexistent/root-key.pem: no such file or directory"}},
 	}

@@ -30,7 +30,9 @@ var twoClusters = []string{
 	"  - {name: west, context: west, network: network2}",
 }
 
-func with(lines []string, more ...string) []string { return append(append([]string{}, lines...), more...) }
+func with(lines []string, more ...string) []string {
+	return append(append([]string{}, lines...), more...)
+}
 
 func TestParseRejects(t *testing.T) {
 	mp := "  topology: multi-primary"
