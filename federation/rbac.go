@@ -1,0 +1,238 @@
+package federation
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	rbacv1ac "k8s.io/client-go/applyconfigurations/rbac/v1"
+
+	"github.com/flotillamesh/flotilla/deploy/kube"
+)
+
+const (
+	// ReaderServiceAccount is the account istiod in other clusters reads this one as.
+	ReaderServiceAccount = "istio-reader-service-account"
+	// DefaultIstiodServiceAccount is the account an external istiod uses on
+	// its config cluster when none is configured (istioctl's default for
+	// --type=config; OpenShift Service Mesh names it istiod-<revision>).
+	DefaultIstiodServiceAccount = "istiod"
+
+	// ManagedByLabel marks every object federation writes, so that pruning
+	// and removal touch only its own.
+	ManagedByLabel = "app.kubernetes.io/managed-by"
+	ManagedByValue = "flotilla"
+)
+
+var managedLabels = map[string]string{ManagedByLabel: ManagedByValue}
+
+// ReaderClusterRoleName is the name of the reader's ClusterRole and its binding
+// for a control plane in namespace ns, as Istio's charts name them.
+func ReaderClusterRoleName(ns string) string { return "istio-reader-clusterrole-" + ns }
+
+// ConfigClusterRoleName names the ClusterRole flotilla grants an external
+// istiod on its config cluster. It differs from the chart's
+// istiod-clusterrole-<rev>-<ns> so that flotilla and a later Istio install
+// do not fight over one object.
+func ConfigClusterRoleName(ns string) string { return "flotilla-istiod-config-" + ns }
+
+// ConfigRoleName names the namespaced Role of that external istiod.
+const ConfigRoleName = "flotilla-istiod-config"
+
+var (
+	verbsRead = []string{"get", "list", "watch"}
+	istioAPI  = []string{
+		"config.istio.io", "security.istio.io", "networking.istio.io", "authentication.istio.io",
+		"rbac.istio.io", "telemetry.istio.io", "extensions.istio.io",
+	}
+)
+
+func rule(groups, resources, verbs []string) *rbacv1ac.PolicyRuleApplyConfiguration {
+	return rbacv1ac.PolicyRule().WithAPIGroups(groups...).WithResources(resources...).WithVerbs(verbs...)
+}
+
+// ReaderRules mirrors Istio's istio-reader-clusterrole (istio-discovery chart,
+// reader-clusterrole.yaml). writer adds the rules the chart adds when
+// istiodRemote.enabled (a remote or data-plane cluster): the istiod that
+// serves it writes istio-ca-root-cert ConfigMaps and webhook CA bundles there.
+// The MCS serviceexports create/delete rule is left out: Istio uses it only
+// with MCS enabled, and without it the reader can delete nothing.
+func ReaderRules(writer bool) []*rbacv1ac.PolicyRuleApplyConfiguration {
+	rules := []*rbacv1ac.PolicyRuleApplyConfiguration{
+		rule(istioAPI, []string{"*"}, verbsRead),
+		rule([]string{""}, []string{"endpoints", "pods", "services", "nodes", "replicationcontrollers", "namespaces", "secrets", "configmaps"}, verbsRead),
+		rule([]string{"networking.istio.io"}, []string{"workloadentries"}, verbsRead),
+		rule([]string{"networking.x-k8s.io", "gateway.networking.k8s.io"}, []string{"gateways"}, verbsRead),
+		rule([]string{"apiextensions.k8s.io"}, []string{"customresourcedefinitions"}, verbsRead),
+		rule([]string{"discovery.k8s.io"}, []string{"endpointslices"}, verbsRead),
+		rule([]string{"multicluster.x-k8s.io"}, []string{"serviceimports"}, verbsRead),
+		rule([]string{"apps"}, []string{"replicasets"}, verbsRead),
+		rule([]string{"authentication.k8s.io"}, []string{"tokenreviews"}, []string{"create"}),
+		rule([]string{"authorization.k8s.io"}, []string{"subjectaccessreviews"}, []string{"create"}),
+	}
+	if writer {
+		rules = append(rules,
+			rule([]string{""}, []string{"configmaps"}, []string{"create", "get", "list", "watch", "update"}),
+			rule([]string{"admissionregistration.k8s.io"}, []string{"mutatingwebhookconfigurations"}, []string{"get", "list", "watch", "update", "patch"}),
+			rule([]string{"admissionregistration.k8s.io"}, []string{"validatingwebhookconfigurations"}, []string{"get", "list", "watch", "update"}),
+		)
+	}
+	return rules
+}
+
+// ConfigRules mirrors the cluster-wide rules of Istio's istiod-clusterrole
+// that an external istiod needs on its config cluster: it reads all mesh
+// config and discovery objects there, writes webhooks, status and root-cert
+// ConfigMaps, and reviews tokens. The gateway deployment controller, CSR
+// signing and MCS rules are left out.
+func ConfigRules() []*rbacv1ac.PolicyRuleApplyConfiguration {
+	all := []string{"get", "list", "watch", "update", "patch", "create", "delete"}
+	return []*rbacv1ac.PolicyRuleApplyConfiguration{
+		rule([]string{"admissionregistration.k8s.io"}, []string{"mutatingwebhookconfigurations"}, []string{"get", "list", "watch", "update", "patch"}),
+		rule([]string{"admissionregistration.k8s.io"}, []string{"validatingwebhookconfigurations"}, []string{"get", "list", "watch", "update"}),
+		rule(istioAPI, []string{"*"}, verbsRead),
+		rule([]string{"networking.istio.io"}, []string{"workloadentries", "workloadentries/status", "serviceentries/status"}, all),
+		rule([]string{"security.istio.io"}, []string{"authorizationpolicies/status"}, all),
+		rule([]string{""}, []string{"services/status"}, all),
+		rule([]string{"apiextensions.k8s.io"}, []string{"customresourcedefinitions"}, verbsRead),
+		rule([]string{""}, []string{"pods", "nodes", "services", "namespaces", "endpoints"}, verbsRead),
+		rule([]string{"discovery.k8s.io"}, []string{"endpointslices"}, verbsRead),
+		rule([]string{"networking.k8s.io"}, []string{"ingresses", "ingressclasses"}, verbsRead),
+		rule([]string{"networking.k8s.io"}, []string{"ingresses/status"}, []string{"*"}),
+		rule([]string{""}, []string{"configmaps"}, []string{"create", "get", "list", "watch", "update"}),
+		rule([]string{"authentication.k8s.io"}, []string{"tokenreviews"}, []string{"create"}),
+		rule([]string{"authorization.k8s.io"}, []string{"subjectaccessreviews"}, []string{"create"}),
+		rule([]string{"gateway.networking.k8s.io", "gateway.networking.x-k8s.io"}, []string{"*"}, verbsRead),
+		rule([]string{"gateway.networking.k8s.io"}, []string{
+			"backendtlspolicies/status", "gatewayclasses/status", "gateways/status", "grpcroutes/status",
+			"httproutes/status", "referencegrants/status", "tcproutes/status", "tlsroutes/status", "udproutes/status",
+		}, []string{"update", "patch"}),
+		rule([]string{""}, []string{"secrets"}, verbsRead),
+		rule([]string{"multicluster.x-k8s.io"}, []string{"serviceimports"}, verbsRead),
+	}
+}
+
+// configNamespaceRules mirrors the chart's istiod Role in its own namespace.
+func configNamespaceRules() []*rbacv1ac.PolicyRuleApplyConfiguration {
+	return []*rbacv1ac.PolicyRuleApplyConfiguration{
+		rule([]string{"networking.istio.io"}, []string{"gateways"}, []string{"create"}),
+		rule([]string{""}, []string{"secrets"}, []string{"create", "get", "watch", "list", "update", "delete"}),
+		rule([]string{""}, []string{"configmaps"}, []string{"delete"}),
+		rule([]string{"coordination.k8s.io"}, []string{"leases"}, []string{"get", "update", "patch", "create"}),
+	}
+}
+
+// Account is a service account that a remote istiod authenticates as.
+type Account struct {
+	Namespace string
+	Name      string
+	// Config marks istiod's own account on a config cluster (a config link)
+	// rather than the reader account.
+	Config bool
+	// Writer grants the reader the writes a serving istiod makes in a remote
+	// or data-plane cluster (see ReaderRules).
+	Writer bool
+}
+
+func (a Account) String() string { return "serviceaccount " + a.Namespace + "/" + a.Name }
+
+// ensureNamespace creates ns when it is missing. It is not applied: every
+// flotilla writer shares one field manager, so an apply here would drop the
+// labels (network) that the deploy engine applies to the same namespace.
+func ensureNamespace(ctx context.Context, c *kube.Cluster, ns string) (*corev1.Namespace, error) {
+	got, err := c.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	if err == nil {
+		return got, nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("%s: read namespace %s: %w", c.Name, ns, err)
+	}
+	created, err := c.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{
+		ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: managedLabels},
+	}, c.CreateOptions())
+	if apierrors.IsAlreadyExists(err) {
+		return c.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: create namespace %s: %w", c.Name, ns, err)
+	}
+	return created, nil
+}
+
+// ApplyAccount creates (idempotently) the service account a and the RBAC it
+// needs in cluster c, creating its namespace when missing.
+func ApplyAccount(ctx context.Context, c *kube.Cluster, a Account) error {
+	if _, err := ensureNamespace(ctx, c, a.Namespace); err != nil {
+		return err
+	}
+	sa := corev1ac.ServiceAccount(a.Name, a.Namespace).WithLabels(managedLabels)
+	if _, err := c.Kube.CoreV1().ServiceAccounts(a.Namespace).Apply(ctx, sa, c.ApplyOptions()); err != nil {
+		return fmt.Errorf("%s: apply %s: %w", c.Name, a, err)
+	}
+	role, rules := ReaderClusterRoleName(a.Namespace), ReaderRules(a.Writer)
+	if a.Config {
+		role, rules = ConfigClusterRoleName(a.Namespace), ConfigRules()
+	}
+	subject := rbacv1ac.Subject().WithKind("ServiceAccount").WithName(a.Name).WithNamespace(a.Namespace)
+	cr := rbacv1ac.ClusterRole(role).WithLabels(managedLabels).WithRules(rules...)
+	if _, err := c.Kube.RbacV1().ClusterRoles().Apply(ctx, cr, c.ApplyOptions()); err != nil {
+		return fmt.Errorf("%s: apply clusterrole %s: %w", c.Name, role, err)
+	}
+	crb := rbacv1ac.ClusterRoleBinding(role).WithLabels(managedLabels).
+		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("ClusterRole").WithName(role)).
+		WithSubjects(subject)
+	if _, err := c.Kube.RbacV1().ClusterRoleBindings().Apply(ctx, crb, c.ApplyOptions()); err != nil {
+		return fmt.Errorf("%s: apply clusterrolebinding %s: %w", c.Name, role, err)
+	}
+	if !a.Config {
+		return nil
+	}
+	r := rbacv1ac.Role(ConfigRoleName, a.Namespace).WithLabels(managedLabels).WithRules(configNamespaceRules()...)
+	if _, err := c.Kube.RbacV1().Roles(a.Namespace).Apply(ctx, r, c.ApplyOptions()); err != nil {
+		return fmt.Errorf("%s: apply role %s/%s: %w", c.Name, a.Namespace, ConfigRoleName, err)
+	}
+	rb := rbacv1ac.RoleBinding(ConfigRoleName, a.Namespace).WithLabels(managedLabels).
+		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("Role").WithName(ConfigRoleName)).
+		WithSubjects(subject)
+	if _, err := c.Kube.RbacV1().RoleBindings(a.Namespace).Apply(ctx, rb, c.ApplyOptions()); err != nil {
+		return fmt.Errorf("%s: apply rolebinding %s/%s: %w", c.Name, a.Namespace, ConfigRoleName, err)
+	}
+	return nil
+}
+
+// DeleteAccount revokes a: deleting the service account invalidates every
+// token issued for it, and its legacy token secret goes with it. The RBAC
+// objects flotilla made for it are deleted too. Missing objects are fine.
+func DeleteAccount(ctx context.Context, c *kube.Cluster, a Account) error {
+	del := func(what string, err error) error {
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("%s: delete %s: %w", c.Name, what, err)
+		}
+		return nil
+	}
+	opts := c.DeleteOptions()
+	if err := del("secret "+a.Namespace+"/"+LegacyTokenSecretName(a.Name),
+		c.Kube.CoreV1().Secrets(a.Namespace).Delete(ctx, LegacyTokenSecretName(a.Name), opts)); err != nil {
+		return err
+	}
+	if err := del(a.String(), c.Kube.CoreV1().ServiceAccounts(a.Namespace).Delete(ctx, a.Name, opts)); err != nil {
+		return err
+	}
+	role := ReaderClusterRoleName(a.Namespace)
+	if a.Config {
+		role = ConfigClusterRoleName(a.Namespace)
+		if err := del("rolebinding "+ConfigRoleName, c.Kube.RbacV1().RoleBindings(a.Namespace).Delete(ctx, ConfigRoleName, opts)); err != nil {
+			return err
+		}
+		if err := del("role "+ConfigRoleName, c.Kube.RbacV1().Roles(a.Namespace).Delete(ctx, ConfigRoleName, opts)); err != nil {
+			return err
+		}
+	}
+	if err := del("clusterrolebinding "+role, c.Kube.RbacV1().ClusterRoleBindings().Delete(ctx, role, opts)); err != nil {
+		return err
+	}
+	return del("clusterrole "+role, c.Kube.RbacV1().ClusterRoles().Delete(ctx, role, opts))
+}

@@ -1,0 +1,470 @@
+package federation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/flotillamesh/flotilla/deploy/kube"
+)
+
+// Defaults of Options.
+const (
+	DefaultNamespace         = "istio-system"
+	DefaultExternalNamespace = "external-istiod"
+	DefaultParallelism       = 8
+)
+
+// Cluster is one member cluster with the means to reach it.
+type Cluster struct {
+	Member
+	// Kube is the admin connection; when nil, Reconcile connects through
+	// Kubeconfig and Context (kube.FromKubeconfig).
+	Kube                *kube.Cluster
+	Kubeconfig, Context string
+	// APIServer is the address other clusters reach this one's API server
+	// at (the spec's apiServer); "" uses the connection's host.
+	APIServer string
+	// CAData and TLSServerName override what the connection's config says,
+	// for an APIServer behind a different certificate.
+	CAData        []byte
+	TLSServerName string
+}
+
+// Mesh is the clusters to federate and how.
+type Mesh struct {
+	Topology Topology
+	Clusters []Cluster
+}
+
+func (m Mesh) members() []Member {
+	out := make([]Member, len(m.Clusters))
+	for i, c := range m.Clusters {
+		out[i] = c.Member
+	}
+	return out
+}
+
+// Options configure federation. The zero value is usable.
+type Options struct {
+	// Namespace is the control-plane namespace (istio-system).
+	Namespace string
+	// ExternalNamespace is the external istiod's namespace
+	// (external-control-plane topology), on the control-plane cluster and
+	// on the data-plane clusters alike (external-istiod).
+	ExternalNamespace string
+	// IstiodServiceAccount is the external istiod's account on its config
+	// cluster ("istiod"; OpenShift Service Mesh: istiod-<revision>).
+	IstiodServiceAccount string
+	// Token says how credentials are minted and renewed.
+	Token TokenOptions
+	// AllowLoopback accepts loopback API server addresses (a local lab).
+	AllowLoopback bool
+	// ProbeTimeout bounds each API server reachability probe (5s).
+	ProbeTimeout time.Duration
+	// Parallelism bounds the clusters worked on at once (8).
+	Parallelism int
+}
+
+func (o Options) withDefaults() Options {
+	if o.Namespace == "" {
+		o.Namespace = DefaultNamespace
+	}
+	if o.ExternalNamespace == "" {
+		o.ExternalNamespace = DefaultExternalNamespace
+	}
+	if o.IstiodServiceAccount == "" {
+		o.IstiodServiceAccount = DefaultIstiodServiceAccount
+	}
+	if o.Parallelism <= 0 {
+		o.Parallelism = DefaultParallelism
+	}
+	return o
+}
+
+// SecretNamespace is where readers hold their secrets in topology t.
+func (o Options) SecretNamespace(t Topology) string {
+	o = o.withDefaults()
+	if t == ExternalControlPlane {
+		return o.ExternalNamespace
+	}
+	return o.Namespace
+}
+
+// AccountFor is the account a link's secret authenticates as in its target.
+func (o Options) AccountFor(t Topology, l Link, targetRole Role) Account {
+	o = o.withDefaults()
+	ns := o.SecretNamespace(t)
+	if l.Kind == LinkConfig {
+		return Account{Namespace: ns, Name: o.IstiodServiceAccount, Config: true}
+	}
+	return Account{Namespace: ns, Name: ReaderServiceAccount, Writer: targetRole == RoleRemote || targetRole == RoleDataPlane}
+}
+
+// Action is what happened to one secret.
+type Action string
+
+const (
+	Created   Action = "created"
+	Updated   Action = "updated"
+	Unchanged Action = "unchanged"
+	Deleted   Action = "deleted"
+	Failed    Action = "failed"
+)
+
+// LinkResult is the outcome for one link's secret (or one stale secret pruned).
+type LinkResult struct {
+	Link
+	Namespace string
+	Secret    string
+	Action    Action
+	Err       error
+}
+
+// TargetResult is the outcome of preparing one read cluster: its address,
+// account and credential.
+type TargetResult struct {
+	Cluster  string
+	Endpoint Endpoint
+	Account  Account
+	// Renewed says why a new credential was issued; "" when the stored one was kept.
+	Renewed RenewalReason
+	Err     error
+}
+
+// Result reports a reconcile per link and per read cluster.
+type Result struct {
+	Plan Plan
+	// Links has one entry per planned link, in plan order, then one per
+	// stale secret pruned.
+	Links   []LinkResult
+	Targets []TargetResult
+	// Credentials are the credentials in use now, one per read cluster that
+	// succeeded; the caller stores them and passes them to the next Reconcile.
+	Credentials []Credential
+}
+
+// Err joins every failure of the reconcile, nil when all succeeded.
+func (r *Result) Err() error {
+	var errs []error
+	for _, t := range r.Targets {
+		if t.Err != nil {
+			errs = append(errs, t.Err)
+		}
+	}
+	for _, l := range r.Links {
+		// A link failed by its target's failure repeats that error.
+		if l.Err != nil && !errors.Is(l.Err, errTargetFailed) {
+			errs = append(errs, l.Err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+var errTargetFailed = errors.New("target cluster not ready")
+
+// Reconcile converges every cluster of m to the plan of its topology:
+// reader accounts and credentials in the read clusters, secrets in the
+// reading ones, stale flotilla secrets pruned. Work on different clusters
+// runs in parallel and one cluster's failure does not stop the others; it
+// only returns an error for input that cannot be planned. known are the
+// credentials stored by the previous run: a valid one is reused, so a second
+// run writes nothing.
+func Reconcile(ctx context.Context, m Mesh, known []Credential, o Options) (*Result, error) {
+	o = o.withDefaults()
+	plan, err := NewPlan(m.Topology, m.members())
+	if err != nil {
+		return nil, err
+	}
+	byName := map[string]*Cluster{}
+	for i := range m.Clusters {
+		byName[m.Clusters[i].Name] = &m.Clusters[i]
+	}
+	conns := connectAll(m.Clusters)
+	knownBy := map[string]*Credential{}
+	for i := range known {
+		knownBy[known[i].Key()] = &known[i]
+	}
+
+	// Phase 1, per read cluster: address, account, credential.
+	targets := plan.Targets()
+	res := &Result{Plan: plan, Targets: make([]TargetResult, len(targets))}
+	creds := make([]*Credential, len(targets))
+	forEach(len(targets), o.Parallelism, func(i int) {
+		l := targets[i]
+		spec := byName[l.Target]
+		acct := o.AccountFor(m.Topology, l, normalize([]Member{spec.Member})[0].Role)
+		tr := TargetResult{Cluster: l.Target, Account: acct}
+		cred, err := prepareTarget(ctx, spec, conns[l.Target], acct, plan.ControlPlaneClusters[l.Target], knownBy, o, &tr)
+		tr.Err = err
+		res.Targets[i] = tr
+		creds[i] = cred
+	})
+	ready := map[string]int{}
+	for i, t := range res.Targets {
+		if t.Err == nil {
+			ready[t.Cluster] = i
+			res.Credentials = append(res.Credentials, *creds[i])
+		}
+	}
+
+	// Phase 2, per reading cluster: its secrets, and pruning of stale ones.
+	// Every cluster takes part, since one that reads nothing any more may
+	// still hold secrets to prune.
+	secretNS := o.SecretNamespace(m.Topology)
+	perReader := make([][]LinkResult, len(m.Clusters))
+	forEach(len(m.Clusters), o.Parallelism, func(i int) {
+		r := m.Clusters[i].Name
+		var want []writeLink
+		for _, l := range plan.LinksFrom(r) {
+			w := writeLink{LinkResult: LinkResult{Link: l, Namespace: secretNS, Secret: SecretName(l.Kind, l.Target)}}
+			if ti, ok := ready[l.Target]; ok {
+				t, c := res.Targets[ti], creds[ti]
+				w.ep, w.token = t.Endpoint, c.Token
+			} else {
+				w.Action, w.Err = Failed, fmt.Errorf("%s: secret %s/%s: %w: %s", r, secretNS, w.Secret, errTargetFailed, l.Target)
+			}
+			want = append(want, w)
+		}
+		perReader[i] = writeSecrets(ctx, conns[r], r, want, []string{o.Namespace, o.ExternalNamespace})
+	})
+	for _, lr := range perReader {
+		res.Links = append(res.Links, lr...)
+	}
+	// Plan order first, pruned secrets after.
+	order := map[Link]int{}
+	for i, l := range plan.Links {
+		order[l] = i
+	}
+	sort.SliceStable(res.Links, func(i, j int) bool {
+		oi, iok := order[res.Links[i].Link]
+		oj, jok := order[res.Links[j].Link]
+		if iok != jok {
+			return iok
+		}
+		return oi < oj
+	})
+	return res, nil
+}
+
+// connection is a cluster's admin connection or why there is none.
+type connection struct {
+	kube *kube.Cluster
+	err  error
+}
+
+func connectAll(clusters []Cluster) map[string]connection {
+	out := map[string]connection{}
+	for _, c := range clusters {
+		switch {
+		case c.Kube != nil:
+			out[c.Name] = connection{kube: c.Kube}
+		default:
+			// Building clients reads files only; no need for parallelism.
+			k, err := kube.FromKubeconfig(c.Name, c.Kubeconfig, c.Context)
+			out[c.Name] = connection{kube: k, err: err}
+		}
+	}
+	return out
+}
+
+func prepareTarget(ctx context.Context, spec *Cluster, conn connection, acct Account, controlPlane string,
+	known map[string]*Credential, o Options, tr *TargetResult) (*Credential, error) {
+	if conn.err != nil {
+		return nil, conn.err
+	}
+	c := conn.kube
+	ep, err := ResolveEndpoint(spec.Name, spec.APIServer, c.Config, o.AllowLoopback)
+	if err != nil {
+		return nil, err
+	}
+	if len(spec.CAData) > 0 {
+		ep.CAData = spec.CAData
+	}
+	if spec.TLSServerName != "" {
+		ep.TLSServerName = spec.TLSServerName
+	}
+	tr.Endpoint = ep
+	if err := Probe(ctx, spec.Name, ep, o.ProbeTimeout); err != nil {
+		return nil, err
+	}
+	if err := ApplyAccount(ctx, c, acct); err != nil {
+		return nil, err
+	}
+	if controlPlane != "" {
+		if err := annotateControlPlane(ctx, c, o.Namespace, controlPlane); err != nil {
+			return nil, err
+		}
+	}
+	key := Credential{Cluster: spec.Name, Namespace: acct.Namespace, Account: acct.Name}.Key()
+	cred, reason, err := RenewCredential(ctx, c, acct, known[key], o.Token)
+	if err != nil {
+		return nil, err
+	}
+	tr.Renewed = reason
+	return &cred, nil
+}
+
+// annotateControlPlane names the primary that manages a remote on its
+// control-plane namespace. A merge patch, not an apply: the namespace's
+// applied fields belong to the deploy engine under the same field manager.
+func annotateControlPlane(ctx context.Context, c *kube.Cluster, ns, primary string) error {
+	got, err := ensureNamespace(ctx, c, ns)
+	if err != nil {
+		return err
+	}
+	if got.Annotations[ControlPlaneClustersAnnotation] == primary {
+		return nil
+	}
+	patch := fmt.Appendf(nil, `{"metadata":{"annotations":{%q:%q}}}`, ControlPlaneClustersAnnotation, primary)
+	opts := metav1.PatchOptions{FieldManager: kube.FieldManager}
+	if c.DryRun {
+		opts.DryRun = []string{metav1.DryRunAll}
+	}
+	if _, err := c.Kube.CoreV1().Namespaces().Patch(ctx, ns, types.MergePatchType, patch, opts); err != nil {
+		return fmt.Errorf("%s: annotate namespace %s with %s: %w", c.Name, ns, ControlPlaneClustersAnnotation, err)
+	}
+	return nil
+}
+
+// writeLink is a link's secret to write, with what it is made of.
+type writeLink struct {
+	LinkResult
+	ep    Endpoint
+	token string
+}
+
+// writeSecrets converges reader's secrets to want (entries already failed
+// are reported as they are) and prunes the flotilla secrets of the
+// namespaces in pruneNS that are not wanted.
+func writeSecrets(ctx context.Context, conn connection, reader string, want []writeLink, pruneNS []string) []LinkResult {
+	out := make([]LinkResult, 0, len(want))
+	fail := func(err error) []LinkResult {
+		for _, w := range want {
+			if w.Err == nil {
+				w.Action, w.Err = Failed, err
+			}
+			out = append(out, w.LinkResult)
+		}
+		return out
+	}
+	if conn.err != nil {
+		return fail(conn.err)
+	}
+	c := conn.kube
+	existing := map[string]*corev1.Secret{}
+	seenNS := map[string]bool{}
+	for _, ns := range pruneNS {
+		if seenNS[ns] {
+			continue
+		}
+		seenNS[ns] = true
+		list, err := c.Kube.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: MultiClusterLabel + "=true"})
+		if err != nil {
+			return fail(fmt.Errorf("%s: list secrets in %s: %w", reader, ns, err))
+		}
+		for i := range list.Items {
+			s := &list.Items[i]
+			existing[s.Namespace+"/"+s.Name] = s
+		}
+	}
+	wanted := map[string]bool{}
+	nsReady := map[string]bool{}
+	for _, w := range want {
+		key := w.Namespace + "/" + w.Secret
+		wanted[key] = true
+		if w.Err != nil {
+			out = append(out, w.LinkResult)
+			continue
+		}
+		w.Action, w.Err = writeSecret(ctx, c, w, existing[key], nsReady)
+		if w.Err != nil {
+			w.Action = Failed
+		}
+		out = append(out, w.LinkResult)
+	}
+	keys := make([]string, 0, len(existing))
+	for k := range existing {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		s := existing[k]
+		if wanted[k] || s.Labels[ManagedByLabel] != ManagedByValue {
+			continue
+		}
+		kind := LinkRemote
+		if s.Name == ConfigSecretName {
+			kind = LinkConfig
+		}
+		lr := LinkResult{Link: Link{Reader: reader, Target: s.Annotations[ClusterAnnotation], Kind: kind}, Namespace: s.Namespace, Secret: s.Name, Action: Deleted}
+		if err := deleteSecret(ctx, c, s); err != nil {
+			lr.Action, lr.Err = Failed, err
+		}
+		out = append(out, lr)
+	}
+	return out
+}
+
+func writeSecret(ctx context.Context, c *kube.Cluster, w writeLink, existing *corev1.Secret, nsReady map[string]bool) (Action, error) {
+	kc, err := Kubeconfig(w.Target, w.ep, w.token)
+	if err != nil {
+		return Failed, fmt.Errorf("%s: secret %s/%s: %w", c.Name, w.Namespace, w.Secret, err)
+	}
+	d := desiredSecret{Namespace: w.Namespace, Name: w.Secret, Key: SecretKey(w.Kind, w.Target), Cluster: w.Target, Kubeconfig: kc}
+	if d.matches(existing) {
+		return Unchanged, nil
+	}
+	if existing == nil && !nsReady[w.Namespace] {
+		if _, err := ensureNamespace(ctx, c, w.Namespace); err != nil {
+			return Failed, err
+		}
+		nsReady[w.Namespace] = true
+	}
+	if existing != nil && len(existing.Data) != 1 {
+		// Apply merges data keys; a stale extra key (a renamed cluster) would
+		// survive it, and istiod reads every key as a cluster.
+		if err := deleteSecret(ctx, c, existing); err != nil {
+			return Failed, err
+		}
+		existing = nil
+	}
+	if _, err := c.Kube.CoreV1().Secrets(w.Namespace).Apply(ctx, d.apply(), c.ApplyOptions()); err != nil {
+		return Failed, fmt.Errorf("%s: write secret %s/%s: %w", c.Name, w.Namespace, w.Secret, err)
+	}
+	if existing == nil {
+		return Created, nil
+	}
+	return Updated, nil
+}
+
+func deleteSecret(ctx context.Context, c *kube.Cluster, s *corev1.Secret) error {
+	err := c.Kube.CoreV1().Secrets(s.Namespace).Delete(ctx, s.Name, c.DeleteOptions())
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("%s: delete secret %s/%s: %w", c.Name, s.Namespace, s.Name, err)
+	}
+	return nil
+}
+
+// forEach runs fn(0..n-1) with at most limit running at once.
+func forEach(n, limit int, fn func(i int)) {
+	sem := make(chan struct{}, limit)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			fn(i)
+		}()
+	}
+	wg.Wait()
+}
