@@ -1,0 +1,314 @@
+// Package deploy turns a mesh topology into the objects each member cluster
+// needs: its control-plane namespace labelled with its network, its gateways
+// and their Istio Gateway/VirtualService resources (package gateways), and
+// its Istio control plane as Sail Operator resources for its role. It renders
+// them as YAML (--render) and applies them with server-side apply, in the
+// order the topology needs: a primary's east-west gateway must have an
+// address before its remotes' Istio resources can name it.
+package deploy
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+
+	"github.com/flotillamesh/flotilla/deploy/kube"
+	"github.com/flotillamesh/flotilla/federation"
+	"github.com/flotillamesh/flotilla/gateways"
+)
+
+// Default namespaces and timeout.
+const (
+	DefaultNamespace         = "istio-system"
+	DefaultExternalNamespace = "external-istiod"
+	DefaultCNINamespace      = "istio-cni"
+	DefaultAddressTimeout    = 2 * time.Minute
+)
+
+// Options are the mesh-wide settings of a plan.
+type Options struct {
+	// MeshID is global.meshID.
+	MeshID string
+	// Version is the Istio version, Sail's spec.version ("1.30.3" or "v1.30.3").
+	Version string
+	// Namespace is the control-plane namespace of primaries, remotes and
+	// control-plane clusters; "" is istio-system.
+	Namespace string
+	// ExternalNamespace holds an external control plane, on the control-plane
+	// cluster and on its data-plane clusters; "" is external-istiod.
+	ExternalNamespace string
+	// CNINamespace is IstioCNI's namespace; "" is istio-cni.
+	CNINamespace string
+	// NoCNI leaves out IstioCNI (and its namespace). OpenShift needs it;
+	// upstream Kubernetes can run sidecars without it.
+	NoCNI bool
+	// Exposure says how each cluster's gateway Service is reached, by
+	// cluster name; missing means LoadBalancer.
+	Exposure map[string]gateways.Exposure
+	// Values are merged into spec.values of every Istio resource (after
+	// flotilla's own values, so they win). The cert-manager mode sets
+	// global.caAddress and pilot.env.ENABLE_CA_SERVER here.
+	Values map[string]any
+	// ClusterValues are merged after Values, for one cluster's Istio resources.
+	ClusterValues map[string]map[string]any
+	// AllowPendingAddress puts PendingAddress where a gateway address is not
+	// known yet instead of failing (dry runs; renders of a first install).
+	AllowPendingAddress bool
+	// AddressTimeout bounds each wait for a gateway address; 0 is 2m.
+	AddressTimeout time.Duration
+}
+
+func (o Options) namespace() string         { return or(o.Namespace, DefaultNamespace) }
+func (o Options) externalNamespace() string { return or(o.ExternalNamespace, DefaultExternalNamespace) }
+func (o Options) cniNamespace() string      { return or(o.CNINamespace, DefaultCNINamespace) }
+func (o Options) addressTimeout() time.Duration {
+	if o.AddressTimeout <= 0 {
+		return DefaultAddressTimeout
+	}
+	return o.AddressTimeout
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// ClusterPlan is everything one cluster needs, in apply order: Setup, then
+// Gateways, then wait for Gateway's address, then ControlPlane.
+type ClusterPlan struct {
+	Cluster string
+	Role    federation.Role
+	Network string
+	// Namespace is the cluster's control-plane namespace (the one labelled
+	// with its network).
+	Namespace string
+	// Setup are the namespaces.
+	Setup []kube.Object
+	// Gateways are the gateway workloads and the Istio resources that
+	// configure them.
+	Gateways []kube.Object
+	// Gateway is the gateway whose address the mesh needs (status, remotes,
+	// cross-network endpoints); nil when the cluster has none.
+	Gateway *gateways.Gateway
+	// ControlPlane are the Sail IstioCNI and Istio resources.
+	ControlPlane []kube.Object
+	// AddressOf names the cluster whose gateway address ControlPlane embeds
+	// ("" for none; the cluster itself for a control-plane cluster).
+	AddressOf string
+	// Pending reports that ControlPlane carries PendingAddress.
+	Pending bool
+}
+
+// Objects are all the plan's objects in apply order.
+func (p ClusterPlan) Objects() []kube.Object {
+	out := append([]kube.Object(nil), p.Setup...)
+	out = append(out, p.Gateways...)
+	return append(out, p.ControlPlane...)
+}
+
+// AddressNeededError: a plan needs a gateway address nobody knows yet.
+type AddressNeededError struct {
+	Cluster, Of string
+}
+
+func (e *AddressNeededError) Error() string {
+	return fmt.Sprintf("%s: its Istio resources need the gateway address of %s, which is not known yet: apply %s's gateway and wait for its address first, or give it a fixed address",
+		e.Cluster, e.Of, e.Of)
+}
+
+// Plan returns the plan of every cluster of the mesh, in spec order.
+// addresses holds the known gateway addresses by cluster (from
+// WaitForAddress or LookupAddress); a fixed Exposure.Address of a non-
+// LoadBalancer gateway needs no entry.
+func Plan(t federation.Topology, members []federation.Member, opts Options, addresses map[string]string) ([]ClusterPlan, error) {
+	l, err := newLayout(t, members)
+	if err != nil {
+		return nil, err
+	}
+	plans := make([]ClusterPlan, 0, len(l.members))
+	var errs []error
+	for _, m := range l.members {
+		p, err := l.plan(m, opts, addresses)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		plans = append(plans, p)
+	}
+	return plans, errors.Join(errs...)
+}
+
+// PlanCluster returns the plan of the named cluster.
+func PlanCluster(t federation.Topology, members []federation.Member, cluster string, opts Options, addresses map[string]string) (ClusterPlan, error) {
+	l, err := newLayout(t, members)
+	if err != nil {
+		return ClusterPlan{}, err
+	}
+	m, ok := l.byName[cluster]
+	if !ok {
+		return ClusterPlan{}, fmt.Errorf("cluster %s is not a member of the mesh", cluster)
+	}
+	return l.plan(m, opts, addresses)
+}
+
+type planner struct {
+	l    *layout
+	m    federation.Member
+	opts Options
+	out  ClusterPlan
+	err  error
+}
+
+func (l *layout) plan(m federation.Member, opts Options, addresses map[string]string) (ClusterPlan, error) {
+	if opts.MeshID == "" {
+		return ClusterPlan{}, errors.New("no mesh ID")
+	}
+	if opts.Version == "" {
+		return ClusterPlan{}, errors.New("no Istio version")
+	}
+	p := &planner{l: l, m: m, opts: opts}
+	p.out = ClusterPlan{Cluster: m.Name, Role: m.Role, Network: m.Network, Namespace: opts.namespace()}
+	if m.Role == federation.RoleDataPlane {
+		p.out.Namespace = opts.externalNamespace()
+	}
+	if err := opts.Exposure[m.Name].Validate(); err != nil {
+		return ClusterPlan{}, fmt.Errorf("%s: gateway: %w", m.Name, err)
+	}
+
+	// Setup: the control-plane namespace carries the network label; a
+	// remote's also names its primary.
+	var annotations map[string]string
+	if m.Role == federation.RoleRemote {
+		annotations = map[string]string{gateways.ControlPlaneClustersAnnotation: l.servedBy[m.Name]}
+	}
+	p.setup(gateways.NamespaceObject(p.out.Namespace, m.Network, annotations))
+	if m.Role == federation.RoleControlPlane {
+		p.setup(gateways.NamespaceObject(opts.externalNamespace(), "", nil))
+	}
+	cni := !opts.NoCNI && m.Role != federation.RoleControlPlane
+	if cni {
+		p.setup(gateways.NamespaceObject(opts.cniNamespace(), "", nil))
+	}
+
+	// Gateways.
+	exp := opts.Exposure[m.Name]
+	switch {
+	case m.Role == federation.RoleControlPlane:
+		g := gateways.ControlPlaneIngress(p.out.Namespace, exp)
+		p.gateway(g)
+		ext := opts.externalNamespace()
+		// The guide creates istiod-service-account in the external
+		// control plane's namespace before installing it.
+		p.gatewayObj(kube.Typed(corev1ac.ServiceAccount("istiod-service-account", ext).
+			WithLabels(map[string]string{gateways.ManagedByLabel: gateways.ManagedBy}), applyServiceAccount))
+		p.custom(gateways.ExternalIstiodGateway(ext))
+		p.custom(gateways.ExternalIstiodVirtualService(ext, ExternalIstiodName))
+	case l.hasEastWest(m):
+		p.gateway(gateways.EastWest(p.out.Namespace, m.Network, exp))
+		if l.multiNetwork {
+			p.custom(gateways.CrossNetworkGateway(p.out.Namespace))
+		}
+		if l.exposesIstiod(m) {
+			p.custom(gateways.IstiodGateway(p.out.Namespace))
+			p.custom(gateways.IstiodVirtualService(p.out.Namespace))
+		}
+	}
+
+	// Control plane.
+	if cni {
+		p.out.ControlPlane = append(p.out.ControlPlane, kube.Custom(p.istioCNI()))
+	}
+	switch m.Role {
+	case federation.RolePrimary:
+		p.controlPlane(p.istio(IstioName, p.out.Namespace, "", p.primaryValues()))
+	case federation.RoleRemote:
+		addr := p.address(l.servedBy[m.Name], addresses)
+		p.controlPlane(p.istio(IstioName, p.out.Namespace, "remote", p.remoteValues(addr)))
+	case federation.RoleControlPlane:
+		// The control-plane cluster's own control plane injects and
+		// configures the ingress gateway.
+		var values map[string]any
+		if m.Network != "" {
+			values = map[string]any{"global": map[string]any{"network": m.Network}}
+		}
+		p.controlPlane(p.istio(IstioName, p.out.Namespace, "", values))
+		addr := p.address(m.Name, addresses)
+		p.controlPlane(p.istio(ExternalIstiodName, opts.externalNamespace(), "empty", p.externalIstiodValues(addr, l.configCluster(m.Name))))
+	case federation.RoleDataPlane:
+		cp := l.servedBy[m.Name]
+		addr := p.address(cp, addresses)
+		p.controlPlane(p.istio(ExternalIstiodName, p.out.Namespace, "remote", p.dataPlaneValues(addr, l.configCluster(cp) == m.Name)))
+	}
+	if p.err != nil {
+		return ClusterPlan{}, p.err
+	}
+	return p.out, nil
+}
+
+func (p *planner) fail(err error) {
+	if err != nil && p.err == nil {
+		p.err = fmt.Errorf("%s: %w", p.m.Name, err)
+	}
+}
+
+func (p *planner) setup(o kube.Object, err error) {
+	p.fail(err)
+	p.out.Setup = append(p.out.Setup, o)
+}
+
+func (p *planner) gatewayObj(o kube.Object, err error) {
+	p.fail(err)
+	p.out.Gateways = append(p.out.Gateways, o)
+}
+
+func (p *planner) gateway(g gateways.Gateway) {
+	objs, err := g.Objects()
+	p.fail(err)
+	p.out.Gateways = append(p.out.Gateways, objs...)
+	p.out.Gateway = &g
+}
+
+func (p *planner) custom(u *unstructured.Unstructured) {
+	p.out.Gateways = append(p.out.Gateways, kube.Custom(u))
+}
+
+func (p *planner) controlPlane(u *unstructured.Unstructured) {
+	// Caller-supplied values may hold Go types unstructured cannot copy
+	// (int, []string): round-trip them through JSON.
+	data, err := json.Marshal(u.Object)
+	if err == nil {
+		u = &unstructured.Unstructured{}
+		err = json.Unmarshal(data, &u.Object)
+	}
+	if err != nil {
+		p.fail(fmt.Errorf("encode Istio values: %w", err))
+		return
+	}
+	p.out.ControlPlane = append(p.out.ControlPlane, kube.Custom(u))
+}
+
+// address is the gateway address of cluster of: known, fixed, pending or an
+// AddressNeededError.
+func (p *planner) address(of string, addresses map[string]string) string {
+	p.out.AddressOf = of
+	if a := addresses[of]; a != "" {
+		return a
+	}
+	if exp := p.opts.Exposure[of]; exp.Address != "" && exp.ServiceType() != "LoadBalancer" {
+		return exp.Address
+	}
+	if p.opts.AllowPendingAddress {
+		p.out.Pending = true
+		return PendingAddress
+	}
+	if p.err == nil {
+		p.err = &AddressNeededError{Cluster: p.m.Name, Of: of}
+	}
+	return ""
+}

@@ -1,0 +1,80 @@
+package deploy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+
+	"github.com/flotillamesh/flotilla/deploy/kube"
+)
+
+// RenderYAML writes objs as one multi-document YAML stream, in order, ready
+// for `kubectl apply --server-side -f` or a GitOps repository.
+func RenderYAML(objs []kube.Object) ([]byte, error) {
+	var buf bytes.Buffer
+	for i, o := range objs {
+		data, err := yaml.Marshal(o.Unstructured().Object)
+		if err != nil {
+			return nil, fmt.Errorf("render %s: %w", o.Ref(), err)
+		}
+		if i > 0 {
+			buf.WriteString("---\n")
+		}
+		buf.Write(data)
+	}
+	return buf.Bytes(), nil
+}
+
+// Render writes one file per cluster, DIR/<cluster>.yaml, holding every
+// object of its plan in apply order, and returns the paths written.
+func Render(dir string, plans []ClusterPlan) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("render: %w", err)
+	}
+	var paths []string
+	for _, p := range plans {
+		data, err := RenderYAML(p.Objects())
+		if err != nil {
+			return paths, fmt.Errorf("%s: %w", p.Cluster, err)
+		}
+		path := filepath.Join(dir, p.Cluster+".yaml")
+		header := fmt.Sprintf("# flotilla: cluster %s, role %s. Apply with: kubectl apply --server-side --field-manager=%s -f %s\n",
+			p.Cluster, p.Role, kube.FieldManager, filepath.Base(path))
+		if p.Pending {
+			header += fmt.Sprintf("# WARNING: the gateway address of %s was not known; %s stands in for it.\n", p.AddressOf, PendingAddress)
+		}
+		if err := os.WriteFile(path, append([]byte(header), data...), 0o644); err != nil {
+			return paths, fmt.Errorf("%s: render: %w", p.Cluster, err)
+		}
+		paths = append(paths, path)
+	}
+	return paths, nil
+}
+
+// DecodeYAML reads a multi-document YAML (or JSON) stream such as Render
+// writes; empty documents are skipped.
+func DecodeYAML(r io.Reader) ([]*unstructured.Unstructured, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(r, 4096)
+	var out []*unstructured.Unstructured
+	for {
+		var m map[string]any
+		err := dec.Decode(&m)
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return out, fmt.Errorf("decode YAML document %d: %w", len(out)+1, err)
+		}
+		if len(m) == 0 {
+			continue
+		}
+		out = append(out, &unstructured.Unstructured{Object: m})
+	}
+}
