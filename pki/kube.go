@@ -2,6 +2,7 @@ package pki
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"maps"
@@ -130,7 +131,7 @@ func WriteCACerts(ctx context.Context, c *kube.Cluster, namespace string, cc CAC
 
 	managed := cur.Labels[ManagedByLabel] == ManagedByValue
 	existing, parseErr := ParseCACerts(cur.Data)
-	ours := parseErr == nil && chainsTo(existing, trust, now)
+	ours := parseErr == nil && issuedBy(existing, trust)
 	exact := len(cur.Data) == len(CACertsFiles) && cur.Type == corev1.SecretTypeOpaque && parseErr == nil && existing.Equal(cc)
 
 	if managed && ours {
@@ -163,6 +164,9 @@ func WriteCACerts(ctx context.Context, c *kube.Cluster, namespace string, cc CAC
 			}
 			return WriteResult{}, conflict
 		}
+		if err := existing.Validate(now); err != nil {
+			return WriteResult{}, fmt.Errorf("%s: cannot adopt: %w", ref, err)
+		}
 		in, err := existing.Intermediate(c.Name, namespace)
 		if err != nil {
 			return WriteResult{}, fmt.Errorf("%s: adopt: %w", ref, err)
@@ -180,17 +184,15 @@ func WriteCACerts(ctx context.Context, c *kube.Cluster, namespace string, cc CAC
 	}
 }
 
-// chainsTo reports whether cc's intermediate is usable and chains to trust.
-func chainsTo(cc CACerts, trust *Bundle, now time.Time) bool {
-	if cc.Validate(now) != nil {
-		return false
-	}
-	chain, err := parseCerts(cc.CertChain)
+// issuedBy reports whether cc's intermediate was signed by a root of
+// trust. Validity times are ignored on purpose: an expired intermediate of
+// the mesh's own root is still flotilla's to renew, not a foreign one.
+func issuedBy(cc CACerts, trust *Bundle) bool {
+	cert, err := parseCert(cc.CACert)
 	if err != nil {
 		return false
 	}
-	_, err = trust.Verify(chain, now, "")
-	return err == nil
+	return slices.ContainsFunc(trust.Roots, func(r *x509.Certificate) bool { return cert.CheckSignatureFrom(r) == nil })
 }
 
 func secretRootFingerprint(data map[string][]byte) string {
