@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 
@@ -16,28 +17,54 @@ func applyServiceAccount(ctx context.Context, c *kube.Cluster, ac *corev1ac.Serv
 	return c.Kube.CoreV1().ServiceAccounts(*ac.Namespace).Apply(ctx, ac, c.ApplyOptions())
 }
 
-// Applied is one object as the API server stored it.
+// Applied is one object as the API server stored it (or, in a dry run,
+// would store it).
 type Applied struct {
 	Ref             string
 	ResourceVersion string
+	// Skipped says why a dry run could not validate the object: its
+	// namespace does not exist yet, and a dry run creates none.
+	Skipped string
 }
 
 // ApplyObjects server-side applies objs to c in order and stops at the first
-// error. With c.DryRun the API server validates everything and stores nothing.
+// error. With c.DryRun the API server validates everything and stores
+// nothing; objects in namespaces that do not exist yet cannot be validated
+// then and are reported as Skipped.
 func ApplyObjects(ctx context.Context, c *kube.Cluster, objs []kube.Object, progress func(string)) ([]Applied, error) {
 	out := make([]Applied, 0, len(objs))
+	missing := map[string]bool{}
+	say := func(format string, args ...any) {
+		if progress != nil {
+			progress(c.Name + ": " + fmt.Sprintf(format, args...))
+		}
+	}
 	for _, o := range objs {
+		ns := o.Unstructured().GetNamespace()
+		if c.DryRun && ns != "" {
+			if _, seen := missing[ns]; !seen {
+				_, err := c.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+				if err != nil && !apierrors.IsNotFound(err) {
+					return out, fmt.Errorf("%s: read namespace %s: %w", c.Name, ns, err)
+				}
+				missing[ns] = apierrors.IsNotFound(err)
+			}
+			if missing[ns] {
+				a := Applied{Ref: o.Ref(), Skipped: fmt.Sprintf("namespace %s does not exist yet", ns)}
+				out = append(out, a)
+				say("not validated (dry run): %s: %s", a.Ref, a.Skipped)
+				continue
+			}
+		}
 		got, err := o.Apply(ctx, c)
 		if err != nil {
 			return out, err
 		}
 		out = append(out, Applied{Ref: o.Ref(), ResourceVersion: got.GetResourceVersion()})
-		if progress != nil {
-			verb := "applied"
-			if c.DryRun {
-				verb = "validated (dry run)"
-			}
-			progress(fmt.Sprintf("%s: %s %s", c.Name, verb, o.Ref()))
+		if c.DryRun {
+			say("validated (dry run) %s", o.Ref())
+		} else {
+			say("applied %s", o.Ref())
 		}
 	}
 	return out, nil

@@ -1,0 +1,98 @@
+package deploy
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/flotillamesh/flotilla/federation"
+)
+
+func TestHelmReleases(t *testing.T) {
+	pr := []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
+	ecp := []federation.Member{member("east", "control-plane", "n0"), member("west", "data-plane", "n1")}
+	tests := []struct {
+		name     string
+		topology federation.Topology
+		members  []federation.Member
+		cluster  string
+		want     []string       // release/chart/namespace
+		values   map[string]any // "release:dotted.path" -> value
+	}{
+		{
+			name: "primary serving a remote", topology: federation.PrimaryRemote, members: pr, cluster: "east",
+			want: []string{"istio-cni/cni/istio-cni", "istiod/istiod/istio-system", "istio-eastwestgateway/gateway/istio-system"},
+			values: map[string]any{
+				"istiod:global.externalIstiod":         true,
+				"istiod:global.network":                "n1",
+				"istio-eastwestgateway:networkGateway": "n1",
+				"istio-eastwestgateway:service.type":   "LoadBalancer",
+				"istio-eastwestgateway:labels.istio":   "eastwestgateway",
+			},
+		},
+		{
+			name: "remote", topology: federation.PrimaryRemote, members: pr, cluster: "west",
+			want: []string{"istio-cni/cni/istio-cni", "istiod/istiod/istio-system", "istio-eastwestgateway/gateway/istio-system"},
+			values: map[string]any{
+				"istiod:profile":                   "remote",
+				"istiod:global.remotePilotAddress": "192.0.2.10",
+			},
+		},
+		{
+			name: "control-plane cluster", topology: federation.ExternalControlPlane, members: ecp, cluster: "east",
+			want: []string{"istiod/istiod/istio-system", "istiod-external-istiod/istiod/external-istiod", "istio-ingressgateway/gateway/istio-system"},
+			values: map[string]any{
+				"istiod-external-istiod:revision":     "external-istiod",
+				"istiod-external-istiod:profile":      "empty",
+				"istio-ingressgateway:networkGateway": nil,
+				"istio-ingressgateway:labels.istio":   "ingressgateway",
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := PlanCluster(tt.topology, tt.members, tt.cluster, Options{MeshID: "mesh1", Version: "1.30.3"}, map[string]string{"east": "192.0.2.10"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			byName := map[string]map[string]any{}
+			for _, r := range p.HelmReleases() {
+				got = append(got, r.Name+"/"+r.Chart+"/"+r.Namespace)
+				byName[r.Name] = r.Values
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("releases = %v, want %v", got, tt.want)
+			}
+			for key, want := range tt.values {
+				release, path, _ := strings.Cut(key, ":")
+				if v := field(byName[release], path); !reflect.DeepEqual(v, want) {
+					t.Errorf("%s = %#v, want %#v", key, v, want)
+				}
+			}
+		})
+	}
+}
+
+func TestRenderHelm(t *testing.T) {
+	plans, err := Plan(federation.PrimaryRemote, []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, Options{MeshID: "mesh1", Version: "1.30.3", NoCNI: true}, map[string]string{"east": "192.0.2.10"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	paths, err := RenderHelm(dir, plans, "1.30.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := filepath.Join(dir, "helm", "west", "istiod.values.yaml")
+	data, err := os.ReadFile(want)
+	if err != nil {
+		t.Fatalf("%v (wrote %v)", err, paths)
+	}
+	if !strings.HasPrefix(string(data), "# helm upgrade --install istiod istio/istiod -n istio-system --version 1.30.3 -f istiod.values.yaml\n") ||
+		!strings.Contains(string(data), "remotePilotAddress: 192.0.2.10") {
+		t.Errorf("%s:\n%s", want, data)
+	}
+}
