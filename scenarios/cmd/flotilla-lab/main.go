@@ -1,0 +1,292 @@
+// Command flotilla-lab starts and stops local lab clusters: real
+// kube-apiservers on loopback, built from the upstream Go modules.
+//
+//	flotilla-lab up east west   # start clusters, return when ready
+//	flotilla-lab env            # print the KUBECONFIG to export
+//	flotilla-lab down           # stop everything, remove data
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flotillamesh/flotilla/scenarios/lab"
+)
+
+func main() {
+	if err := newRoot().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "flotilla-lab: "+err.Error())
+		os.Exit(1)
+	}
+}
+
+func defaultDir() string {
+	if d := os.Getenv("FLOTILLA_LAB_DIR"); d != "" {
+		return d
+	}
+	return filepath.Join(os.TempDir(), "flotilla-lab")
+}
+
+func newRoot() *cobra.Command {
+	var dir string
+	root := &cobra.Command{
+		Use:           "flotilla-lab",
+		Short:         "Local lab of real Kubernetes API servers on loopback",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&dir, "dir", defaultDir(), "lab directory (data, logs, kubeconfig); $FLOTILLA_LAB_DIR")
+	root.AddCommand(
+		&cobra.Command{
+			Use:   "up NAME...",
+			Short: "Start one isolated cluster per name and return when all are ready",
+			Args:  cobra.MinimumNArgs(1),
+			RunE:  func(cmd *cobra.Command, args []string) error { return up(cmd.Context(), dir, args) },
+		},
+		&cobra.Command{
+			Use:   "down",
+			Short: "Stop every process the lab started and remove its data",
+			Args:  cobra.NoArgs,
+			RunE:  func(cmd *cobra.Command, _ []string) error { return down(dir) },
+		},
+		&cobra.Command{
+			Use:   "env",
+			Short: "Print the KUBECONFIG to export for the running lab",
+			Args:  cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				st, err := readState(dir)
+				if err != nil {
+					return err
+				}
+				fmt.Printf("export KUBECONFIG=%s\n", st.Kubeconfig)
+				return nil
+			},
+		},
+		&cobra.Command{
+			Use:   "status",
+			Short: "List the running lab's clusters",
+			Args:  cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				st, err := readState(dir)
+				if err != nil {
+					return err
+				}
+				fmt.Printf("%-12s %-28s %-16s %s\n", "CLUSTER", "SERVER", "PODS", "LOADBALANCERS")
+				for _, c := range st.Clusters {
+					fmt.Printf("%-12s %-28s %-16s %s\n", c.Name, c.Server, c.PodCIDR, c.LoadBalancerCIDR)
+				}
+				return nil
+			},
+		},
+		&cobra.Command{
+			Use:   "build",
+			Short: "Build (or find cached) the lab binaries and print their directory",
+			Args:  cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				d, err := lab.EnsureBinaries(cmd.Context(), lab.BuildOptions{Log: os.Stderr})
+				if err != nil {
+					return err
+				}
+				fmt.Println(d)
+				return nil
+			},
+		},
+		&cobra.Command{
+			Use:    "supervise NAME...",
+			Hidden: true,
+			Args:   cobra.MinimumNArgs(1),
+			RunE:   func(cmd *cobra.Command, args []string) error { return supervise(dir, args) },
+		},
+	)
+	return root
+}
+
+// state is what a running lab publishes in its directory.
+type state struct {
+	PID        int            `json:"pid"`
+	Kubeconfig string         `json:"kubeconfig"`
+	Clusters   []stateCluster `json:"clusters"`
+	PIDs       map[string]int `json:"pids"`
+}
+
+type stateCluster struct {
+	Name             string `json:"name"`
+	Server           string `json:"server"`
+	PodCIDR          string `json:"podCIDR"`
+	LoadBalancerCIDR string `json:"loadBalancerCIDR"`
+}
+
+const (
+	stateFile = "state.json"
+	errorFile = "error.txt"
+	logFile   = "supervisor.log"
+)
+
+func readState(dir string) (*state, error) {
+	data, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		return nil, fmt.Errorf("no lab running in %s (flotilla-lab up NAME...)", dir)
+	}
+	var st state
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("lab state %s: %w", filepath.Join(dir, stateFile), err)
+	}
+	if !alive(st.PID) {
+		return nil, fmt.Errorf("the lab in %s is not running (pid %d gone); run flotilla-lab down to clean up", dir, st.PID)
+	}
+	return &st, nil
+}
+
+func alive(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
+
+// up checks everything it can in the foreground (names, dir, binaries),
+// then starts a detached supervisor that owns the clusters, and waits until
+// it reports ready or failed.
+func up(ctx context.Context, dir string, names []string) error {
+	if err := lab.ValidateNames(names); err != nil {
+		return err
+	}
+	if pid := labPID(dir); alive(pid) {
+		return fmt.Errorf("lab dir %s is in use by a running lab (pid %d): stop it first (flotilla-lab down)", dir, pid)
+	}
+	if _, err := lab.FindCRDDir(); err != nil {
+		return err
+	}
+	if _, err := lab.EnsureBinaries(ctx, lab.BuildOptions{Log: os.Stderr}); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, f := range []string{stateFile, errorFile} {
+		os.Remove(filepath.Join(dir, f))
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, logFile), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(exe, append([]string{"supervise", "--dir", dir}, names...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start lab supervisor: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	start := time.Now()
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		if st, err := readState(dir); err == nil {
+			fmt.Fprintf(os.Stderr, "flotilla-lab: %s ready in %s\n", strings.Join(names, ", "), time.Since(start).Round(100*time.Millisecond))
+			fmt.Printf("export KUBECONFIG=%s\n", st.Kubeconfig)
+			return nil
+		}
+		select {
+		case <-exited:
+			msg, _ := os.ReadFile(filepath.Join(dir, errorFile))
+			if len(msg) == 0 {
+				msg = []byte("the lab supervisor exited; see " + filepath.Join(dir, logFile))
+			}
+			return errors.New(strings.TrimSpace(string(msg)))
+		case <-tick.C:
+			fmt.Fprintf(os.Stderr, "flotilla-lab: starting %s (%s)\n", strings.Join(names, ", "), time.Since(start).Round(time.Second))
+		case <-ctx.Done():
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func labPID(dir string) int {
+	data, err := os.ReadFile(filepath.Join(dir, "lab.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	return pid
+}
+
+// supervise runs in the background for the lab's lifetime.
+func supervise(dir string, names []string) error {
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer cancel()
+	l, err := lab.Start(ctx, lab.Options{Clusters: names, Dir: dir, Log: os.Stderr})
+	if err != nil {
+		_ = os.WriteFile(filepath.Join(dir, errorFile), []byte(err.Error()+"\n"), 0o600)
+		return err
+	}
+	st := state{PID: os.Getpid(), Kubeconfig: l.Kubeconfig, PIDs: l.PIDs()}
+	for _, c := range l.Clusters() {
+		st.Clusters = append(st.Clusters, stateCluster{Name: c.Name, Server: c.Server, PodCIDR: c.PodCIDR, LoadBalancerCIDR: c.LoadBalancerCIDR})
+	}
+	data, _ := json.MarshalIndent(st, "", "  ")
+	tmp := filepath.Join(dir, stateFile+".tmp")
+	if err := os.WriteFile(tmp, data, 0o600); err == nil {
+		err = os.Rename(tmp, filepath.Join(dir, stateFile))
+	}
+	<-ctx.Done()
+	fmt.Fprintln(os.Stderr, "flotilla-lab: stopping")
+	return l.Stop()
+}
+
+// down asks the supervisor to stop the lab and waits; if it does not go,
+// it kills the supervisor and every component's process group itself.
+func down(dir string) error {
+	pid := labPID(dir)
+	if !alive(pid) {
+		var st state
+		if data, err := os.ReadFile(filepath.Join(dir, stateFile)); err == nil && json.Unmarshal(data, &st) == nil {
+			killGroups(st.PIDs)
+		}
+		if _, err := os.Stat(dir); err == nil {
+			os.RemoveAll(dir)
+			fmt.Fprintf(os.Stderr, "flotilla-lab: no lab running in %s; removed its leftovers\n", dir)
+		} else {
+			fmt.Fprintf(os.Stderr, "flotilla-lab: no lab running in %s\n", dir)
+		}
+		return nil
+	}
+	var st state
+	if data, err := os.ReadFile(filepath.Join(dir, stateFile)); err == nil {
+		_ = json.Unmarshal(data, &st)
+	}
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	deadline := time.Now().Add(60 * time.Second)
+	for alive(pid) && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if alive(pid) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	killGroups(st.PIDs)
+	os.RemoveAll(dir)
+	fmt.Fprintf(os.Stderr, "flotilla-lab: stopped the lab in %s\n", dir)
+	return nil
+}
+
+func killGroups(pids map[string]int) {
+	for _, p := range pids {
+		if p > 0 {
+			_ = syscall.Kill(-p, syscall.SIGKILL)
+		}
+	}
+}

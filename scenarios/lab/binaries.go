@@ -1,0 +1,267 @@
+package lab
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Versions the lab builds. The binary cache is keyed by them; the upstream
+// module's go.mod must agree (TestUpstreamVersionsMatchGoMod checks).
+const (
+	KubernetesVersion = "v1.36.3"
+	EtcdVersion       = "v3.6.8"
+	KwokVersion       = "v0.8.0"
+	// buildRecipe changes when the set of binaries or their build flags change.
+	buildRecipe = "2"
+)
+
+// Binaries the lab runs, all built from scenarios/upstream.
+var binaryNames = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok"}
+
+// stagesFile holds kwok's stages, printed once at build time by kwok-stages.
+const stagesFile = "kwok-stages.yaml"
+
+// CacheKey names the cache directory of one set of lab binaries.
+func CacheKey() string {
+	return fmt.Sprintf("k8s-%s_etcd-%s_kwok-%s_%s-%s_r%s", KubernetesVersion, EtcdVersion, KwokVersion, runtime.GOOS, runtime.GOARCH, buildRecipe)
+}
+
+// DefaultCacheDir is $FLOTILLA_LAB_CACHE, else the user cache dir's flotilla-lab.
+func DefaultCacheDir() string {
+	if d := os.Getenv("FLOTILLA_LAB_CACHE"); d != "" {
+		return d
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "flotilla-lab")
+	}
+	return filepath.Join(os.TempDir(), "flotilla-lab-cache")
+}
+
+// BuildOptions say where lab binaries are cached and built from.
+type BuildOptions struct {
+	// CacheDir holds one directory per CacheKey; "" is DefaultCacheDir.
+	CacheDir string
+	// SourceDir is the scenarios/upstream module; "" finds it from the
+	// working directory or $FLOTILLA_LAB_SOURCE.
+	SourceDir string
+	// Log receives progress lines; nil discards them.
+	Log io.Writer
+}
+
+// EnsureBinaries returns the directory of the lab binaries, building them
+// first when the cache lacks them. Concurrent callers (parallel test
+// packages) wait for one build instead of racing.
+func EnsureBinaries(ctx context.Context, o BuildOptions) (string, error) {
+	if o.CacheDir == "" {
+		o.CacheDir = DefaultCacheDir()
+	}
+	logw := o.Log
+	if logw == nil {
+		logw = io.Discard
+	}
+	dir := filepath.Join(o.CacheDir, CacheKey())
+	if complete(dir) {
+		return dir, nil
+	}
+	if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {
+		return "", fmt.Errorf("lab binary cache %s: %w", o.CacheDir, err)
+	}
+	lock, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("lab binary cache %s: %w", o.CacheDir, err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		fmt.Fprintf(logw, "lab: waiting for another process building %s\n", dir)
+		if err := flockCtx(ctx, lock); err != nil {
+			return "", err
+		}
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+	if complete(dir) {
+		return dir, nil
+	}
+	src := o.SourceDir
+	if src == "" {
+		src = findUpstreamSource()
+	}
+	if src == "" {
+		return "", fmt.Errorf("lab binaries missing in %s, and the module that builds them (scenarios/upstream) was not found: run from the flotilla checkout or set FLOTILLA_LAB_SOURCE", dir)
+	}
+	return dir, build(ctx, src, dir, logw)
+}
+
+func complete(dir string) bool {
+	for _, n := range append([]string{stagesFile}, binaryNames...) {
+		if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+func flockCtx(ctx context.Context, f *os.File) error {
+	done := make(chan error, 1)
+	go func() { done <- syscall.Flock(int(f.Fd()), syscall.LOCK_EX) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the lab binary build lock: %w", ctx.Err())
+	}
+}
+
+// build compiles every binary into a temporary directory and renames it into
+// place, so an interrupted build never leaves a half-filled cache entry.
+func build(ctx context.Context, src, dir string, logw io.Writer) error {
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".build-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	start := time.Now()
+	fmt.Fprintf(logw, "lab: building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (kubernetes %s), etcd %s and kwok %s into %s (a cold build takes several minutes)\n",
+		KubernetesVersion, EtcdVersion, KwokVersion, dir)
+	args := []string{"build", "-trimpath", "-ldflags=-s -w", "-o", tmp + "/",
+		"./cmd/etcd", "./cmd/kwok-stages",
+		"k8s.io/kubernetes/cmd/kube-apiserver",
+		"k8s.io/kubernetes/cmd/kube-controller-manager",
+		"k8s.io/kubernetes/cmd/kube-scheduler",
+		"k8s.io/kubernetes/cmd/kubectl",
+		"sigs.k8s.io/kwok/cmd/kwok",
+	}
+	cmd := exec.CommandContext(ctx, goTool(), args...)
+	cmd.Dir = src
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=readonly", "CGO_ENABLED=0")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	stop := make(chan struct{})
+	go func() {
+		t := time.NewTicker(30 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				fmt.Fprintf(logw, "lab: still building (%s)\n", time.Since(start).Round(time.Second))
+			}
+		}
+	}()
+	err = cmd.Run()
+	close(stop)
+	if err != nil {
+		return fmt.Errorf("lab binaries missing in %s and building them failed: %s", dir, buildFailure(out.String(), err))
+	}
+	stages, err := exec.CommandContext(ctx, filepath.Join(tmp, "kwok-stages")).Output()
+	if err != nil {
+		return fmt.Errorf("lab: print kwok stages: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, stagesFile), stages, 0o644); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return err
+	}
+	fmt.Fprintf(logw, "lab: built in %s\n", time.Since(start).Round(time.Second))
+	return nil
+}
+
+// buildFailure reduces go's output to the one line that says why.
+func buildFailure(out string, err error) string {
+	var first string
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		l := strings.TrimSpace(sc.Text())
+		if l == "" || strings.HasPrefix(l, "go: downloading") {
+			continue
+		}
+		low := strings.ToLower(l)
+		for _, s := range []string{"proxy", "dial tcp", "module lookup disabled", "403", "404", "no such host", "connection refused", "missing go.sum", "i/o timeout"} {
+			if strings.Contains(low, s) {
+				return "cannot get Go modules (is the Go module proxy reachable?): " + l
+			}
+		}
+		if first == "" {
+			first = l
+		}
+	}
+	if first == "" {
+		first = err.Error()
+	}
+	return first
+}
+
+func goTool() string {
+	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
+		return p
+	}
+	return "go"
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// findUpstreamSource looks for scenarios/upstream from $FLOTILLA_LAB_SOURCE,
+// then upwards from the working directory and from the running executable.
+func findUpstreamSource() string {
+	if d := os.Getenv("FLOTILLA_LAB_SOURCE"); d != "" {
+		return d
+	}
+	root := RepoRoot()
+	if root == "" {
+		return ""
+	}
+	return filepath.Join(root, "scenarios", "upstream")
+}
+
+// RepoRoot finds the flotilla checkout from the working directory or the
+// running executable; "" when neither is inside one.
+func RepoRoot() string {
+	var starts []string
+	if wd, err := os.Getwd(); err == nil {
+		starts = append(starts, wd)
+	}
+	if exe, err := os.Executable(); err == nil {
+		starts = append(starts, filepath.Dir(exe))
+	}
+	for _, s := range starts {
+		for d := s; ; d = filepath.Dir(d) {
+			if fileExists(filepath.Join(d, "scenarios", "upstream", "go.mod")) {
+				return d
+			}
+			if filepath.Dir(d) == d {
+				break
+			}
+		}
+	}
+	return ""
+}
+
+// FindCRDDir returns $FLOTILLA_CRDS, else shared/crds beside the checkout.
+func FindCRDDir() (string, error) {
+	if d := os.Getenv("FLOTILLA_CRDS"); d != "" {
+		return d, nil
+	}
+	if root := RepoRoot(); root != "" {
+		for _, d := range []string{filepath.Join(root, "..", "shared", "crds"), filepath.Join(root, "shared", "crds")} {
+			if fileExists(d) {
+				return filepath.Clean(d), nil
+			}
+		}
+	}
+	return "", errors.New("CRDs not found: set FLOTILLA_CRDS, or run from the flotilla checkout with shared/crds beside it")
+}

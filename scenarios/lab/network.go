@@ -1,0 +1,65 @@
+package lab
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// The lab's address plan. Each running lab holds one octet L (10-250),
+// locked for its lifetime so that concurrent labs (parallel test packages,
+// a demo beside a test run) never hand out the same address. Cluster i of
+// the lab (1-based) gets:
+//
+//	node IP              10.L.0.i
+//	pods                 10.L.i.0/24   (not loopback: EndpointSlices reject 127/8)
+//	LoadBalancer ingress 127.L.i.10-250 (loopback: reachable without routing)
+//	services             172.20.0.0/16 (per cluster, as in real clusters)
+//
+// Pod and node addresses are never sent traffic by the lab itself; the
+// data-plane emulation maps them to loopback sockets.
+const (
+	minOctet       = 10
+	maxOctet       = 250
+	serviceCIDR    = "172.20.0.0/16"
+	kubernetesSvc  = "172.20.0.1"
+	lbFirst, lbEnd = 10, 250
+)
+
+// netLock holds one lab's octet.
+type netLock struct {
+	octet int
+	f     *os.File
+}
+
+func lockOctet() (*netLock, error) {
+	dir := filepath.Join(os.TempDir(), "flotilla-lab-net")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	for o := minOctet; o <= maxOctet; o++ {
+		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("%d.lock", o)), os.O_CREATE|os.O_RDWR, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			f.Close()
+			continue
+		}
+		return &netLock{octet: o, f: f}, nil
+	}
+	return nil, fmt.Errorf("no free lab network: %d labs are running", maxOctet-minOctet+1)
+}
+
+func (n *netLock) release() {
+	if n != nil && n.f != nil {
+		n.f.Close()
+	}
+}
+
+func podCIDR(octet, i int) string { return fmt.Sprintf("10.%d.%d.0/24", octet, i) }
+func nodeIP(octet, i int) string  { return fmt.Sprintf("10.%d.0.%d", octet, i) }
+func lbIP(octet, i, n int) net.IP { return net.IPv4(127, byte(octet), byte(i), byte(n)) }
+func lbCIDR(octet, i int) string  { return fmt.Sprintf("127.%d.%d.0/24", octet, i) }

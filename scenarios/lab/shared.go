@@ -1,0 +1,93 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Shared is one lab shared by all tests of a package: started on first use,
+// stopped when the package's tests end, also on failure or interrupt.
+//
+//	var testLab = lab.NewShared("east", "west")
+//	func TestMain(m *testing.M) { os.Exit(testLab.Run(m)) }
+//	func TestX(t *testing.T) { east := testLab.Get(t).Cluster("east") }
+type Shared struct {
+	opts Options
+
+	once sync.Once
+	mu   sync.Mutex
+	lab  *Lab
+	err  error
+}
+
+// NewShared describes a lab with the named clusters, started on first Get.
+func NewShared(clusters ...string) *Shared {
+	return &Shared{opts: Options{Clusters: clusters}}
+}
+
+// NewSharedWith is NewShared with full options.
+func NewSharedWith(opts Options) *Shared { return &Shared{opts: opts} }
+
+// Get returns the running lab, starting it on first use; it fails the test
+// when the lab cannot start.
+func (s *Shared) Get(t testing.TB) *Lab {
+	t.Helper()
+	s.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+		defer cancel()
+		opts := s.opts
+		if opts.Log == nil {
+			opts.Log = os.Stderr
+		}
+		l, err := Start(ctx, opts)
+		s.mu.Lock()
+		s.lab, s.err = l, err
+		s.mu.Unlock()
+	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		t.Fatalf("lab: %v", s.err)
+	}
+	return s.lab
+}
+
+// Run runs the package's tests and stops the lab afterwards. An interrupt or
+// SIGTERM stops the lab before the process exits, so no cluster is orphaned.
+func (s *Shared) Run(m *testing.M) int {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case got := <-sig:
+			fmt.Fprintf(os.Stderr, "lab: %v: stopping clusters\n", got)
+			s.stop()
+			os.Exit(130)
+		case <-done:
+		}
+	}()
+	code := m.Run()
+	close(done)
+	signal.Stop(sig)
+	s.stop()
+	return code
+}
+
+func (s *Shared) stop() {
+	s.mu.Lock()
+	l := s.lab
+	s.lab = nil
+	s.mu.Unlock()
+	if l != nil {
+		if err := l.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "lab: stop: %v\n", err)
+		}
+	}
+}
