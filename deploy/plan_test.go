@@ -492,3 +492,18 @@ func normalize(t *testing.T, u *unstructured.Unstructured) map[string]any {
 	}
 	return m
 }
+
+func BenchmarkPlan(b *testing.B) {
+	members := []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2"), member("north", "remote", "n3")}
+	opts := Options{MeshID: "mesh1", Version: "1.30.3"}
+	addrs := map[string]string{"east": "192.0.2.10"}
+	for b.Loop() {
+		plans, err := Plan(federation.PrimaryRemote, members, opts, addrs)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := RenderYAML(plans[0].Objects()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

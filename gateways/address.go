@@ -9,7 +9,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
 )
@@ -108,36 +107,39 @@ func WaitForAddress(ctx context.Context, c *kube.Cluster, namespace, name string
 		}
 	}
 	start := time.Now()
+	deadline := start.Add(timeout)
 	lastSaid := start
 	say("waiting for an external address (up to %s)", shortDuration(timeout))
-	var addr Address
-	err := wait.PollUntilContextTimeout(ctx, PollInterval, timeout, true, func(ctx context.Context) (bool, error) {
-		a, ok, err := LookupAddress(ctx, c, namespace, name)
+	for {
+		// Each read gets its own bound, so that a slow API server cannot
+		// turn the wait's timeout into a read error.
+		readCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		addr, ok, err := LookupAddress(readCtx, c, namespace, name)
+		cancel()
+		if ctx.Err() != nil {
+			return Address{}, fmt.Errorf("%s: waiting for service %s/%s external address: %w", c.Name, namespace, name, ctx.Err())
+		}
 		if err != nil {
-			return false, err
+			return Address{}, err
 		}
 		if ok {
-			addr = a
-			return true, nil
+			say("external address %s", addr.Host)
+			return addr, nil
 		}
-		if time.Since(lastSaid) >= 10*time.Second {
-			lastSaid = time.Now()
-			say("still no external address after %s", shortDuration(time.Since(start).Round(time.Second)))
+		now := time.Now()
+		if !now.Before(deadline) {
+			return Address{}, fmt.Errorf("%s: service %s/%s got no external address within %s%s",
+				c.Name, namespace, name, shortDuration(timeout), hint(ctx, c, namespace, name))
 		}
-		return false, nil
-	})
-	if err == nil {
-		say("external address %s", addr.Host)
-		return addr, nil
+		if now.Sub(lastSaid) >= 10*time.Second {
+			lastSaid = now
+			say("still no external address after %s", shortDuration(now.Sub(start).Round(time.Second)))
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(min(PollInterval, deadline.Sub(now))):
+		}
 	}
-	if ctx.Err() == nil && wait.Interrupted(err) {
-		return Address{}, fmt.Errorf("%s: service %s/%s got no external address within %s%s",
-			c.Name, namespace, name, shortDuration(timeout), hint(ctx, c, namespace, name))
-	}
-	if ctx.Err() != nil {
-		return Address{}, fmt.Errorf("%s: waiting for service %s/%s external address: %w", c.Name, namespace, name, ctx.Err())
-	}
-	return Address{}, err
 }
 
 // hint says why a Service has no address when the reason is visible.
