@@ -142,6 +142,8 @@ func (a Account) String() string { return "serviceaccount " + a.Namespace + "/" 
 // ensureNamespace creates ns when it is missing. It is not applied: every
 // flotilla writer shares one field manager, so an apply here would drop the
 // labels (network) that the deploy engine applies to the same namespace.
+// It returns nil without error only in a dry run that would create ns, in
+// which namespaced writes must be skipped: the server refuses them.
 func ensureNamespace(ctx context.Context, c *kube.Cluster, ns string) (*corev1.Namespace, error) {
 	got, err := c.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
 	if err == nil {
@@ -159,14 +161,21 @@ func ensureNamespace(ctx context.Context, c *kube.Cluster, ns string) (*corev1.N
 	if err != nil {
 		return nil, fmt.Errorf("%s: create namespace %s: %w", c.Name, ns, err)
 	}
+	if c.DryRun {
+		return nil, nil
+	}
 	return created, nil
 }
 
 // ApplyAccount creates (idempotently) the service account a and the RBAC it
 // needs in cluster c, creating its namespace when missing.
 func ApplyAccount(ctx context.Context, c *kube.Cluster, a Account) error {
-	if _, err := ensureNamespace(ctx, c, a.Namespace); err != nil {
+	ns, err := ensureNamespace(ctx, c, a.Namespace)
+	if err != nil {
 		return err
+	}
+	if ns == nil {
+		return nil // dry run into a namespace yet to be made
 	}
 	sa := corev1ac.ServiceAccount(a.Name, a.Namespace).WithLabels(managedLabels)
 	if _, err := c.Kube.CoreV1().ServiceAccounts(a.Namespace).Apply(ctx, sa, c.ApplyOptions()); err != nil {

@@ -318,7 +318,7 @@ func prepareTarget(ctx context.Context, spec *Cluster, conn connection, acct Acc
 // applied fields belong to the deploy engine under the same field manager.
 func annotateControlPlane(ctx context.Context, c *kube.Cluster, ns, primary string) error {
 	got, err := ensureNamespace(ctx, c, ns)
-	if err != nil {
+	if err != nil || got == nil {
 		return err
 	}
 	if got.Annotations[ControlPlaneClustersAnnotation] == primary {
@@ -424,8 +424,12 @@ func writeSecret(ctx context.Context, c *kube.Cluster, w writeLink, existing *co
 		return Unchanged, nil
 	}
 	if existing == nil && !nsReady[w.Namespace] {
-		if _, err := ensureNamespace(ctx, c, w.Namespace); err != nil {
+		ns, err := ensureNamespace(ctx, c, w.Namespace)
+		if err != nil {
 			return Failed, err
+		}
+		if ns == nil {
+			return Created, nil // dry run into a namespace yet to be made
 		}
 		nsReady[w.Namespace] = true
 	}

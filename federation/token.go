@@ -2,7 +2,10 @@ package federation
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -103,9 +106,12 @@ const (
 )
 
 // CheckCredential says whether known, a stored credential of account a in
-// cluster c, must be renewed: missing, expired, due, of the other kind
-// than configured, or no longer accepted by the API server (account or
-// legacy secret deleted).
+// cluster c, must be renewed: missing, expired, due, of the other kind than
+// configured, or no longer accepted (account or legacy secret deleted). The
+// account and legacy secret are read directly rather than trusted to
+// TokenReview alone: the API server's authenticator reads them through a
+// cache, which keeps accepting a token for a moment after its account was
+// deleted and recreated.
 func CheckCredential(ctx context.Context, c *kube.Cluster, a Account, known *Credential, o TokenOptions) (RenewalReason, error) {
 	if known == nil || known.Token == "" {
 		return ReasonMissing, nil
@@ -122,6 +128,10 @@ func CheckCredential(ctx context.Context, c *kube.Cluster, a Account, known *Cre
 			return ReasonDue, nil
 		}
 	}
+	current, err := issuedByCurrent(ctx, c, a, *known)
+	if err != nil || !current {
+		return ReasonRejected, err
+	}
 	ok, err := Accepted(ctx, c, a, known.Token)
 	if err != nil {
 		return ReasonNone, err
@@ -130,6 +140,56 @@ func CheckCredential(ctx context.Context, c *kube.Cluster, a Account, known *Cre
 		return ReasonRejected, nil
 	}
 	return ReasonNone, nil
+}
+
+// issuedByCurrent reports whether cred belongs to the account as it exists
+// now: a bound token names its account's UID; a legacy token is the one in
+// the account's token secret.
+func issuedByCurrent(ctx context.Context, c *kube.Cluster, a Account, cred Credential) (bool, error) {
+	if cred.Legacy {
+		s, err := c.Kube.CoreV1().Secrets(a.Namespace).Get(ctx, LegacyTokenSecretName(a.Name), metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("%s: read token secret of %s: %w", c.Name, a, err)
+		}
+		return string(s.Data[corev1.ServiceAccountTokenKey]) == cred.Token, nil
+	}
+	sa, err := c.Kube.CoreV1().ServiceAccounts(a.Namespace).Get(ctx, a.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("%s: read %s: %w", c.Name, a, err)
+	}
+	uid, ok := tokenAccountUID(cred.Token)
+	return ok && uid == string(sa.UID), nil
+}
+
+// tokenAccountUID reads the account UID claim of a bound service-account
+// token. The signature is not checked: the token is one flotilla stored,
+// and TokenReview still has the last word.
+func tokenAccountUID(token string) (string, bool) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return "", false
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return "", false
+	}
+	var claims struct {
+		K8s struct {
+			ServiceAccount struct {
+				UID string `json:"uid"`
+			} `json:"serviceaccount"`
+		} `json:"kubernetes.io"`
+	}
+	if err := json.Unmarshal(payload, &claims); err != nil || claims.K8s.ServiceAccount.UID == "" {
+		return "", false
+	}
+	return claims.K8s.ServiceAccount.UID, true
 }
 
 // Accepted asks cluster c, through TokenReview, whether token authenticates
@@ -156,6 +216,10 @@ func RenewCredential(ctx context.Context, c *kube.Cluster, a Account, known *Cre
 	}
 	if reason == ReasonNone {
 		return *known, ReasonNone, nil
+	}
+	if c.DryRun {
+		// A dry run mints nothing; the secrets it previews carry no token.
+		return Credential{Cluster: c.Name, Namespace: a.Namespace, Account: a.Name, Legacy: o.Legacy}, reason, nil
 	}
 	var cred Credential
 	if o.Legacy {
