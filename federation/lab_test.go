@@ -582,12 +582,21 @@ func TestLabBadInput(t *testing.T) {
 	t.Run("unreachable API server", func(t *testing.T) {
 		addr := "https://" + closedPort(t)
 		m := labMesh(t, MultiPrimary, Member{Name: "east"}, Member{Name: "west"}, Member{Name: "north"})
+		good := mustReconcile(t, ctx, m, nil, o)
 		m.Clusters[1].APIServer = addr
-		res, err := Reconcile(ctx, m, nil, o)
+		res, err := Reconcile(ctx, m, good.Credentials, o)
 		if err != nil {
 			t.Fatal(err)
 		}
 		assertPartial(t, res, "west", false, "west: API server "+addr+" does not answer")
+		if len(res.Credentials) != len(good.Credentials) {
+			t.Errorf("credentials out: %d, want the %d passed in kept (west's despite its failure)", len(res.Credentials), len(good.Credentials))
+		}
+		for i := range res.Credentials {
+			if res.Credentials[i].Token != good.Credentials[i].Token {
+				t.Errorf("%s: token replaced, want kept", res.Credentials[i].Key())
+			}
+		}
 	})
 
 	t.Run("loopback address without AllowLoopback", func(t *testing.T) {

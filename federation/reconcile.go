@@ -147,8 +147,9 @@ type Result struct {
 	// stale secret pruned.
 	Links   []LinkResult
 	Targets []TargetResult
-	// Credentials are the credentials in use now, one per read cluster that
-	// succeeded; the caller stores them and passes them to the next Reconcile.
+	// Credentials are the credentials to store and pass to the next
+	// Reconcile: one per read cluster, new or kept (a cluster that failed
+	// keeps the one passed in, if any).
 	Credentials []Credential
 }
 
@@ -213,6 +214,13 @@ func Reconcile(ctx context.Context, m Mesh, known []Credential, o Options) (*Res
 		if t.Err == nil {
 			ready[t.Cluster] = i
 			res.Credentials = append(res.Credentials, *creds[i])
+			continue
+		}
+		// A cluster that failed this time keeps its stored credential, so
+		// that the next run does not replace a token that still works.
+		key := Credential{Cluster: t.Cluster, Namespace: t.Account.Namespace, Account: t.Account.Name}.Key()
+		if k := knownBy[key]; k != nil {
+			res.Credentials = append(res.Credentials, *k)
 		}
 	}
 
