@@ -1,0 +1,607 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/flotillamesh/flotilla/deploy"
+	"github.com/flotillamesh/flotilla/deploy/kube"
+	"github.com/flotillamesh/flotilla/federation"
+	"github.com/flotillamesh/flotilla/gateways"
+	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/server/spec"
+	"github.com/flotillamesh/flotilla/server/state"
+)
+
+// ApplyOptions change how Apply converges.
+type ApplyOptions struct {
+	// DryRun validates every write on the API servers and persists nothing,
+	// neither in the clusters nor in the state.
+	DryRun bool
+	// CACertsPolicy says what to do with a cacerts flotilla did not write.
+	CACertsPolicy pki.ConflictPolicy
+}
+
+// Step is the outcome of one step of an apply, in one cluster or mesh-wide.
+type Step struct {
+	Cluster string `json:"cluster,omitempty"`
+	Step    string `json:"step"`
+	// Action is what happened: created, updated, unchanged, issued, failed...
+	Action string `json:"action"`
+	Detail string `json:"detail,omitempty"`
+	Error  string `json:"error,omitempty"`
+}
+
+// ApplyReport is the outcome of one apply.
+type ApplyReport struct {
+	// ID is the apply's journal entry (0 for dry runs, which are not journaled).
+	ID       uint64        `json:"id,omitempty"`
+	DryRun   bool          `json:"dryRun,omitempty"`
+	SpecHash string        `json:"specHash"`
+	Duration time.Duration `json:"durationNanos"`
+	Steps    []Step        `json:"steps"`
+}
+
+// Failed returns the steps that failed.
+func (r *ApplyReport) Failed() []Step {
+	var out []Step
+	for _, s := range r.Steps {
+		if s.Error != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Err summarizes the failures, naming each cluster and step; nil when none failed.
+func (r *ApplyReport) Err() error {
+	failed := r.Failed()
+	if len(failed) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d step(s) failed:", len(failed))
+	for _, s := range failed {
+		where := s.Cluster
+		if where == "" {
+			where = "mesh"
+		}
+		fmt.Fprintf(&b, "\n  %s: %s: %s", where, s.Step, s.Error)
+	}
+	return errors.New(b.String())
+}
+
+// Changes counts the steps that changed something.
+func (r *ApplyReport) Changes() int {
+	n := 0
+	for _, s := range r.Steps {
+		switch s.Action {
+		case "unchanged", "skipped", "":
+		default:
+			if s.Error == "" {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+type recorder struct {
+	h      *Hub
+	id     uint64
+	mu     sync.Mutex
+	steps  []Step
+	dryRun bool
+}
+
+func (r *recorder) add(ctx context.Context, s Step) {
+	r.mu.Lock()
+	r.steps = append(r.steps, s)
+	r.mu.Unlock()
+	line := s.Step + ": " + s.Action
+	if s.Detail != "" {
+		line += " (" + s.Detail + ")"
+	}
+	if s.Error != "" {
+		line += ": " + s.Error
+	}
+	r.h.progressf(s.Cluster, "%s", line)
+	if r.id == 0 {
+		return
+	}
+	result := s.Action
+	if s.Error != "" {
+		result = "failed"
+	}
+	// The journal is best effort: a failed journal write must not fail the apply.
+	_ = r.h.Store.Update(ctx, func(tx *state.Tx) error {
+		return tx.AddApplyStep(r.id, state.StepRecord{Cluster: s.Cluster, Step: s.Step, Result: result, Error: s.Error, End: r.h.now()})
+	})
+}
+
+func (r *recorder) fail(ctx context.Context, cluster, step string, err error) {
+	r.add(ctx, Step{Cluster: cluster, Step: step, Action: "failed", Error: err.Error()})
+}
+
+// Apply converges every cluster to m: the mesh's root and each cluster's
+// intermediate in cacerts (built-in PKI), namespaces, gateways and Istio
+// resources, then the reader accounts and remote secrets. Clusters are worked
+// on in parallel; a failure in one cluster stops only the steps that depend on
+// it, and the report names every failure. The root is never regenerated once
+// the state holds one. A killed apply leaves the state consistent and the
+// next apply converges.
+func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyReport, error) {
+	start := h.now()
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	if err := spec.CheckInputs(ctx, m, h.Kubeconfig); err != nil {
+		return nil, err
+	}
+	rep := &ApplyReport{DryRun: o.DryRun, SpecHash: m.Hash()}
+	rec := &recorder{h: h, dryRun: o.DryRun}
+	if !o.DryRun {
+		err := h.Store.Update(ctx, func(tx *state.Tx) error {
+			if err := tx.PutSpec(m.Canonical(), m.Hash()); err != nil {
+				return err
+			}
+			id, err := tx.AppendApply(state.ApplyRecord{Start: start, SpecHash: m.Hash()})
+			rec.id = id
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("state: record apply: %w", err)
+		}
+		rep.ID = rec.id
+	}
+
+	conns, connErrs := h.connect(m, o.DryRun)
+	for name, err := range connErrs {
+		rec.fail(ctx, name, "connect", err)
+	}
+
+	var wg sync.WaitGroup
+	// PKI is independent of gateways and federation: run beside them.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		h.applyPKI(ctx, m, conns, o, rec)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		h.applyControlPlanes(ctx, m, conns, rec)
+		// Remote secrets after the namespaces exist (the control planes made them).
+		h.applyFederation(ctx, m, conns, o, rec)
+	}()
+	wg.Wait()
+
+	rep.Steps = rec.steps
+	sort.SliceStable(rep.Steps, func(i, j int) bool { return rep.Steps[i].Cluster < rep.Steps[j].Cluster })
+	rep.Duration = h.now().Sub(start)
+	if rec.id != 0 {
+		result := "succeeded"
+		if len(rep.Failed()) > 0 {
+			result = fmt.Sprintf("failed: %d step(s)", len(rep.Failed()))
+		}
+		if err := h.Store.Update(ctx, func(tx *state.Tx) error { return tx.FinishApply(rec.id, h.now(), result) }); err != nil {
+			return rep, fmt.Errorf("state: finish apply: %w", err)
+		}
+	}
+	return rep, nil
+}
+
+func pkiConfig(m *spec.Mesh) pki.Config {
+	return pki.Config{
+		KeyAlgorithm:         pki.KeyAlgorithm(m.Spec.PKI.KeyAlgorithm),
+		RootLifetime:         m.Spec.PKI.RootTTL.Duration,
+		IntermediateLifetime: m.Spec.PKI.IntermediateTTL.Duration,
+	}
+}
+
+// loadCA returns the stored root (with its key when the state has one) and
+// the trust bundle.
+func (h *Hub) loadCA(ctx context.Context) (*pki.Root, *pki.Bundle, bool, error) {
+	var root *pki.Root
+	var bundle *pki.Bundle
+	var found bool
+	err := h.Store.View(ctx, func(tx *state.Tx) error {
+		ca, ok, err := tx.CA()
+		if err != nil || !ok {
+			return err
+		}
+		found = true
+		if ca.HasRootKey {
+			key, err := tx.RootKey()
+			if err != nil {
+				return err
+			}
+			if root, err = pki.ImportRoot(ca.RootCertPEM, key, h.now()); err != nil {
+				return fmt.Errorf("stored root: %w", err)
+			}
+		} else if root, err = pki.ImportRootCert(ca.RootCertPEM, h.now()); err != nil {
+			return fmt.Errorf("stored root: %w", err)
+		}
+		bundle, err = pki.ParseBundle(ca.Bundle())
+		return err
+	})
+	return root, bundle, found, err
+}
+
+// ensureCA returns the mesh's root, creating it (or importing the spec's)
+// only when the state has none.
+func (h *Hub) ensureCA(ctx context.Context, m *spec.Mesh, dryRun bool, rec *recorder) (*pki.Root, *pki.Bundle, error) {
+	root, bundle, found, err := h.loadCA(ctx)
+	if err != nil || found {
+		return root, bundle, err
+	}
+	src := state.CAGenerated
+	if r := m.Spec.PKI.Root; r != nil {
+		certPEM, err := os.ReadFile(r.CertFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("root certificate: %w", err)
+		}
+		if r.KeyFile != "" {
+			keyPEM, err := os.ReadFile(r.KeyFile)
+			if err != nil {
+				return nil, nil, fmt.Errorf("root key: %w", err)
+			}
+			root, err = pki.ImportRoot(certPEM, keyPEM, h.now())
+			if err != nil {
+				return nil, nil, err
+			}
+		} else if root, err = pki.ImportRootCert(certPEM, h.now()); err != nil {
+			return nil, nil, err
+		}
+		src = state.CAImported
+	} else {
+		if dryRun {
+			rec.add(ctx, Step{Step: "root CA", Action: "would generate", Detail: string(m.Spec.PKI.KeyAlgorithm)})
+			return nil, nil, nil
+		}
+		h.progressf("", "generating the mesh root CA (%s)", m.Spec.PKI.KeyAlgorithm)
+		if root, err = pki.NewRoot(pkiConfig(m)); err != nil {
+			return nil, nil, err
+		}
+	}
+	bundle = pki.NewBundle(root.Cert)
+	if dryRun {
+		rec.add(ctx, Step{Step: "root CA", Action: "would import", Detail: pki.Fingerprint(root.Cert)})
+		return root, bundle, nil
+	}
+	var keyPEM []byte
+	if root.HasKey() {
+		keyPEM = root.Key.Reveal()
+	}
+	err = h.Store.Update(ctx, func(tx *state.Tx) error {
+		return tx.InitCA(state.CA{RootCertPEM: root.CertPEM, Source: src, UpdatedAt: h.now()}, keyPEM)
+	})
+	if errors.Is(err, state.ErrCAExists) {
+		// Another apply stored one first: use that one, never a second root.
+		root, bundle, _, err = h.loadCA(ctx)
+		return root, bundle, err
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("state: store root CA: %w", err)
+	}
+	action := "generated"
+	if src == state.CAImported {
+		action = "imported"
+	}
+	rec.add(ctx, Step{Step: "root CA", Action: action, Detail: pki.Fingerprint(root.Cert)})
+	return root, bundle, nil
+}
+
+// renewWhenLeft is the share of an intermediate's lifetime left at which
+// apply and the reconcile loop issue a new one.
+const renewWhenLeft = 5 // 1/5th
+
+// needsRenewal reports whether cert has less than 1/renewWhenLeft of its
+// lifetime left at now.
+func needsRenewal(notBefore, notAfter, now time.Time) bool {
+	life := notAfter.Sub(notBefore)
+	return notAfter.Sub(now) < life/renewWhenLeft
+}
+
+func (h *Hub) applyPKI(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder) {
+	switch m.Spec.PKI.Mode {
+	case spec.PKIBuiltin:
+	default:
+		for _, c := range m.Spec.Clusters {
+			rec.fail(ctx, c.Name, "cacerts", fmt.Errorf("pki mode %q is not supported by this build yet", m.Spec.PKI.Mode))
+		}
+		return
+	}
+	root, bundle, err := h.ensureCA(ctx, m, o.DryRun, rec)
+	if err != nil {
+		rec.fail(ctx, "", "root CA", err)
+		return
+	}
+	ns := m.Spec.ControlPlaneNamespace
+	var wg sync.WaitGroup
+	for _, c := range m.Spec.Clusters {
+		kc := conns[c.Name]
+		if kc == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := h.applyCACerts(ctx, m, kc, ns, root, bundle, o, rec); err != nil {
+				rec.fail(ctx, c.Name, "cacerts", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// applyCACerts makes sure the cluster has an intermediate in the state and
+// the matching cacerts in the cluster. The intermediate is stored before
+// cacerts is written, so a kill in between leaves nothing the next apply
+// cannot converge.
+func (h *Hub) applyCACerts(ctx context.Context, m *spec.Mesh, kc *kube.Cluster, ns string, root *pki.Root, bundle *pki.Bundle, o ApplyOptions, rec *recorder) error {
+	name := kc.Name
+	if root == nil {
+		rec.add(ctx, Step{Cluster: name, Step: "cacerts", Action: "would create", Detail: "intermediate under the new root"})
+		return nil
+	}
+	var in *pki.Intermediate
+	err := h.Store.View(ctx, func(tx *state.Tx) error {
+		cr, ok, err := tx.Cluster(name)
+		if err != nil || !ok || len(cr.IntermediateCertPEM) == 0 || !cr.HasIntermediateKey {
+			return err
+		}
+		key, err := tx.IntermediateKey(name)
+		if err != nil {
+			return err
+		}
+		in, err = pki.LoadIntermediate(name, ns, cr.IntermediateCertPEM, pki.NewPrivateKeyPEM(key))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("state: intermediate: %w", err)
+	}
+	if in != nil && !bundle.Contains(root.Cert) {
+		return errors.New("stored root is not in the trust bundle")
+	}
+	if in != nil && in.Cert.CheckSignatureFrom(root.Cert) != nil {
+		in = nil // issued under an earlier root: issue anew under the current one
+	}
+	issued := ""
+	if in == nil || needsRenewal(in.Cert.NotBefore, in.Cert.NotAfter, h.now()) {
+		if !root.HasKey() {
+			return errors.New("no intermediate and the root is offline: run flotilla ca csr, sign, then flotilla ca accept")
+		}
+		if o.DryRun {
+			rec.add(ctx, Step{Cluster: name, Step: "cacerts", Action: "would issue", Detail: "new intermediate"})
+			return nil
+		}
+		reason := "new"
+		if in != nil {
+			reason = "renewal"
+		}
+		if in, err = root.IssueIntermediate(name, ns, pkiConfig(m)); err != nil {
+			return err
+		}
+		err = h.Store.Update(ctx, func(tx *state.Tx) error {
+			return tx.PutIntermediate(name, in.CertPEM, in.Key.Reveal())
+		})
+		if err != nil {
+			return fmt.Errorf("state: store intermediate: %w", err)
+		}
+		issued = reason
+	}
+	cc, err := pki.NewCACerts(in, root, bundle)
+	if err != nil {
+		return err
+	}
+	res, err := pki.WriteCACerts(ctx, kc, ns, cc, o.CACertsPolicy)
+	if err != nil {
+		return err
+	}
+	if res.Adopted != nil && !o.DryRun {
+		err = h.Store.Update(ctx, func(tx *state.Tx) error {
+			return tx.PutIntermediate(name, res.Adopted.CertPEM, res.Adopted.Key.Reveal())
+		})
+		if err != nil {
+			return fmt.Errorf("state: store adopted intermediate: %w", err)
+		}
+	}
+	detail := "intermediate expires " + in.Cert.NotAfter.UTC().Format(time.DateOnly)
+	if issued != "" {
+		detail = issued + " intermediate, " + detail
+	}
+	rec.add(ctx, Step{Cluster: name, Step: "cacerts " + ns + "/" + pki.SecretName, Action: string(res.Action), Detail: detail})
+	return nil
+}
+
+func deployOptions(m *spec.Mesh) deploy.Options {
+	o := deploy.Options{
+		MeshID:    m.Spec.MeshID,
+		Version:   istioVersion(m),
+		Namespace: m.Spec.ControlPlaneNamespace,
+		Exposure:  map[string]gateways.Exposure{},
+	}
+	for _, c := range m.Spec.Clusters {
+		e := gateways.Exposure{Type: coreServiceType(c.Gateway.ServiceType), Address: c.Gateway.Address}
+		if c.Gateway.NodePort != 0 {
+			e.NodePorts = map[string]int32{"tls": c.Gateway.NodePort}
+		}
+		o.Exposure[c.Name] = e
+	}
+	return o
+}
+
+func (h *Hub) applyControlPlanes(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, rec *recorder) {
+	if len(conns) != len(m.Spec.Clusters) {
+		rec.add(ctx, Step{Step: "control planes", Action: "skipped", Error: "not every cluster is reachable; gateways and Istio resources need them all"})
+		return
+	}
+	opts := deployOptions(m)
+	dry := false
+	for _, c := range conns {
+		dry = dry || c.DryRun
+	}
+	opts.AllowPendingAddress = dry
+	res, err := deploy.ApplyMesh(ctx, conns, m.Spec.Topology, m.Members(), opts, func(line string) { h.progressf("", "%s", line) })
+	if res != nil {
+		names := make([]string, 0, len(res.Applied))
+		for n := range res.Applied {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			applied := res.Applied[n]
+			detail := fmt.Sprintf("%d objects", len(applied))
+			if a, ok := res.Addresses[n]; ok && a.Host != "" {
+				detail += ", gateway " + a.Host
+			}
+			rec.add(ctx, Step{Cluster: n, Step: "control plane", Action: "applied", Detail: detail})
+		}
+	}
+	if err != nil {
+		rec.fail(ctx, "", "control planes", err)
+	}
+}
+
+// credentialsSecret is where the reader credentials are kept, sealed.
+const credentialsSecret = "federation/credentials"
+
+func (h *Hub) loadCredentials(ctx context.Context) ([]federation.Credential, error) {
+	var creds []federation.Credential
+	err := h.Store.View(ctx, func(tx *state.Tx) error {
+		data, ok, err := tx.Secret(credentialsSecret)
+		if err != nil || !ok {
+			return err
+		}
+		return json.Unmarshal(data, &creds)
+	})
+	return creds, err
+}
+
+func federationOptions(m *spec.Mesh) federation.Options {
+	return federation.Options{
+		Namespace:     m.Spec.ControlPlaneNamespace,
+		AllowLoopback: m.Spec.AllowLoopbackAPIServers,
+		Token: federation.TokenOptions{
+			Lifetime: m.Spec.Federation.TokenTTL.Duration,
+			Legacy:   m.Spec.Federation.LegacyTokenSecret,
+		},
+	}
+}
+
+func federationMesh(m *spec.Mesh, conns map[string]*kube.Cluster) federation.Mesh {
+	fm := federation.Mesh{Topology: m.Spec.Topology}
+	members := m.Members()
+	for i, c := range m.Spec.Clusters {
+		fm.Clusters = append(fm.Clusters, federation.Cluster{
+			Member:     members[i],
+			Kube:       conns[c.Name],
+			Kubeconfig: c.KubeconfigFor(""),
+			Context:    c.Context,
+			APIServer:  c.APIServer,
+		})
+	}
+	return fm
+}
+
+func (h *Hub) applyFederation(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder) {
+	known, err := h.loadCredentials(ctx)
+	if err != nil {
+		rec.fail(ctx, "", "remote secrets", fmt.Errorf("state: credentials: %w", err))
+		return
+	}
+	fm := federationMesh(m, conns)
+	for i := range fm.Clusters {
+		if fm.Clusters[i].Kube == nil {
+			// Unreachable: federation reports it per link and completes the others.
+			fm.Clusters[i].Kubeconfig = m.Spec.Clusters[i].KubeconfigFor(h.Kubeconfig)
+		}
+	}
+	res, err := federation.Reconcile(ctx, fm, known, federationOptions(m))
+	if err != nil {
+		rec.fail(ctx, "", "remote secrets", err)
+		return
+	}
+	for _, t := range res.Targets {
+		s := Step{Cluster: t.Cluster, Step: "reader " + t.Account.String(), Action: "unchanged"}
+		if t.Renewed != federation.ReasonNone {
+			s.Action, s.Detail = "token issued", string(t.Renewed)
+		}
+		if t.Err != nil {
+			s.Action, s.Error = "failed", t.Err.Error()
+		}
+		rec.add(ctx, s)
+	}
+	for _, l := range res.Links {
+		s := Step{Cluster: l.Reader, Step: "secret " + l.Namespace + "/" + l.Secret, Action: string(l.Action), Detail: "reads " + l.Target}
+		if l.Err != nil {
+			s.Action, s.Error = "failed", l.Err.Error()
+		}
+		rec.add(ctx, s)
+	}
+	if o.DryRun {
+		return
+	}
+	// Keep every credential in use, plus the stored ones of clusters that
+	// could not be reached this time (still valid, still in their secrets).
+	merged := map[string]federation.Credential{}
+	for _, c := range known {
+		merged[c.Key()] = c
+	}
+	for _, c := range res.Credentials {
+		merged[c.Key()] = c
+	}
+	inSpec := map[string]bool{}
+	for _, c := range m.Spec.Clusters {
+		inSpec[c.Name] = true
+	}
+	var creds []federation.Credential
+	for _, c := range merged {
+		if inSpec[c.Cluster] {
+			creds = append(creds, c)
+		}
+	}
+	sort.Slice(creds, func(i, j int) bool { return creds[i].Key() < creds[j].Key() })
+	data, err := json.Marshal(creds)
+	if err != nil {
+		rec.fail(ctx, "", "remote secrets", err)
+		return
+	}
+	err = h.Store.Update(ctx, func(tx *state.Tx) error {
+		if err := tx.PutSecret(credentialsSecret, data); err != nil {
+			return err
+		}
+		for _, c := range res.Credentials {
+			tok := state.ReaderToken{ReadBy: readersOf(res.Plan, c.Cluster), IssuedAt: h.now(), ExpiresAt: c.Expiry}
+			if err := tx.SetReaderToken(c.Cluster, tok); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		rec.fail(ctx, "", "remote secrets", fmt.Errorf("state: store credentials: %w", err))
+	}
+}
+
+func readersOf(p federation.Plan, target string) string {
+	var rs []string
+	for _, l := range p.Links {
+		if l.Target == target {
+			rs = append(rs, l.Reader)
+		}
+	}
+	return strings.Join(rs, ",")
+}
+
+func coreServiceType(t spec.ServiceType) corev1.ServiceType { return corev1.ServiceType(t) }

@@ -1,0 +1,86 @@
+// Package server is flotilla's hub: the engine that converges clusters to a
+// mesh spec (apply, plan, status, check) over the bbolt state, and the
+// long-running server that exposes it over HTTP and reconciles on a timer.
+package server
+
+import (
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/flotillamesh/flotilla/deploy/kube"
+	"github.com/flotillamesh/flotilla/server/spec"
+	"github.com/flotillamesh/flotilla/server/state"
+)
+
+// DefaultIstioVersion is the Sail Operator version used when the spec names none.
+const DefaultIstioVersion = "v1.30.3"
+
+// Hub converges member clusters to a mesh spec, keeping what it must
+// remember (CA material, tokens, the journal) in its state.
+type Hub struct {
+	// Store is the open state; the hub does not close it.
+	Store *state.Store
+	// Kubeconfig is the kubeconfig clusters are reached through ("" means
+	// $KUBECONFIG or ~/.kube/config), unless a cluster names its own.
+	Kubeconfig string
+	// Progress receives one line per step as it happens; nil discards them.
+	Progress io.Writer
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+	// Connect opens a cluster connection; nil uses the kubeconfig.
+	Connect func(c spec.Cluster, kubeconfig string) (*kube.Cluster, error)
+
+	mu sync.Mutex // serializes progress lines from parallel steps
+}
+
+func (h *Hub) now() time.Time {
+	if h.Now != nil {
+		return h.Now()
+	}
+	return time.Now()
+}
+
+func (h *Hub) progressf(cluster, format string, args ...any) {
+	if h.Progress == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	prefix := "mesh"
+	if cluster != "" {
+		prefix = cluster
+	}
+	fmt.Fprintf(h.Progress, "%-10s %s\n", prefix+":", fmt.Sprintf(format, args...))
+}
+
+// connect opens a connection to every cluster of the spec; the failures come
+// back by cluster so that the others can go on.
+func (h *Hub) connect(m *spec.Mesh, dryRun bool) (map[string]*kube.Cluster, map[string]error) {
+	conns := map[string]*kube.Cluster{}
+	errs := map[string]error{}
+	for _, c := range m.Spec.Clusters {
+		var kc *kube.Cluster
+		var err error
+		if h.Connect != nil {
+			kc, err = h.Connect(c, h.Kubeconfig)
+		} else {
+			kc, err = kube.FromKubeconfig(c.Name, c.KubeconfigFor(h.Kubeconfig), c.Context)
+		}
+		if err != nil {
+			errs[c.Name] = err
+			continue
+		}
+		kc.DryRun = dryRun
+		conns[c.Name] = kc
+	}
+	return conns, errs
+}
+
+func istioVersion(m *spec.Mesh) string {
+	if v := m.Spec.Istio.Version; v != "" {
+		return v
+	}
+	return DefaultIstioVersion
+}
