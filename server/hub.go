@@ -4,6 +4,8 @@
 package server
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -84,3 +86,35 @@ func istioVersion(m *spec.Mesh) string {
 	}
 	return DefaultIstioVersion
 }
+
+// Engine is what the CLI drives: a Hub on the local state, or a Client of a
+// running hub. A nil spec means the spec of the last apply.
+type Engine interface {
+	Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyReport, error)
+	Status(ctx context.Context, m *spec.Mesh) (*Status, error)
+	Check(ctx context.Context, m *spec.Mesh) ([]Check, error)
+}
+
+var _ Engine = (*Hub)(nil)
+
+// StoredMesh returns the spec of the last apply from the state.
+func (h *Hub) StoredMesh(ctx context.Context) (*spec.Mesh, error) {
+	var raw []byte
+	err := h.Store.View(ctx, func(tx *state.Tx) error {
+		s, ok, err := tx.Spec()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return errNoSpec
+		}
+		raw = s.Raw
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return spec.Parse("state", raw)
+}
+
+var errNoSpec = errors.New("no mesh has been applied yet: give a spec with -f, or run flotilla apply -f mesh.yaml first")

@@ -1,0 +1,167 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	"github.com/flotillamesh/flotilla/server/spec"
+)
+
+// Check is one named diagnosis, in the style of `linkerd multicluster check`.
+type Check struct {
+	Name    string `json:"name"`
+	Cluster string `json:"cluster,omitempty"`
+	OK      bool   `json:"ok"`
+	Message string `json:"message,omitempty"`
+	// Hint says how to fix a failure.
+	Hint string `json:"hint,omitempty"`
+}
+
+// expiryWarning is how close to expiry an intermediate fails the check.
+const expiryWarning = 30 * 24 * time.Hour
+
+// Check diagnoses the mesh: every check runs, each with a fix hint on failure.
+func (h *Hub) Check(ctx context.Context, m *spec.Mesh) ([]Check, error) {
+	st, err := h.Status(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	return Diagnose(m, st, h.now()), nil
+}
+
+// Diagnose turns an observed status into named checks.
+func Diagnose(m *spec.Mesh, st *Status, now time.Time) []Check {
+	var out []Check
+	add := func(c Check) { out = append(out, c) }
+	ns := m.Spec.ControlPlaneNamespace
+	builtin := m.Spec.PKI.Mode == spec.PKIBuiltin || m.Spec.PKI.Mode == ""
+
+	roots := map[string][]string{}
+	for _, c := range st.Clusters {
+		if !c.Reachable {
+			add(Check{Name: "cluster reachable", Cluster: c.Name, Message: c.Error,
+				Hint: fmt.Sprintf("check the kubeconfig context of cluster %s and that its API server answers", c.Name)})
+			continue
+		}
+		add(Check{Name: "cluster reachable", Cluster: c.Name, OK: true})
+		if c.RootFingerprint != "" {
+			roots[c.RootFingerprint] = append(roots[c.RootFingerprint], c.Name)
+		}
+		if builtin {
+			ck := Check{Name: "intermediate CA valid", Cluster: c.Name}
+			switch {
+			case c.IntermediateSerial == "":
+				ck.Message = fmt.Sprintf("no cacerts in %s", ns)
+				ck.Hint = "run flotilla apply to issue the cluster's intermediate"
+			case !c.IntermediateChainValid:
+				ck.Message = "cacerts does not form a valid chain to its root-cert.pem"
+				ck.Hint = "run flotilla ca rotate intermediate " + c.Name
+			case c.IntermediateNotAfter.Sub(now) < expiryWarning:
+				ck.Message = "intermediate expires " + c.IntermediateNotAfter.UTC().Format(time.RFC3339)
+				ck.Hint = "run flotilla ca rotate intermediate " + c.Name + " (the hub renews it when running)"
+			default:
+				ck.OK = true
+				ck.Message = "expires " + c.IntermediateNotAfter.UTC().Format(time.DateOnly)
+			}
+			add(ck)
+		}
+		nl := Check{Name: "network label", Cluster: c.Name, OK: c.Network == "" || c.NetworkLabel == c.Network}
+		if !nl.OK {
+			nl.Message = fmt.Sprintf("namespace %s has topology.istio.io/network=%q, want %q", ns, c.NetworkLabel, c.Network)
+			nl.Hint = "run flotilla apply (or kubectl label namespace " + ns + " topology.istio.io/network=" + c.Network + " --overwrite)"
+		}
+		add(nl)
+		if needsGateway(m, c) {
+			gw := Check{Name: "gateway address", Cluster: c.Name, OK: c.GatewayAddress != "", Message: c.GatewayAddress}
+			if !gw.OK {
+				gw.Message = "service " + ns + "/istio-eastwestgateway has no external address"
+				gw.Hint = "give the cluster a load balancer, or set gateway.serviceType NodePort or a fixed gateway.address in the spec"
+			}
+			add(gw)
+		}
+		var bad []string
+		for _, rs := range c.RemoteSecrets {
+			if rs.Expected && !rs.Healthy {
+				bad = append(bad, fmt.Sprintf("%s (%s)", rs.Name, rs.Error))
+			}
+		}
+		var missing []string
+		for _, d := range c.Drift {
+			if strings.Contains(d, "is missing") && strings.Contains(d, "reads") {
+				missing = append(missing, d)
+			}
+		}
+		rsCheck := Check{Name: "remote secrets authenticate", Cluster: c.Name, OK: len(bad) == 0 && len(missing) == 0}
+		if !rsCheck.OK {
+			rsCheck.Message = strings.Join(append(missing, bad...), "; ")
+			rsCheck.Hint = "run flotilla apply: it re-issues reader tokens and rewrites the secrets"
+		}
+		add(rsCheck)
+		ic := Check{Name: "Istio resource consistent", Cluster: c.Name}
+		switch {
+		case c.Istio == nil:
+			ic.Message = "no Sail Istio resource"
+			ic.Hint = "run flotilla apply"
+		case c.Istio.MeshID != "" && c.Istio.MeshID != m.Spec.MeshID:
+			ic.Message = fmt.Sprintf("meshID %q, want %q", c.Istio.MeshID, m.Spec.MeshID)
+			ic.Hint = "run flotilla apply"
+		case c.Istio.Network != "" && c.Network != "" && c.Istio.Network != c.Network:
+			ic.Message = fmt.Sprintf("global.network %q, want %q", c.Istio.Network, c.Network)
+			ic.Hint = "run flotilla apply"
+		default:
+			ic.OK = true
+		}
+		add(ic)
+	}
+	if builtin {
+		same := Check{Name: "same root everywhere", OK: len(roots) == 1}
+		if st.RootFingerprint != "" && len(roots) == 1 {
+			if _, ok := roots[st.RootFingerprint]; !ok {
+				same.OK = false
+			}
+		}
+		if !same.OK {
+			var parts []string
+			for fp, cs := range roots {
+				parts = append(parts, fmt.Sprintf("%s: %s", short(fp), strings.Join(cs, ",")))
+			}
+			same.Message = "roots found: " + strings.Join(parts, "; ")
+			if len(roots) == 0 {
+				same.Message = "no cluster has a cacerts"
+			}
+			same.Hint = "cross-cluster mTLS needs one root: run flotilla apply (a foreign cacerts needs --replace-cacerts or --adopt-cacerts)"
+		} else {
+			same.Message = "root " + short(st.RootFingerprint)
+		}
+		out = append([]Check{same}, out...)
+	}
+	return out
+}
+
+// needsGateway says whether a cluster should have an east-west gateway: in a
+// multi-network mesh, or as a primary serving remotes.
+func needsGateway(m *spec.Mesh, c ClusterStatus) bool {
+	nets := map[string]bool{}
+	for _, cl := range m.Spec.Clusters {
+		if cl.Network != "" {
+			nets[cl.Network] = true
+		}
+	}
+	if len(nets) > 1 {
+		return true
+	}
+	if c.Role == "primary" {
+		for _, cl := range m.Spec.Clusters {
+			if cl.Role == "remote" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func isNotFound(err error) bool { return apierrors.IsNotFound(err) }

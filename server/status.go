@@ -1,0 +1,262 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/flotillamesh/flotilla/deploy"
+	"github.com/flotillamesh/flotilla/deploy/kube"
+	"github.com/flotillamesh/flotilla/federation"
+	"github.com/flotillamesh/flotilla/gateways"
+	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/server/spec"
+)
+
+// Status is the mesh as observed in its clusters, compared with the spec
+// and the state. Its JSON form is flotilla's stable `status -o json` output.
+type Status struct {
+	Mesh     string              `json:"mesh"`
+	Topology federation.Topology `json:"topology"`
+	// RootFingerprint is the SHA-256 fingerprint of the root in the state.
+	RootFingerprint string          `json:"rootFingerprint,omitempty"`
+	ObservedAt      time.Time       `json:"observedAt"`
+	Clusters        []ClusterStatus `json:"clusters"`
+}
+
+// ClusterStatus is one cluster as observed.
+type ClusterStatus struct {
+	Name    string          `json:"name"`
+	Role    federation.Role `json:"role"`
+	Network string          `json:"network"`
+	// Reachable is false when the cluster could not be read; Error says why.
+	Reachable bool   `json:"reachable"`
+	Error     string `json:"error,omitempty"`
+	// NetworkLabel is the control-plane namespace's topology.istio.io/network.
+	NetworkLabel string `json:"networkLabel,omitempty"`
+	// GatewayAddress is the east-west gateway's external address.
+	GatewayAddress string `json:"gatewayAddress,omitempty"`
+	// RootFingerprint is the first root in the cluster's cacerts root-cert.pem.
+	RootFingerprint        string    `json:"rootFingerprint,omitempty"`
+	IntermediateSerial     string    `json:"intermediateSerial,omitempty"`
+	IntermediateNotAfter   time.Time `json:"intermediateNotAfter,omitzero"`
+	IntermediateChainValid bool      `json:"intermediateChainValid"`
+	// Istio is the Sail Istio resource's global values as found.
+	Istio         *IstioStatus         `json:"istio,omitempty"`
+	RemoteSecrets []RemoteSecretStatus `json:"remoteSecrets"`
+	// Drift lists what differs from the spec and the state.
+	Drift []string `json:"drift"`
+}
+
+// IstioStatus is what flotilla checks of a cluster's Sail Istio resource.
+type IstioStatus struct {
+	Name        string `json:"name"`
+	Version     string `json:"version,omitempty"`
+	MeshID      string `json:"meshID,omitempty"`
+	ClusterName string `json:"clusterName,omitempty"`
+	Network     string `json:"network,omitempty"`
+}
+
+// RemoteSecretStatus is one remote secret a cluster holds.
+type RemoteSecretStatus struct {
+	Name      string `json:"name"`
+	Namespace string `json:"namespace"`
+	// Target is the cluster the secret reads.
+	Target   string `json:"target"`
+	Expected bool   `json:"expected"`
+	// Healthy: the kubeconfig, used as-is, authenticates and may read services.
+	Healthy bool   `json:"healthy"`
+	Error   string `json:"error,omitempty"`
+}
+
+// Status reads every cluster of m and compares it with m and the state.
+func (h *Hub) Status(ctx context.Context, m *spec.Mesh) (*Status, error) {
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	root, _, _, err := h.loadCA(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("state: %w", err)
+	}
+	st := &Status{Mesh: m.Metadata.Name, Topology: m.Spec.Topology, ObservedAt: h.now()}
+	if root != nil {
+		st.RootFingerprint = pki.Fingerprint(root.Cert)
+	}
+	plan, err := federation.NewPlan(m.Spec.Topology, m.Members())
+	if err != nil {
+		return nil, err
+	}
+	conns, connErrs := h.connect(m, false)
+	members := m.Members()
+	st.Clusters = make([]ClusterStatus, len(members))
+	var wg sync.WaitGroup
+	for i, mem := range members {
+		cs := &st.Clusters[i]
+		*cs = ClusterStatus{Name: mem.Name, Role: mem.Role, Network: mem.Network, RemoteSecrets: []RemoteSecretStatus{}, Drift: []string{}}
+		if err := connErrs[mem.Name]; err != nil {
+			cs.Error = err.Error()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h.observe(ctx, m, plan, conns[mem.Name], root, cs)
+		}()
+	}
+	wg.Wait()
+	return st, nil
+}
+
+func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, kc *kube.Cluster, root *pki.Root, cs *ClusterStatus) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	ns := m.Spec.ControlPlaneNamespace
+	if cs.Role == federation.RoleDataPlane {
+		ns = deploy.DefaultExternalNamespace
+	}
+	nsObj, err := kc.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	if err != nil && !isNotFound(err) {
+		cs.Error = fmt.Sprintf("%s: read namespace %s: %v", kc.Name, ns, err)
+		return
+	}
+	cs.Reachable = true
+	if err == nil {
+		cs.NetworkLabel = nsObj.Labels[gateways.NetworkLabel]
+	}
+	if cs.Network != "" && cs.NetworkLabel != cs.Network {
+		cs.Drift = append(cs.Drift, fmt.Sprintf("namespace %s: network label %q, want %q", ns, cs.NetworkLabel, cs.Network))
+	}
+	if addr, ok, err := gateways.LookupAddress(ctx, kc, m.Spec.ControlPlaneNamespace, gateways.EastWestName); err == nil && ok {
+		cs.GatewayAddress = addr.Host
+	}
+
+	if m.Spec.PKI.Mode == spec.PKIBuiltin || m.Spec.PKI.Mode == "" {
+		cc, err := pki.ReadCACerts(ctx, kc, m.Spec.ControlPlaneNamespace)
+		switch {
+		case err != nil:
+			cs.Drift = append(cs.Drift, fmt.Sprintf("secret %s/cacerts: %v", m.Spec.ControlPlaneNamespace, err))
+		case cc == nil:
+			cs.Drift = append(cs.Drift, fmt.Sprintf("secret %s/cacerts is missing", m.Spec.ControlPlaneNamespace))
+		default:
+			h.observeCACerts(cc, root, cs, m.Spec.ControlPlaneNamespace)
+		}
+	}
+
+	cs.Istio = readIstio(ctx, kc, cs.Role)
+
+	secretNS := federationOptions(m).SecretNamespace(m.Spec.Topology)
+	expected := map[string]federation.Link{}
+	for _, l := range plan.LinksFrom(cs.Name) {
+		expected[federation.SecretName(l.Kind, l.Target)] = l
+	}
+	list, err := kc.Kube.CoreV1().Secrets(secretNS).List(ctx, metav1.ListOptions{LabelSelector: federation.MultiClusterLabel + "=true"})
+	if err != nil {
+		cs.Drift = append(cs.Drift, fmt.Sprintf("list remote secrets in %s: %v", secretNS, err))
+		return
+	}
+	found := map[string]bool{}
+	for _, s := range list.Items {
+		target := s.Annotations[federation.ClusterAnnotation]
+		rs := RemoteSecretStatus{Name: s.Name, Namespace: s.Namespace, Target: target}
+		_, rs.Expected = expected[s.Name]
+		found[s.Name] = true
+		for _, data := range s.Data {
+			if err := probeKubeconfig(ctx, data); err != nil {
+				rs.Error = err.Error()
+			} else {
+				rs.Healthy = true
+			}
+			break
+		}
+		if !rs.Expected {
+			cs.Drift = append(cs.Drift, fmt.Sprintf("secret %s/%s reads %q, which the topology does not ask for", s.Namespace, s.Name, target))
+		}
+		cs.RemoteSecrets = append(cs.RemoteSecrets, rs)
+	}
+	names := make([]string, 0, len(expected))
+	for n := range expected {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if !found[n] {
+			cs.Drift = append(cs.Drift, fmt.Sprintf("secret %s/%s (reads %s) is missing", secretNS, n, expected[n].Target))
+		}
+	}
+}
+
+func (h *Hub) observeCACerts(cc *pki.ClusterCACerts, root *pki.Root, cs *ClusterStatus, ns string) {
+	info, err := cc.CACerts.Describe()
+	if err != nil {
+		cs.Drift = append(cs.Drift, fmt.Sprintf("secret %s/cacerts: %v", ns, err))
+		return
+	}
+	cs.IntermediateSerial = info.Intermediate.Serial
+	cs.IntermediateNotAfter = info.Intermediate.NotAfter
+	if len(info.Roots) > 0 {
+		cs.RootFingerprint = info.Roots[0].Fingerprint
+	}
+	cs.IntermediateChainValid = cc.CACerts.Validate(h.now()) == nil
+	if root != nil && cs.RootFingerprint != pki.Fingerprint(root.Cert) {
+		cs.Drift = append(cs.Drift, fmt.Sprintf("secret %s/cacerts chains to root %s, not the mesh root", ns, short(cs.RootFingerprint)))
+	}
+	if !cc.Managed {
+		cs.Drift = append(cs.Drift, fmt.Sprintf("secret %s/cacerts was not written by flotilla", ns))
+	}
+}
+
+var sailIstioGVR = schema.GroupVersionResource{Group: "sailoperator.io", Version: "v1", Resource: "istios"}
+
+func readIstio(ctx context.Context, kc *kube.Cluster, role federation.Role) *IstioStatus {
+	name := deploy.IstioName
+	if role == federation.RoleDataPlane {
+		name = deploy.ExternalIstiodName
+	}
+	u, err := kc.Dynamic.Resource(sailIstioGVR).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil
+	}
+	return istioStatus(u)
+}
+
+func istioStatus(u *unstructured.Unstructured) *IstioStatus {
+	s := &IstioStatus{Name: u.GetName()}
+	s.Version, _, _ = unstructured.NestedString(u.Object, "spec", "version")
+	s.MeshID, _, _ = unstructured.NestedString(u.Object, "spec", "values", "global", "meshID")
+	s.ClusterName, _, _ = unstructured.NestedString(u.Object, "spec", "values", "global", "multiCluster", "clusterName")
+	s.Network, _, _ = unstructured.NestedString(u.Object, "spec", "values", "global", "network")
+	return s
+}
+
+// probeKubeconfig uses a remote secret's kubeconfig as istiod would, and
+// asks for what the reader role grants.
+func probeKubeconfig(ctx context.Context, data []byte) error {
+	cfg, err := clientcmd.RESTConfigFromKubeConfig(data)
+	if err != nil {
+		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	cfg.Timeout = 5 * time.Second
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	if _, err := cs.CoreV1().Services("").List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
+		return fmt.Errorf("%s: %w", cfg.Host, err)
+	}
+	return nil
+}
+
+func short(fp string) string {
+	if len(fp) > 23 {
+		return fp[:23] + "…"
+	}
+	return fp
+}
