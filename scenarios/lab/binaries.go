@@ -22,12 +22,16 @@ const (
 	KubernetesVersion = "v1.36.3"
 	EtcdVersion       = "v3.6.8"
 	KwokVersion       = "v0.8.0"
+	// CertManagerVersion is the cert-manager module scenarios/certmanager builds.
+	CertManagerVersion = "v1.21.2"
 	// buildRecipe changes when the set of binaries or their build flags change.
-	buildRecipe = "2"
+	buildRecipe = "3"
 )
 
-// Binaries the lab runs, all built from scenarios/upstream.
-var binaryNames = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok"}
+// Binaries the lab runs, built from scenarios/upstream, and cert-manager's
+// controllers from scenarios/certmanager (its own module: cert-manager's
+// dependencies stay out of the upstream module's graph).
+var binaryNames = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", certManagerBinary}
 
 // stagesFile holds kwok's stages, printed once at build time by kwok-stages.
 const stagesFile = "kwok-stages.yaml"
@@ -131,8 +135,8 @@ func build(ctx context.Context, src, dir string, logw io.Writer) error {
 	}
 	defer os.RemoveAll(tmp)
 	start := time.Now()
-	fmt.Fprintf(logw, "lab: building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (kubernetes %s), etcd %s and kwok %s into %s (a cold build takes several minutes)\n",
-		KubernetesVersion, EtcdVersion, KwokVersion, dir)
+	fmt.Fprintf(logw, "lab: building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (kubernetes %s), etcd %s, kwok %s and cert-manager %s controllers into %s (a cold build takes several minutes)\n",
+		KubernetesVersion, EtcdVersion, KwokVersion, CertManagerVersion, dir)
 	args := []string{"build", "-trimpath", "-ldflags=-s -w", "-o", tmp + "/",
 		"./cmd/etcd", "./cmd/kwok-stages",
 		"k8s.io/kubernetes/cmd/kube-apiserver",
@@ -160,6 +164,14 @@ func build(ctx context.Context, src, dir string, logw io.Writer) error {
 		}
 	}()
 	err = cmd.Run()
+	if err == nil {
+		// Same flags and environment, so the build cache serves both.
+		cm := exec.CommandContext(ctx, goTool(), "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(tmp, certManagerBinary), ".")
+		cm.Dir = filepath.Join(filepath.Dir(src), "certmanager")
+		cm.Env = cmd.Env
+		cm.Stdout, cm.Stderr = &out, &out
+		err = cm.Run()
+	}
 	close(stop)
 	if err != nil {
 		return fmt.Errorf("lab binaries missing in %s and building them failed: %s", dir, buildFailure(out.String(), err))

@@ -161,6 +161,11 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 	if err := installCRDs(ctx, c.RESTConfig(), crds); err != nil {
 		return fmt.Errorf("CRDs: %w", err)
 	}
+	if c.certManager {
+		if err := c.startCertManager(run, kcfg); err != nil {
+			return err
+		}
+	}
 	node := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: c.Name + "-node",

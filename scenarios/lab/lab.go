@@ -44,6 +44,9 @@ type Options struct {
 	Build BuildOptions
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
+	// CertManager runs cert-manager's own controllers (issuers, certificate
+	// requests with the approver, certificates) against each cluster.
+	CertManager bool
 }
 
 // Lab is a set of running clusters.
@@ -83,9 +86,10 @@ type Cluster struct {
 	// KwokAddress is where this cluster's kwok serves exec, logs and port-forward.
 	KwokAddress string
 
-	dir   string
-	octet int
-	procs []*process
+	dir         string
+	octet       int
+	procs       []*process
+	certManager bool
 }
 
 // Bin returns the path of a lab binary, e.g. Bin("kubectl").
@@ -215,6 +219,7 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 			LoadBalancerCIDR: lbCIDR(l.net.octet, i+1),
 			dir:              filepath.Join(o.Dir, name),
 			octet:            l.net.octet,
+			certManager:      o.CertManager,
 		}
 		l.clusters[i] = c
 		wg.Add(1)
