@@ -226,7 +226,8 @@ func (h *Hub) loadCA(ctx context.Context) (*pki.Root, *pki.Bundle, bool, error) 
 			return err
 		}
 		found = true
-		if ca.HasRootKey {
+		// Without the state key (status, check) the root certificate is enough.
+		if ca.HasRootKey && h.Store.HasKey() {
 			key, err := tx.RootKey()
 			if err != nil {
 				return err
@@ -430,7 +431,8 @@ func (h *Hub) applyCACerts(ctx context.Context, m *spec.Mesh, kc *kube.Cluster, 
 	return nil
 }
 
-func deployOptions(m *spec.Mesh) deploy.Options {
+// DeployOptions are the control-plane settings of m (also used to render).
+func DeployOptions(m *spec.Mesh) deploy.Options {
 	o := deploy.Options{
 		MeshID:    m.Spec.MeshID,
 		Version:   istioVersion(m),
@@ -452,7 +454,7 @@ func (h *Hub) applyControlPlanes(ctx context.Context, m *spec.Mesh, conns map[st
 		rec.add(ctx, Step{Step: "control planes", Action: "skipped", Error: "not every cluster is reachable; gateways and Istio resources need them all"})
 		return
 	}
-	opts := deployOptions(m)
+	opts := DeployOptions(m)
 	dry := false
 	for _, c := range conns {
 		dry = dry || c.DryRun

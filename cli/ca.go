@@ -1,0 +1,118 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/flotillamesh/flotilla/pki"
+)
+
+func newCACommand(g *globals) *cobra.Command {
+	ca := &cobra.Command{
+		Use:   "ca",
+		Short: "The mesh's certificate authorities: show, export, rotate",
+	}
+	var output string
+	show := &cobra.Command{
+		Use:   "show",
+		Short: "List the root and every cluster's intermediate: subject, serial, fingerprint, not-after",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			h, done, err := g.openHub(cmd.Context(), io.Discard, false)
+			if err != nil {
+				return err
+			}
+			defer done()
+			info, err := h.CAShow(cmd.Context())
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			if output == "json" {
+				enc := json.NewEncoder(w)
+				enc.SetIndent("", "  ")
+				return enc.Encode(info)
+			}
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "CA\tSUBJECT\tSERIAL\tSHA-256 FINGERPRINT\tNOT AFTER")
+			for _, r := range info.Roots {
+				fmt.Fprintf(tw, "root\t%s\t%s\t%s\t%s\n", r.Subject, r.Serial, r.Fingerprint, r.NotAfter.UTC().Format(time.RFC3339))
+			}
+			names := make([]string, 0, len(info.Intermediates))
+			for n := range info.Intermediates {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			for _, n := range names {
+				r := info.Intermediates[n]
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n, r.Subject, r.Serial, r.Fingerprint, r.NotAfter.UTC().Format(time.RFC3339))
+			}
+			return tw.Flush()
+		},
+	}
+	show.Flags().StringVarP(&output, "output", "o", "table", "output: table or json")
+
+	var cluster, namespace string
+	export := &cobra.Command{
+		Use:   "export --cluster NAME DIR",
+		Short: "Write the cluster's four cacerts files (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem) into DIR",
+		Long: `export writes what the manual procedure writes: ca-key.pem holds the
+intermediate's private key, so DIR gets mode 0700 and the key file 0600.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cluster == "" {
+				return fmt.Errorf("--cluster is required")
+			}
+			h, done, err := g.openHub(cmd.Context(), io.Discard, true)
+			if err != nil {
+				return err
+			}
+			defer done()
+			cc, err := h.ClusterCACerts(cmd.Context(), cluster, namespace)
+			if err != nil {
+				return err
+			}
+			if err := cc.WriteFiles(args[0]); err != nil {
+				return fmt.Errorf("%s: export cacerts to %s: %w", cluster, args[0], err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %v into %s\n", pki.CACertsFiles, args[0])
+			return nil
+		},
+	}
+	export.Flags().StringVar(&cluster, "cluster", "", "cluster name")
+	export.Flags().StringVar(&namespace, "namespace", "istio-system", "control-plane namespace the intermediate names (istiod.<ns>.svc)")
+
+	rotate := &cobra.Command{
+		Use:   "rotate (intermediate NAME | root)",
+		Short: "Issue a new intermediate for a cluster under the same root and replace its cacerts",
+		Args:  cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case args[0] == "intermediate" && len(args) == 2:
+			case args[0] == "root":
+				return fmt.Errorf("root rotation is not implemented yet: it needs a two-root trust bundle rolled out before the switch")
+			default:
+				return fmt.Errorf("usage: flotilla ca rotate intermediate NAME")
+			}
+			h, done, err := g.openHub(cmd.Context(), cmd.ErrOrStderr(), true)
+			if err != nil {
+				return err
+			}
+			defer done()
+			step, err := h.RotateIntermediate(cmd.Context(), nil, args[1])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: %s %s (%s)\n", step.Cluster, step.Step, step.Action, step.Detail)
+			return nil
+		},
+	}
+	ca.AddCommand(show, export, rotate)
+	return ca
+}

@@ -1,0 +1,157 @@
+package server
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"sort"
+
+	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/server/spec"
+	"github.com/flotillamesh/flotilla/server/state"
+)
+
+// CAInfo is what `flotilla ca show` prints: the roots the mesh trusts and
+// each cluster's intermediate, without any key.
+type CAInfo struct {
+	Source        string                  `json:"source,omitempty"`
+	RootKeyStored bool                    `json:"rootKeyStored"`
+	Roots         []pki.CertInfo          `json:"roots"`
+	Intermediates map[string]pki.CertInfo `json:"intermediates"`
+}
+
+// CAShow describes the CA material in the state.
+func (h *Hub) CAShow(ctx context.Context) (*CAInfo, error) {
+	info := &CAInfo{Intermediates: map[string]pki.CertInfo{}}
+	err := h.Store.View(ctx, func(tx *state.Tx) error {
+		ca, ok, err := tx.CA()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("the state holds no CA yet: run flotilla apply -f mesh.yaml")
+		}
+		info.Source, info.RootKeyStored = string(ca.Source), ca.HasRootKey
+		b, err := pki.ParseBundle(ca.Bundle())
+		if err != nil {
+			return fmt.Errorf("stored trust bundle: %w", err)
+		}
+		for _, r := range b.Roots {
+			info.Roots = append(info.Roots, pki.Describe(r))
+		}
+		recs, err := tx.Clusters()
+		if err != nil {
+			return err
+		}
+		for _, r := range recs {
+			if len(r.IntermediateCertPEM) == 0 {
+				continue
+			}
+			c, err := parseCert(r.IntermediateCertPEM)
+			if err != nil {
+				return fmt.Errorf("%s: stored intermediate: %w", r.Name, err)
+			}
+			info.Intermediates[r.Name] = pki.Describe(c)
+		}
+		return nil
+	})
+	return info, err
+}
+
+// ClusterCACerts assembles a cluster's cacerts from the state (for export).
+func (h *Hub) ClusterCACerts(ctx context.Context, cluster, namespace string) (pki.CACerts, error) {
+	root, bundle, found, err := h.loadCA(ctx)
+	if err != nil {
+		return pki.CACerts{}, fmt.Errorf("state: %w", err)
+	}
+	if !found {
+		return pki.CACerts{}, fmt.Errorf("the state holds no CA yet: run flotilla apply -f mesh.yaml")
+	}
+	in, err := h.storedIntermediate(ctx, cluster, namespace)
+	if err != nil {
+		return pki.CACerts{}, err
+	}
+	return pki.NewCACerts(in, root, bundle)
+}
+
+func (h *Hub) storedIntermediate(ctx context.Context, cluster, namespace string) (*pki.Intermediate, error) {
+	var in *pki.Intermediate
+	err := h.Store.View(ctx, func(tx *state.Tx) error {
+		rec, ok, err := tx.Cluster(cluster)
+		if err != nil {
+			return err
+		}
+		if !ok || len(rec.IntermediateCertPEM) == 0 {
+			return fmt.Errorf("cluster %s has no intermediate in the state", cluster)
+		}
+		key, err := tx.IntermediateKey(cluster)
+		if err != nil {
+			return fmt.Errorf("cluster %s: intermediate key: %w", cluster, err)
+		}
+		in, err = pki.LoadIntermediate(cluster, namespace, rec.IntermediateCertPEM, pki.NewPrivateKeyPEM(key))
+		return err
+	})
+	return in, err
+}
+
+// RotateIntermediate issues a new intermediate for the cluster under the
+// same root, stores it, and replaces the cluster's cacerts. Workload
+// certificates of the old intermediate stay valid for peers: same root.
+func (h *Hub) RotateIntermediate(ctx context.Context, m *spec.Mesh, cluster string) (*Step, error) {
+	if m == nil {
+		var err error
+		if m, err = h.StoredMesh(ctx); err != nil {
+			return nil, err
+		}
+	}
+	sc, ok := m.Cluster(cluster)
+	if !ok {
+		names := make([]string, 0, len(m.Spec.Clusters))
+		for _, c := range m.Spec.Clusters {
+			names = append(names, c.Name)
+		}
+		sort.Strings(names)
+		return nil, fmt.Errorf("cluster %q is not in mesh %s (clusters: %v)", cluster, m.Metadata.Name, names)
+	}
+	ns := m.Spec.ControlPlaneNamespace
+	root, bundle, _, err := h.loadCA(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("state: %w", err)
+	}
+	if root == nil || !root.HasKey() {
+		return nil, fmt.Errorf("the root key is not in the state (offline or no root): rotate through flotilla ca csr and ca accept")
+	}
+	old, err := h.storedIntermediate(ctx, cluster, ns)
+	if err != nil {
+		return nil, err
+	}
+	in, cc, err := root.RotateIntermediate(old, pkiConfig(m), bundle)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cluster, err)
+	}
+	conns, errs := h.connect(&spec.Mesh{Spec: spec.MeshSpec{Clusters: []spec.Cluster{*sc}}}, false)
+	if err := errs[cluster]; err != nil {
+		return nil, err
+	}
+	// Store first: a cacerts the state does not know would look foreign.
+	if err := h.Store.Update(ctx, func(tx *state.Tx) error {
+		return tx.PutIntermediate(cluster, in.CertPEM, in.Key.Reveal())
+	}); err != nil {
+		return nil, fmt.Errorf("state: store intermediate: %w", err)
+	}
+	res, err := pki.WriteCACerts(ctx, conns[cluster], ns, cc, pki.Refuse)
+	if err != nil {
+		return nil, err
+	}
+	return &Step{Cluster: cluster, Step: "cacerts " + ns + "/" + pki.SecretName, Action: string(res.Action),
+		Detail: fmt.Sprintf("intermediate serial %s, expires %s", pki.Describe(in.Cert).Serial, in.Cert.NotAfter.UTC().Format("2006-01-02"))}, nil
+}
+
+func parseCert(pemData []byte) (*x509.Certificate, error) {
+	b, _ := pem.Decode(pemData)
+	if b == nil {
+		return nil, fmt.Errorf("no PEM certificate")
+	}
+	return x509.ParseCertificate(b.Bytes)
+}
