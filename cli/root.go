@@ -153,4 +153,3 @@ func loadSpec(path string) (*spec.Mesh, error) {
 	}
 	return spec.LoadFile(path)
 }
-

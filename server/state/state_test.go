@@ -740,3 +740,41 @@ func TestKeys(t *testing.T) {
 		t.Errorf("readable key file: %v", err)
 	}
 }
+
+// BenchmarkUpdate measures one sealed write transaction, including opening
+// and closing the bbolt file that the store does around idle periods.
+func BenchmarkUpdate(b *testing.B) {
+	ctx := context.Background()
+	key, _ := GenerateKey()
+	s, err := Open(ctx, filepath.Join(b.TempDir(), "state.db"), Options{Key: key})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	secret := bytes.Repeat([]byte("k"), 3243) // an RSA-4096 key in PEM
+	for i := 0; b.Loop(); i++ {
+		err := s.Update(ctx, func(tx *Tx) error { return tx.PutIntermediate(fmt.Sprintf("c%d", i%50), []byte("cert"), secret) })
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkView measures one read transaction that unseals a key.
+func BenchmarkView(b *testing.B) {
+	ctx := context.Background()
+	key, _ := GenerateKey()
+	s, err := Open(ctx, filepath.Join(b.TempDir(), "state.db"), Options{Key: key})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Update(ctx, func(tx *Tx) error { return tx.PutIntermediate("east", []byte("cert"), []byte("key")) }); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := s.View(ctx, func(tx *Tx) error { _, err := tx.IntermediateKey("east"); return err }); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
