@@ -1,0 +1,398 @@
+package certmanager
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/flotillamesh/flotilla/deploy/kube"
+	"github.com/flotillamesh/flotilla/pki"
+)
+
+// CheckCRDs fails with ErrCRDsMissing, naming the cluster, when c does not
+// serve the cert-manager kinds this mode writes.
+func CheckCRDs(ctx context.Context, c *kube.Cluster) error {
+	gv := cmapi.SchemeGroupVersion.String()
+	list, err := c.Kube.Discovery().ServerResourcesForGroupVersion(gv)
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("%s: %w: the API server does not serve %s; install cert-manager (CRDs and controllers) in cluster %s, or use pki.mode builtin", c.Name, ErrCRDsMissing, gv, c.Name)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: discover %s: %w", c.Name, gv, err)
+	}
+	if missing := missingKinds(list.APIResources); len(missing) > 0 {
+		return fmt.Errorf("%s: %w: %s lacks %v; install cert-manager's CRDs in cluster %s", c.Name, ErrCRDsMissing, gv, missing, c.Name)
+	}
+	return nil
+}
+
+// CheckIssuer fails with ErrIssuerNotFound when ref does not exist: an
+// Issuer in namespace, or a ClusterIssuer.
+func CheckIssuer(ctx context.Context, c *kube.Cluster, namespace string, ref IssuerRef) error {
+	if err := ref.validate(); err != nil {
+		return fmt.Errorf("%s: %w", c.Name, err)
+	}
+	gvr, _, err := c.Resource(gvkOf(ref.kind()))
+	if err != nil {
+		return err
+	}
+	ri := c.Dynamic.Resource(gvr)
+	var getErr error
+	what := fmt.Sprintf("ClusterIssuer %s", ref.Name)
+	if ref.kind() == IssuerKind {
+		what = fmt.Sprintf("Issuer %s/%s", namespace, ref.Name)
+		_, getErr = ri.Namespace(namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	} else {
+		_, getErr = ri.Get(ctx, ref.Name, metav1.GetOptions{})
+	}
+	if apierrors.IsNotFound(getErr) {
+		return fmt.Errorf("%s: %s: %w (spec pki.rootIssuer names it)", c.Name, what, ErrIssuerNotFound)
+	}
+	if getErr != nil {
+		return fmt.Errorf("%s: read %s: %w", c.Name, what, getErr)
+	}
+	return nil
+}
+
+// Apply writes cfg's cert-manager objects to c with server-side apply,
+// after checking that c serves cert-manager's CRDs and that a named root
+// issuer exists. root is the hub's root; its key is needed only when no
+// RootIssuer is named (it then goes into Secret flotilla-root-ca, the CA
+// issuer's material: every cluster holds the root key in this setup).
+func Apply(ctx context.Context, c *kube.Cluster, cfg Config, root *pki.Root) error {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	if err := CheckCRDs(ctx, c); err != nil {
+		return err
+	}
+	if cfg.RootIssuer != nil {
+		if err := CheckIssuer(ctx, c, cfg.Namespace, *cfg.RootIssuer); err != nil {
+			return err
+		}
+	}
+	if err := ensureNamespace(ctx, c, cfg.Namespace); err != nil {
+		return err
+	}
+	if cfg.RootIssuer == nil {
+		if root == nil || !root.HasKey() {
+			return fmt.Errorf("%s: cert-manager root issuer: %w; name an Issuer or ClusterIssuer that holds it (pki.rootIssuer)", c.Name, pki.ErrNoRootKey)
+		}
+		ac := corev1ac.Secret(RootSecretName, cfg.Namespace).
+			WithLabels(map[string]string{pki.ManagedByLabel: pki.ManagedByValue}).
+			WithType(corev1.SecretTypeTLS).
+			WithData(map[string][]byte{
+				corev1.TLSCertKey:       root.CertPEM,
+				corev1.TLSPrivateKeyKey: root.Key.Reveal(),
+				cmmeta.TLSCAKey:         root.CertPEM,
+			})
+		if _, err := c.Kube.CoreV1().Secrets(cfg.Namespace).Apply(ctx, ac, c.ApplyOptions()); err != nil {
+			return fmt.Errorf("%s: write secret %s/%s: %w", c.Name, cfg.Namespace, RootSecretName, err)
+		}
+	}
+	objs, err := Objects(cfg)
+	if err != nil {
+		return err
+	}
+	for _, o := range objs {
+		if _, err := c.Apply(ctx, o); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func ensureNamespace(ctx context.Context, c *kube.Cluster, ns string) error {
+	if _, err := c.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err == nil {
+		return nil
+	} else if !apierrors.IsNotFound(err) {
+		return fmt.Errorf("%s: read namespace %s: %w", c.Name, ns, err)
+	}
+	if _, err := c.Kube.CoreV1().Namespaces().Apply(ctx, corev1ac.Namespace(ns), c.ApplyOptions()); err != nil {
+		return fmt.Errorf("%s: create namespace %s: %w", c.Name, ns, err)
+	}
+	return nil
+}
+
+// Certificate reads the intermediate's Certificate.
+func Certificate(ctx context.Context, c *kube.Cluster, namespace string) (*cmapi.Certificate, error) {
+	return getCertificate(ctx, c, namespace, IntermediateCertificateName)
+}
+
+func getCertificate(ctx context.Context, c *kube.Cluster, namespace, name string) (*cmapi.Certificate, error) {
+	gvr, _, err := c.Resource(CertificateGVK)
+	if err != nil {
+		return nil, err
+	}
+	u, err := c.Dynamic.Resource(gvr).Namespace(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("%s: read Certificate %s/%s: %w", c.Name, namespace, name, err)
+	}
+	crt := &cmapi.Certificate{}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, crt); err != nil {
+		return nil, fmt.Errorf("%s: decode Certificate %s/%s: %w", c.Name, namespace, name, err)
+	}
+	return crt, nil
+}
+
+// Ready reports whether crt's Ready condition is True for its current generation.
+func Ready(crt *cmapi.Certificate) bool {
+	for _, cond := range crt.Status.Conditions {
+		if cond.Type == cmapi.CertificateConditionReady {
+			return cond.Status == cmmeta.ConditionTrue && cond.ObservedGeneration == crt.Generation
+		}
+	}
+	return false
+}
+
+// Issued is the intermediate as cert-manager stored it.
+type Issued struct {
+	// Cert is the intermediate, Chain what tls.crt holds after it.
+	Cert  *x509.Certificate
+	Chain []*x509.Certificate
+	Key   pki.PrivateKeyPEM
+	// CA is ca.crt: what the issuer says its root is. Informational:
+	// trust comes from the pinned bundle, never from here.
+	CA              []byte
+	ResourceVersion string
+}
+
+// ReadIssued reads the intermediate's kubernetes.io/tls Secret; a missing
+// or incomplete Secret is ErrNotIssued.
+func ReadIssued(ctx context.Context, c *kube.Cluster, namespace string) (*Issued, error) {
+	s, err := c.Kube.CoreV1().Secrets(namespace).Get(ctx, IntermediateSecretName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("%s: secret %s/%s: %w", c.Name, namespace, IntermediateSecretName, ErrNotIssued)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: read secret %s/%s: %w", c.Name, namespace, IntermediateSecretName, err)
+	}
+	in, err := parseIssued(s.Data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: secret %s/%s: %w", c.Name, namespace, IntermediateSecretName, err)
+	}
+	in.ResourceVersion = s.ResourceVersion
+	return in, nil
+}
+
+func parseIssued(data map[string][]byte) (*Issued, error) {
+	if len(data[corev1.TLSCertKey]) == 0 || len(data[corev1.TLSPrivateKeyKey]) == 0 {
+		return nil, fmt.Errorf("%w: no %s or %s", ErrNotIssued, corev1.TLSCertKey, corev1.TLSPrivateKeyKey)
+	}
+	certs, err := parseCerts(data[corev1.TLSCertKey])
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", corev1.TLSCertKey, err)
+	}
+	return &Issued{Cert: certs[0], Chain: certs[1:], Key: pki.NewPrivateKeyPEM(data[corev1.TLSPrivateKeyKey]), CA: data[cmmeta.TLSCAKey]}, nil
+}
+
+// CACerts builds istiod's four cacerts keys from what cert-manager issued:
+// ca-cert.pem the intermediate, ca-key.pem its key, root-cert.pem the
+// pinned trust bundle, cert-chain.pem the intermediate and whatever lies
+// between it and the root of trust that it verifies to, then that root.
+func (in *Issued) CACerts(trust *pki.Bundle, now time.Time) (pki.CACerts, error) {
+	if trust == nil || len(trust.Roots) == 0 {
+		return pki.CACerts{}, errors.New("cacerts projection: no pinned trust bundle")
+	}
+	roots := x509.NewCertPool()
+	for _, r := range trust.Roots {
+		roots.AddCert(r)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range in.Chain {
+		inter.AddCert(c)
+	}
+	chains, err := in.Cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err != nil {
+		return pki.CACerts{}, fmt.Errorf("cacerts projection: %w: intermediate %q (issuer %q) against bundle %v: %v", pki.ErrUntrusted, in.Cert.Subject, in.Cert.Issuer, trust.Fingerprints(), err)
+	}
+	var chain []byte
+	for _, c := range chains[0] {
+		chain = append(chain, pemCert(c)...)
+	}
+	cc := pki.CACerts{CACert: pemCert(in.Cert), CAKey: in.Key, RootCert: trust.PEM(), CertChain: chain}
+	if err := cc.Validate(now); err != nil {
+		return pki.CACerts{}, fmt.Errorf("cacerts projection: %w", err)
+	}
+	return cc, nil
+}
+
+// Project writes the cacerts Secret in namespace from the intermediate's
+// current Secret: a no-op when it already matches, an update after
+// cert-manager renewed the intermediate.
+func Project(ctx context.Context, c *kube.Cluster, namespace string, trust *pki.Bundle, policy pki.ConflictPolicy) (pki.WriteResult, error) {
+	in, err := ReadIssued(ctx, c, namespace)
+	if err != nil {
+		return pki.WriteResult{}, err
+	}
+	cc, err := in.CACerts(trust, time.Now())
+	if err != nil {
+		return pki.WriteResult{}, fmt.Errorf("%s: secret %s/%s: %w", c.Name, namespace, IntermediateSecretName, err)
+	}
+	return pki.WriteCACerts(ctx, c, namespace, cc, policy)
+}
+
+// Follow keeps cacerts in namespace current until ctx ends: it projects
+// once, then again whenever the intermediate's Secret or the cacerts
+// Secret changes or disappears (both carry flotilla's managed-by label).
+// report, when not nil, sees each projection's outcome; ErrNotIssued
+// before cert-manager's first issuance is reported and waited out.
+func Follow(ctx context.Context, c *kube.Cluster, namespace string, trust *pki.Bundle, policy pki.ConflictPolicy, report func(pki.WriteResult, error)) error {
+	factory := informers.NewSharedInformerFactoryWithOptions(c.Kube, 10*time.Minute,
+		informers.WithNamespace(namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.LabelSelector = pki.ManagedByLabel + "=" + pki.ManagedByValue
+		}))
+	inf := factory.Core().V1().Secrets().Informer()
+	kick := make(chan struct{}, 1)
+	poke := func(obj any) {
+		if s, ok := obj.(*corev1.Secret); ok && s.Name != IntermediateSecretName && s.Name != pki.SecretName {
+			return
+		}
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+	}
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    poke,
+		UpdateFunc: func(_, o any) { poke(o) },
+		DeleteFunc: poke,
+	}); err != nil {
+		return fmt.Errorf("%s: watch secrets in %s: %w", c.Name, namespace, err)
+	}
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+	poke(nil)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-kick:
+		}
+		res, err := Project(ctx, c, namespace, trust, policy)
+		if report != nil && ctx.Err() == nil {
+			report(res, err)
+		}
+	}
+}
+
+// WaitReady waits until the intermediate's Certificate is Ready and its
+// Secret holds a certificate other than previous (nil: any), and returns it.
+func WaitReady(ctx context.Context, c *kube.Cluster, namespace string, previous *x509.Certificate) (*Issued, error) {
+	var got *Issued
+	var last error
+	err := wait.PollUntilContextCancel(ctx, 250*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		crt, err := Certificate(ctx, c, namespace)
+		if err != nil {
+			last = err
+			return false, nil
+		}
+		if !Ready(crt) {
+			last = fmt.Errorf("%s: Certificate %s/%s not Ready: %s", c.Name, namespace, IntermediateCertificateName, conditionSummary(crt))
+			return false, nil
+		}
+		in, err := ReadIssued(ctx, c, namespace)
+		if err != nil {
+			last = err
+			return false, nil
+		}
+		if previous != nil && in.Cert.Equal(previous) {
+			last = fmt.Errorf("%s: secret %s/%s still holds the previous certificate (serial %s)", c.Name, namespace, IntermediateSecretName, previous.SerialNumber)
+			return false, nil
+		}
+		got = in
+		return true, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("waiting for cert-manager to issue the intermediate: %w (last: %v)", err, last)
+	}
+	return got, nil
+}
+
+func conditionSummary(crt *cmapi.Certificate) string {
+	if len(crt.Status.Conditions) == 0 {
+		return "no conditions yet"
+	}
+	var s string
+	for _, c := range crt.Status.Conditions {
+		s += fmt.Sprintf("%s=%s (%s: %s) ", c.Type, c.Status, c.Reason, c.Message)
+	}
+	return s
+}
+
+// Renew asks cert-manager to re-issue the intermediate now, as `cmctl
+// renew` does: it sets the Certificate's Issuing condition to True with
+// reason ManuallyTriggered; cert-manager's trigger and issuing controllers
+// take it from there, and the condition goes away once issued.
+func Renew(ctx context.Context, c *kube.Cluster, namespace string) error {
+	crt, err := Certificate(ctx, c, namespace)
+	if err != nil {
+		return err
+	}
+	gvr, _, err := c.Resource(CertificateGVK)
+	if err != nil {
+		return err
+	}
+	status := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": cmapi.SchemeGroupVersion.String(),
+		"kind":       cmapi.CertificateKind,
+		"metadata":   map[string]any{"name": IntermediateCertificateName, "namespace": namespace},
+		"status": map[string]any{"conditions": []any{map[string]any{
+			"type":               string(cmapi.CertificateConditionIssuing),
+			"status":             string(cmmeta.ConditionTrue),
+			"reason":             "ManuallyTriggered",
+			"message":            "Certificate re-issuance manually triggered by flotilla",
+			"lastTransitionTime": time.Now().UTC().Format(time.RFC3339),
+			"observedGeneration": crt.Generation,
+		}}},
+	}}
+	opts := c.ApplyOptions()
+	if _, err := c.Dynamic.Resource(gvr).Namespace(namespace).ApplyStatus(ctx, IntermediateCertificateName, status, opts); err != nil {
+		return fmt.Errorf("%s: renew Certificate %s/%s: %w", c.Name, namespace, IntermediateCertificateName, err)
+	}
+	return nil
+}
+
+func parseCerts(data []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for rest := data; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", pki.ErrInvalidPEM, err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: no PEM certificate", pki.ErrInvalidPEM)
+	}
+	return out, nil
+}
+
+func pemCert(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}
