@@ -32,6 +32,9 @@ func newApplyCommand(g *globals, plan bool) *cobra.Command {
 			if file == "" {
 				return fmt.Errorf("-f mesh.yaml is required")
 			}
+			if err := checkOutput(output, "table", "json"); err != nil {
+				return err
+			}
 			m, err := spec.LoadFile(file)
 			if err != nil {
 				return err

@@ -122,6 +122,12 @@ func newVersionCommand(bi BuildInfo) *cobra.Command {
 // openHub opens the local state as a hub. needKey: the command reads or
 // writes sealed secrets (apply, ca export...); status and check do not.
 func (g *globals) openHub(ctx context.Context, progress io.Writer, needKey bool) (*server.Hub, func(), error) {
+	if !needKey {
+		// Reading commands never create a state.
+		if _, err := os.Stat(g.statePath()); err != nil {
+			return nil, nil, fmt.Errorf("no state at %s: run flotilla apply -f mesh.yaml first, or name the state with --state", g.statePath())
+		}
+	}
 	key, source, err := state.ResolveKey(g.stateKeyFile(), os.Getenv)
 	if err != nil {
 		return nil, nil, err
@@ -129,7 +135,7 @@ func (g *globals) openHub(ctx context.Context, progress io.Writer, needKey bool)
 	if key == nil && needKey {
 		return nil, nil, fmt.Errorf("no state key: set %s or --state-key-file (make one with: flotilla state keygen --out FILE)", state.KeyEnv)
 	}
-	_ = source
+	_ = source // where the key came from matters only for messages state already words
 	st, err := state.Open(ctx, g.statePath(), state.Options{Key: key, KeyOptional: !needKey})
 	if err != nil {
 		return nil, nil, err

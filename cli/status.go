@@ -30,6 +30,9 @@ intermediateSerial, intermediateNotAfter, intermediateChainValid, istio
 namespace, target, expected, healthy, error}, drift[] (strings).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(output, "table", "json", "yaml"); err != nil {
+				return err
+			}
 			m, err := loadSpec(file)
 			if err != nil {
 				return err
@@ -103,6 +106,9 @@ func newCheckCommand(g *globals) *cobra.Command {
 		Short: "Diagnose the mesh: named checks, each with a fix hint on failure",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(output, "table", "json"); err != nil {
+				return err
+			}
 			m, err := loadSpec(file)
 			if err != nil {
 				return err
@@ -175,4 +181,14 @@ func shortFP(fp string) string {
 		return fp[:23] + "…"
 	}
 	return fp
+}
+
+// checkOutput refuses an unknown -o before anything is read or written.
+func checkOutput(output string, allowed ...string) error {
+	for _, a := range allowed {
+		if output == a {
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown output %q (want %s)", output, strings.Join(allowed, ", "))
 }

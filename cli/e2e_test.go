@@ -1,0 +1,274 @@
+package cli_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/scenarios/lab"
+)
+
+var (
+	testLab  = lab.NewShared("east", "west")
+	flotilla string // the binary under test, built once by TestMain
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "flotilla-cli-test-")
+	if err != nil {
+		panic(err)
+	}
+	flotilla = filepath.Join(dir, "flotilla")
+	out, err := exec.Command("go", "build", "-o", flotilla, "github.com/flotillamesh/flotilla/cli/flotilla").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build flotilla: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := testLab.Run(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type env struct {
+	dir   string
+	state string
+	key   string
+}
+
+func newEnv(t *testing.T) env {
+	t.Helper()
+	d := t.TempDir()
+	e := env{dir: d, state: filepath.Join(d, "state", "state.db"), key: filepath.Join(d, "state.key")}
+	return e
+}
+
+func (e env) cmd(args ...string) *exec.Cmd {
+	c := exec.Command(flotilla, args...)
+	c.Env = append(os.Environ(), "FLOTILLA_STATE="+e.state, "FLOTILLA_STATE_KEY=", "FLOTILLA_STATE_KEY_FILE=")
+	if e.key != "" {
+		c.Env = append(c.Env, "FLOTILLA_STATE_KEY_FILE="+e.key)
+	}
+	return c
+}
+
+func (e env) run(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	c := e.cmd(args...)
+	var out, errb bytes.Buffer
+	c.Stdout, c.Stderr = &out, &errb
+	err := c.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func writeMesh(t *testing.T, dir, kubeconfig string) string {
+	t.Helper()
+	p := filepath.Join(dir, "mesh.yaml")
+	doc := fmt.Sprintf(`apiVersion: flotilla.dev/v1alpha1
+kind: Mesh
+metadata: {name: mesh1}
+spec:
+  topology: multi-primary
+  allowLoopbackAPIServers: true
+  pki: {keyAlgorithm: ECDSA-P256}
+  clusters:
+  - {name: east, context: east, network: network1, kubeconfig: %s}
+  - {name: west, context: west, network: network2, kubeconfig: %s}
+`, kubeconfig, kubeconfig)
+	if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// resetClusters removes what an apply writes that would make a fresh state
+// see the clusters as foreign: cacerts and the remote secrets.
+func resetClusters(t *testing.T, l *lab.Lab) {
+	t.Helper()
+	ctx := context.Background()
+	for _, c := range l.Clusters() {
+		cs := c.Client()
+		_ = cs.CoreV1().Secrets("istio-system").Delete(ctx, "cacerts", metav1.DeleteOptions{})
+		_ = cs.CoreV1().Secrets("istio-system").DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: "istio/multiCluster=true"})
+	}
+}
+
+// assertConverged checks the end state every apply must reach: one root in
+// both clusters equal to the state's, valid chains, both remote secrets.
+func assertConverged(t *testing.T, l *lab.Lab, e env) {
+	t.Helper()
+	ctx := context.Background()
+	out, stderr, code := e.run(t, "ca", "show", "-o", "json")
+	if code != 0 {
+		t.Fatalf("ca show: %s", stderr)
+	}
+	roots := map[string]bool{}
+	for _, name := range []string{"east", "west"} {
+		kc, err := l.Cluster(name).Connect()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc, err := pki.ReadCACerts(ctx, kc, "istio-system")
+		if err != nil || cc == nil {
+			t.Fatalf("%s: no cacerts: %v", name, err)
+		}
+		if err := cc.CACerts.Validate(time.Now()); err != nil {
+			t.Fatalf("%s: cacerts chain: %v", name, err)
+		}
+		info, _ := cc.CACerts.Describe()
+		roots[info.Roots[0].Fingerprint] = true
+		if !strings.Contains(out, info.Roots[0].Fingerprint) {
+			t.Fatalf("%s: cacerts root %s is not the state's root", name, info.Roots[0].Fingerprint)
+		}
+		other := map[string]string{"east": "west", "west": "east"}[name]
+		if _, err := kc.Kube.CoreV1().Secrets("istio-system").Get(ctx, "istio-remote-secret-"+other, metav1.GetOptions{}); err != nil {
+			t.Fatalf("%s: remote secret for %s: %v", name, other, err)
+		}
+	}
+	if len(roots) != 1 {
+		t.Fatalf("clusters hold %d roots, want 1", len(roots))
+	}
+}
+
+// TestKilledApplyConverges kills `flotilla apply` with SIGKILL at ten
+// different points (after the Nth progress line it prints), then re-runs it:
+// each time the end state is the same, with one root.
+func TestKilledApplyConverges(t *testing.T) {
+	l := testLab.Get(t)
+	for i, killAfter := range []int{1, 2, 3, 5, 8, 12, 17, 23, 30, 38} {
+		t.Run(fmt.Sprintf("kill after line %d", killAfter), func(t *testing.T) {
+			resetClusters(t, l)
+			e := newEnv(t)
+			if _, stderr, code := e.run(t, "state", "keygen", "--out", e.key); code != 0 {
+				t.Fatal(stderr)
+			}
+			mesh := writeMesh(t, e.dir, l.Kubeconfig)
+			c := e.cmd("apply", "-f", mesh)
+			stderr, err := c.StderrPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Start(); err != nil {
+				t.Fatal(err)
+			}
+			sc := bufio.NewScanner(stderr)
+			lines, killed := 0, false
+			for sc.Scan() {
+				lines++
+				if lines == killAfter {
+					_ = c.Process.Signal(syscall.SIGKILL)
+					killed = true
+					break
+				}
+			}
+			_ = c.Wait()
+			t.Logf("run %d: killed=%v after %d progress lines", i, killed, lines)
+			if _, stderr, code := e.run(t, "apply", "-f", mesh); code != 0 {
+				t.Fatalf("re-run after the kill: exit %d: %s", code, stderr)
+			}
+			assertConverged(t, l, e)
+		})
+	}
+}
+
+// TestBadFlags: each bad invocation fails with its message and writes nothing.
+func TestBadFlags(t *testing.T) {
+	l := testLab.Get(t)
+	e := newEnv(t)
+	e.key = "" // no state key anywhere
+	mesh := writeMesh(t, e.dir, l.Kubeconfig)
+	bad := filepath.Join(e.dir, "bad.yaml")
+	os.WriteFile(bad, []byte("apiVersion: flotilla.dev/v1alpha1\nkind: Mesh\nmetadata: {name: m}\nspec:\n  topology: star\n  clusters: []\n"), 0o600)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"apply without -f", []string{"apply"}, "-f mesh.yaml is required"},
+		{"apply without a state key", []string{"apply", "-f", mesh}, "no state key"},
+		{"apply with an invalid spec", []string{"apply", "-f", bad}, "spec.topology"},
+		{"apply with a missing spec file", []string{"apply", "-f", filepath.Join(e.dir, "nope.yaml")}, "nope.yaml"},
+		{"status with unknown output", []string{"status", "-f", mesh, "-o", "xml"}, "unknown output"},
+		{"ca export without --cluster", []string{"ca", "export", e.dir}, "--cluster is required"},
+		{"ca rotate without a name", []string{"ca", "rotate", "intermediate"}, "usage: flotilla ca rotate intermediate NAME"},
+		{"unknown command", []string{"frobnicate"}, "unknown command"},
+		{"unknown flag", []string{"apply", "--frob"}, "unknown flag"},
+		{"adopt and replace together", []string{"apply", "-f", mesh, "--adopt-cacerts", "--replace-cacerts"}, "exclude each other"},
+		{"state keygen without --out", []string{"state", "keygen"}, "--out FILE is required"},
+		{"version with unknown output", []string{"version", "-o", "xml"}, "unknown output format"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, stderr, code := e.run(t, tc.args...)
+			if code == 0 {
+				t.Fatalf("exit 0, want failure")
+			}
+			if !strings.Contains(stderr, tc.want) {
+				t.Fatalf("stderr %q does not say %q", stderr, tc.want)
+			}
+			if _, err := os.Stat(e.state); err == nil {
+				t.Fatalf("state file %s was written", e.state)
+			}
+		})
+	}
+}
+
+// TestStateFile: after an apply the state file is 0600 and holds no
+// private key in the clear.
+func TestStateFile(t *testing.T) {
+	l := testLab.Get(t)
+	resetClusters(t, l)
+	e := newEnv(t)
+	if _, stderr, code := e.run(t, "state", "keygen", "--out", e.key); code != 0 {
+		t.Fatal(stderr)
+	}
+	mesh := writeMesh(t, e.dir, l.Kubeconfig)
+	if _, stderr, code := e.run(t, "apply", "-f", mesh); code != 0 {
+		t.Fatal(stderr)
+	}
+	fi, err := os.Stat(e.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("state file mode %o, want 600", fi.Mode().Perm())
+	}
+	raw, _ := os.ReadFile(e.state)
+	if bytes.Contains(raw, []byte("PRIVATE KEY")) {
+		t.Fatal("state file holds a private key in the clear")
+	}
+	out, stderr, code := e.run(t, "status", "-o", "json")
+	if code != 0 {
+		t.Fatal(stderr)
+	}
+	if strings.Contains(out, "PRIVATE KEY") || !strings.Contains(out, `"gatewayAddress"`) {
+		t.Fatalf("status -o json: %s", out)
+	}
+	exportDir := filepath.Join(e.dir, "export")
+	if _, stderr, code := e.run(t, "ca", "export", "--cluster", "east", exportDir); code != 0 {
+		t.Fatal(stderr)
+	}
+	for _, f := range pki.CACertsFiles {
+		if _, err := os.Stat(filepath.Join(exportDir, f)); err != nil {
+			t.Fatalf("ca export: %v", err)
+		}
+	}
+	if _, stderr, code := e.run(t, "check"); code != 0 {
+		t.Fatalf("check after apply: %s", stderr)
+	}
+}

@@ -1,0 +1,147 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/viper"
+
+	"github.com/flotillamesh/flotilla/server"
+)
+
+// hubOpener opens the local state as a hub for the server; the returned
+// func closes it.
+type hubOpener func(ctx context.Context) (*server.Hub, func(), error)
+
+// newServerCommand is `flotilla server`. open gives it the hub on the
+// local state (the state flags belong to the root). v, when not nil, is the
+// root's viper, which has bound this command's flags by the time it runs
+// (FLOTILLA_LISTEN, FLOTILLA_INTERVAL, ... and the config file; flags win).
+func newServerCommand(open hubOpener, v *viper.Viper) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "server",
+		Short: "Run the hub: the HTTP API, the reconcile loop, metrics and health",
+		Long: `Run flotilla as a long-running hub on the local state.
+
+The API (JSON under /api/v1/) is served over TLS and needs the bearer token of
+--token-file (created with a random token when it does not exist) or
+$FLOTILLA_HUB_TOKEN. Without --tls-cert/--tls-key the hub makes its own serving
+certificate for the listen address under a CA kept sealed in the state;
+--tls-ca-out writes that CA for clients to pin:
+
+  flotilla --hub https://HOST:8443 --hub-token-file TOKEN --hub-ca CA status
+
+Every --interval the stored spec is applied again: deleted cacerts, remote
+secrets and network labels come back, reader tokens and intermediates are
+renewed before they expire. /healthz, /readyz and /metrics need no token.
+SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`,
+		Args: cobra.NoArgs,
+	}
+	f := c.Flags()
+	f.String("listen", server.DefaultListen, "address to serve on")
+	f.Duration("interval", server.DefaultInterval, "reconcile interval (0: no reconcile loop)")
+	f.Duration("grace-period", server.DefaultGracePeriod, "how long shutdown waits for an apply in progress")
+	f.String("token-file", "", "file holding the API bearer token (created if missing; else $"+server.TokenEnv+")")
+	f.String("tls-cert", "", "serving certificate (PEM); default: generated")
+	f.String("tls-key", "", "serving key (PEM), with --tls-cert")
+	f.String("tls-ca-out", "", "write the generated certificate's CA here, for clients to pin")
+	f.StringSlice("tls-san", nil, "extra DNS names or IPs for the generated certificate")
+	f.String("log-level", "info", "log level: debug, info, warn or error")
+
+	c.RunE = func(cmd *cobra.Command, _ []string) error {
+		get := flagGetter(cmd, v)
+		var level slog.Level
+		if err := level.UnmarshalText([]byte(get.str("log-level"))); err != nil {
+			return fmt.Errorf("--log-level: %w", err)
+		}
+		interval, err := get.duration("interval")
+		if err != nil {
+			return err
+		}
+		if interval == 0 {
+			interval = -1 // ServerOptions: negative disables the loop
+		}
+		grace, err := get.duration("grace-period")
+		if err != nil {
+			return err
+		}
+		log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+		token, created, err := server.LoadToken(get.str("token-file"), os.Getenv)
+		if err != nil {
+			return err
+		}
+		if created {
+			log.Info("created a new API token", "file", get.str("token-file"))
+		}
+
+		ctx := cmd.Context()
+		if ctx == nil {
+			ctx = context.Background()
+		}
+		ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+
+		hub, closeState, err := open(ctx)
+		if err != nil {
+			return err
+		}
+		defer closeState()
+		srv, err := server.NewServer(ctx, hub, server.ServerOptions{
+			Listen:      get.str("listen"),
+			Token:       token,
+			Interval:    interval,
+			GracePeriod: grace,
+			TLSCertFile: get.str("tls-cert"),
+			TLSKeyFile:  get.str("tls-key"),
+			CAOut:       get.str("tls-ca-out"),
+			SANs:        get.strings("tls-san"),
+			Logger:      log,
+		})
+		if err != nil {
+			return err
+		}
+		return srv.Run(ctx)
+	}
+	return c
+}
+
+// serverFlags reads a command's flags through viper when there is one.
+type serverFlags struct {
+	cmd *cobra.Command
+	v   *viper.Viper
+}
+
+func flagGetter(cmd *cobra.Command, v *viper.Viper) serverFlags { return serverFlags{cmd, v} }
+
+func (g serverFlags) str(name string) string {
+	if g.v != nil && g.v.IsSet(name) {
+		return g.v.GetString(name)
+	}
+	s, _ := g.cmd.Flags().GetString(name)
+	return s
+}
+
+func (g serverFlags) strings(name string) []string {
+	if g.v != nil && g.v.IsSet(name) {
+		return g.v.GetStringSlice(name)
+	}
+	s, _ := g.cmd.Flags().GetStringSlice(name)
+	return s
+}
+
+func (g serverFlags) duration(name string) (time.Duration, error) {
+	if g.v != nil && g.v.IsSet(name) {
+		d, err := time.ParseDuration(g.v.GetString(name))
+		if err != nil {
+			return 0, fmt.Errorf("--%s: %w", name, err)
+		}
+		return d, nil
+	}
+	return g.cmd.Flags().GetDuration(name)
+}
