@@ -272,3 +272,32 @@ func TestStateFile(t *testing.T) {
 		t.Fatalf("check after apply: %s", stderr)
 	}
 }
+
+// TestRender: apply --render writes one YAML file per cluster and touches
+// neither the clusters nor the state.
+func TestRender(t *testing.T) {
+	l := testLab.Get(t)
+	e := newEnv(t)
+	mesh := writeMesh(t, e.dir, l.Kubeconfig)
+	dir := filepath.Join(e.dir, "render")
+	if _, stderr, code := e.run(t, "apply", "-f", mesh, "--render", dir); code != 0 {
+		t.Fatalf("render: %s", stderr)
+	}
+	for _, c := range []string{"east", "west"} {
+		data, err := os.ReadFile(filepath.Join(dir, c+".yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"kind: Istio", "istio-eastwestgateway", "cross-network-gateway", "network: network"} {
+			if !strings.Contains(string(data), want) {
+				t.Errorf("%s.yaml lacks %q", c, want)
+			}
+		}
+		if strings.Contains(string(data), "PRIVATE KEY") || strings.Contains(string(data), "kind: Secret") {
+			t.Errorf("%s.yaml carries a secret", c)
+		}
+	}
+	if _, err := os.Stat(e.state); err == nil {
+		t.Fatal("render wrote a state")
+	}
+}
