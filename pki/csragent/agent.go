@@ -11,6 +11,24 @@
 // cert-manager's approver controller approves every CertificateRequest
 // when its webhook (which records the requester) is absent, so this agent
 // is the policy point: nothing reaches cert-manager that it did not check.
+//
+// `flotilla csr-agent` maps its flags onto Options (deploy.CSRAgentArgs
+// passes the first group):
+//
+//	--cluster-name NAME          kube.Connect(NAME, in-cluster or --kubeconfig config; QPS -1)
+//	--namespace NS               Namespace
+//	--trust-domain TD            TrustDomain
+//	--issuer-name, --issuer-kind Issuer
+//	--trust-bundle-file PATH     TrustBundle (pki.ParseBundle of the file)
+//	--tls-cert-file, --tls-key-file  TLSCertFile, TLSKeyFile
+//	--listen ADDR                Listen (":6443")
+//	--metrics-listen ADDR        MetricsListen (":9402")
+//	--istiod-cert                Istiod
+//	--max-lifetime DURATION      MaxLifetime
+//	--root-cert-namespaces A,B   RootCertNamespaces
+//	--audience AUD (repeatable)  Audiences
+//	--sign-timeout DURATION      SignTimeout
+//	--kubeconfig PATH            out-of-cluster runs only
 package csragent
 
 import (

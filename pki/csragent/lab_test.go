@@ -83,7 +83,12 @@ func setup(t testing.TB) *env {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	lc := testLab.Get(t).Cluster("east")
-	kc, err := lc.Connect()
+	// No client-side rate limit: each call costs the agent three API
+	// requests (TokenReview, apply, delete); the lab config's 100 QPS
+	// would cap it near 33 calls/s.
+	cfg := lc.RESTConfig()
+	cfg.QPS, cfg.Burst = -1, 0
+	kc, err := kube.Connect("east", cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
