@@ -18,6 +18,7 @@ import (
 	"github.com/flotillamesh/flotilla/federation"
 	"github.com/flotillamesh/flotilla/gateways"
 	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/pki/certmanager"
 	"github.com/flotillamesh/flotilla/server/spec"
 	"github.com/flotillamesh/flotilla/server/state"
 )
@@ -320,14 +321,6 @@ func needsRenewal(notBefore, notAfter, now time.Time) bool {
 }
 
 func (h *Hub) applyPKI(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder) {
-	switch m.Spec.PKI.Mode {
-	case spec.PKIBuiltin:
-	default:
-		for _, c := range m.Spec.Clusters {
-			rec.fail(ctx, c.Name, "cacerts", fmt.Errorf("pki mode %q is not supported by this build yet", m.Spec.PKI.Mode))
-		}
-		return
-	}
 	root, bundle, err := h.ensureCA(ctx, m, o.DryRun, rec)
 	if err != nil {
 		rec.fail(ctx, "", "root CA", err)
@@ -343,12 +336,65 @@ func (h *Hub) applyPKI(ctx context.Context, m *spec.Mesh, conns map[string]*kube
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := h.applyCACerts(ctx, m, kc, ns, root, bundle, o, rec); err != nil {
+			var err error
+			switch m.Spec.PKI.Mode {
+			case spec.PKICertManager:
+				err = h.applyCertManager(ctx, m, kc, ns, root, bundle, o, rec)
+			default:
+				err = h.applyCACerts(ctx, m, kc, ns, root, bundle, o, rec)
+			}
+			if err != nil {
 				rec.fail(ctx, c.Name, "cacerts", err)
 			}
 		}()
 	}
 	wg.Wait()
+}
+
+// certManagerIssueTimeout bounds the wait for cert-manager to issue a
+// cluster's intermediate.
+const certManagerIssueTimeout = 2 * time.Minute
+
+// applyCertManager has cert-manager issue the cluster's intermediate under
+// the mesh root (or the user's issuer) and projects it into cacerts, so that
+// istiod keeps signing with a cert-manager-managed intermediate.
+func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Cluster, ns string, root *pki.Root, bundle *pki.Bundle, o ApplyOptions, rec *recorder) error {
+	if root == nil {
+		rec.add(ctx, Step{Cluster: kc.Name, Step: "cert-manager intermediate", Action: "would create", Detail: "under the new root"})
+		return nil
+	}
+	cfg := certmanager.Config{
+		Cluster:      kc.Name,
+		Namespace:    ns,
+		KeyAlgorithm: pki.KeyAlgorithm(m.Spec.PKI.KeyAlgorithm),
+		Lifetime:     m.Spec.PKI.IntermediateTTL.Duration,
+	}
+	if cm := m.Spec.PKI.CertManager; cm != nil && cm.IssuerRef != nil {
+		cfg.RootIssuer = &certmanager.IssuerRef{Name: cm.IssuerRef.Name, Kind: cm.IssuerRef.Kind}
+	}
+	if err := certmanager.Apply(ctx, kc, cfg, root); err != nil {
+		return err
+	}
+	if o.DryRun {
+		rec.add(ctx, Step{Cluster: kc.Name, Step: "cert-manager intermediate", Action: "validated"})
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, certManagerIssueTimeout)
+	defer cancel()
+	issued, err := certmanager.WaitReady(wctx, kc, ns, nil)
+	if err != nil {
+		return fmt.Errorf("%s: waiting for cert-manager to issue the intermediate in %s: %w", kc.Name, ns, err)
+	}
+	res, err := certmanager.Project(ctx, kc, ns, bundle, o.CACertsPolicy)
+	if err != nil {
+		return err
+	}
+	detail := "issued by cert-manager"
+	if issued != nil && issued.Cert != nil {
+		detail += ", expires " + issued.Cert.NotAfter.UTC().Format(time.DateOnly)
+	}
+	rec.add(ctx, Step{Cluster: kc.Name, Step: "cacerts " + ns + "/" + pki.SecretName, Action: string(res.Action), Detail: detail})
+	return nil
 }
 
 // applyCACerts makes sure the cluster has an intermediate in the state and

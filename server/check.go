@@ -44,7 +44,8 @@ func Diagnose(m *spec.Mesh, st *Status, now time.Time) []Check {
 	var out []Check
 	add := func(c Check) { out = append(out, c) }
 	ns := m.Spec.ControlPlaneNamespace
-	builtin := m.Spec.PKI.Mode == spec.PKIBuiltin || m.Spec.PKI.Mode == ""
+	// Both PKI modes end in a cacerts under the mesh root.
+	builtin := true
 
 	roots := map[string][]string{}
 	for _, c := range st.Clusters {

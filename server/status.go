@@ -144,7 +144,8 @@ func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, k
 		cs.GatewayAddress = addr.Host
 	}
 
-	if m.Spec.PKI.Mode == spec.PKIBuiltin || m.Spec.PKI.Mode == "" {
+	// Both PKI modes end in a cacerts: written by flotilla, or projected from cert-manager's intermediate.
+	{
 		cc, err := pki.ReadCACerts(ctx, kc, m.Spec.ControlPlaneNamespace)
 		switch {
 		case err != nil:
