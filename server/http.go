@@ -1,0 +1,603 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/server/spec"
+	"github.com/flotillamesh/flotilla/server/state"
+)
+
+// Server defaults.
+const (
+	DefaultListen      = "127.0.0.1:8443"
+	DefaultInterval    = time.Minute
+	DefaultGracePeriod = 30 * time.Second
+	// TokenEnv holds the hub's bearer token when no token file is named.
+	TokenEnv = "FLOTILLA_HUB_TOKEN"
+	// MinTokenLength keeps guessable tokens out: the API can rewrite every
+	// cluster's CA.
+	MinTokenLength = 16
+	// maxSpecBytes bounds a request body; a mesh spec is a few KiB.
+	maxSpecBytes = 1 << 20
+	// defaultJournalLimit is how many applies GET /api/v1/journal returns
+	// without ?limit.
+	defaultJournalLimit = 50
+)
+
+// ServerOptions configure a Server.
+type ServerOptions struct {
+	// Listen is the TCP address to serve on (DefaultListen when empty; port 0
+	// picks a free one, see Server.Addr).
+	Listen string
+	// Token is the bearer token every /api/v1/ call must present.
+	Token string
+	// Interval is the reconcile period (DefaultInterval when zero); a
+	// negative interval disables the loop.
+	Interval time.Duration
+	// GracePeriod is how long shutdown waits for an apply or reconcile in
+	// progress before cancelling it (DefaultGracePeriod when zero).
+	GracePeriod time.Duration
+	// TLSCertFile and TLSKeyFile are the serving certificate and key. When
+	// both are empty the server makes its own, for the listen address and
+	// SANs, under a CA kept sealed in the state (or a new one per start
+	// when the state has no key).
+	TLSCertFile, TLSKeyFile string
+	// SANs are extra DNS names or IPs for the generated certificate.
+	SANs []string
+	// CAOut, when set, receives the generated certificate's CA (PEM), for
+	// clients to pin (flotilla --hub-ca).
+	CAOut string
+	// Logger receives structured logs; nil logs JSON to stderr.
+	Logger *slog.Logger
+}
+
+// Server is the long-running hub: the HTTP API over TLS, the reconcile loop,
+// metrics and health. Build one with NewServer, then Run it once.
+type Server struct {
+	hub      *Hub
+	log      *slog.Logger
+	opts     ServerOptions
+	tokenSum [sha256.Size]byte
+	ln       net.Listener
+	caPEM    []byte
+	metrics  *metrics
+
+	// sem serializes applies (API and reconcile loop): a channel rather
+	// than a mutex so that waiting for it respects contexts.
+	sem chan struct{}
+	// work is the context applies and reconciles run under: cancelled only
+	// when the shutdown grace period is over.
+	work       context.Context
+	cancelWork context.CancelFunc
+	inflight   sync.WaitGroup
+
+	mu      sync.Mutex
+	lastErr error // the last reconcile's hard failure, for /readyz
+}
+
+// NewServer binds the listen address and prepares TLS (writing the CA file
+// when the certificate is generated). It does not serve until Run.
+func NewServer(ctx context.Context, hub *Hub, o ServerOptions) (*Server, error) {
+	if hub == nil || hub.Store == nil {
+		return nil, errors.New("server: no hub state")
+	}
+	if len(o.Token) < MinTokenLength {
+		return nil, fmt.Errorf("server: the bearer token must be at least %d characters (give --token-file or %s)", MinTokenLength, TokenEnv)
+	}
+	if o.Listen == "" {
+		o.Listen = DefaultListen
+	}
+	if o.Interval == 0 {
+		o.Interval = DefaultInterval
+	}
+	if o.GracePeriod <= 0 {
+		o.GracePeriod = DefaultGracePeriod
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
+		return nil, errors.New("server: give both a TLS certificate and key, or neither")
+	}
+	s := &Server{hub: hub, log: o.Logger, opts: o, tokenSum: sha256.Sum256([]byte(o.Token)), metrics: newMetrics(), sem: make(chan struct{}, 1)}
+	s.work, s.cancelWork = context.WithCancel(context.Background())
+	if hub.Progress == nil {
+		hub.Progress = &logWriter{log: s.log}
+	}
+
+	ln, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("server: listen %s: %w", o.Listen, err)
+	}
+	tlsCfg, caPEM, err := s.serverTLS(ctx, ln.Addr())
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	s.caPEM = caPEM
+	if o.CAOut != "" {
+		if caPEM == nil {
+			ln.Close()
+			return nil, errors.New("server: a CA file is written only for a generated certificate; clients pin the CA of --tls-cert themselves")
+		}
+		if err := writeFileAtomic(o.CAOut, caPEM, 0o644); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("server: write CA to %s: %w", o.CAOut, err)
+		}
+	}
+	s.ln = newTLSListener(ln, tlsCfg)
+	return s, nil
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// URL is the base URL of the API on the listen address.
+func (s *Server) URL() string { return "https://" + s.ln.Addr().String() }
+
+// CAPEM is the CA of the generated serving certificate (nil when the
+// certificate was given).
+func (s *Server) CAPEM() []byte { return s.caPEM }
+
+// Run serves and reconciles until ctx is done, then shuts down: it stops
+// accepting connections and scheduling reconciles, lets an apply or
+// reconcile in progress finish within the grace period, and cancels it when
+// the period is over (the engine abandons it; its journal entry stays
+// unfinished). The caller closes the state after Run returns.
+func (s *Server) Run(ctx context.Context) error {
+	defer s.cancelWork()
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(s.ln) }()
+	s.log.Info("hub serving", "address", s.ln.Addr().String(), "interval", s.opts.Interval.String())
+
+	loopCtx, stopLoop := context.WithCancel(ctx)
+	defer stopLoop()
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		if s.opts.Interval > 0 {
+			s.loop(loopCtx)
+		}
+	}()
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-served:
+	}
+	stopLoop()
+	s.log.Info("hub shutting down", "gracePeriod", s.opts.GracePeriod.String())
+	grace, cancel := context.WithTimeout(context.Background(), s.opts.GracePeriod)
+	defer cancel()
+	shutdownErr := srv.Shutdown(grace) // stops accepting, waits for handlers
+	idle := make(chan struct{})
+	go func() {
+		<-loopDone
+		s.inflight.Wait()
+		close(idle)
+	}()
+	select {
+	case <-idle:
+	case <-grace.Done():
+		s.log.Warn("grace period over: abandoning the apply in progress")
+		s.cancelWork()
+		srv.Close()
+		<-idle
+	}
+	if errors.Is(shutdownErr, context.DeadlineExceeded) {
+		shutdownErr = nil // handlers were cut off above, on purpose
+	}
+	if errors.Is(serveErr, http.ErrServerClosed) {
+		serveErr = nil
+	}
+	s.log.Info("hub stopped")
+	return errors.Join(serveErr, shutdownErr)
+}
+
+// Handler is the server's HTTP handler: /healthz, /readyz and /metrics in
+// the open, /api/v1/ behind the bearer token.
+func (s *Server) Handler() http.Handler {
+	api := http.NewServeMux()
+	api.HandleFunc("GET /api/v1/status", s.handleStatus)
+	api.HandleFunc("POST /api/v1/status", s.handleStatus)
+	api.HandleFunc("GET /api/v1/check", s.handleCheck)
+	api.HandleFunc("POST /api/v1/check", s.handleCheck)
+	api.HandleFunc("POST /api/v1/apply", s.handleApply(false))
+	api.HandleFunc("POST /api/v1/plan", s.handleApply(true))
+	api.HandleFunc("GET /api/v1/journal", s.handleJournal)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", s.handleReady)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	mux.Handle("/api/", s.authenticate(api))
+	return s.logRequests(mux)
+}
+
+// authenticate admits requests with the server's bearer token. Both sides
+// are hashed first so that the comparison takes the same time whatever the
+// length of the guess.
+func (s *Server) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := bearer(r.Header.Get("Authorization"))
+		sum := sha256.Sum256([]byte(got))
+		if !ok || subtle.ConstantTimeCompare(sum[:], s.tokenSum[:]) != 1 {
+			reason := "wrong token"
+			if !ok {
+				reason = "no bearer token"
+			}
+			s.log.Warn("unauthorized request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", reason)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="flotilla"`)
+			writeError(w, http.StatusUnauthorized, errors.New("unauthorized: a valid bearer token is required"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func bearer(h string) (string, bool) {
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+		return "", false
+	}
+	return strings.TrimSpace(tok), true
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// logRequests logs each API call (never its headers: they carry the token).
+func (s *Server) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		next.ServeHTTP(rec, r)
+		level := slog.LevelInfo
+		if !strings.HasPrefix(r.URL.Path, "/api/") {
+			level = slog.LevelDebug // probes and scrapes
+		}
+		s.log.Log(r.Context(), level, "request", "method", r.Method, "path", r.URL.Path, "status", rec.code,
+			"remote", r.RemoteAddr, "duration", time.Since(start).String())
+	})
+}
+
+func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
+	if err := s.hub.Store.View(r.Context(), func(*state.Tx) error { return nil }); err != nil {
+		http.Error(w, "state: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	s.mu.Lock()
+	lastErr := s.lastErr
+	s.mu.Unlock()
+	if lastErr != nil {
+		http.Error(w, "last reconcile failed: "+lastErr.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	io.WriteString(w, "ok\n")
+}
+
+// requestContext is r's context, also cancelled when the grace period of a
+// shutdown is over.
+func (s *Server) requestContext(r *http.Request) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(r.Context())
+	stop := context.AfterFunc(s.work, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	m, err := readSpec(w, r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	ctx, cancel := s.requestContext(r)
+	defer cancel()
+	st, err := s.hub.Status(ctx, m)
+	if err != nil {
+		writeError(w, errorStatus(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) handleCheck(w http.ResponseWriter, r *http.Request) {
+	m, err := readSpec(w, r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	ctx, cancel := s.requestContext(r)
+	defer cancel()
+	checks, err := s.hub.Check(ctx, m)
+	if err != nil {
+		writeError(w, errorStatus(err), err)
+		return
+	}
+	if checks == nil {
+		checks = []Check{}
+	}
+	writeJSON(w, http.StatusOK, checks)
+}
+
+func (s *Server) handleApply(plan bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		o, err := applyOptions(r, plan)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		m, err := readSpec(w, r)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		// An apply once started runs to its end even if the caller goes
+		// away (only a shutdown cuts it short); waiting for its turn does not.
+		rep, err := s.apply(r.Context(), m, o, "api")
+		if err != nil {
+			writeError(w, errorStatus(err), err)
+			return
+		}
+		writeJSON(w, http.StatusOK, rep)
+	}
+}
+
+func applyOptions(r *http.Request, plan bool) (ApplyOptions, error) {
+	o := ApplyOptions{DryRun: plan}
+	q := r.URL.Query()
+	if v := q.Get("dryRun"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return o, fmt.Errorf("dryRun=%q: want true or false", v)
+		}
+		o.DryRun = o.DryRun || b
+	}
+	if v := q.Get("cacertsPolicy"); v != "" {
+		p, err := parseConflictPolicy(v)
+		if err != nil {
+			return o, err
+		}
+		o.CACertsPolicy = p
+	}
+	return o, nil
+}
+
+func parseConflictPolicy(v string) (pki.ConflictPolicy, error) {
+	for _, p := range []pki.ConflictPolicy{pki.Refuse, pki.Replace, pki.Adopt} {
+		if v == p.String() {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("cacertsPolicy=%q: want refuse, replace or adopt", v)
+}
+
+// apply runs one apply at a time. wait bounds only the wait for the turn;
+// the apply itself runs under the server's work context.
+func (s *Server) apply(wait context.Context, m *spec.Mesh, o ApplyOptions, source string) (*ApplyReport, error) {
+	select {
+	case s.sem <- struct{}{}:
+	case <-wait.Done():
+		return nil, wait.Err()
+	case <-s.work.Done():
+		return nil, errShuttingDown
+	}
+	s.inflight.Add(1)
+	defer func() {
+		<-s.sem
+		s.inflight.Done()
+	}()
+	if s.work.Err() != nil {
+		return nil, errShuttingDown
+	}
+	rep, err := s.hub.Apply(s.work, m, o)
+	if err != nil && s.work.Err() != nil {
+		err = fmt.Errorf("%w: %v", errShuttingDown, err)
+	}
+	if source != "api" {
+		return rep, err // the reconcile loop logs its own outcome
+	}
+	s.metrics.apiApplies.WithLabelValues(strconv.FormatBool(o.DryRun)).Inc()
+	if err != nil {
+		if !errors.Is(err, errNoSpec) {
+			s.log.Error("apply failed", "dryRun", o.DryRun, "error", err.Error())
+		}
+		return rep, err
+	}
+	attrs := []any{"dryRun", o.DryRun, "id", rep.ID, "changes", rep.Changes(), "failed", len(rep.Failed()), "duration", rep.Duration.String()}
+	if ferr := rep.Err(); ferr != nil {
+		s.log.Warn("apply finished with failures", append(attrs, "error", ferr.Error())...)
+	} else {
+		s.log.Info("apply finished", attrs...)
+	}
+	return rep, nil
+}
+
+var errShuttingDown = errors.New("the hub is shutting down")
+
+func (s *Server) handleJournal(w http.ResponseWriter, r *http.Request) {
+	limit := defaultJournalLimit
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("limit=%q: want a number >= 0 (0: all)", v))
+			return
+		}
+		limit = n
+	}
+	var applies []state.ApplyRecord
+	err := s.hub.Store.View(r.Context(), func(tx *state.Tx) error {
+		var err error
+		applies, err = tx.Applies(limit)
+		return err
+	})
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	if applies == nil {
+		applies = []state.ApplyRecord{}
+	}
+	writeJSON(w, http.StatusOK, applies)
+}
+
+// readSpec parses the request body as a mesh spec; an empty body is nil,
+// the stored spec.
+func readSpec(w http.ResponseWriter, r *http.Request) (*spec.Mesh, error) {
+	if r.Body == nil {
+		return nil, nil
+	}
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxSpecBytes))
+	if err != nil {
+		return nil, fmt.Errorf("read spec: %w", err)
+	}
+	if len(strings.TrimSpace(string(data))) == 0 {
+		return nil, nil
+	}
+	return spec.Parse("spec", data)
+}
+
+// errorBody is the JSON of every API error.
+type errorBody struct {
+	Error string `json:"error"`
+	// Problems are a spec's validation problems, one by one.
+	Problems []spec.Problem `json:"problems,omitempty"`
+}
+
+func errorStatus(err error) int {
+	var se *spec.Error
+	switch {
+	case errors.As(err, &se):
+		return http.StatusBadRequest
+	case errors.Is(err, errNoSpec):
+		return http.StatusConflict
+	case errors.Is(err, errShuttingDown), errors.Is(err, state.ErrClosed):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	body := errorBody{Error: err.Error()}
+	var se *spec.Error
+	if errors.As(err, &se) {
+		body.Problems = se.Problems
+	}
+	writeJSON(w, code, body)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v) // the client went away: nothing left to tell it
+}
+
+// logWriter turns the hub's progress lines into debug logs.
+type logWriter struct {
+	log *slog.Logger
+	mu  sync.Mutex
+}
+
+func (l *logWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for line := range strings.Lines(string(p)) {
+		if line = strings.TrimSpace(line); line != "" {
+			l.log.Debug("progress", "line", line)
+		}
+	}
+	return len(p), nil
+}
+
+// LoadToken returns the hub's bearer token: the first line of file, else
+// the TokenEnv variable of getenv. A file that does not exist yet is created
+// (mode 0600) with a new random token, so that a first start needs no setup.
+func LoadToken(file string, getenv func(string) string) (token string, created bool, err error) {
+	if file == "" {
+		if t := strings.TrimSpace(getenv(TokenEnv)); t != "" {
+			return t, false, nil
+		}
+		return "", false, fmt.Errorf("no hub token: name a token file or set %s", TokenEnv)
+	}
+	data, err := os.ReadFile(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		b := make([]byte, 32)
+		if _, err := rand.Read(b); err != nil {
+			return "", false, err
+		}
+		token = base64.RawURLEncoding.EncodeToString(b)
+		if err := writeFileAtomic(file, []byte(token+"\n"), 0o600); err != nil {
+			return "", false, fmt.Errorf("hub token %s: %w", file, err)
+		}
+		return token, true, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("hub token: %w", err)
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	token = strings.TrimSpace(line)
+	if token == "" {
+		return "", false, fmt.Errorf("hub token %s is empty", file)
+	}
+	return token, false, nil
+}
+
+// writeFileAtomic writes data to path through a temporary file in the same
+// directory, so that readers never see half a file.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".flotilla-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

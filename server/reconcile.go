@@ -1,0 +1,132 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/server/spec"
+)
+
+// loop reconciles at start and then every interval after the previous
+// reconcile ended, until ctx is done.
+func (s *Server) loop(ctx context.Context) {
+	for ctx.Err() == nil {
+		s.Reconcile(ctx)
+		t := time.NewTimer(s.opts.Interval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// ReconcileResult is what one reconcile did.
+type ReconcileResult struct {
+	// Idle: no mesh has been applied yet, so there was nothing to do.
+	Idle   bool
+	Report *ApplyReport
+	Err    error
+}
+
+// Reconcile applies the stored spec once, the way the loop does: it repairs
+// drift (a deleted cacerts, remote secret or network label), renews reader
+// tokens in federation's renewal window and intermediates with less than a
+// fifth of their lifetime left, then records metrics. wait bounds only the
+// wait for an apply in progress.
+func (s *Server) Reconcile(wait context.Context) ReconcileResult {
+	rep, err := s.apply(wait, nil, ApplyOptions{}, "reconcile")
+	if errors.Is(err, errNoSpec) {
+		s.log.Debug("reconcile: no mesh has been applied yet")
+		s.setLast(nil)
+		return ReconcileResult{Idle: true}
+	}
+	if err != nil && (errors.Is(err, errShuttingDown) || wait.Err() != nil) {
+		return ReconcileResult{Err: err} // never ran: not a reconcile
+	}
+	s.metrics.reconciles.Inc()
+	s.metrics.lastReconcile.Set(float64(s.hub.now().Unix()))
+	if err != nil {
+		s.metrics.reconcileErrors.Inc()
+		s.setLast(err)
+		s.log.Error("reconcile failed", "error", err.Error())
+		return ReconcileResult{Report: rep, Err: err}
+	}
+	s.setLast(nil)
+	s.metrics.reconcileChanges.Add(float64(rep.Changes()))
+	attrs := []any{"id", rep.ID, "changes", rep.Changes(), "duration", rep.Duration.String()}
+	if ferr := rep.Err(); ferr != nil {
+		s.metrics.reconcileErrors.Inc()
+		s.log.Warn("reconciled with failures", append(attrs, "failed", len(rep.Failed()), "error", ferr.Error())...)
+	} else {
+		s.log.Info("reconciled", attrs...)
+	}
+	s.observe()
+	return ReconcileResult{Report: rep}
+}
+
+func (s *Server) setLast(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastErr = err
+}
+
+// observe refreshes the per-cluster gauges from a status of the stored spec.
+func (s *Server) observe() {
+	ctx, cancel := context.WithTimeout(s.work, time.Minute)
+	defer cancel()
+	st, err := s.hub.Status(ctx, nil)
+	if err != nil {
+		s.log.Warn("reconcile: status for metrics", "error", err.Error())
+		return
+	}
+	// Root expiries come from the trust bundle: a cluster's root is known
+	// by its fingerprint, and a root outside the bundle is drift anyway.
+	rootEnd := map[string]time.Time{}
+	if _, bundle, _, err := s.hub.loadCA(ctx); err == nil && bundle != nil {
+		for _, r := range bundle.Roots {
+			rootEnd[pki.Fingerprint(r)] = r.NotAfter
+		}
+	}
+	m := s.metrics
+	m.clusterHealthy.Reset()
+	m.intermediateEnd.Reset()
+	m.rootEnd.Reset()
+	builtin := true
+	if mesh, err := s.hub.StoredMesh(ctx); err == nil {
+		builtin = mesh.Spec.PKI.Mode == spec.PKIBuiltin || mesh.Spec.PKI.Mode == ""
+	}
+	for _, c := range st.Clusters {
+		m.clusterHealthy.WithLabelValues(c.Name).Set(boolGauge(clusterHealthy(c, builtin)))
+		if !c.IntermediateNotAfter.IsZero() {
+			m.intermediateEnd.WithLabelValues(c.Name).Set(float64(c.IntermediateNotAfter.Unix()))
+		}
+		if end, ok := rootEnd[c.RootFingerprint]; ok {
+			m.rootEnd.WithLabelValues(c.Name).Set(float64(end.Unix()))
+		}
+	}
+}
+
+// clusterHealthy: reachable, no drift, and (built-in PKI) a valid chain,
+// and every remote secret it holds authenticates.
+func clusterHealthy(c ClusterStatus, builtinPKI bool) bool {
+	if !c.Reachable || len(c.Drift) > 0 || (builtinPKI && !c.IntermediateChainValid) {
+		return false
+	}
+	for _, rs := range c.RemoteSecrets {
+		if !rs.Healthy {
+			return false
+		}
+	}
+	return true
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
