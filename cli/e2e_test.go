@@ -212,6 +212,8 @@ func TestBadFlags(t *testing.T) {
 		{"adopt and replace together", []string{"apply", "-f", mesh, "--adopt-cacerts", "--replace-cacerts"}, "exclude each other"},
 		{"state keygen without --out", []string{"state", "keygen"}, "--out FILE is required"},
 		{"version with unknown output", []string{"version", "-o", "xml"}, "unknown output format"},
+		{"csr-agent without its cluster and trust bundle", []string{"csr-agent"}, "--cluster-name and --trust-bundle-file are required"},
+		{"csr-agent with a garbage trust bundle", []string{"csr-agent", "--cluster-name", "east", "--trust-bundle-file", bad}, "trust bundle"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, stderr, code := e.run(t, tc.args...)

@@ -13,4 +13,6 @@ func (g *globals) hubClient(url string) (server.Engine, func(), error) {
 	return nil, nil, errors.New("--hub: " + url + ": this build has no hub client yet")
 }
 
-func extraCommands(g *globals) []*cobra.Command { return nil }
+func extraCommands(g *globals) []*cobra.Command {
+	return []*cobra.Command{newCSRAgentCommand(g)}
+}
