@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -301,5 +302,67 @@ func TestRender(t *testing.T) {
 	}
 	if _, err := os.Stat(e.state); err == nil {
 		t.Fatal("render wrote a state")
+	}
+}
+
+// TestHubMode runs `flotilla server` on the applied state and drives it with
+// `flotilla --hub`: status and check answer over the API; a wrong token is
+// refused.
+func TestHubMode(t *testing.T) {
+	l := testLab.Get(t)
+	resetClusters(t, l)
+	e := newEnv(t)
+	if _, stderr, code := e.run(t, "state", "keygen", "--out", e.key); code != 0 {
+		t.Fatal(stderr)
+	}
+	mesh := writeMesh(t, e.dir, l.Kubeconfig)
+	if _, stderr, code := e.run(t, "apply", "-f", mesh); code != 0 {
+		t.Fatal(stderr)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	token, ca := filepath.Join(e.dir, "hub.token"), filepath.Join(e.dir, "hub-ca.pem")
+	srv := e.cmd("server", "--listen", addr, "--token-file", token, "--tls-ca-out", ca, "--interval", "0")
+	var srvLog bytes.Buffer
+	srv.Stderr = &srvLog
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = srv.Process.Signal(syscall.SIGTERM)
+		_ = srv.Wait()
+	}()
+	url := "https://" + addr
+	hub := func(args ...string) (string, string, int) {
+		return e.run(t, append([]string{"--hub", url, "--hub-token-file", token, "--hub-ca", ca}, args...)...)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	var out, stderr string
+	var code int
+	for {
+		out, stderr, code = hub("status", "-o", "json")
+		if code == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if code != 0 {
+		t.Fatalf("status through the hub: %s\nserver log: %s", stderr, srvLog.String())
+	}
+	if !strings.Contains(out, `"name": "east"`) || !strings.Contains(out, `"name": "west"`) {
+		t.Fatalf("status through the hub lacks the clusters: %s", out)
+	}
+	if out, stderr, code := hub("check"); code != 0 {
+		t.Fatalf("check through the hub: %s\n%s", stderr, out)
+	}
+	bad := filepath.Join(e.dir, "bad.token")
+	os.WriteFile(bad, []byte("not-the-token-of-this-hub\n"), 0o600)
+	_, stderr, code = e.run(t, "--hub", url, "--hub-token-file", bad, "--hub-ca", ca, "status")
+	if code == 0 || !strings.Contains(strings.ToLower(stderr), "unauthorized") && !strings.Contains(stderr, "401") {
+		t.Fatalf("wrong token: exit %d, stderr %q", code, stderr)
 	}
 }

@@ -250,7 +250,8 @@ func probeKubeconfig(ctx context.Context, data []byte) error {
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
-	cfg.Timeout = 5 * time.Second
+	// Generous: a loaded API server is slow, not unhealthy.
+	cfg.Timeout = 15 * time.Second
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return err
