@@ -547,37 +547,47 @@ func (l *logWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// LoadToken returns the hub's bearer token: the first line of file, else
-// the TokenEnv variable of getenv. A file that does not exist yet is created
-// (mode 0600) with a new random token, so that a first start needs no setup.
+// LoadToken returns the hub's bearer token for the server: the first line
+// of file, else the TokenEnv variable of getenv. A file that does not exist
+// yet is created (mode 0600) with a new random token, so that a first start
+// needs no setup.
 func LoadToken(file string, getenv func(string) string) (token string, created bool, err error) {
+	if file != "" {
+		if _, err := os.Stat(file); errors.Is(err, fs.ErrNotExist) {
+			b := make([]byte, 32)
+			if _, err := rand.Read(b); err != nil {
+				return "", false, err
+			}
+			token = base64.RawURLEncoding.EncodeToString(b)
+			if err := writeFileAtomic(file, []byte(token+"\n"), 0o600); err != nil {
+				return "", false, fmt.Errorf("hub token %s: %w", file, err)
+			}
+			return token, true, nil
+		}
+	}
+	token, err = ReadToken(file, getenv)
+	return token, false, err
+}
+
+// ReadToken returns the hub's bearer token for a client: the first line of
+// file, else the TokenEnv variable of getenv.
+func ReadToken(file string, getenv func(string) string) (string, error) {
 	if file == "" {
 		if t := strings.TrimSpace(getenv(TokenEnv)); t != "" {
-			return t, false, nil
+			return t, nil
 		}
-		return "", false, fmt.Errorf("no hub token: name a token file or set %s", TokenEnv)
+		return "", fmt.Errorf("no hub token: name a token file or set %s", TokenEnv)
 	}
 	data, err := os.ReadFile(file)
-	if errors.Is(err, fs.ErrNotExist) {
-		b := make([]byte, 32)
-		if _, err := rand.Read(b); err != nil {
-			return "", false, err
-		}
-		token = base64.RawURLEncoding.EncodeToString(b)
-		if err := writeFileAtomic(file, []byte(token+"\n"), 0o600); err != nil {
-			return "", false, fmt.Errorf("hub token %s: %w", file, err)
-		}
-		return token, true, nil
-	}
 	if err != nil {
-		return "", false, fmt.Errorf("hub token: %w", err)
+		return "", fmt.Errorf("hub token: %w", err)
 	}
 	line, _, _ := strings.Cut(string(data), "\n")
-	token = strings.TrimSpace(line)
+	token := strings.TrimSpace(line)
 	if token == "" {
-		return "", false, fmt.Errorf("hub token %s is empty", file)
+		return "", fmt.Errorf("hub token %s is empty", file)
 	}
-	return token, false, nil
+	return token, nil
 }
 
 // writeFileAtomic writes data to path through a temporary file in the same

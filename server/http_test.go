@@ -428,6 +428,21 @@ func TestLoadToken(t *testing.T) {
 	}
 }
 
+// TestReadToken: a client never creates a token file.
+func TestReadToken(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "token")
+	if _, err := ReadToken(file, func(string) string { return "" }); err == nil {
+		t.Fatal("a missing token file is not an error")
+	}
+	if _, err := os.Stat(file); err == nil {
+		t.Fatal("ReadToken created the token file")
+	}
+	tok, err := ReadToken("", func(k string) string { return map[string]string{TokenEnv: "env-token-0123456789"}[k] })
+	if err != nil || tok != "env-token-0123456789" {
+		t.Fatalf("token from env: %q %v", tok, err)
+	}
+}
+
 func TestServingSANs(t *testing.T) {
 	cases := []struct {
 		listen string

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"slices"
 	"strings"
@@ -24,11 +25,10 @@ import (
 	"github.com/flotillamesh/flotilla/server/state"
 )
 
-// serverLabNamespace keeps this test's control planes apart from the other
-// tests' (each test has a state of its own, hence a root of its own).
-const serverLabNamespace = "istio-hubtest"
-
-func serverLabMesh(t *testing.T, l *lab.Lab) *spec.Mesh {
+// serverLabMesh is the lab mesh in a control-plane namespace of its own,
+// apart from other tests' and earlier runs' (each test has a state of its
+// own, hence a root of its own).
+func serverLabMesh(t *testing.T, l *lab.Lab, ns string) *spec.Mesh {
 	t.Helper()
 	m, err := spec.Parse("mesh.yaml", fmt.Appendf(nil, `apiVersion: flotilla.dev/v1alpha1
 kind: Mesh
@@ -41,7 +41,7 @@ spec:
   clusters:
   - {name: east, context: east, network: network1, kubeconfig: %s}
   - {name: west, context: west, network: network2, kubeconfig: %s}
-`, serverLabNamespace, l.Kubeconfig, l.Kubeconfig))
+`, ns, l.Kubeconfig, l.Kubeconfig))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,8 +65,17 @@ func TestServerLab(t *testing.T) {
 		deleteIstio(t, kc)
 		t.Cleanup(func() { deleteIstio(t, kc) })
 	}
+	ns := fmt.Sprintf("istio-hub-%x", rand.Uint32())
+	for _, kc := range []*kube.Cluster{east, west} {
+		t.Cleanup(func() {
+			err := kc.Kube.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
+			if err != nil && !apierrors.IsNotFound(err) {
+				t.Errorf("%s: delete namespace %s: %v", kc.Name, ns, err)
+			}
+		})
+	}
 	h := newHub(t)
-	m := serverLabMesh(t, l)
+	m := serverLabMesh(t, l, ns)
 	rep, err := h.Apply(ctx, m, ApplyOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +83,6 @@ func TestServerLab(t *testing.T) {
 	if err := rep.Err(); err != nil {
 		t.Fatal(err)
 	}
-	ns := serverLabNamespace
 	origCA, err := pki.ReadCACerts(ctx, east, ns)
 	if err != nil || origCA == nil {
 		t.Fatalf("east: cacerts after apply: %v", err)
@@ -156,22 +164,36 @@ func TestServerLab(t *testing.T) {
 		t.Errorf("no journal entry shows cacerts recreated in east: %d entries", len(journal))
 	}
 
-	// Metrics: counters, per-cluster health and expiry, without a token.
-	code, metricsText := ts.get(t, "/metrics", nil)
-	if code != 200 {
-		t.Fatalf("/metrics: %d", code)
-	}
-	for _, series := range []string{
+	// Metrics, without a token: counters, and per-cluster gauges that come
+	// to show both clusters healthy once a reconcile after the repair has
+	// observed them (the one before may have seen the drift).
+	want := []string{
 		"flotilla_reconciles_total ", "flotilla_reconcile_errors_total ", "flotilla_last_reconcile_timestamp_seconds ",
-		`flotilla_cluster_healthy{cluster="east"} `, `flotilla_cluster_healthy{cluster="west"} `,
-		`flotilla_intermediate_not_after_seconds{cluster="east"} `, `flotilla_root_not_after_seconds{cluster="west"} `,
-	} {
-		if !strings.Contains(metricsText, "\n"+series) {
-			t.Errorf("/metrics lacks %s", strings.TrimSpace(series))
-		}
+		`flotilla_cluster_healthy{cluster="east"} 1`, `flotilla_cluster_healthy{cluster="west"} 1`,
+		`flotilla_intermediate_not_after_seconds{cluster="east"} `, `flotilla_intermediate_not_after_seconds{cluster="west"} `,
+		`flotilla_root_not_after_seconds{cluster="east"} `, `flotilla_root_not_after_seconds{cluster="west"} `,
 	}
-	if strings.Contains(metricsText, "\nflotilla_reconciles_total 0\n") {
-		t.Error("/metrics counts no reconcile")
+	for {
+		code, text := ts.get(t, "/metrics", nil)
+		if code != 200 {
+			t.Fatalf("/metrics: %d", code)
+		}
+		var missing []string
+		for _, series := range want {
+			if !strings.Contains(text, "\n"+series) {
+				missing = append(missing, strings.TrimSpace(series))
+			}
+		}
+		if strings.Contains(text, "\nflotilla_reconciles_total 0\n") {
+			missing = append(missing, "a reconcile counted")
+		}
+		if len(missing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics lacks %v:\n%s", missing, grepLines(text, "flotilla_"))
+		}
+		time.Sleep(interval / 4)
 	}
 	if code, body := ts.get(t, "/readyz", nil); code != 200 {
 		t.Errorf("/readyz: %d %s", code, body)
@@ -214,6 +236,16 @@ func deleteIstio(t *testing.T, kc *kube.Cluster) {
 	if err != nil && !apierrors.IsNotFound(err) {
 		t.Fatalf("%s: delete Istio %s: %v", kc.Name, deploy.IstioName, err)
 	}
+}
+
+func grepLines(text, substr string) string {
+	var out []string
+	for line := range strings.Lines(text) {
+		if strings.Contains(line, substr) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "")
 }
 
 func clusterNames(st *Status) []string {
