@@ -112,6 +112,11 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 		"--profiling=false",
 		"--endpoint-reconciler-type=none",
 		"--shutdown-delay-duration=0s",
+		// exec, logs and port-forward reach kwok (the node's kubelet) on
+		// loopback: the node's InternalDNS address, never its 10.L.0.i.
+		// Without --kubelet-certificate-authority the API server does not
+		// verify kwok's self-signed serving certificate, as with kubelets.
+		"--kubelet-preferred-address-types=InternalDNS",
 		"--v=0")
 	if err != nil {
 		return err
@@ -146,9 +151,15 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 		"--v=0"); err != nil {
 		return err
 	}
+	execCfg := filepath.Join(c.dir, "kwok-exec.yaml")
+	if err := os.WriteFile(execCfg, c.kwokExecConfig(), 0o600); err != nil {
+		return err
+	}
 	if _, err := run("kwok",
 		"--kubeconfig="+kcfg,
 		"--config="+filepath.Join(bin, stagesFile),
+		"--config="+execCfg,
+		"--node-port="+strconv.Itoa(kwokPort),
 		"--manage-all-nodes=true",
 		"--cidr="+c.PodCIDR,
 		"--node-ip="+c.NodeIP,
@@ -177,6 +188,12 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 			},
 			Annotations: map[string]string{"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
 		},
+		// Status is kept on create; kwok fills in the rest and keeps these.
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
+			{Type: corev1.NodeInternalIP, Address: c.NodeIP},
+			{Type: corev1.NodeHostName, Address: c.Name + "-node"},
+			{Type: corev1.NodeInternalDNS, Address: "127.0.0.1"},
+		}},
 	}
 	if _, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create node: %w", err)
@@ -210,6 +227,45 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 	}
 	fmt.Fprintf(logw, "lab: %s ready at %s (%s)\n", c.Name, c.Server, time.Since(t0).Round(100*time.Millisecond))
 	return nil
+}
+
+// ProxyCapturePort is where the data-plane emulator takes the HTTP requests
+// of processes exec'd in a cluster's pods, as Envoy's outbound capture port.
+const ProxyCapturePort = 15001
+
+// Loopback maps a lab pod or node address 10.L.b.c (b < 156) to the
+// loopback address 127.L.(100+b).c that stands in for it: the lab never
+// sends packets to 10.L/16, which this host does not route. LoadBalancer
+// addresses (127.L.i.x, i < 100) never collide with these.
+func Loopback(ip net.IP) (net.IP, bool) {
+	v4 := ip.To4()
+	if v4 == nil || v4[0] != 10 || v4[2] > 155 {
+		return nil, false
+	}
+	return net.IPv4(127, v4[1], 100+v4[2], v4[3]), true
+}
+
+// kwokExecConfig makes kwok answer exec in any pod by running the command
+// locally, with an HTTP proxy at the node's loopback capture address: the
+// process's requests reach the cluster's emulated data plane.
+func (c *Cluster) kwokExecConfig() []byte {
+	capture := "http://127.0.0.1:1" // no node loopback address: requests fail
+	if lb, ok := Loopback(net.ParseIP(c.NodeIP)); ok {
+		capture = "http://" + net.JoinHostPort(lb.String(), strconv.Itoa(ProxyCapturePort))
+	}
+	return []byte(fmt.Sprintf(`apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterExec
+metadata:
+  name: lab-exec
+spec:
+  execs:
+  - local:
+      envs:
+      - {name: http_proxy, value: %q}
+      - {name: no_proxy, value: ""}
+      - {name: NO_PROXY, value: ""}
+      - {name: FLOTILLA_LAB_CLUSTER, value: %q}
+`, capture, c.Name))
 }
 
 func nodeReady(n *corev1.Node) bool {

@@ -1,0 +1,372 @@
+package emulator
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/scenarios/lab"
+)
+
+// Cluster is one lab cluster the emulator plays the data plane of.
+type Cluster struct {
+	Name string
+	// Config is an admin connection: the emulator acts as the cluster's
+	// kubelet, kube-proxy and in-cluster istiod with it, for this cluster only.
+	Config *rest.Config
+}
+
+// Config configures an Emulator.
+type Config struct {
+	Clusters []Cluster
+	// SyncInterval is how often clusters are re-read; 0 is 500ms.
+	SyncInterval time.Duration
+	// Log receives one line per listener change and per failed call; nil discards.
+	Log io.Writer
+}
+
+// Emulator runs the lab's data plane until its context ends.
+type Emulator struct {
+	cfg      Config
+	clusters []*member
+	world    atomic.Pointer[world]
+
+	mu        sync.Mutex
+	listeners map[string]*listener        // by address
+	certs     map[string]*tls.Certificate // by pod, signer and root
+	remotes   map[string]remoteClient     // by remote secret content
+	rr        map[string]int              // round-robin position per client and service
+	syncMu    sync.Mutex
+	lastSync  time.Time
+	logMu     sync.Mutex
+}
+
+type member struct {
+	name string
+	kube kubernetes.Interface
+	dyn  dynamic.Interface
+}
+
+type world struct {
+	views map[string]*clusterView
+	order []string
+}
+
+type remoteClient struct {
+	kube kubernetes.Interface
+	host string
+}
+
+type listener struct {
+	ln   net.Listener
+	kind string
+}
+
+// New connects to the clusters; Run starts the data plane.
+func New(cfg Config) (*Emulator, error) {
+	if len(cfg.Clusters) == 0 {
+		return nil, errors.New("emulator: no clusters")
+	}
+	if cfg.SyncInterval <= 0 {
+		cfg.SyncInterval = 500 * time.Millisecond
+	}
+	if cfg.Log == nil {
+		cfg.Log = io.Discard
+	}
+	e := &Emulator{cfg: cfg, listeners: map[string]*listener{}, certs: map[string]*tls.Certificate{},
+		remotes: map[string]remoteClient{}, rr: map[string]int{}}
+	for _, c := range cfg.Clusters {
+		rc := rest.CopyConfig(c.Config)
+		// A sync reads every cluster twice a second: client-go's default
+		// 5 QPS would throttle each request by seconds.
+		rc.QPS, rc.Burst = 200, 400
+		kc, err := kubernetes.NewForConfig(rc)
+		if err != nil {
+			return nil, fmt.Errorf("emulator: %s: %w", c.Name, err)
+		}
+		dyn, err := dynamic.NewForConfig(rc)
+		if err != nil {
+			return nil, fmt.Errorf("emulator: %s: %w", c.Name, err)
+		}
+		e.clusters = append(e.clusters, &member{name: c.Name, kube: kc, dyn: dyn})
+	}
+	e.world.Store(&world{views: map[string]*clusterView{}})
+	return e, nil
+}
+
+// Run syncs until ctx ends, then closes every listener.
+func (e *Emulator) Run(ctx context.Context) error {
+	defer e.closeAll()
+	t := time.NewTicker(e.cfg.SyncInterval)
+	defer t.Stop()
+	for {
+		if err := e.Sync(ctx); err != nil && ctx.Err() == nil {
+			e.logf("sync: %v", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Sync reads every cluster once and opens or closes listeners to match.
+func (e *Emulator) Sync(ctx context.Context) error {
+	e.syncMu.Lock()
+	defer e.syncMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	w := &world{views: map[string]*clusterView{}}
+	var errs []error
+	for _, m := range e.clusters {
+		v, err := readCluster(ctx, m.name, m.kube, m.dyn)
+		if err != nil {
+			errs = append(errs, err)
+			if old := e.world.Load().views[m.name]; old != nil {
+				v = old // keep serving what was last known
+			} else {
+				continue
+			}
+		}
+		w.views[m.name] = v
+		w.order = append(w.order, m.name)
+	}
+	e.world.Store(w)
+	e.reconcileListeners(ctx, w)
+	e.lastSync = time.Now()
+	return errors.Join(errs...)
+}
+
+// syncIfStale re-reads the clusters when the last sync is older than d, so
+// that a request right after a rollout sees its pods.
+func (e *Emulator) syncIfStale(ctx context.Context, d time.Duration) {
+	e.syncMu.Lock()
+	stale := time.Since(e.lastSync) > d
+	e.syncMu.Unlock()
+	if stale {
+		if err := e.Sync(ctx); err != nil {
+			e.logf("sync: %v", err)
+		}
+	}
+}
+
+func (e *Emulator) member(name string) *member {
+	for _, m := range e.clusters {
+		if m.name == name {
+			return m
+		}
+	}
+	return nil
+}
+
+// reconcileListeners opens what the world asks for and closes the rest:
+// per cluster its capture address, its helloworld pods, its gateways.
+func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
+	want := map[string]func(net.Conn){}
+	kinds := map[string]string{}
+	for _, name := range w.order {
+		v := w.views[name]
+		if v.nodeIP != nil {
+			if lb, ok := lab.Loopback(v.nodeIP); ok {
+				addr := net.JoinHostPort(lb.String(), strconv.Itoa(lab.ProxyCapturePort))
+				want[addr], kinds[addr] = e.captureHandler(name), "capture "+name
+			}
+		}
+		for i := range v.pods {
+			p := &v.pods[i]
+			if !running(p) {
+				continue
+			}
+			if _, port, ok := helloVersion(p); ok {
+				if lb, ok := lab.Loopback(net.ParseIP(p.Status.PodIP)); ok {
+					addr := net.JoinHostPort(lb.String(), strconv.Itoa(int(port)))
+					want[addr], kinds[addr] = e.serverHandler(name, p.Namespace, p.Name), "pod "+name+"/"+p.Namespace+"/"+p.Name
+				}
+			}
+			if v.hasProxy(p) && p.Annotations[sidecarStatus] == "" {
+				e.markInjected(ctx, name, p)
+			}
+		}
+		if e.serving(w, v) == nil {
+			continue // a gateway's Envoy without istiod has no config
+		}
+		for _, g := range v.gateways {
+			if g.crossNetwork {
+				addr := net.JoinHostPort(g.address, strconv.Itoa(crossNetworkPort))
+				want[addr], kinds[addr] = e.gatewayHandler(name), "gateway "+name
+			}
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for addr, l := range e.listeners {
+		if _, ok := want[addr]; !ok || kinds[addr] != l.kind {
+			l.ln.Close()
+			delete(e.listeners, addr)
+			e.logf("closed %s (%s)", addr, l.kind)
+		}
+	}
+	for addr, h := range want {
+		if _, ok := e.listeners[addr]; ok {
+			continue
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			e.logf("listen %s (%s): %v", addr, kinds[addr], err)
+			continue
+		}
+		e.listeners[addr] = &listener{ln: ln, kind: kinds[addr]}
+		e.logf("listening on %s (%s)", addr, kinds[addr])
+		go serve(ln, h)
+	}
+}
+
+func serve(ln net.Listener, h func(net.Conn)) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			h(c)
+		}()
+	}
+}
+
+func (e *Emulator) closeAll() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for addr, l := range e.listeners {
+		l.ln.Close()
+		delete(e.listeners, addr)
+	}
+}
+
+// markInjected records on the pod what Istio's injector would have: the
+// pod runs a sidecar. (kwok pods are admitted without the webhook.)
+func (e *Emulator) markInjected(ctx context.Context, cluster string, p *corev1.Pod) {
+	m := e.member(cluster)
+	status, _ := json.Marshal(map[string]any{"containers": []string{"istio-proxy"}, "initContainers": []string{"istio-init"}})
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{sidecarStatus: string(status)}}})
+	if _, err := m.kube.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		e.logf("%s: annotate pod %s/%s as injected: %v", cluster, p.Namespace, p.Name, err)
+	}
+}
+
+// serving returns the control plane whose istiod configures and certifies
+// v's proxies: its own, or for a remote the primary whose gateway serves
+// istiod at remotePilotAddress. nil: the proxies get no config.
+func (e *Emulator) serving(w *world, v *clusterView) *servingCP {
+	if v.cp == nil {
+		return nil
+	}
+	if !v.cp.remote() {
+		return &servingCP{cluster: v.name, cp: v.cp}
+	}
+	for _, name := range w.order {
+		p := w.views[name]
+		if p.cp == nil || p.cp.remote() {
+			continue
+		}
+		for _, g := range p.gateways {
+			if g.istiod && g.address == v.cp.remotePilotAddress {
+				return &servingCP{cluster: p.name, cp: p.cp}
+			}
+		}
+	}
+	return nil
+}
+
+type servingCP struct {
+	cluster string
+	cp      *controlPlane
+}
+
+// workloadCert returns the pod's certificate from the serving istiod's CA,
+// made once per pod, signer and root.
+func (e *Emulator) workloadCert(s *servingCP, cluster string, p *corev1.Pod) (*tls.Certificate, pki.SPIFFEID, error) {
+	sa := p.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	id := pki.SPIFFEID{TrustDomain: s.cp.trustDomain, Namespace: p.Namespace, ServiceAccount: sa}
+	if s.cp.issuer == nil {
+		return nil, id, fmt.Errorf("istiod in %s has no CA: %v", s.cluster, s.cp.cacertsOK)
+	}
+	sum := sha256.Sum256([]byte(s.cp.rootsPEM))
+	key := cluster + "/" + p.Namespace + "/" + p.Name + "/" + string(p.UID) + "/" + s.cluster + "/" + hex.EncodeToString(sum[:8]) + "/" + id.String()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if c := e.certs[key]; c != nil {
+		return c, id, nil
+	}
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, id, err
+	}
+	wc, err := s.cp.issuer.SignWorkload(pki.WorkloadRequest{ID: id, PublicKey: k.Public()}, time.Now())
+	if err != nil {
+		return nil, id, fmt.Errorf("%s: sign workload certificate for %s: %w", s.cluster, id, err)
+	}
+	c := &tls.Certificate{PrivateKey: k, Leaf: wc.Cert}
+	for _, pemCert := range wc.Chain {
+		c.Certificate = append(c.Certificate, pemToDER(pemCert))
+	}
+	e.certs[key] = c
+	return c, id, nil
+}
+
+// remoteKube connects with a remote secret's kubeconfig, as istiod does.
+func (e *Emulator) remoteKube(rs remoteSecret) (remoteClient, error) {
+	sum := sha256.Sum256(rs.data)
+	key := hex.EncodeToString(sum[:])
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if c, ok := e.remotes[key]; ok {
+		return c, nil
+	}
+	cfg, err := clientcmd.RESTConfigFromKubeConfig(rs.data)
+	if err != nil {
+		return remoteClient{}, fmt.Errorf("remote secret %s: kubeconfig: %w", rs.name, err)
+	}
+	cfg.Timeout = 5 * time.Second
+	cfg.QPS, cfg.Burst = 100, 200
+	kc, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return remoteClient{}, fmt.Errorf("remote secret %s: %w", rs.name, err)
+	}
+	c := remoteClient{kube: kc, host: cfg.Host}
+	e.remotes[key] = c
+	return c, nil
+}
+
+func (e *Emulator) logf(format string, args ...any) {
+	e.logMu.Lock()
+	defer e.logMu.Unlock()
+	fmt.Fprintf(e.cfg.Log, "emulator: "+format+"\n", args...)
+}

@@ -1,0 +1,481 @@
+package emulator
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/flotillamesh/flotilla/scenarios/lab"
+)
+
+// callTimeout bounds one emulated request end to end.
+const callTimeout = 10 * time.Second
+
+// answer is what the client's side of the data plane returns to the app.
+type answer struct {
+	status int
+	body   string
+}
+
+func envoyFailure(reason string, err error) answer {
+	return answer{status: http.StatusServiceUnavailable, body: fmt.Sprintf(
+		"upstream connect error or disconnect/reset before headers. reset reason: %s, transport failure reason: %v\n", reason, err)}
+}
+
+// captureHandler takes one proxied HTTP request of a process exec'd in a
+// pod of cluster, and makes it as that pod's sidecar (or, without one,
+// through kube-proxy).
+func (e *Emulator) captureHandler(cluster string) func(net.Conn) {
+	return func(c net.Conn) {
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		a := e.call(ctx, cluster, req)
+		if a.status != http.StatusOK {
+			e.logf("%s: %s %s: %d %s", cluster, req.Method, req.URL, a.status, strings.TrimSpace(a.body))
+		}
+		fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+			a.status, http.StatusText(a.status), len(a.body), a.body)
+	}
+}
+
+// call routes a request from cluster's client pod to a service.
+func (e *Emulator) call(ctx context.Context, cluster string, req *http.Request) answer {
+	e.syncIfStale(ctx, 300*time.Millisecond)
+	w := e.world.Load()
+	v := w.views[cluster]
+	m := e.member(cluster)
+	if v == nil || m == nil {
+		return answer{http.StatusBadGateway, "cluster " + cluster + " is not known to the emulator\n"}
+	}
+	var clients []*corev1.Pod
+	for i := range v.pods {
+		if p := &v.pods[i]; running(p) && isCurl(p) {
+			clients = append(clients, p)
+		}
+	}
+	if len(clients) != 1 {
+		return answer{http.StatusBadGateway, fmt.Sprintf("emulator: exec in cluster %s: %d running curl pods; the lab tells exec'd processes apart by cluster only, so it needs exactly one\n", cluster, len(clients))}
+	}
+	client := clients[0]
+
+	host := req.URL.Hostname()
+	if host == "" {
+		host = req.Host
+	}
+	port := 80
+	if p := req.URL.Port(); p != "" {
+		port, _ = strconv.Atoi(p)
+	}
+	parts := strings.Split(host, ".")
+	svcName, ns := parts[0], client.Namespace
+	if len(parts) > 1 {
+		ns = parts[1]
+	}
+	// The client's cluster DNS must know the service, mesh or not.
+	svc, err := m.kube.CoreV1().Services(ns).Get(ctx, svcName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return answer{http.StatusBadGateway, fmt.Sprintf("curl: (6) Could not resolve host: %s\n", host)}
+	}
+	if err != nil {
+		return answer{http.StatusBadGateway, fmt.Sprintf("%s: read service %s/%s: %v\n", cluster, ns, svcName, err)}
+	}
+	portName := ""
+	for _, p := range svc.Spec.Ports {
+		if int(p.Port) == port {
+			portName = p.Name
+		}
+	}
+	path := req.URL.RequestURI()
+
+	if !v.hasProxy(client) {
+		cpNS := ""
+		if v.cp != nil {
+			cpNS = v.cp.namespace
+		}
+		eps, err := listEndpoints(ctx, cluster, m.kube, ns, svcName, portName, cpNS)
+		if err != nil {
+			return answer{http.StatusBadGateway, err.Error() + "\n"}
+		}
+		if len(eps) == 0 {
+			return answer{http.StatusBadGateway, "curl: (7) Failed to connect: no endpoints\n"}
+		}
+		ep := eps[e.next(cluster+"/kube-proxy/"+ns+"/"+svcName, len(eps))]
+		conn, err := dialPod(ctx, ep.ip, ep.port)
+		if err != nil {
+			return answer{http.StatusBadGateway, fmt.Sprintf("curl: (7) Failed to connect: %v\n", err)}
+		}
+		defer conn.Close()
+		return roundTrip(conn, host, port, path)
+	}
+
+	s := e.serving(w, v)
+	if s == nil {
+		return answer{http.StatusServiceUnavailable, fmt.Sprintf("no healthy upstream: the sidecar has no configuration (no istiod serves cluster %s at remotePilotAddress %q)\n", cluster, v.cp.remotePilotAddress)}
+	}
+	cert, _, err := e.workloadCert(s, cluster, client)
+	if err != nil {
+		return envoyFailure("connection failure", err)
+	}
+	eps, gws := e.meshView(ctx, s, ns, svcName, portName)
+	clientNet := v.cp.proxyNetwork()
+	type target struct {
+		ep      endpoint
+		gateway string
+	}
+	var targets []target
+	allowed := map[string]bool{}
+	for _, ep := range eps {
+		allowed[fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", s.cp.trustDomain, ns, ep.sa)] = true
+		if ep.network == "" || clientNet == "" || ep.network == clientNet {
+			targets = append(targets, target{ep: ep})
+			continue
+		}
+		// istiod drops endpoints of networks it knows no gateway for, and
+		// of workloads without sidecars there (only mTLS passes through).
+		if g := gws[ep.network]; len(g) > 0 && ep.mtls {
+			targets = append(targets, target{ep: ep, gateway: g[0]})
+		}
+	}
+	if len(targets) == 0 {
+		return answer{http.StatusServiceUnavailable, "no healthy upstream\n"}
+	}
+	t := targets[e.next(cluster+"/"+client.Namespace+"/"+client.Name+"/"+ns+"/"+svcName, len(targets))]
+	var conn net.Conn
+	if t.gateway != "" {
+		conn, err = dialTCP(ctx, net.JoinHostPort(t.gateway, strconv.Itoa(crossNetworkPort)))
+	} else {
+		conn, err = dialPod(ctx, t.ep.ip, t.ep.port)
+	}
+	if err != nil {
+		return envoyFailure("connection failure", err)
+	}
+	defer conn.Close()
+	if !t.ep.mtls {
+		return roundTrip(conn, host, port, path)
+	}
+	sni := fmt.Sprintf("outbound_.%d_._.%s.%s.svc.cluster.local", port, svcName, ns)
+	tc := tls.Client(conn, &tls.Config{
+		Certificates: []tls.Certificate{*cert},
+		ServerName:   sni,
+		// Istio checks the peer's chain and SPIFFE identity, not a DNS name.
+		InsecureSkipVerify:    true,
+		VerifyPeerCertificate: verifyPeer(s.cp.roots, s.cp.trustDomain, allowed),
+		MinVersion:            tls.VersionTLS12,
+	})
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return envoyFailure("connection failure", fmt.Errorf("TLS error: %w", err))
+	}
+	return roundTrip(tc, host, port, path)
+}
+
+// meshView is the serving istiod's view of a service: endpoints in its own
+// cluster and in every cluster its remote secrets reach, and the
+// cross-network gateways those clusters offer, by network.
+func (e *Emulator) meshView(ctx context.Context, s *servingCP, ns, svc, portName string) ([]endpoint, map[string][]string) {
+	type source struct {
+		name string
+		kube kubernetes.Interface
+	}
+	sources := []source{{name: s.cp.clusterName, kube: e.member(s.cluster).kube}}
+	for _, rs := range s.cp.secrets {
+		rc, err := e.remoteKube(rs)
+		if err != nil {
+			e.logf("%s: %v", s.cluster, err)
+			continue
+		}
+		sources = append(sources, source{name: rs.target, kube: rc.kube})
+	}
+	seen := map[string]bool{}
+	var eps []endpoint
+	gws := map[string][]string{}
+	for _, src := range sources {
+		if seen[src.name] {
+			continue
+		}
+		seen[src.name] = true
+		got, err := listEndpoints(ctx, src.name, src.kube, ns, svc, portName, s.cp.namespace)
+		if err != nil {
+			e.logf("%s: istiod: %v", s.cluster, err)
+			continue
+		}
+		eps = append(eps, got...)
+		g, err := networkGateways(ctx, src.name, src.kube, s.cp.namespace)
+		if err != nil {
+			e.logf("%s: istiod: %v", s.cluster, err)
+			continue
+		}
+		for n, addrs := range g {
+			gws[n] = append(gws[n], addrs...)
+		}
+	}
+	sort.SliceStable(eps, func(i, j int) bool { return eps[i].cluster+eps[i].ip < eps[j].cluster+eps[j].ip })
+	return eps, gws
+}
+
+// next is round-robin over n choices, per key.
+func (e *Emulator) next(key string, n int) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	i := e.rr[key] % n
+	e.rr[key] = i + 1
+	return i
+}
+
+// serverHandler is a helloworld pod: its sidecar (mTLS or, PERMISSIVE,
+// plaintext) when it has one, then the app.
+func (e *Emulator) serverHandler(cluster, ns, name string) func(net.Conn) {
+	return func(c net.Conn) {
+		w := e.world.Load()
+		v := w.views[cluster]
+		if v == nil {
+			return
+		}
+		var pod *corev1.Pod
+		for i := range v.pods {
+			if v.pods[i].Namespace == ns && v.pods[i].Name == name {
+				pod = &v.pods[i]
+			}
+		}
+		if pod == nil {
+			return
+		}
+		version, _, _ := helloVersion(pod)
+		br := bufio.NewReader(c)
+		first, err := br.Peek(1)
+		if err != nil {
+			return
+		}
+		var conn net.Conn = &peekedConn{Conn: c, r: br}
+		if first[0] == 0x16 { // a TLS handshake record
+			s := e.serving(w, v)
+			if !v.hasProxy(pod) || s == nil {
+				return // the app speaks no TLS
+			}
+			cert, _, err := e.workloadCert(s, cluster, pod)
+			if err != nil {
+				e.logf("%s: pod %s/%s: %v", cluster, ns, name, err)
+				return
+			}
+			tc := tls.Server(conn, &tls.Config{
+				Certificates:          []tls.Certificate{*cert},
+				ClientAuth:            tls.RequireAnyClientCert,
+				VerifyPeerCertificate: verifyPeer(s.cp.roots, s.cp.trustDomain, nil),
+				MinVersion:            tls.VersionTLS12,
+			})
+			if err := tc.Handshake(); err != nil {
+				e.logf("%s: pod %s/%s: inbound TLS: %v", cluster, ns, name, err)
+				return
+			}
+			conn = tc
+		}
+		req, err := http.ReadRequest(bufio.NewReader(conn))
+		if err != nil {
+			return
+		}
+		status, body := http.StatusNotFound, "404 page not found\n"
+		if req.URL.Path == "/hello" {
+			status, body = http.StatusOK, fmt.Sprintf("Hello version: %s, instance: %s\n", version, name)
+		}
+		fmt.Fprintf(conn, "HTTP/1.1 %d %s\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+			status, http.StatusText(status), len(body), body)
+	}
+}
+
+// gatewayHandler is an east-west gateway's 15443 listener: AUTO_PASSTHROUGH
+// reads the SNI outbound_.<port>_._.<service host> and passes the TLS
+// stream, untouched, to a local endpoint of that service.
+func (e *Emulator) gatewayHandler(cluster string) func(net.Conn) {
+	return func(c net.Conn) {
+		var hello bytes.Buffer
+		sni := ""
+		errSeen := errors.New("client hello read")
+		_ = tls.Server(&peekedConn{Conn: c, r: io.TeeReader(c, &hello), noWrite: true}, &tls.Config{
+			GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+				sni = h.ServerName
+				return nil, errSeen
+			},
+		}).Handshake()
+		port, svc, ns, ok := parseSNI(sni)
+		if !ok {
+			e.logf("%s: gateway: SNI %q is not outbound_.<port>_._.<service>.<namespace>.svc.cluster.local", cluster, sni)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		m := e.member(cluster)
+		v := e.world.Load().views[cluster]
+		if v == nil || v.cp == nil {
+			return
+		}
+		s, err := m.kube.CoreV1().Services(ns).Get(ctx, svc, metav1.GetOptions{})
+		if err != nil {
+			e.logf("%s: gateway: service %s/%s: %v", cluster, ns, svc, err)
+			return
+		}
+		portName := ""
+		for _, p := range s.Spec.Ports {
+			if int(p.Port) == port {
+				portName = p.Name
+			}
+		}
+		all, err := listEndpoints(ctx, cluster, m.kube, ns, svc, portName, v.cp.namespace)
+		if err != nil {
+			e.logf("%s: gateway: %v", cluster, err)
+			return
+		}
+		var eps []endpoint
+		for _, ep := range all {
+			if ep.mtls {
+				eps = append(eps, ep)
+			}
+		}
+		if len(eps) == 0 {
+			e.logf("%s: gateway: no endpoint with a sidecar for %s", cluster, sni)
+			return
+		}
+		ep := eps[e.next(cluster+"/gateway/"+ns+"/"+svc, len(eps))]
+		up, err := dialPod(ctx, ep.ip, ep.port)
+		if err != nil {
+			e.logf("%s: gateway: %v", cluster, err)
+			return
+		}
+		defer up.Close()
+		if _, err := up.Write(hello.Bytes()); err != nil {
+			return
+		}
+		done := make(chan struct{}, 2)
+		go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
+		go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
+		<-done
+	}
+}
+
+func parseSNI(sni string) (port int, svc, ns string, ok bool) {
+	parts := strings.SplitN(sni, "_.", 4)
+	if len(parts) != 4 || parts[0] != "outbound" {
+		return 0, "", "", false
+	}
+	port, err := strconv.Atoi(strings.TrimSuffix(parts[1], "_"))
+	if err != nil {
+		// parts[1] is "<port>" when split at "_." leaves it bare
+		return 0, "", "", false
+	}
+	host := strings.Split(parts[3], ".")
+	if len(host) < 2 {
+		return 0, "", "", false
+	}
+	return port, host[0], host[1], true
+}
+
+// verifyPeer checks a peer's chain against roots and its SPIFFE identity:
+// in the trust domain, and one of allowed when that is not empty.
+func verifyPeer(roots *x509.CertPool, trustDomain string, allowed map[string]bool) func([][]byte, [][]*x509.Certificate) error {
+	return func(raw [][]byte, _ [][]*x509.Certificate) error {
+		if len(raw) == 0 {
+			return errors.New("peer sent no certificate")
+		}
+		var certs []*x509.Certificate
+		for _, r := range raw {
+			c, err := x509.ParseCertificate(r)
+			if err != nil {
+				return err
+			}
+			certs = append(certs, c)
+		}
+		inter := x509.NewCertPool()
+		for _, c := range certs[1:] {
+			inter.AddCert(c)
+		}
+		if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+			return fmt.Errorf("peer certificate: %w", err)
+		}
+		for _, u := range certs[0].URIs {
+			if u.Scheme == "spiffe" && u.Host == trustDomain && (len(allowed) == 0 || allowed[u.String()]) {
+				return nil
+			}
+		}
+		return fmt.Errorf("peer identity %v is not an expected SPIFFE ID of trust domain %s", certs[0].URIs, trustDomain)
+	}
+}
+
+func dialPod(ctx context.Context, ip string, port int32) (net.Conn, error) {
+	lb, ok := lab.Loopback(net.ParseIP(ip))
+	if !ok {
+		return nil, fmt.Errorf("pod address %s is outside the lab's 10.L.b.c plan: not dialled", ip)
+	}
+	return dialTCP(ctx, net.JoinHostPort(lb.String(), strconv.Itoa(int(port))))
+}
+
+// dialTCP dials loopback addresses only: the lab sends nothing elsewhere.
+func dialTCP(ctx context.Context, addr string) (net.Conn, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return nil, fmt.Errorf("%s is not a loopback address: not dialled", addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// roundTrip sends one GET and reads the answer.
+func roundTrip(conn net.Conn, host string, port int, path string) answer {
+	_ = conn.SetDeadline(time.Now().Add(callTimeout))
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: curl\r\nConnection: close\r\n\r\n", path, host, port)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return envoyFailure("connection termination", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return envoyFailure("connection termination", err)
+	}
+	return answer{status: resp.StatusCode, body: string(body)}
+}
+
+// peekedConn reads through r (what was already buffered, then the conn).
+type peekedConn struct {
+	net.Conn
+	r       io.Reader
+	noWrite bool
+}
+
+func (p *peekedConn) Read(b []byte) (int, error) { return p.r.Read(b) }
+
+func (p *peekedConn) Write(b []byte) (int, error) {
+	if p.noWrite {
+		return 0, io.ErrClosedPipe
+	}
+	return p.Conn.Write(b)
+}
+
+func pemToDER(b []byte) []byte {
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil
+	}
+	return blk.Bytes
+}
