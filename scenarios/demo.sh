@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
 # The demo: local lab clusters east and west, a multi-primary multi-network
-# mesh applied to them, its status and checks.
-# KEEP=1 leaves the clusters running (bin/flotilla-lab down stops them).
+# mesh applied to them, its status and checks, and the helloworld check of
+# cross-cluster traffic through the lab's data-plane emulator.
+# KEEP=1 leaves the clusters and the emulator running (bin/flotilla-lab down
+# stops the clusters; kill the emulator by the pid printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lab=./bin/flotilla-lab
 flotilla=./bin/flotilla
+emulator=./bin/flotilla-emulator
+go build -o "$emulator" ./scenarios/cmd/flotilla-emulator
 work=$(mktemp -d /tmp/flotilla-demo.XXXXXX)
+emu_pid=
 if [ "${KEEP:-0}" != 1 ]; then
-  trap '$lab down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+  trap '[ -n "$emu_pid" ] && kill "$emu_pid" 2>/dev/null; $lab down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 fi
 $lab down >/dev/null 2>&1 || true
 start=$(date +%s)
 eval "$($lab up east west)"
+# No Envoy or istiod runs in the lab: the emulator plays the data plane from
+# what it finds in the clusters (Istio resources, cacerts, gateways, remote
+# secrets), and kwok runs the curl that verify execs in the client pods.
+$emulator --kubeconfig "$KUBECONFIG" --quiet &
+emu_pid=$!
 
 # The state key seals the root key in the state; it lives apart from the state.
 $flotilla state keygen --out "$work/state.key" >/dev/null
@@ -42,4 +52,9 @@ echo
 echo "== flotilla check"
 $flotilla check
 echo
+echo "== flotilla verify"
+# --keep: the lab goes down next, faster than removing the sample apps.
+$flotilla verify --requests 10 --keep 2>/dev/null
+echo
 echo "demo finished in $(( $(date +%s) - start ))s"
+if [ "${KEEP:-0}" = 1 ]; then echo "emulator pid $emu_pid"; fi
