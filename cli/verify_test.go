@@ -1,0 +1,148 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/flotillamesh/flotilla/server"
+)
+
+func TestVerifyCommandFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"zero requests", []string{"--requests", "0"}, "--requests 0"},
+		{"too many requests", []string{"--requests", "5000"}, "--requests 5000"},
+		{"bad output", []string{"-o", "yaml"}, "yaml"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := &globals{}
+			c := newVerifyCommand(g)
+			c.SetArgs(tc.args)
+			c.SetOut(&bytes.Buffer{})
+			c.SetErr(&bytes.Buffer{})
+			err := c.Execute()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error naming %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestHelloAnswer(t *testing.T) {
+	for _, tc := range []struct {
+		out, version string
+	}{
+		{"Hello version: v1, instance: helloworld-v1-5d5dc9cc48-d8cjp\n", "v1"},
+		{"Hello version: v2, instance: helloworld-v2-86cd96b6d-h8wcw", "v2"},
+		{"no healthy upstream", ""},
+		{"upstream connect error or disconnect/reset before headers", ""},
+	} {
+		m := helloAnswer.FindStringSubmatch(tc.out)
+		got := ""
+		if m != nil {
+			got = m[1]
+		}
+		if got != tc.version {
+			t.Errorf("%q: version %q, want %q", tc.out, got, tc.version)
+		}
+	}
+}
+
+func TestHelloImage(t *testing.T) {
+	for _, tc := range []struct {
+		version, image string
+		env            bool
+	}{
+		{"v1", "docker.io/istio/examples-helloworld-v1:1.0", false},
+		{"v2", "docker.io/istio/examples-helloworld-v2:1.0", false},
+		{"v3", "docker.io/istio/examples-helloworld-v1:1.0", true},
+	} {
+		image, env := helloImage(tc.version)
+		if image != tc.image || (len(env) > 0) != tc.env {
+			t.Errorf("%s: image %s env %d, want %s env %v", tc.version, image, len(env), tc.image, tc.env)
+		}
+		if tc.env && *env[0].Value != tc.version {
+			t.Errorf("%s: SERVICE_VERSION %s", tc.version, *env[0].Value)
+		}
+	}
+}
+
+func TestRolledOut(t *testing.T) {
+	one := int32(1)
+	for _, tc := range []struct {
+		name string
+		st   appsv1.DeploymentStatus
+		gen  int64
+		want bool
+	}{
+		{"available", appsv1.DeploymentStatus{ObservedGeneration: 1, Replicas: 1, UpdatedReplicas: 1, AvailableReplicas: 1}, 1, true},
+		{"not observed", appsv1.DeploymentStatus{ObservedGeneration: 1, Replicas: 1, UpdatedReplicas: 1, AvailableReplicas: 1}, 2, false},
+		{"not available", appsv1.DeploymentStatus{ObservedGeneration: 1, Replicas: 1, UpdatedReplicas: 1}, 1, false},
+		{"old replica left", appsv1.DeploymentStatus{ObservedGeneration: 1, Replicas: 2, UpdatedReplicas: 1, AvailableReplicas: 1}, 1, false},
+	} {
+		d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Generation: tc.gen}, Spec: appsv1.DeploymentSpec{Replicas: &one}, Status: tc.st}
+		if got := rolledOut(d); got != tc.want {
+			t.Errorf("%s: rolledOut %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestHasSidecar(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		pod  corev1.Pod
+		want bool
+	}{
+		{"container", corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}, {Name: "istio-proxy"}}}}, true},
+		{"native sidecar", corev1.Pod{Spec: corev1.PodSpec{InitContainers: []corev1.Container{{Name: "istio-proxy"}}}}, true},
+		{"injector annotation", corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{"sidecar.istio.io/status": "{}"}}}, true},
+		{"none", corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}}}}, false},
+	} {
+		if got := hasSidecar(&tc.pod); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestPrintVerify(t *testing.T) {
+	r := &VerifyResult{
+		Versions: []string{"v1", "v2"},
+		Clients: []VerifyClient{
+			{Cluster: "east", Pod: "curl-1", Requests: 4, Answers: map[string]int{"v1": 4}, Failures: 0, Missing: []string{"v2"}},
+			{Cluster: "west", Pod: "curl-2", Requests: 4, Answers: map[string]int{"v1": 2, "v2": 2}},
+		},
+		Diagnosis: []server.Check{{Name: "remote secrets authenticate", Cluster: "east", Message: "secret missing", Hint: "run flotilla apply"}},
+	}
+	for _, tc := range []struct {
+		output string
+		want   []string
+	}{
+		{"table", []string{"CLIENT  POD     V1  V2  FAILED  RESULT", "east    curl-1  4   0   0       missing v2", "west    curl-2  2   2   0       ok", "remote secrets authenticate [east]: secret missing", "fix: run flotilla apply"}},
+		{"json", []string{`"versions": [`, `"missing": [`, `"diagnosis": [`}},
+	} {
+		var b bytes.Buffer
+		if err := printVerify(&b, r, tc.output); err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(b.String(), w) {
+				t.Errorf("%s output lacks %q:\n%s", tc.output, w, b.String())
+			}
+		}
+		if tc.output == "json" {
+			var back VerifyResult
+			if err := json.Unmarshal(b.Bytes(), &back); err != nil || back.Clients[0].Answers["v1"] != 4 {
+				t.Errorf("json does not round-trip: %v %+v", err, back)
+			}
+		}
+	}
+}
