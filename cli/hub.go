@@ -3,9 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -14,16 +12,9 @@ import (
 
 // hubClient connects to the running hub at url: the same engine, over its API.
 func (g *globals) hubClient(url string) (server.Engine, func(), error) {
-	token := os.Getenv(server.TokenEnv)
-	if f := g.v.GetString("hub-token-file"); f != "" {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return nil, nil, fmt.Errorf("hub token: %w", err)
-		}
-		token = strings.TrimSpace(strings.SplitN(string(data), "\n", 2)[0])
-	}
-	if token == "" {
-		return nil, nil, fmt.Errorf("--hub %s: no token: give --hub-token-file or $%s", url, server.TokenEnv)
+	token, err := server.ReadToken(g.v.GetString("hub-token-file"), os.Getenv)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--hub %s: %w", url, err)
 	}
 	c, err := server.NewClient(server.ClientOptions{URL: url, Token: token, CAFile: g.v.GetString("hub-ca")})
 	if err != nil {
@@ -34,7 +25,8 @@ func (g *globals) hubClient(url string) (server.Engine, func(), error) {
 
 func extraCommands(g *globals) []*cobra.Command {
 	open := func(ctx context.Context) (*server.Hub, func(), error) {
-		return g.openHub(ctx, io.Discard, true)
+		// nil progress: the server logs each step as a debug line.
+		return g.openHub(ctx, nil, true)
 	}
 	return []*cobra.Command{newCSRAgentCommand(g), newServerCommand(open, g.v)}
 }

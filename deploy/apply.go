@@ -2,6 +2,8 @@ package deploy
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -22,6 +24,10 @@ func applyServiceAccount(ctx context.Context, c *kube.Cluster, ac *corev1ac.Serv
 type Applied struct {
 	Ref             string
 	ResourceVersion string
+	// Owned fingerprints flotilla's own managedFields entry (its fields and
+	// the time it last changed them): unchanged by a no-op apply, whatever
+	// controllers write to the object's status meanwhile.
+	Owned string
 	// Skipped says why a dry run could not validate the object: its
 	// namespace does not exist yet, and a dry run creates none.
 	Skipped string
@@ -60,7 +66,7 @@ func ApplyObjects(ctx context.Context, c *kube.Cluster, objs []kube.Object, prog
 		if err != nil {
 			return out, err
 		}
-		out = append(out, Applied{Ref: o.Ref(), ResourceVersion: got.GetResourceVersion()})
+		out = append(out, Applied{Ref: o.Ref(), ResourceVersion: got.GetResourceVersion(), Owned: ownedFingerprint(got)})
 		if c.DryRun {
 			say("validated (dry run) %s", o.Ref())
 		} else {
@@ -162,4 +168,20 @@ func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, t federat
 
 func isServer(r federation.Role) bool {
 	return r == federation.RolePrimary || r == federation.RoleControlPlane
+}
+
+func ownedFingerprint(obj metav1.Object) string {
+	for _, mf := range obj.GetManagedFields() {
+		if mf.Manager == kube.FieldManager && mf.Operation == metav1.ManagedFieldsOperationApply && mf.Subresource == "" {
+			sum := sha256.New()
+			if mf.Time != nil {
+				sum.Write([]byte(mf.Time.UTC().String()))
+			}
+			if mf.FieldsV1 != nil {
+				sum.Write(mf.FieldsV1.Raw)
+			}
+			return hex.EncodeToString(sum.Sum(nil))
+		}
+	}
+	return ""
 }

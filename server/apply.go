@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"sort"
 	"strings"
@@ -519,7 +520,7 @@ func (h *Hub) applyControlPlanes(ctx context.Context, m *spec.Mesh, conns map[st
 			if a, ok := res.Addresses[n]; ok && a.Host != "" {
 				detail += ", gateway " + a.Host
 			}
-			rec.add(ctx, Step{Cluster: n, Step: "control plane", Action: "applied", Detail: detail})
+			rec.add(ctx, Step{Cluster: n, Step: "control plane", Action: h.controlPlaneAction(ctx, n, applied, dry), Detail: detail})
 		}
 	}
 	if err != nil {
@@ -659,3 +660,33 @@ func readersOf(p federation.Plan, target string) string {
 }
 
 func coreServiceType(t spec.ServiceType) corev1.ServiceType { return corev1.ServiceType(t) }
+
+// controlPlaneAction tells "applied" from "unchanged": a no-op server-side
+// apply leaves flotilla's managedFields entry as it was, while controllers'
+// status writes do not touch it.
+func (h *Hub) controlPlaneAction(ctx context.Context, cluster string, applied []deploy.Applied, dryRun bool) string {
+	if dryRun {
+		return "validated"
+	}
+	now := map[string]string{}
+	for _, a := range applied {
+		now[a.Ref] = a.Owned
+	}
+	key := "controlplane/" + cluster + "/versions"
+	var before map[string]string
+	changed := true
+	err := h.Store.Update(ctx, func(tx *state.Tx) error {
+		if ok, err := tx.Value(key, &before); err != nil || !ok {
+			return tx.PutValue(key, now)
+		}
+		changed = !maps.Equal(before, now)
+		if changed {
+			return tx.PutValue(key, now)
+		}
+		return nil
+	})
+	if err != nil || changed {
+		return "applied"
+	}
+	return "unchanged"
+}

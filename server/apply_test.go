@@ -114,8 +114,11 @@ func TestApplyLab(t *testing.T) {
 	if err := rep2.Err(); err != nil {
 		t.Fatal(err)
 	}
+	if n := rep2.Changes(); n != 0 {
+		t.Errorf("second apply counted %d changes, want 0", n)
+	}
 	for _, s := range rep2.Steps {
-		if strings.HasPrefix(s.Step, "cacerts") || strings.HasPrefix(s.Step, "secret ") || strings.HasPrefix(s.Step, "reader") {
+		if strings.HasPrefix(s.Step, "cacerts") || strings.HasPrefix(s.Step, "secret ") || strings.HasPrefix(s.Step, "reader") || s.Step == "control plane" {
 			if s.Action != "unchanged" {
 				t.Errorf("second apply: %s %s: %s, want unchanged", s.Cluster, s.Step, s.Action)
 			}
