@@ -1,0 +1,187 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/flotillamesh/flotilla/pki"
+)
+
+const requests = 8
+
+// wantAll asserts that every client got an answer from every version.
+func wantAll(t *testing.T, r *verifyResult, code int, clusters ...string) {
+	t.Helper()
+	if code != 0 || !r.OK {
+		t.Fatalf("verify failed (exit %d): %+v, diagnosis %+v", code, r.Clients, r.Diagnosis)
+	}
+	for _, c := range clusters {
+		a := r.answers(c)
+		for _, v := range r.Versions {
+			if a[v] == 0 {
+				t.Errorf("client %s: no answer from %s: %v", c, v, a)
+			}
+		}
+	}
+}
+
+// TestMultiPrimaryMultiNetwork: each primary on its own network; calls cross
+// through the other network's east-west gateway.
+func TestMultiPrimaryMultiNetwork(t *testing.T) {
+	s := start(t, false, "east", "west")
+	s.apply("multi-primary", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2}")
+	r, code := s.verify(requests)
+	wantAll(t, r, code, "east", "west")
+}
+
+// TestMultiPrimarySingleNetwork: one network; calls reach the other
+// cluster's pods directly.
+func TestMultiPrimarySingleNetwork(t *testing.T) {
+	s := start(t, false, "east", "west")
+	s.apply("multi-primary", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network1}")
+	r, code := s.verify(requests)
+	wantAll(t, r, code, "east", "west")
+}
+
+// TestPrimaryRemoteMultiNetwork: west's proxies get config and certificates
+// from east's istiod through east's east-west gateway.
+func TestPrimaryRemoteMultiNetwork(t *testing.T) {
+	s := start(t, false, "east", "west")
+	s.apply("primary-remote", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2, role: remote}")
+	r, code := s.verify(requests)
+	wantAll(t, r, code, "east", "west")
+}
+
+// TestCertManagerPKI: cert-manager issues the intermediates (flotilla
+// projects them into cacerts); cross-cluster mTLS works as with the builtin CA.
+func TestCertManagerPKI(t *testing.T) {
+	s := start(t, true, "east", "west")
+	s.pki = "{mode: cert-manager, keyAlgorithm: ECDSA-P256}"
+	s.apply("multi-primary", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2}")
+	r, code := s.verify(requests)
+	wantAll(t, r, code, "east", "west")
+}
+
+// Negative controls: each must fail, and for the reason named.
+func TestNegativeControls(t *testing.T) {
+	t.Run("DifferentRoots", func(t *testing.T) {
+		s := start(t, false, "east", "west")
+		s.apply("multi-primary", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2}")
+		// West's istiod now signs under a root of another mesh.
+		root, err := pki.NewRoot(pki.Config{KeyAlgorithm: pki.ECDSAP256})
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, err := root.IssueIntermediate("west", "istio-system", pki.Config{KeyAlgorithm: pki.ECDSAP256})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc, err := pki.NewCACerts(in, root, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		west := s.lab.Cluster("west").Client()
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "cacerts", Namespace: "istio-system"}, Data: cc.SecretData()}
+		if _, err := west.CoreV1().Secrets("istio-system").Update(context.Background(), sec, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		r, code := s.verify(requests)
+		if code == 0 || r.OK {
+			t.Fatalf("verify passed across two roots: %+v", r.Clients)
+		}
+		for _, c := range []string{"east", "west"} {
+			a := r.answers(c)
+			other := map[string]string{"east": "v2", "west": "v1"}[c]
+			if a[other] != 0 {
+				t.Errorf("client %s got %d answers from %s across roots", c, a[other], other)
+			}
+			if f := r.lastFailure(c); !strings.Contains(f, "TLS") && !strings.Contains(f, "certificate") {
+				t.Errorf("client %s: failure %q is not a TLS failure", c, f)
+			}
+		}
+		if !r.diagnosed("same root everywhere", "") {
+			t.Errorf("diagnosis lacks the root check: %+v", r.Diagnosis)
+		}
+	})
+
+	t.Run("MissingRemoteSecret", func(t *testing.T) {
+		s := start(t, false, "east", "west")
+		s.apply("multi-primary", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2}")
+		east := s.lab.Cluster("east").Client()
+		if err := east.CoreV1().Secrets("istio-system").Delete(context.Background(), "istio-remote-secret-west", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		r, code := s.verify(requests)
+		if code == 0 {
+			t.Fatal("verify passed without east's remote secret for west")
+		}
+		if a := r.answers("east"); a["v1"] == 0 || a["v2"] != 0 {
+			t.Errorf("east answers %v: want only v1 (east's istiod cannot read west)", a)
+		}
+		if a := r.answers("west"); a["v1"] == 0 || a["v2"] == 0 {
+			t.Errorf("west answers %v: want v1 and v2 (west still reads east)", a)
+		}
+		if !r.diagnosed("remote secrets authenticate", "east") {
+			t.Errorf("diagnosis lacks east's remote secret: %+v", r.Diagnosis)
+		}
+	})
+
+	t.Run("GatewayWithoutAddress", func(t *testing.T) {
+		s := start(t, false, "east", "west")
+		s.apply("multi-primary", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2}")
+		// West's gateway loses its load balancer: a ClusterIP has no address.
+		west := s.lab.Cluster("west").Client()
+		patch := []byte(`{"spec":{"type":"ClusterIP","externalTrafficPolicy":null}}`)
+		ctx := context.Background()
+		if _, err := west.CoreV1().Services("istio-system").Patch(ctx, "istio-eastwestgateway", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := west.CoreV1().Services("istio-system").Patch(ctx, "istio-eastwestgateway", types.MergePatchType, []byte(`{"status":{"loadBalancer":null}}`), metav1.PatchOptions{}, "status"); err != nil {
+			t.Fatal(err)
+		}
+		r, code := s.verify(requests)
+		if code == 0 {
+			t.Fatal("verify passed with west's gateway unreachable")
+		}
+		if a := r.answers("east"); a["v1"] == 0 || a["v2"] != 0 {
+			t.Errorf("east answers %v: want only v1 (west's network has no gateway address)", a)
+		}
+		if !r.diagnosed("gateway address", "west") {
+			t.Errorf("diagnosis lacks west's gateway address: %+v", r.Diagnosis)
+		}
+	})
+
+	t.Run("RemoteWithWrongPilotAddress", func(t *testing.T) {
+		s := start(t, false, "east", "west")
+		s.apply("primary-remote", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2, role: remote}")
+		west := s.lab.Cluster("west")
+		kc, err := west.Connect()
+		if err != nil {
+			t.Fatal(err)
+		}
+		gvr := schema.GroupVersionResource{Group: "sailoperator.io", Version: "v1", Resource: "istios"}
+		patch := []byte(`{"spec":{"values":{"global":{"remotePilotAddress":"127.0.0.9"}}}}`)
+		if _, err := kc.Dynamic.Resource(gvr).Patch(context.Background(), "default", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		r, code := s.verify(requests)
+		if code == 0 {
+			t.Fatal("verify passed with the remote pointing at the wrong pilot")
+		}
+		if a := r.answers("west"); len(a) != 0 {
+			t.Errorf("west answers %v: want none (its proxies have no istiod)", a)
+		}
+		if f := r.lastFailure("west"); !strings.Contains(f, "remotePilotAddress") {
+			t.Errorf("west failure %q does not name the pilot address", f)
+		}
+		if a := r.answers("east"); a["v2"] != 0 {
+			t.Errorf("east answers %v: west's unconfigured gateway passed traffic", a)
+		}
+	})
+}
