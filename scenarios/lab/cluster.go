@@ -29,6 +29,9 @@ func (c *Cluster) start(ctx context.Context, bin string, crds []crd, logw io.Wri
 	var err error
 	for attempt := 1; attempt <= startAttempts; attempt++ {
 		err = c.startOnce(ctx, bin, crds, logw)
+		if err != nil && !errors.Is(err, errAddrInUse) && c.lostPort() {
+			err = fmt.Errorf("%w: %v", errAddrInUse, err)
+		}
 		if err == nil {
 			return nil
 		}
@@ -319,4 +322,15 @@ func waitHTTP(ctx context.Context, p *process, url string, ca []byte, token stri
 		case <-time.After(150 * time.Millisecond):
 		}
 	}
+}
+
+// lostPort reports whether any component failed because another process
+// took its port between reservation and bind.
+func (c *Cluster) lostPort() bool {
+	for _, p := range c.procs {
+		if p.exited() && bindFailure(p.log) {
+			return true
+		}
+	}
+	return false
 }
