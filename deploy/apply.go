@@ -6,9 +6,13 @@ import (
 	"encoding/hex"
 	"fmt"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	"k8s.io/client-go/dynamic"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/federation"
@@ -31,7 +35,17 @@ type Applied struct {
 	// Skipped says why a dry run could not validate the object: its
 	// namespace does not exist yet, and a dry run creates none.
 	Skipped string
+	// Action is, in a dry run, what the apply would do to the object:
+	// ActionCreate, ActionUpdate or ActionNone. Empty in a real apply.
+	Action string
 }
+
+// What a dry run says an apply would do to an object.
+const (
+	ActionCreate = "create"
+	ActionUpdate = "update"
+	ActionNone   = "none"
+)
 
 // ApplyObjects server-side applies objs to c in order and stops at the first
 // error. With c.DryRun the API server validates everything and stores
@@ -56,19 +70,32 @@ func ApplyObjects(ctx context.Context, c *kube.Cluster, objs []kube.Object, prog
 				missing[ns] = apierrors.IsNotFound(err)
 			}
 			if missing[ns] {
-				a := Applied{Ref: o.Ref(), Skipped: fmt.Sprintf("namespace %s does not exist yet", ns)}
+				a := Applied{Ref: o.Ref(), Skipped: fmt.Sprintf("namespace %s does not exist yet", ns), Action: ActionCreate}
 				out = append(out, a)
 				say("not validated (dry run): %s: %s", a.Ref, a.Skipped)
 				continue
+			}
+		}
+		var live *unstructured.Unstructured
+		if c.DryRun {
+			var err error
+			if live, err = getLive(ctx, c, o); err != nil {
+				return out, err
 			}
 		}
 		got, err := o.Apply(ctx, c)
 		if err != nil {
 			return out, err
 		}
-		out = append(out, Applied{Ref: o.Ref(), ResourceVersion: got.GetResourceVersion(), Owned: ownedFingerprint(got)})
+		a := Applied{Ref: o.Ref(), ResourceVersion: got.GetResourceVersion(), Owned: ownedFingerprint(got)}
 		if c.DryRun {
-			say("validated (dry run) %s", o.Ref())
+			if a.Action, err = dryRunAction(live, got); err != nil {
+				return out, fmt.Errorf("%s: compare %s: %w", c.Name, a.Ref, err)
+			}
+		}
+		out = append(out, a)
+		if c.DryRun {
+			say("validated (dry run) %s: %s", o.Ref(), a.Action)
 		} else {
 			say("applied %s", o.Ref())
 		}
@@ -168,6 +195,62 @@ func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, t federat
 
 func isServer(r federation.Role) bool {
 	return r == federation.RolePrimary || r == federation.RoleControlPlane
+}
+
+// getLive reads the object as it is stored; nil when it does not exist.
+func getLive(ctx context.Context, c *kube.Cluster, o kube.Object) (*unstructured.Unstructured, error) {
+	u := o.Unstructured()
+	gvr, namespaced, err := c.Resource(u.GroupVersionKind())
+	if err != nil {
+		return nil, err
+	}
+	var ri dynamic.ResourceInterface = c.Dynamic.Resource(gvr)
+	if namespaced {
+		ri = c.Dynamic.Resource(gvr).Namespace(u.GetNamespace())
+	}
+	live, err := ri.Get(ctx, u.GetName(), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: read %s: %w", c.Name, o.Ref(), err)
+	}
+	return live, nil
+}
+
+// dryRunAction compares the live object with the dry-run result of applying
+// over it. A no-op apply leaves flotilla's managedFields entry (fields and
+// time) as it was; any change flotilla makes moves its time. The time has
+// second granularity, so the objects themselves are compared too (without
+// managedFields, resourceVersion and status, which controllers write): a
+// change within the second of the last apply still shows.
+func dryRunAction(live *unstructured.Unstructured, dry metav1.Object) (string, error) {
+	if live == nil {
+		return ActionCreate, nil
+	}
+	if ownedFingerprint(live) != ownedFingerprint(dry) {
+		return ActionUpdate, nil
+	}
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(dry)
+	if err != nil {
+		return "", err
+	}
+	if !equality.Semantic.DeepEqual(withoutVolatile(live.Object), withoutVolatile(m)) {
+		return ActionUpdate, nil
+	}
+	return ActionNone, nil
+}
+
+// withoutVolatile is obj without what a no-op apply may legitimately see differ.
+func withoutVolatile(obj map[string]any) map[string]any {
+	u := (&unstructured.Unstructured{Object: obj}).DeepCopy()
+	// Typed results decode without apiVersion and kind.
+	delete(u.Object, "apiVersion")
+	delete(u.Object, "kind")
+	delete(u.Object, "status")
+	unstructured.RemoveNestedField(u.Object, "metadata", "managedFields")
+	unstructured.RemoveNestedField(u.Object, "metadata", "resourceVersion")
+	return u.Object
 }
 
 func ownedFingerprint(obj metav1.Object) string {

@@ -516,6 +516,11 @@ func (h *Hub) applyControlPlanes(ctx context.Context, m *spec.Mesh, conns map[st
 		sort.Strings(names)
 		for _, n := range names {
 			applied := res.Applied[n]
+			if dry {
+				action, detail := planSummary(applied)
+				rec.add(ctx, Step{Cluster: n, Step: "control plane", Action: action, Detail: detail})
+				continue
+			}
 			detail := fmt.Sprintf("%d objects", len(applied))
 			if a, ok := res.Addresses[n]; ok && a.Host != "" {
 				detail += ", gateway " + a.Host
@@ -526,6 +531,25 @@ func (h *Hub) applyControlPlanes(ctx context.Context, m *spec.Mesh, conns map[st
 	if err != nil {
 		rec.fail(ctx, "", "control planes", err)
 	}
+}
+
+// planSummary says what a dry run found for one cluster's objects: "would
+// change" or "none", with the counts and the objects that would change, e.g.
+// "create 1, update 1, none 8: Namespace istio-system (update), Istio default (update)".
+func planSummary(applied []deploy.Applied) (string, string) {
+	counts := map[string]int{}
+	var changes []string
+	for _, a := range applied {
+		counts[a.Action]++
+		if a.Action != deploy.ActionNone {
+			changes = append(changes, a.Ref+" ("+a.Action+")")
+		}
+	}
+	detail := fmt.Sprintf("create %d, update %d, none %d", counts[deploy.ActionCreate], counts[deploy.ActionUpdate], counts[deploy.ActionNone])
+	if len(changes) == 0 {
+		return "none", detail
+	}
+	return "would change", detail + ": " + strings.Join(changes, ", ")
 }
 
 // credentialsSecret is where the reader credentials are kept, sealed.
