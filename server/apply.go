@@ -157,6 +157,10 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 	}
 	rep := &ApplyReport{DryRun: o.DryRun, SpecHash: m.Hash()}
 	rec := &recorder{h: h, dryRun: o.DryRun}
+	prev, err := h.StoredMesh(ctx)
+	if err != nil && !errors.Is(err, errNoSpec) {
+		return nil, fmt.Errorf("state: last applied spec: %w", err)
+	}
 	if !o.DryRun {
 		err := h.Store.Update(ctx, func(tx *state.Tx) error {
 			if err := tx.PutSpec(m.Canonical(), m.Hash()); err != nil {
@@ -175,6 +179,9 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 	conns, connErrs := h.connect(m, o.DryRun)
 	for name, err := range connErrs {
 		rec.fail(ctx, name, "connect", err)
+	}
+	if prev != nil {
+		h.removeClusters(ctx, prev, m, o, rec)
 	}
 
 	var wg sync.WaitGroup
@@ -713,4 +720,52 @@ func (h *Hub) controlPlaneAction(ctx context.Context, cluster string, applied []
 		return "applied"
 	}
 	return "unchanged"
+}
+
+// removeClusters takes the clusters of the last applied spec that m no
+// longer has out of the mesh: every secret that reads them is deleted, their
+// reader accounts are deleted (which revokes the tokens handed out), and the
+// state forgets them.
+func (h *Hub) removeClusters(ctx context.Context, prev, m *spec.Mesh, o ApplyOptions, rec *recorder) {
+	var gone []string
+	for _, c := range prev.Spec.Clusters {
+		if _, ok := m.Cluster(c.Name); !ok {
+			gone = append(gone, c.Name)
+		}
+	}
+	if len(gone) == 0 {
+		return
+	}
+	if o.DryRun {
+		for _, name := range gone {
+			rec.add(ctx, Step{Cluster: name, Step: "remove from mesh", Action: "would remove"})
+		}
+		return
+	}
+	conns, connErrs := h.connect(prev, false)
+	for name, err := range connErrs {
+		rec.fail(ctx, name, "connect (removal)", err)
+	}
+	fm := federationMesh(prev, conns)
+	for i := range fm.Clusters {
+		if fm.Clusters[i].Kube == nil {
+			fm.Clusters[i].Kubeconfig = prev.Spec.Clusters[i].KubeconfigFor(h.Kubeconfig)
+		}
+	}
+	for _, name := range gone {
+		res, err := federation.Remove(ctx, fm, name, federationOptions(prev))
+		if err == nil {
+			err = res.Err()
+		}
+		if err != nil {
+			rec.fail(ctx, name, "remove from mesh", err)
+			continue
+		}
+		detail := fmt.Sprintf("%d secret(s) deleted, %d account(s) revoked", len(res.Secrets), len(res.Revoked))
+		if err := h.Store.Update(ctx, func(tx *state.Tx) error { return tx.DeleteCluster(name) }); err != nil {
+			rec.fail(ctx, name, "remove from mesh", fmt.Errorf("state: %w", err))
+			continue
+		}
+		rec.add(ctx, Step{Cluster: name, Step: "remove from mesh", Action: "removed", Detail: detail})
+	}
 }
