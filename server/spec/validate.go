@@ -154,7 +154,8 @@ func (c *checker) pki() {
 		if p.Offline && r.KeyFile != "" {
 			c.add("spec.pki.root.keyFile", "an offline root's key never reaches flotilla; remove keyFile or offline")
 		}
-		if !p.Offline && r.KeyFile == "" {
+		issuerSigns := p.Mode == PKICertManager && p.CertManager != nil && p.CertManager.IssuerRef != nil
+		if !p.Offline && r.KeyFile == "" && !issuerSigns {
 			c.add("spec.pki.root.keyFile", "required to sign intermediates with an imported root (or set pki.offline for the CSR flow)")
 		}
 	}
@@ -173,8 +174,9 @@ func (c *checker) pki() {
 			return
 		}
 		ref := p.CertManager.IssuerRef
-		if p.Root != nil {
-			c.add("spec.pki.root", "not used when certManager.issuerRef names the signer")
+		// The issuer signs; flotilla needs only the root it chains to, as the trust bundle.
+		if p.Root != nil && p.Root.KeyFile != "" {
+			c.add("spec.pki.root.keyFile", "not used when certManager.issuerRef names the signer: give only the root certificate it chains to (certFile)")
 		}
 		if p.Offline {
 			c.add("spec.pki.offline", "not used when certManager.issuerRef names the signer")
