@@ -139,6 +139,12 @@ func (e *Emulator) Sync(ctx context.Context) error {
 	defer e.syncMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	t0 := time.Now()
+	defer func() {
+		if d := time.Since(t0); d > 2*time.Second {
+			e.logf("slow sync: %s", d.Round(time.Millisecond))
+		}
+	}()
 	w := &world{views: map[string]*clusterView{}}
 	var errs []error
 	for _, m := range e.clusters {
