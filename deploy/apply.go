@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -36,8 +37,10 @@ type Applied struct {
 	// namespace does not exist yet, and a dry run creates none.
 	Skipped string
 	// Action is, in a dry run, what the apply would do to the object:
-	// ActionCreate, ActionUpdate or ActionNone. Empty in a real apply.
+	// ActionCreate, ActionUpdate, ActionNone, or ActionInvalid when the API
+	// server refused it (Error says why). Empty in a real apply.
 	Action string
+	Error  string
 }
 
 // What a dry run says an apply would do to an object.
@@ -45,14 +48,19 @@ const (
 	ActionCreate = "create"
 	ActionUpdate = "update"
 	ActionNone   = "none"
+	// ActionInvalid: the API server would refuse the apply.
+	ActionInvalid = "invalid"
 )
 
 // ApplyObjects server-side applies objs to c in order and stops at the first
 // error. With c.DryRun the API server validates everything and stores
 // nothing; objects in namespaces that do not exist yet cannot be validated
-// then and are reported as Skipped.
+// then and are reported as Skipped. A dry run goes on past an object the API
+// server refuses (ActionInvalid), so that a plan shows every change, and
+// returns the refusals joined.
 func ApplyObjects(ctx context.Context, c *kube.Cluster, objs []kube.Object, progress func(string)) ([]Applied, error) {
 	out := make([]Applied, 0, len(objs))
+	var refused []error
 	missing := map[string]bool{}
 	say := func(format string, args ...any) {
 		if progress != nil {
@@ -84,6 +92,12 @@ func ApplyObjects(ctx context.Context, c *kube.Cluster, objs []kube.Object, prog
 			}
 		}
 		got, err := o.Apply(ctx, c)
+		if err != nil && c.DryRun {
+			refused = append(refused, err)
+			out = append(out, Applied{Ref: o.Ref(), Action: ActionInvalid, Error: err.Error()})
+			say("refused (dry run) %s: %v", o.Ref(), err)
+			continue
+		}
 		if err != nil {
 			return out, err
 		}
@@ -100,7 +114,7 @@ func ApplyObjects(ctx context.Context, c *kube.Cluster, objs []kube.Object, prog
 			say("applied %s", o.Ref())
 		}
 	}
-	return out, nil
+	return out, errors.Join(refused...)
 }
 
 // Result is what ApplyMesh did.
@@ -138,12 +152,18 @@ func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, t federat
 		return nil, err
 	}
 	res := &Result{Addresses: map[string]gateways.Address{}, Applied: map[string][]Applied{}}
+	// A dry run goes on past refused objects (ApplyObjects names them) so
+	// that the plan covers every cluster; errors other than refusals stop it.
+	var refused []error
 	for _, p := range plans {
 		c := clusters[p.Cluster]
 		applied, err := ApplyObjects(ctx, c, append(append([]kube.Object(nil), p.Setup...), p.Gateways...), progress)
 		res.Applied[p.Cluster] = append(res.Applied[p.Cluster], applied...)
-		if err != nil {
+		if err != nil && !(dryRun && onlyRefusals(applied, err)) {
 			return res, err
+		}
+		if err != nil {
+			refused = append(refused, err)
 		}
 	}
 	addresses := map[string]string{}
@@ -185,12 +205,28 @@ func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, t federat
 			}
 			applied, err := ApplyObjects(ctx, clusters[p.Cluster], p.ControlPlane, progress)
 			res.Applied[p.Cluster] = append(res.Applied[p.Cluster], applied...)
-			if err != nil {
+			if err != nil && !(dryRun && onlyRefusals(applied, err)) {
 				return res, err
+			}
+			if err != nil {
+				refused = append(refused, err)
 			}
 		}
 	}
-	return res, nil
+	return res, errors.Join(refused...)
+}
+
+// onlyRefusals reports whether err is nothing but the refusals recorded in
+// applied (a dry run's invalid objects), not a failure that stopped the run.
+func onlyRefusals(applied []Applied, err error) bool {
+	n := 0
+	for _, a := range applied {
+		if a.Action == ActionInvalid {
+			n++
+		}
+	}
+	j, ok := err.(interface{ Unwrap() []error })
+	return ok && n > 0 && len(j.Unwrap()) == n
 }
 
 func isServer(r federation.Role) bool {

@@ -543,6 +543,7 @@ func (h *Hub) applyControlPlanes(ctx context.Context, m *spec.Mesh, conns map[st
 // planSummary says what a dry run found for one cluster's objects: "would
 // change" or "none", with the counts and the objects that would change, e.g.
 // "create 1, update 1, none 8: Namespace istio-system (update), Istio default (update)".
+// Objects the API server would refuse count as changes (invalid).
 func planSummary(applied []deploy.Applied) (string, string) {
 	counts := map[string]int{}
 	var changes []string
@@ -553,6 +554,9 @@ func planSummary(applied []deploy.Applied) (string, string) {
 		}
 	}
 	detail := fmt.Sprintf("create %d, update %d, none %d", counts[deploy.ActionCreate], counts[deploy.ActionUpdate], counts[deploy.ActionNone])
+	if n := counts[deploy.ActionInvalid]; n > 0 {
+		detail += fmt.Sprintf(", invalid %d", n)
+	}
 	if len(changes) == 0 {
 		return "none", detail
 	}
