@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"sort"
 	"text/tabwriter"
 	"time"
@@ -113,6 +115,78 @@ intermediate's private key, so DIR gets mode 0700 and the key file 0600.`,
 			return nil
 		},
 	}
-	ca.AddCommand(show, export, rotate)
+	var specFile string
+	csr := &cobra.Command{
+		Use:   "csr [-f mesh.yaml] DIR",
+		Short: "Offline root: write one CSR per cluster without an intermediate (<cluster>.csr.pem) for the root's holder to sign",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := loadSpec(specFile)
+			if err != nil {
+				return err
+			}
+			h, done, err := g.openHub(cmd.Context(), io.Discard, true)
+			if err != nil {
+				return err
+			}
+			defer done()
+			csrs, err := h.IntermediateCSRs(cmd.Context(), m)
+			if err != nil {
+				return err
+			}
+			if err := os.MkdirAll(args[0], 0o755); err != nil {
+				return err
+			}
+			names := make([]string, 0, len(csrs))
+			for n := range csrs {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			for _, n := range names {
+				p := filepath.Join(args[0], n+".csr.pem")
+				if err := os.WriteFile(p, csrs[n], 0o644); err != nil {
+					return fmt.Errorf("%s: write CSR: %w", n, err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: %s\n", n, p)
+			}
+			if len(names) == 0 {
+				fmt.Fprintln(cmd.OutOrStdout(), "every cluster has an intermediate: no CSR needed")
+			}
+			return nil
+		},
+	}
+	csr.Flags().StringVarP(&specFile, "file", "f", "", "mesh spec (default: the last one applied)")
+	accept := &cobra.Command{
+		Use:   "accept [-f mesh.yaml] --cluster NAME SIGNED.pem",
+		Short: "Offline root: take back a cluster's signed intermediate (checked against its CSR key, the root and the profile)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cluster == "" {
+				return fmt.Errorf("--cluster is required")
+			}
+			signed, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			m, err := loadSpec(specFile)
+			if err != nil {
+				return err
+			}
+			h, done, err := g.openHub(cmd.Context(), io.Discard, true)
+			if err != nil {
+				return err
+			}
+			defer done()
+			in, err := h.AcceptIntermediate(cmd.Context(), m, cluster, signed)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: accepted intermediate serial %s; run flotilla apply to write cacerts\n", cluster, pki.Describe(in.Cert).Serial)
+			return nil
+		},
+	}
+	accept.Flags().StringVarP(&specFile, "file", "f", "", "mesh spec (default: the last one applied)")
+	accept.Flags().StringVar(&cluster, "cluster", "", "cluster name")
+	ca.AddCommand(show, export, rotate, csr, accept)
 	return ca
 }

@@ -366,3 +366,105 @@ func TestHubMode(t *testing.T) {
 		t.Fatalf("wrong token: exit %d, stderr %q", code, stderr)
 	}
 }
+
+// TestOfflineRoot runs the CSR flow: the root key never reaches flotilla;
+// apply stops at the missing intermediates, ca csr emits one CSR per
+// cluster, the root's holder signs them, ca accept takes them back (refusing
+// one signed for another cluster's key), and apply then converges.
+func TestOfflineRoot(t *testing.T) {
+	l := testLab.Get(t)
+	resetClusters(t, l)
+	e := newEnv(t)
+	if _, stderr, code := e.run(t, "state", "keygen", "--out", e.key); code != 0 {
+		t.Fatal(stderr)
+	}
+	root, err := pki.NewRoot(pki.Config{KeyAlgorithm: pki.ECDSAP256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootFile := filepath.Join(e.dir, "root-cert.pem")
+	os.WriteFile(rootFile, root.CertPEM, 0o644)
+	mesh := filepath.Join(e.dir, "mesh.yaml")
+	os.WriteFile(mesh, []byte(fmt.Sprintf(`apiVersion: flotilla.dev/v1alpha1
+kind: Mesh
+metadata: {name: mesh1}
+spec:
+  topology: multi-primary
+  allowLoopbackAPIServers: true
+  pki: {keyAlgorithm: ECDSA-P256, offline: true, root: {certFile: %s}}
+  clusters:
+  - {name: east, context: east, network: network1, kubeconfig: %s}
+  - {name: west, context: west, network: network2, kubeconfig: %s}
+`, rootFile, l.Kubeconfig, l.Kubeconfig)), 0o600)
+
+	_, stderr, code := e.run(t, "apply", "-f", mesh)
+	if code == 0 || !strings.Contains(stderr, "flotilla ca csr") {
+		t.Fatalf("apply before the intermediates are signed: exit %d, stderr %q", code, stderr)
+	}
+	csrDir := filepath.Join(e.dir, "csr")
+	if _, stderr, code := e.run(t, "ca", "csr", "-f", mesh, csrDir); code != 0 {
+		t.Fatal(stderr)
+	}
+	signed := map[string]string{}
+	for _, c := range []string{"east", "west"} {
+		csr, err := os.ReadFile(filepath.Join(csrDir, c+".csr.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, err := root.SignIntermediateCSR(csr, "istio-system", 24*time.Hour*365)
+		if err != nil {
+			t.Fatalf("%s: the root's holder signs: %v", c, err)
+		}
+		signed[c] = filepath.Join(e.dir, c+".pem")
+		os.WriteFile(signed[c], cert, 0o644)
+	}
+	if _, stderr, code := e.run(t, "ca", "accept", "-f", mesh, "--cluster", "east", signed["west"]); code == 0 {
+		t.Fatal("ca accept took west's intermediate for east")
+	} else if !strings.Contains(stderr, "east") {
+		t.Fatalf("refusal does not name the cluster: %q", stderr)
+	}
+	for _, c := range []string{"east", "west"} {
+		if _, stderr, code := e.run(t, "ca", "accept", "-f", mesh, "--cluster", c, signed[c]); code != 0 {
+			t.Fatalf("%s: ca accept: %s", c, stderr)
+		}
+	}
+	if _, stderr, code := e.run(t, "apply", "-f", mesh); code != 0 {
+		t.Fatalf("apply after accepting: %s", stderr)
+	}
+	assertConverged(t, l, e)
+	out, _, _ := e.run(t, "ca", "show", "-o", "json")
+	if !strings.Contains(out, pki.Fingerprint(root.Cert)) || !strings.Contains(out, `"rootKeyStored": false`) {
+		t.Fatalf("ca show: the offline root is not the mesh root, or its key is stored: %s", out)
+	}
+}
+
+// TestRotateIntermediate: ca rotate issues a new intermediate under the same
+// root and replaces the cluster's cacerts.
+func TestRotateIntermediate(t *testing.T) {
+	l := testLab.Get(t)
+	resetClusters(t, l)
+	e := newEnv(t)
+	if _, stderr, code := e.run(t, "state", "keygen", "--out", e.key); code != 0 {
+		t.Fatal(stderr)
+	}
+	mesh := writeMesh(t, e.dir, l.Kubeconfig)
+	if _, stderr, code := e.run(t, "apply", "-f", mesh); code != 0 {
+		t.Fatal(stderr)
+	}
+	kc, err := l.Cluster("east").Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := pki.ReadCACerts(context.Background(), kc, "istio-system")
+	if _, stderr, code := e.run(t, "ca", "rotate", "intermediate", "east"); code != 0 {
+		t.Fatal(stderr)
+	}
+	after, _ := pki.ReadCACerts(context.Background(), kc, "istio-system")
+	if string(before.CACerts.CACert) == string(after.CACerts.CACert) {
+		t.Fatal("east's cacerts holds the same intermediate after rotation")
+	}
+	if string(before.CACerts.RootCert) != string(after.CACerts.RootCert) {
+		t.Fatal("rotation changed the root")
+	}
+	assertConverged(t, l, e)
+}
