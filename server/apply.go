@@ -20,6 +20,7 @@ import (
 	"github.com/flotillamesh/flotilla/gateways"
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/pki/certmanager"
+	"github.com/flotillamesh/flotilla/pki/csragent"
 	"github.com/flotillamesh/flotilla/server/spec"
 	"github.com/flotillamesh/flotilla/server/state"
 )
@@ -397,6 +398,21 @@ func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Clust
 	if err != nil {
 		return err
 	}
+	if agent := csrAgentOf(m); agent != nil {
+		objs, err := deploy.CSRAgentObjects(deploy.CSRAgentOptions{
+			Cluster: kc.Name, Namespace: ns, Image: agent.Image,
+			TrustDomain: m.Spec.TrustDomain, TrustBundlePEM: bundle.PEM(),
+		})
+		if err != nil {
+			return err
+		}
+		applied, err := deploy.ApplyObjects(ctx, kc, objs, nil)
+		if err != nil {
+			return err
+		}
+		rec.add(ctx, Step{Cluster: kc.Name, Step: "csr-agent " + ns + "/" + csragent.ServiceName, Action: h.controlPlaneAction(ctx, kc.Name+"/csr-agent", applied, false),
+			Detail: fmt.Sprintf("%d objects, global.caAddress %s", len(applied), csragent.Address(ns))})
+	}
 	detail := "issued by cert-manager"
 	if issued != nil && issued.Cert != nil {
 		detail += ", expires " + issued.Cert.NotAfter.UTC().Format(time.DateOnly)
@@ -492,6 +508,10 @@ func DeployOptions(m *spec.Mesh) deploy.Options {
 		Version:   istioVersion(m),
 		Namespace: m.Spec.ControlPlaneNamespace,
 		Exposure:  map[string]gateways.Exposure{},
+	}
+	if csrAgentOf(m) != nil {
+		// istiod's own CA off; istiod and the proxies ask the csr-agent.
+		o.Values = csragent.IstioValues(m.Spec.ControlPlaneNamespace)
 	}
 	for _, c := range m.Spec.Clusters {
 		e := gateways.Exposure{Type: coreServiceType(c.Gateway.ServiceType), Address: c.Gateway.Address}
@@ -772,4 +792,12 @@ func (h *Hub) removeClusters(ctx context.Context, prev, m *spec.Mesh, o ApplyOpt
 		}
 		rec.add(ctx, Step{Cluster: name, Step: "remove from mesh", Action: "removed", Detail: detail})
 	}
+}
+
+// csrAgentOf returns the csr-agent settings when m runs the istio-csr style signer.
+func csrAgentOf(m *spec.Mesh) *spec.CSRAgent {
+	if m.Spec.PKI.Mode != spec.PKICertManager || m.Spec.PKI.CertManager == nil {
+		return nil
+	}
+	return m.Spec.PKI.CertManager.CSRAgent
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/pki/certmanager"
+	"github.com/flotillamesh/flotilla/pki/csragent"
 	"github.com/flotillamesh/flotilla/scenarios/lab"
 	"github.com/flotillamesh/flotilla/server"
 	"github.com/flotillamesh/flotilla/server/spec"
@@ -40,7 +41,7 @@ metadata: {name: mesh-cm}
 spec:
   topology: multi-primary
   allowLoopbackAPIServers: true
-  pki: {mode: cert-manager, keyAlgorithm: ECDSA-P256}
+  pki: {mode: cert-manager, keyAlgorithm: ECDSA-P256, certManager: {csrAgent: {image: flotilla:test}}}
   clusters:
   - {name: east, context: east, network: network1, kubeconfig: %[1]s}
   - {name: west, context: west, network: network2, kubeconfig: %[1]s}
@@ -99,6 +100,22 @@ spec:
 	}
 	if len(roots) != 1 {
 		t.Fatalf("%d roots across clusters, want 1", len(roots))
+	}
+	// istio-csr style: the agent runs in each cluster and istiod points at it.
+	for _, name := range []string{"east", "west"} {
+		kc, _ := l.Cluster(name).Connect()
+		if _, err := kc.Kube.AppsV1().Deployments("istio-system").Get(ctx, csragent.ServiceName, metav1.GetOptions{}); err != nil {
+			t.Fatalf("%s: csr-agent Deployment: %v", name, err)
+		}
+		istio, err := kc.Dynamic.Resource(schema.GroupVersionResource{Group: "sailoperator.io", Version: "v1", Resource: "istios"}).Get(ctx, "default", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr, _, _ := unstructured.NestedString(istio.Object, "spec", "values", "global", "caAddress")
+		caServer, _, _ := unstructured.NestedString(istio.Object, "spec", "values", "pilot", "env", "ENABLE_CA_SERVER")
+		if addr != csragent.Address("istio-system") || caServer != "false" {
+			t.Fatalf("%s: Istio global.caAddress %q, ENABLE_CA_SERVER %q; want %q and \"false\"", name, addr, caServer, csragent.Address("istio-system"))
+		}
 	}
 	rep2, err := h.Apply(ctx, m, server.ApplyOptions{})
 	if err != nil {

@@ -123,6 +123,17 @@ type RootSource struct {
 type CertManager struct {
 	// IssuerRef names the issuer that signs; without it the hub's root signs.
 	IssuerRef *IssuerRef `yaml:"issuerRef" json:"issuerRef,omitempty"`
+	// CSRAgent runs flotilla's istio-csr style signer in every cluster and
+	// points istiod and the proxies at it (global.caAddress, istiod's own CA
+	// off). Without it istiod keeps signing with the cacerts projected from
+	// cert-manager's intermediate.
+	CSRAgent *CSRAgent `yaml:"csrAgent" json:"csrAgent,omitempty"`
+}
+
+// CSRAgent configures the in-cluster csr-agent.
+type CSRAgent struct {
+	// Image runs `flotilla csr-agent`.
+	Image string `yaml:"image" json:"image"`
 }
 
 // IssuerRef is a cert-manager issuer reference.

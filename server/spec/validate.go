@@ -165,6 +165,9 @@ func (c *checker) pki() {
 			c.add("spec.pki.certManager", "only used with mode cert-manager")
 		}
 	case PKICertManager:
+		if p.CertManager != nil && p.CertManager.CSRAgent != nil && p.CertManager.CSRAgent.Image == "" {
+			c.add("spec.pki.certManager.csrAgent.image", "required: the image that runs flotilla csr-agent")
+		}
 		if p.CertManager == nil || p.CertManager.IssuerRef == nil {
 			// Without an issuer, cert-manager signs with the hub's root,
 			// which therefore has to be a root the hub holds the key of.
