@@ -7,12 +7,16 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 TEST_TIMEOUT ?= 75m
 LAB_DIR ?= $(or $(FLOTILLA_LAB_DIR),/tmp/flotilla-lab-demo)
 
-.PHONY: all build lab lab-binaries test unit vet demo clean
+.PHONY: all build emulator lab lab-binaries test unit vet demo clean
 
 all: build
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/flotilla ./cli/flotilla
+
+# The lab's data-plane emulator (no Envoy or istiod runs here).
+emulator:
+	$(GO) build -o bin/flotilla-emulator ./scenarios/cmd/flotilla-emulator
 
 lab:
 	$(GO) build -o bin/flotilla-lab ./scenarios/cmd/flotilla-lab
@@ -32,7 +36,7 @@ unit:
 test: lab vet build
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
-demo: build lab
+demo: build lab emulator
 	@FLOTILLA_LAB_DIR=$(LAB_DIR) scenarios/demo.sh
 
 clean:

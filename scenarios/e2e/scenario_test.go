@@ -45,43 +45,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// buildFlotilla builds cli/flotilla. Until the root command registers
-// verify, the build overlays cli/hub.go with a copy that does (go build
-// -overlay: the checkout is not touched).
-func buildFlotilla(dir, out string) error {
-	build := func(args ...string) ([]byte, error) {
-		return exec.Command("go", append(append([]string{"build"}, args...), "-o", out, "github.com/flotillamesh/flotilla/cli/flotilla")...).CombinedOutput()
-	}
-	if b, err := build(); err != nil {
+// buildFlotilla builds cli/flotilla into out.
+func buildFlotilla(_, out string) error {
+	b, err := exec.Command("go", "build", "-o", out, "github.com/flotillamesh/flotilla/cli/flotilla").CombinedOutput()
+	if err != nil {
 		return fmt.Errorf("build flotilla: %v\n%s", err, b)
-	}
-	if exec.Command(out, "verify", "--help").Run() == nil {
-		return nil
-	}
-	src, err := exec.Command("go", "list", "-f", "{{.Dir}}", "github.com/flotillamesh/flotilla/cli").Output()
-	if err != nil {
-		return fmt.Errorf("locate package cli: %w", err)
-	}
-	hub := filepath.Join(strings.TrimSpace(string(src)), "hub.go")
-	data, err := os.ReadFile(hub)
-	if err != nil {
-		return err
-	}
-	const anchor = "newServerCommand(open, g.v)}"
-	if !bytes.Contains(data, []byte(anchor)) {
-		return fmt.Errorf("flotilla has no verify command and %s has no place to register it", hub)
-	}
-	patched := filepath.Join(dir, "hub.go")
-	if err := os.WriteFile(patched, bytes.Replace(data, []byte(anchor), []byte("newServerCommand(open, g.v), newVerifyCommand(g)}"), 1), 0o600); err != nil {
-		return err
-	}
-	overlay, _ := json.Marshal(map[string]any{"Replace": map[string]string{hub: patched}})
-	ov := filepath.Join(dir, "overlay.json")
-	if err := os.WriteFile(ov, overlay, 0o600); err != nil {
-		return err
-	}
-	if b, err := build("-overlay", ov); err != nil {
-		return fmt.Errorf("build flotilla with verify registered: %v\n%s", err, b)
 	}
 	return nil
 }
