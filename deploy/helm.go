@@ -60,7 +60,7 @@ func (p ClusterPlan) HelmReleases() []HelmRelease {
 		}
 	}
 	if g := p.Gateway; g != nil {
-		values := map[string]any{"name": g.Name, "labels": toAny(g.SelectorLabels())}
+		values := map[string]any{"name": g.Name, "labels": toAny(g.PodLabels())}
 		if g.Network != "" {
 			// networkGateway adds the network label, the requested network
 			// view and the 15443/15012/15017 ports.

@@ -75,10 +75,9 @@ func TestLabPlanActions(t *testing.T) {
 	t.Run("west moved to another network: its namespace and Istio update", func(t *testing.T) {
 		res, err := ApplyMesh(ctx, dry, federation.MultiPrimary, moved, opts, nil)
 		if err != nil {
-			// The east-west gateway's Deployment selects its pods by network,
-			// and a selector is immutable: the API server refuses the change.
-			// The plan still covers every other object.
-			t.Logf("refused: %v", err)
+			// Nothing may be refused: the gateway's Deployment keeps the
+			// network out of its (immutable) selector.
+			t.Fatalf("a network move was refused: %v", err)
 		}
 		every(t, res, "east", ActionNone, nil)
 		got := actions(res, "west")

@@ -161,8 +161,15 @@ func ControlPlaneIngress(namespace string, exp Exposure) Gateway {
 func (g Gateway) ServiceAccountName() string { return g.Name + "-service-account" }
 
 // SelectorLabels select the gateway's pods.
+// The network is deliberately not among them: a Deployment's selector is
+// immutable, and a cluster may move to another network.
 func (g Gateway) SelectorLabels() map[string]string {
-	l := map[string]string{"istio": g.Selector, "app": g.Name}
+	return map[string]string{"istio": g.Selector, "app": g.Name}
+}
+
+// PodLabels are the gateway pods' labels: the selector and the network.
+func (g Gateway) PodLabels() map[string]string {
+	l := g.SelectorLabels()
 	if g.Network != "" {
 		l[NetworkLabel] = g.Network
 	}
@@ -171,7 +178,7 @@ func (g Gateway) SelectorLabels() map[string]string {
 
 // Labels are the labels of every object of the gateway.
 func (g Gateway) Labels() map[string]string {
-	l := g.SelectorLabels()
+	l := g.PodLabels()
 	l[ManagedByLabel] = ManagedBy
 	return l
 }
@@ -183,7 +190,7 @@ func (g Gateway) ServiceAccount() *corev1ac.ServiceAccountApplyConfiguration {
 
 // Deployment runs the gateway pods through Istio's gateway injection.
 func (g Gateway) Deployment() *appsv1ac.DeploymentApplyConfiguration {
-	podLabels := g.SelectorLabels()
+	podLabels := g.PodLabels()
 	// The injection webhook only mutates pods that ask for it.
 	podLabels["sidecar.istio.io/inject"] = "true"
 	container := corev1ac.Container().

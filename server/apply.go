@@ -88,7 +88,7 @@ func (r *ApplyReport) Changes() int {
 	n := 0
 	for _, s := range r.Steps {
 		switch s.Action {
-		case "unchanged", "skipped", "":
+		case "unchanged", "skipped", "none", "validated", "":
 		default:
 			if s.Error == "" {
 				n++
