@@ -1,0 +1,42 @@
+package lab
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestUpstreamVersionsMatchGoMod: the binary cache is keyed by the version
+// constants, so they must name what the build modules really build.
+func TestUpstreamVersionsMatchGoMod(t *testing.T) {
+	root := RepoRoot()
+	if root == "" {
+		t.Fatal("not run from the flotilla checkout")
+	}
+	for _, tc := range []struct {
+		gomod, module, version string
+	}{
+		{"scenarios/upstream/go.mod", "k8s.io/kubernetes", KubernetesVersion},
+		{"scenarios/upstream/go.mod", "go.etcd.io/etcd/server/v3", EtcdVersion},
+		{"scenarios/upstream/go.mod", "sigs.k8s.io/kwok", KwokVersion},
+		{"scenarios/certmanager/go.mod", "github.com/cert-manager/cert-manager", CertManagerVersion},
+	} {
+		t.Run(tc.module, func(t *testing.T) {
+			data, err := os.ReadFile(filepath.Join(root, tc.gomod))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := tc.module + " " + tc.version
+			found := false
+			for _, line := range strings.Split(string(data), "\n") {
+				if strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(line), "// indirect")) == want {
+					found = true
+				}
+			}
+			if !found {
+				t.Fatalf("%s does not require %s", tc.gomod, want)
+			}
+		})
+	}
+}
