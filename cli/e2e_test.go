@@ -78,6 +78,28 @@ func (e env) run(t *testing.T, args ...string) (string, string, int) {
 	return out.String(), errb.String(), code
 }
 
+// keyedEnv is a fresh state with a new state key, as a user starts.
+func keyedEnv(t *testing.T) env {
+	t.Helper()
+	e := newEnv(t)
+	if _, stderr, code := e.run(t, "state", "keygen", "--out", e.key); code != 0 {
+		t.Fatal(stderr)
+	}
+	return e
+}
+
+// appliedEnv is keyedEnv after applying the two-cluster mesh to clean clusters.
+func appliedEnv(t *testing.T, l *lab.Lab) env {
+	t.Helper()
+	resetClusters(t, l)
+	e := keyedEnv(t)
+	mesh := writeMesh(t, e.dir, l.Kubeconfig)
+	if _, stderr, code := e.run(t, "apply", "-f", mesh); code != 0 {
+		t.Fatalf("apply: %s", stderr)
+	}
+	return e
+}
+
 func writeMesh(t *testing.T, dir, kubeconfig string) string {
 	t.Helper()
 	p := filepath.Join(dir, "mesh.yaml")
@@ -155,10 +177,7 @@ func TestKilledApplyConverges(t *testing.T) {
 	for i, killAfter := range []int{1, 2, 3, 5, 8, 12, 17, 23, 30, 38} {
 		t.Run(fmt.Sprintf("kill after line %d", killAfter), func(t *testing.T) {
 			resetClusters(t, l)
-			e := newEnv(t)
-			if _, stderr, code := e.run(t, "state", "keygen", "--out", e.key); code != 0 {
-				t.Fatal(stderr)
-			}
+			e := keyedEnv(t)
 			mesh := writeMesh(t, e.dir, l.Kubeconfig)
 			c := e.cmd("apply", "-f", mesh)
 			stderr, err := c.StderrPipe()
@@ -235,15 +254,7 @@ func TestBadFlags(t *testing.T) {
 // private key in the clear.
 func TestStateFile(t *testing.T) {
 	l := testLab.Get(t)
-	resetClusters(t, l)
-	e := newEnv(t)
-	if _, stderr, code := e.run(t, "state", "keygen", "--out", e.key); code != 0 {
-		t.Fatal(stderr)
-	}
-	mesh := writeMesh(t, e.dir, l.Kubeconfig)
-	if _, stderr, code := e.run(t, "apply", "-f", mesh); code != 0 {
-		t.Fatal(stderr)
-	}
+	e := appliedEnv(t, l)
 	fi, err := os.Stat(e.state)
 	if err != nil {
 		t.Fatal(err)
@@ -310,15 +321,7 @@ func TestRender(t *testing.T) {
 // refused.
 func TestHubMode(t *testing.T) {
 	l := testLab.Get(t)
-	resetClusters(t, l)
-	e := newEnv(t)
-	if _, stderr, code := e.run(t, "state", "keygen", "--out", e.key); code != 0 {
-		t.Fatal(stderr)
-	}
-	mesh := writeMesh(t, e.dir, l.Kubeconfig)
-	if _, stderr, code := e.run(t, "apply", "-f", mesh); code != 0 {
-		t.Fatal(stderr)
-	}
+	e := appliedEnv(t, l)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -374,10 +377,7 @@ func TestHubMode(t *testing.T) {
 func TestOfflineRoot(t *testing.T) {
 	l := testLab.Get(t)
 	resetClusters(t, l)
-	e := newEnv(t)
-	if _, stderr, code := e.run(t, "state", "keygen", "--out", e.key); code != 0 {
-		t.Fatal(stderr)
-	}
+	e := keyedEnv(t)
 	root, err := pki.NewRoot(pki.Config{KeyAlgorithm: pki.ECDSAP256})
 	if err != nil {
 		t.Fatal(err)
@@ -442,15 +442,7 @@ spec:
 // root and replaces the cluster's cacerts.
 func TestRotateIntermediate(t *testing.T) {
 	l := testLab.Get(t)
-	resetClusters(t, l)
-	e := newEnv(t)
-	if _, stderr, code := e.run(t, "state", "keygen", "--out", e.key); code != 0 {
-		t.Fatal(stderr)
-	}
-	mesh := writeMesh(t, e.dir, l.Kubeconfig)
-	if _, stderr, code := e.run(t, "apply", "-f", mesh); code != 0 {
-		t.Fatal(stderr)
-	}
+	e := appliedEnv(t, l)
 	kc, err := l.Cluster("east").Connect()
 	if err != nil {
 		t.Fatal(err)
