@@ -52,7 +52,11 @@ func newApplyCommand(g *globals, plan bool) *cobra.Command {
 			case replace:
 				opts.CACertsPolicy = pki.Replace
 			}
-			var progress io.Writer = cmd.ErrOrStderr()
+			names := make([]string, 0, len(m.Spec.Clusters))
+			for _, c := range m.Spec.Clusters {
+				names = append(names, c.Name)
+			}
+			progress := progressWriter(cmd.ErrOrStderr(), names)
 			if output == "json" {
 				progress = io.Discard
 			}
