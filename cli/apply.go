@@ -124,7 +124,7 @@ func printReport(w io.Writer, rep *server.ApplyReport, output string, plan bool)
 // renderMesh writes the control-plane objects of every cluster without
 // contacting any: addresses not known yet are rendered as pending.
 func renderMesh(w io.Writer, m *spec.Mesh, dir string) error {
-	opts := serverDeployOptions(m)
+	opts := server.DeployOptions(m)
 	opts.AllowPendingAddress = true
 	plans, err := deploy.Plan(m.Spec.Topology, m.Members(), opts, nil)
 	if err != nil {
@@ -141,5 +141,3 @@ func renderMesh(w io.Writer, m *spec.Mesh, dir string) error {
 	fmt.Fprintf(w, "rendered %s\n", strings.Join(files, ", "))
 	return nil
 }
-
-func serverDeployOptions(m *spec.Mesh) deploy.Options { return server.DeployOptions(m) }

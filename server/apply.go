@@ -431,19 +431,7 @@ func (h *Hub) applyCACerts(ctx context.Context, m *spec.Mesh, kc *kube.Cluster, 
 		rec.add(ctx, Step{Cluster: name, Step: "cacerts", Action: "would create", Detail: "intermediate under the new root"})
 		return nil
 	}
-	var in *pki.Intermediate
-	err := h.Store.View(ctx, func(tx *state.Tx) error {
-		cr, ok, err := tx.Cluster(name)
-		if err != nil || !ok || len(cr.IntermediateCertPEM) == 0 || !cr.HasIntermediateKey {
-			return err
-		}
-		key, err := tx.IntermediateKey(name)
-		if err != nil {
-			return err
-		}
-		in, err = pki.LoadIntermediate(name, ns, cr.IntermediateCertPEM, pki.NewPrivateKeyPEM(key))
-		return err
-	})
+	in, err := h.storedIntermediate(ctx, name, ns)
 	if err != nil {
 		return fmt.Errorf("state: intermediate: %w", err)
 	}

@@ -2,8 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"sort"
 
@@ -48,7 +46,7 @@ func (h *Hub) CAShow(ctx context.Context) (*CAInfo, error) {
 			if len(r.IntermediateCertPEM) == 0 {
 				continue
 			}
-			c, err := parseCert(r.IntermediateCertPEM)
+			c, err := parseCertPEM(r.IntermediateCertPEM)
 			if err != nil {
 				return fmt.Errorf("%s: stored intermediate: %w", r.Name, err)
 			}
@@ -68,22 +66,21 @@ func (h *Hub) ClusterCACerts(ctx context.Context, cluster, namespace string) (pk
 	if !found {
 		return pki.CACerts{}, fmt.Errorf("the state holds no CA yet: run flotilla apply -f mesh.yaml")
 	}
-	in, err := h.storedIntermediate(ctx, cluster, namespace)
+	in, err := h.requireIntermediate(ctx, cluster, namespace)
 	if err != nil {
 		return pki.CACerts{}, err
 	}
 	return pki.NewCACerts(in, root, bundle)
 }
 
+// storedIntermediate loads a cluster's intermediate and its key from the
+// state; nil (and no error) when the state has none for it yet.
 func (h *Hub) storedIntermediate(ctx context.Context, cluster, namespace string) (*pki.Intermediate, error) {
 	var in *pki.Intermediate
 	err := h.Store.View(ctx, func(tx *state.Tx) error {
 		rec, ok, err := tx.Cluster(cluster)
-		if err != nil {
+		if err != nil || !ok || len(rec.IntermediateCertPEM) == 0 || !rec.HasIntermediateKey {
 			return err
-		}
-		if !ok || len(rec.IntermediateCertPEM) == 0 {
-			return fmt.Errorf("cluster %s has no intermediate in the state", cluster)
 		}
 		key, err := tx.IntermediateKey(cluster)
 		if err != nil {
@@ -92,6 +89,15 @@ func (h *Hub) storedIntermediate(ctx context.Context, cluster, namespace string)
 		in, err = pki.LoadIntermediate(cluster, namespace, rec.IntermediateCertPEM, pki.NewPrivateKeyPEM(key))
 		return err
 	})
+	return in, err
+}
+
+// requireIntermediate is storedIntermediate for callers that need one.
+func (h *Hub) requireIntermediate(ctx context.Context, cluster, namespace string) (*pki.Intermediate, error) {
+	in, err := h.storedIntermediate(ctx, cluster, namespace)
+	if err == nil && in == nil {
+		err = fmt.Errorf("cluster %s has no intermediate in the state", cluster)
+	}
 	return in, err
 }
 
@@ -122,7 +128,7 @@ func (h *Hub) RotateIntermediate(ctx context.Context, m *spec.Mesh, cluster stri
 	if root == nil || !root.HasKey() {
 		return nil, fmt.Errorf("the root key is not in the state (offline or no root): rotate through flotilla ca csr and ca accept")
 	}
-	old, err := h.storedIntermediate(ctx, cluster, ns)
+	old, err := h.requireIntermediate(ctx, cluster, ns)
 	if err != nil {
 		return nil, err
 	}
@@ -146,12 +152,4 @@ func (h *Hub) RotateIntermediate(ctx context.Context, m *spec.Mesh, cluster stri
 	}
 	return &Step{Cluster: cluster, Step: "cacerts " + ns + "/" + pki.SecretName, Action: string(res.Action),
 		Detail: fmt.Sprintf("intermediate serial %s, expires %s", pki.Describe(in.Cert).Serial, in.Cert.NotAfter.UTC().Format("2006-01-02"))}, nil
-}
-
-func parseCert(pemData []byte) (*x509.Certificate, error) {
-	b, _ := pem.Decode(pemData)
-	if b == nil {
-		return nil, fmt.Errorf("no PEM certificate")
-	}
-	return x509.ParseCertificate(b.Bytes)
 }

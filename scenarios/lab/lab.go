@@ -14,7 +14,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -318,14 +317,11 @@ func (l *Lab) PIDs() map[string]int {
 
 func (l *Lab) writeKubeconfig() error {
 	cfg := clientcmdapi.NewConfig()
-	names := make([]string, 0, len(l.clusters))
 	for _, c := range l.clusters {
-		names = append(names, c.Name)
 		cfg.Clusters[c.Name] = &clientcmdapi.Cluster{Server: c.Server, CertificateAuthorityData: c.CAData}
 		cfg.AuthInfos[c.Name+"-admin"] = &clientcmdapi.AuthInfo{Token: c.Token}
 		cfg.Contexts[c.Name] = &clientcmdapi.Context{Cluster: c.Name, AuthInfo: c.Name + "-admin"}
 	}
-	sort.Strings(names)
 	cfg.CurrentContext = l.clusters[0].Name
 	return clientcmd.WriteToFile(*cfg, l.Kubeconfig)
 }
