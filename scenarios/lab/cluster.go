@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/yaml"
 )
 
 // startAttempts bounds retries of a cluster whose component lost its port
@@ -155,13 +156,26 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 		return err
 	}
 	execCfg := filepath.Join(c.dir, "kwok-exec.yaml")
-	if err := os.WriteFile(execCfg, c.kwokExecConfig(), 0o600); err != nil {
+	execYAML, err := c.kwokExecConfig()
+	if err != nil {
 		return err
+	}
+	if err := os.WriteFile(execCfg, execYAML, 0o600); err != nil {
+		return err
+	}
+	// kwok watches Exec objects from its start: their CRD comes first.
+	kwokCRD, err := kwokCRDs()
+	if err != nil {
+		return err
+	}
+	if err := installCRDs(ctx, c.RESTConfig(), kwokCRD); err != nil {
+		return fmt.Errorf("kwok CRDs: %w", err)
 	}
 	if _, err := run("kwok",
 		"--kubeconfig="+kcfg,
 		"--config="+filepath.Join(bin, stagesFile),
 		"--config="+execCfg,
+		"--enable-crds=Exec",
 		"--node-port="+strconv.Itoa(kwokPort),
 		"--manage-all-nodes=true",
 		"--cidr="+c.PodCIDR,
@@ -250,25 +264,22 @@ func Loopback(ip net.IP) (net.IP, bool) {
 
 // kwokExecConfig makes kwok answer exec in any pod by running the command
 // locally, with an HTTP proxy at the node's loopback capture address: the
-// process's requests reach the cluster's emulated data plane.
-func (c *Cluster) kwokExecConfig() []byte {
-	capture := "http://127.0.0.1:1" // no node loopback address: requests fail
+// process's requests reach the cluster's emulated data plane. A pod with an
+// Exec of its own (PodExec, written by the data plane once the pod runs)
+// gets its own capture address instead; this is the fallback before that.
+func (c *Cluster) kwokExecConfig() ([]byte, error) {
+	capture := "127.0.0.1:1" // no node loopback address: requests fail
 	if lb, ok := Loopback(net.ParseIP(c.NodeIP)); ok {
-		capture = "http://" + net.JoinHostPort(lb.String(), strconv.Itoa(ProxyCapturePort))
+		capture = net.JoinHostPort(lb.String(), strconv.Itoa(ProxyCapturePort))
 	}
-	return []byte(fmt.Sprintf(`apiVersion: kwok.x-k8s.io/v1alpha1
-kind: ClusterExec
-metadata:
-  name: lab-exec
-spec:
-  execs:
-  - local:
-      envs:
-      - {name: http_proxy, value: %q}
-      - {name: no_proxy, value: ""}
-      - {name: NO_PROXY, value: ""}
-      - {name: FLOTILLA_LAB_CLUSTER, value: %q}
-`, capture, c.Name))
+	return yaml.Marshal(map[string]any{
+		"apiVersion": "kwok.x-k8s.io/v1alpha1",
+		"kind":       "ClusterExec",
+		"metadata":   map[string]any{"name": "lab-exec"},
+		"spec": map[string]any{
+			"execs": []any{map[string]any{"local": map[string]any{"envs": captureEnv(capture, c.Name)}}},
+		},
+	})
 }
 
 func nodeReady(n *corev1.Node) bool {

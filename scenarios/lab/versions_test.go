@@ -1,7 +1,9 @@
 package lab
 
 import (
+	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -38,5 +40,31 @@ func TestUpstreamVersionsMatchGoMod(t *testing.T) {
 				t.Fatalf("%s does not require %s", tc.gomod, want)
 			}
 		})
+	}
+}
+
+// TestKwokExecCRDMatchesModule: the embedded Exec CRD is kwok's own, of the
+// kwok version the lab builds.
+func TestKwokExecCRDMatchesModule(t *testing.T) {
+	root := RepoRoot()
+	if root == "" {
+		t.Fatal("not run from the flotilla checkout")
+	}
+	cmd := exec.Command(goTool(), "mod", "download", "-json", "sigs.k8s.io/kwok@"+KwokVersion)
+	cmd.Dir = filepath.Join(root, "scenarios/upstream")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go mod download sigs.k8s.io/kwok@%s: %v", KwokVersion, err)
+	}
+	var mod struct{ Dir string }
+	if err := json.Unmarshal(out, &mod); err != nil || mod.Dir == "" {
+		t.Fatalf("go mod download: no module directory in %s (%v)", out, err)
+	}
+	want, err := os.ReadFile(filepath.Join(mod.Dir, "kustomize/crd/bases/kwok.x-k8s.io_execs.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(want) != string(kwokExecCRD) {
+		t.Fatalf("kwok-execs-crd.yaml differs from kwok %s's kustomize/crd/bases/kwok.x-k8s.io_execs.yaml: copy it again", KwokVersion)
 	}
 }
