@@ -4,31 +4,60 @@
 // containers).
 //
 // It decides everything from the clusters' APIs, never from flotilla's
-// state. Per cluster it reads the Sail Istio resource (meshID, network,
-// clusterName, trust domain, profile, remotePilotAddress), cacerts in the
-// control-plane namespace, namespace labels, Istio Gateway resources and the
-// east-west gateway Service's load-balancer address. It reads other clusters
-// only through the remote secrets it finds there (istio/multiCluster=true),
-// with their kubeconfigs and reader tokens, as istiod does.
+// state. Per cluster it reads every Sail Istio resource (revision,
+// namespace, profile, meshID, network, clusterName, trust domain,
+// remotePilotAddress, defaultRevision, pilot.enabled and pilot.env), and in
+// each one's namespace cacerts, the remote secrets (istio/multiCluster=true)
+// and istio-kubeconfig; namespace labels; gateway Services with their
+// load-balancer addresses, and the Istio Gateway and VirtualService
+// resources that say what those gateways do.
+//
+// Which istiod serves a pod: the revision its namespace selects
+// (istio.io/rev, or istio-injection=enabled for the default revision or
+// values.defaultRevision). When that Istio resource runs an istiod, it is
+// that one. When it is a remote (profile remote: a primary-remote's remote,
+// an external control plane's data-plane cluster), it is the istiod that
+// remotePilotAddress reaches: a gateway Service with that address in any
+// cluster, a Gateway opening 15012 on it, a VirtualService bound to that
+// Gateway routing 15012 to a Service istiod[-<revision>].<namespace>, and
+// the Istio resource of that revision and namespace. The istiod signs with
+// the cacerts of its own namespace in the cluster it runs in (an external
+// istiod: external-istiod on the control-plane cluster).
+//
+// What an istiod sees: its config cluster, read through the kubeconfig in
+// istio-kubeconfig (key config) when its namespace holds one (the chart
+// mounts it as KUBECONFIG; an external istiod reads its config cluster with
+// that secret's token), else the cluster it runs in; and every cluster its
+// remote secrets reach, with their reader tokens. It finds those secrets in
+// the cluster it runs in when EXTERNAL_ISTIOD and
+// LOCAL_CLUSTER_SECRET_WATCHER are set, else in its config cluster, and
+// ignores one for its own cluster ID (CLUSTER_ID, else clusterName).
 //
 // Addresses: a pod or node IP 10.L.b.c stands for loopback 127.L.(100+b).c
 // (lab.Loopback); nothing is ever sent to 10/8. Per pod:
 //
 //   - helloworld pods (image examples-helloworld-*) answer GET /hello on
-//     their container port at their loopback address. With a proxy (the
-//     cluster has a control plane and the namespace has injection on) the
-//     port takes mTLS with a workload certificate signed by the serving
-//     control plane's cacerts intermediate, and plaintext (PERMISSIVE).
-//   - processes exec'd in any pod (kwok runs them locally) send their HTTP
-//     requests to the node's capture address, loopback(nodeIP):15001 (kwok's
-//     exec environment sets http_proxy, see lab.Cluster): the emulator makes
-//     the call as that cluster's client pod's sidecar would.
+//     their container port at their loopback address. With a proxy the port
+//     takes mTLS with a workload certificate signed by the serving istiod's
+//     cacerts intermediate, and plaintext (PERMISSIVE).
+//   - every running pod gets a capture listener at its own loopback
+//     address, port 15001, and a kwok Exec (lab.PodExec, owned by the pod)
+//     whose environment sets http_proxy to it: kwok runs processes exec'd in
+//     the pod locally with that environment, so the emulator knows which pod
+//     calls and makes the call as that pod's sidecar (or, without one,
+//     kube-proxy) would. A pod watch triggers a sync, so the Exec is there
+//     within moments of the pod running.
+//   - until then kwok uses the lab's ClusterExec, whose http_proxy is the
+//     node's capture address, loopback(nodeIP):15001; a request there is
+//     taken as the cluster's one running curl pod's, and fails when there
+//     are several.
 //   - a cluster with a cross-network Gateway (15443, AUTO_PASSTHROUGH) and an
 //     east-west gateway Service with a load-balancer address gets a listener
 //     on address:15443 that routes by SNI outbound_.<port>_._.<host> to a
 //     local endpoint, passing TLS through.
 //
-// kwok does not tell an exec'd process which pod it runs in, only (through
-// the lab's per-cluster exec config) which cluster: the client is the one
-// running curl pod of that cluster; more than one is an error.
+// Not modelled: istiod's self-signed fallback CA (an istiod without cacerts
+// here has no CA and its proxies' calls fail), and injection webhooks
+// failing (a remote whose pilot address is wrong still gets its pods marked
+// injected; their proxies then have no config).
 package emulator

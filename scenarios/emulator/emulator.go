@@ -57,6 +57,7 @@ type Emulator struct {
 	listeners map[string]*listener        // by address
 	certs     map[string]*tls.Certificate // by pod, signer and root
 	remotes   map[string]remoteClient     // by remote secret content
+	execs     map[string]bool             // kwok Execs written, by cluster/pod/uid/capture
 	rr        map[string]int              // round-robin position per client and service
 	syncMu    sync.Mutex
 	lastSync  time.Time
@@ -96,7 +97,7 @@ func New(cfg Config) (*Emulator, error) {
 		cfg.Log = io.Discard
 	}
 	e := &Emulator{cfg: cfg, listeners: map[string]*listener{}, certs: map[string]*tls.Certificate{},
-		remotes: map[string]remoteClient{}, rr: map[string]int{}}
+		remotes: map[string]remoteClient{}, rr: map[string]int{}, execs: map[string]bool{}}
 	for _, c := range cfg.Clusters {
 		rc := rest.CopyConfig(c.Config)
 		// A sync reads every cluster twice a second: client-go's default
@@ -116,9 +117,15 @@ func New(cfg Config) (*Emulator, error) {
 	return e, nil
 }
 
-// Run syncs until ctx ends, then closes every listener.
+// Run syncs until ctx ends, then closes every listener. Besides every
+// SyncInterval it syncs as soon as a pod changes, so that a pod that just
+// started has its capture address and kwok Exec before anyone execs in it.
 func (e *Emulator) Run(ctx context.Context) error {
 	defer e.closeAll()
+	kick := make(chan struct{}, 1)
+	for _, m := range e.clusters {
+		go e.watchPods(ctx, m, kick)
+	}
 	t := time.NewTicker(e.cfg.SyncInterval)
 	defer t.Stop()
 	for {
@@ -129,6 +136,27 @@ func (e *Emulator) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-kick:
+		}
+	}
+}
+
+// watchPods signals kick on every pod event of m, re-watching until ctx ends.
+func (e *Emulator) watchPods(ctx context.Context, m *member, kick chan<- struct{}) {
+	for ctx.Err() == nil {
+		w, err := m.kube.CoreV1().Pods("").Watch(ctx, metav1.ListOptions{})
+		if err == nil {
+			for range w.ResultChan() {
+				select {
+				case kick <- struct{}{}:
+				default: // a sync is due anyway
+				}
+			}
+			w.Stop()
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
 		}
 	}
 }
@@ -189,16 +217,23 @@ func (e *Emulator) member(name string) *member {
 }
 
 // reconcileListeners opens what the world asks for and closes the rest:
-// per cluster its capture address, its helloworld pods, its gateways.
+// per cluster its node capture address, per running pod its own capture
+// address (and the kwok Exec that sends the pod's exec'd processes there),
+// its helloworld pods, its gateways.
 func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 	want := map[string]func(net.Conn){}
 	kinds := map[string]string{}
+	type podExec struct {
+		cluster, capture string
+		pod              *corev1.Pod
+	}
+	var execs []podExec
 	for _, name := range w.order {
 		v := w.views[name]
 		if v.nodeIP != nil {
 			if lb, ok := lab.Loopback(v.nodeIP); ok {
 				addr := net.JoinHostPort(lb.String(), strconv.Itoa(lab.ProxyCapturePort))
-				want[addr], kinds[addr] = e.captureHandler(name), "capture "+name
+				want[addr], kinds[addr] = e.captureHandler(name, nil), "capture "+name
 			}
 		}
 		for i := range v.pods {
@@ -206,17 +241,21 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 			if !running(p) {
 				continue
 			}
+			if addr, ok := lab.PodCaptureAddress(net.ParseIP(p.Status.PodIP)); ok {
+				want[addr], kinds[addr] = e.captureHandler(name, &podRef{namespace: p.Namespace, name: p.Name, uid: string(p.UID)}), "capture "+name+"/"+p.Namespace+"/"+p.Name
+				execs = append(execs, podExec{cluster: name, capture: addr, pod: p})
+			}
 			if _, port, ok := helloVersion(p); ok {
 				if lb, ok := lab.Loopback(net.ParseIP(p.Status.PodIP)); ok {
 					addr := net.JoinHostPort(lb.String(), strconv.Itoa(int(port)))
 					want[addr], kinds[addr] = e.serverHandler(name, p.Namespace, p.Name), "pod "+name+"/"+p.Namespace+"/"+p.Name
 				}
 			}
-			if v.hasProxy(p) && p.Annotations[sidecarStatus] == "" {
-				e.markInjected(ctx, name, p)
+			if cp := v.injector(p); cp != nil && p.Annotations[sidecarStatus] == "" {
+				e.markInjected(ctx, name, p, cp)
 			}
 		}
-		if e.serving(w, v) == nil {
+		if e.serving(w, v, v.cp) == nil {
 			continue // a gateway's Envoy without istiod has no config
 		}
 		for _, g := range v.gateways {
@@ -227,7 +266,6 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 		}
 	}
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	for addr, l := range e.listeners {
 		if _, ok := want[addr]; !ok || kinds[addr] != l.kind {
 			l.ln.Close()
@@ -248,7 +286,49 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 		e.logf("listening on %s (%s)", addr, kinds[addr])
 		go serve(ln, h)
 	}
+	// Only pods whose capture address listens get an Exec pointing there.
+	var pending []podExec
+	written := map[string]bool{}
+	for _, x := range execs {
+		key := x.cluster + "/" + x.pod.Namespace + "/" + x.pod.Name + "/" + string(x.pod.UID) + "/" + x.capture
+		if e.listeners[x.capture] == nil {
+			continue
+		}
+		written[key] = e.execs[key]
+		if !e.execs[key] {
+			pending = append(pending, x)
+		}
+	}
+	e.execs = written // forget pods that are gone
+	e.mu.Unlock()
+	for _, x := range pending {
+		if e.writeExec(ctx, x.cluster, x.pod, x.capture) {
+			e.mu.Lock()
+			e.execs[x.cluster+"/"+x.pod.Namespace+"/"+x.pod.Name+"/"+string(x.pod.UID)+"/"+x.capture] = true
+			e.mu.Unlock()
+		}
+	}
 }
+
+// writeExec gives pod its own kwok Exec, so that the processes exec'd in it
+// call through its own capture address: the emulator then knows the caller.
+// (A lab without kwok's Exec CRD leaves every pod on the node's.)
+func (e *Emulator) writeExec(ctx context.Context, cluster string, p *corev1.Pod, capture string) bool {
+	m := e.member(cluster)
+	obj := lab.PodExec(cluster, p, capture)
+	data, err := json.Marshal(obj.Object)
+	if err == nil {
+		_, err = m.dyn.Resource(lab.KwokExecGVR).Namespace(p.Namespace).Patch(ctx, p.Name, types.ApplyPatchType, data,
+			metav1.PatchOptions{FieldManager: "flotilla-emulator", Force: ptr(true)})
+	}
+	if err != nil {
+		e.logf("%s: write kwok Exec %s/%s: %v", cluster, p.Namespace, p.Name, err)
+		return false
+	}
+	return true
+}
+
+func ptr[T any](v T) *T { return &v }
 
 func serve(ln net.Listener, h func(net.Conn)) {
 	for {
@@ -274,40 +354,52 @@ func (e *Emulator) closeAll() {
 }
 
 // markInjected records on the pod what Istio's injector would have: the
-// pod runs a sidecar. (kwok pods are admitted without the webhook.)
-func (e *Emulator) markInjected(ctx context.Context, cluster string, p *corev1.Pod) {
+// pod runs a sidecar, of control plane cp's revision. (kwok pods are
+// admitted without the webhook.)
+func (e *Emulator) markInjected(ctx context.Context, cluster string, p *corev1.Pod, cp *controlPlane) {
 	m := e.member(cluster)
-	status, _ := json.Marshal(map[string]any{"containers": []string{"istio-proxy"}, "initContainers": []string{"istio-init"}})
+	status, _ := json.Marshal(map[string]any{"containers": []string{"istio-proxy"}, "initContainers": []string{"istio-init"}, "revision": cp.revision})
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{sidecarStatus: string(status)}}})
 	if _, err := m.kube.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		e.logf("%s: annotate pod %s/%s as injected: %v", cluster, p.Namespace, p.Name, err)
 	}
 }
 
-// serving returns the control plane whose istiod configures and certifies
-// v's proxies: its own, or for a remote the primary whose gateway serves
-// istiod at remotePilotAddress. nil: the proxies get no config.
-func (e *Emulator) serving(w *world, v *clusterView) *servingCP {
-	if v.cp == nil {
+// serving returns the istiod that configures and certifies the proxies of
+// control plane cp in cluster v: cp's own when it runs one; for a remote or
+// data-plane cluster (profile remote), the istiod behind remotePilotAddress,
+// found as Istio routes it: a gateway Service with that address, a Gateway
+// opening 15012 on it, a VirtualService sending that port to an istiod
+// Service, and the Istio resource whose revision and namespace own that
+// Service. nil: the proxies get no config.
+func (e *Emulator) serving(w *world, v *clusterView, cp *controlPlane) *servingCP {
+	if cp == nil {
 		return nil
 	}
-	if !v.cp.remote() {
-		return &servingCP{cluster: v.name, cp: v.cp}
+	if cp.runsIstiod() {
+		return &servingCP{cluster: v.name, cp: cp}
+	}
+	if !cp.remote() || cp.remotePilotAddress == "" {
+		return nil
 	}
 	for _, name := range w.order {
 		p := w.views[name]
-		if p.cp == nil || p.cp.remote() {
-			continue
-		}
 		for _, g := range p.gateways {
-			if g.istiod && g.address == v.cp.remotePilotAddress {
-				return &servingCP{cluster: p.name, cp: p.cp}
+			if g.address != cp.remotePilotAddress || g.istiodHost == "" {
+				continue
+			}
+			svc, ns := serviceOf(g.istiodHost, g.istiodHostNS)
+			for _, c := range p.cps {
+				if c.runsIstiod() && c.namespace == ns && c.istiodService() == svc {
+					return &servingCP{cluster: p.name, cp: c}
+				}
 			}
 		}
 	}
 	return nil
 }
 
+// servingCP is an istiod: the cluster it runs in and its Istio resource.
 type servingCP struct {
 	cluster string
 	cp      *controlPlane

@@ -39,10 +39,14 @@ func envoyFailure(reason string, err error) answer {
 		"upstream connect error or disconnect/reset before headers. reset reason: %s, transport failure reason: %v\n", reason, err)}
 }
 
+// podRef names a pod across syncs.
+type podRef struct{ namespace, name, uid string }
+
 // captureHandler takes one proxied HTTP request of a process exec'd in a
 // pod of cluster, and makes it as that pod's sidecar (or, without one,
-// through kube-proxy).
-func (e *Emulator) captureHandler(cluster string) func(net.Conn) {
+// through kube-proxy). caller is the pod whose own capture address took the
+// request; nil is the node's, which kwok uses for pods without an Exec yet.
+func (e *Emulator) captureHandler(cluster string, caller *podRef) func(net.Conn) {
 	return func(c net.Conn) {
 		req, err := http.ReadRequest(bufio.NewReader(c))
 		if err != nil {
@@ -50,7 +54,7 @@ func (e *Emulator) captureHandler(cluster string) func(net.Conn) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		defer cancel()
-		a := e.call(ctx, cluster, req)
+		a := e.call(ctx, cluster, caller, req)
 		if a.status != http.StatusOK {
 			e.logf("%s: %s %s: %d %s", cluster, req.Method, req.URL, a.status, strings.TrimSpace(a.body))
 		}
@@ -59,14 +63,17 @@ func (e *Emulator) captureHandler(cluster string) func(net.Conn) {
 	}
 }
 
-// call routes a request from cluster's client pod to a service.
-func (e *Emulator) call(ctx context.Context, cluster string, req *http.Request) answer {
-	e.syncIfStale(ctx, 300*time.Millisecond)
-	w := e.world.Load()
-	v := w.views[cluster]
-	m := e.member(cluster)
-	if v == nil || m == nil {
-		return answer{http.StatusBadGateway, "cluster " + cluster + " is not known to the emulator\n"}
+// callerPod finds the calling pod in cluster v: the one named, or for the
+// node's capture address the one running curl pod.
+func callerPod(v *clusterView, caller *podRef) (*corev1.Pod, error) {
+	if caller != nil {
+		for i := range v.pods {
+			p := &v.pods[i]
+			if p.Namespace == caller.namespace && p.Name == caller.name && string(p.UID) == caller.uid && running(p) {
+				return p, nil
+			}
+		}
+		return nil, fmt.Errorf("emulator: exec in cluster %s: pod %s/%s is not running", v.name, caller.namespace, caller.name)
 	}
 	var clients []*corev1.Pod
 	for i := range v.pods {
@@ -75,9 +82,24 @@ func (e *Emulator) call(ctx context.Context, cluster string, req *http.Request) 
 		}
 	}
 	if len(clients) != 1 {
-		return answer{http.StatusBadGateway, fmt.Sprintf("emulator: exec in cluster %s: %d running curl pods; the lab tells exec'd processes apart by cluster only, so it needs exactly one\n", cluster, len(clients))}
+		return nil, fmt.Errorf("emulator: exec in cluster %s through the node's capture address: %d running curl pods; a pod without its own kwok Exec (written once it runs) is told apart only when it is the one curl pod", v.name, len(clients))
 	}
-	client := clients[0]
+	return clients[0], nil
+}
+
+// call routes a request from a pod of cluster to a service.
+func (e *Emulator) call(ctx context.Context, cluster string, caller *podRef, req *http.Request) answer {
+	e.syncIfStale(ctx, 300*time.Millisecond)
+	w := e.world.Load()
+	v := w.views[cluster]
+	m := e.member(cluster)
+	if v == nil || m == nil {
+		return answer{http.StatusBadGateway, "cluster " + cluster + " is not known to the emulator\n"}
+	}
+	client, err := callerPod(v, caller)
+	if err != nil {
+		return answer{http.StatusBadGateway, err.Error() + "\n"}
+	}
 
 	host := req.URL.Hostname()
 	if host == "" {
@@ -108,7 +130,8 @@ func (e *Emulator) call(ctx context.Context, cluster string, req *http.Request) 
 	}
 	path := req.URL.RequestURI()
 
-	if !v.hasProxy(client) {
+	injector := v.injector(client)
+	if injector == nil {
 		cpNS := ""
 		if v.cp != nil {
 			cpNS = v.cp.namespace
@@ -129,16 +152,16 @@ func (e *Emulator) call(ctx context.Context, cluster string, req *http.Request) 
 		return roundTrip(conn, host, port, path)
 	}
 
-	s := e.serving(w, v)
+	s := e.serving(w, v, injector)
 	if s == nil {
-		return answer{http.StatusServiceUnavailable, fmt.Sprintf("no healthy upstream: the sidecar has no configuration (no istiod serves cluster %s at remotePilotAddress %q)\n", cluster, v.cp.remotePilotAddress)}
+		return answer{http.StatusServiceUnavailable, fmt.Sprintf("no healthy upstream: the sidecar has no configuration (no istiod serves cluster %s at remotePilotAddress %q)\n", cluster, injector.remotePilotAddress)}
 	}
 	cert, _, err := e.workloadCert(s, cluster, client)
 	if err != nil {
 		return envoyFailure("connection failure", err)
 	}
 	eps, gws := e.meshView(ctx, s, ns, svcName, portName)
-	clientNet := v.cp.proxyNetwork()
+	clientNet := injector.proxyNetwork()
 	type target struct {
 		ep      endpoint
 		gateway string
@@ -189,16 +212,39 @@ func (e *Emulator) call(ctx context.Context, cluster string, req *http.Request) 
 	return roundTrip(tc, host, port, path)
 }
 
-// meshView is the serving istiod's view of a service: endpoints in its own
-// cluster and in every cluster its remote secrets reach, and the
-// cross-network gateways those clusters offer, by network.
+// meshView is the serving istiod's view of a service: endpoints in its
+// config cluster (read through istio-kubeconfig when its namespace holds
+// one, else the cluster it runs in) and in every cluster its remote secrets
+// reach, and the cross-network gateways those clusters offer, by network.
 func (e *Emulator) meshView(ctx context.Context, s *servingCP, ns, svc, portName string) ([]endpoint, map[string][]string) {
 	type source struct {
 		name string
 		kube kubernetes.Interface
 	}
-	sources := []source{{name: s.cp.clusterName, kube: e.member(s.cluster).kube}}
-	for _, rs := range s.cp.secrets {
+	config := source{name: s.cp.clusterID(), kube: e.member(s.cluster).kube}
+	if s.cp.configKubeconfig != nil {
+		rc, err := e.remoteKube(*s.cp.configKubeconfig)
+		if err != nil {
+			e.logf("%s: istiod %s/%s: %v", s.cluster, s.cp.namespace, s.cp.revision, err)
+			return nil, nil
+		}
+		config.kube = rc.kube
+	}
+	secrets := s.cp.secrets
+	if s.cp.configKubeconfig != nil && !s.cp.localSecretWatcher() {
+		// istiod watches remote secrets in its config cluster.
+		list, err := config.kube.CoreV1().Secrets(s.cp.namespace).List(ctx, metav1.ListOptions{LabelSelector: multiClusterLabel + "=true"})
+		if err != nil {
+			e.logf("%s: istiod %s/%s: list remote secrets in config cluster %s: %v", s.cluster, s.cp.namespace, s.cp.revision, config.name, err)
+		} else {
+			secrets = remoteSecrets(config.name, list.Items)
+		}
+	}
+	sources := []source{config}
+	for _, rs := range secrets {
+		if rs.target == config.name {
+			continue // istiod ignores a secret for its own cluster
+		}
 		rc, err := e.remoteKube(rs)
 		if err != nil {
 			e.logf("%s: %v", s.cluster, err)
@@ -268,8 +314,9 @@ func (e *Emulator) serverHandler(cluster, ns, name string) func(net.Conn) {
 		}
 		var conn net.Conn = &peekedConn{Conn: c, r: br}
 		if first[0] == 0x16 { // a TLS handshake record
-			s := e.serving(w, v)
-			if !v.hasProxy(pod) || s == nil {
+			injector := v.injector(pod)
+			s := e.serving(w, v, injector)
+			if injector == nil || s == nil {
 				return // the app speaks no TLS
 			}
 			cert, _, err := e.workloadCert(s, cluster, pod)

@@ -33,15 +33,21 @@ const (
 	defaultTrustDomain = "cluster.local"
 	crossNetworkPort   = 15443
 	istiodPort         = 15012
+	// The external istiod's config-cluster kubeconfig (istioctl
+	// create-remote-secret --type=config), mounted by istiod's chart.
+	configSecret    = "istio-kubeconfig"
+	configSecretKey = "config"
 )
 
 var (
 	sailIstioGVR = schema.GroupVersionResource{Group: "sailoperator.io", Version: "v1", Resource: "istios"}
 	gatewayGVR   = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "gateways"}
+	// virtualServiceGVR: what a gateway does with a port it opens.
+	virtualServiceGVR = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "virtualservices"}
 )
 
-// controlPlane is one cluster's Sail Istio resource and what istiod would
-// load with it.
+// controlPlane is one Sail Istio resource of a cluster and what its istiod
+// (when it runs one) would load with it.
 type controlPlane struct {
 	revision    string
 	namespace   string
@@ -52,8 +58,15 @@ type controlPlane struct {
 	trustDomain string
 	// remotePilotAddress: a remote's proxies get config from the istiod behind it.
 	remotePilotAddress string
+	// pilotEnabled is values.pilot.enabled when set.
+	pilotEnabled *bool
+	// defaultRevision is values.defaultRevision: the revision that
+	// istio-injection=enabled selects in this cluster.
+	defaultRevision string
+	// env is values.pilot.env, istiod's environment.
+	env map[string]string
 
-	issuer    *pki.Issuer // nil: no usable cacerts (cacertsErr says why)
+	issuer    *pki.Issuer // nil: no usable cacerts (cacertsOK says why)
 	roots     *x509.CertPool
 	rootsPEM  string
 	cacertsOK error
@@ -61,9 +74,49 @@ type controlPlane struct {
 	nsNetwork string
 	// secrets are the remote secrets in the control-plane namespace.
 	secrets []remoteSecret
+	// configKubeconfig is secret istio-kubeconfig's key config in the
+	// control-plane namespace: istiod's chart mounts it and points
+	// KUBECONFIG at it, so istiod reads its config cluster through it.
+	// nil: istiod reads the cluster it runs in.
+	configKubeconfig *remoteSecret
 }
 
 func (cp *controlPlane) remote() bool { return cp.profile == "remote" || cp.remotePilotAddress != "" }
+
+// runsIstiod: the resource deploys an istiod (the empty profile only with
+// pilot enabled).
+func (cp *controlPlane) runsIstiod() bool {
+	if cp.remote() {
+		return false
+	}
+	if cp.pilotEnabled != nil {
+		return *cp.pilotEnabled
+	}
+	return cp.profile != "empty"
+}
+
+// istiodService is the Service in front of the revision's istiod.
+func (cp *controlPlane) istiodService() string {
+	if cp.revision == defaultRevision {
+		return "istiod"
+	}
+	return "istiod-" + cp.revision
+}
+
+// clusterID is the cluster istiod calls its own (its config cluster).
+func (cp *controlPlane) clusterID() string {
+	if id := cp.env["CLUSTER_ID"]; id != "" {
+		return id
+	}
+	return cp.clusterName
+}
+
+// localSecretWatcher: istiod watches remote secrets in the cluster it runs
+// in rather than in its config cluster (Istio's LOCAL_CLUSTER_SECRET_WATCHER,
+// honoured only with EXTERNAL_ISTIOD).
+func (cp *controlPlane) localSecretWatcher() bool {
+	return cp.env["EXTERNAL_ISTIOD"] == "true" && cp.env["LOCAL_CLUSTER_SECRET_WATCHER"] == "true"
+}
 
 // proxyNetwork is the network of the proxies this control plane injects.
 func (cp *controlPlane) proxyNetwork() string {
@@ -86,14 +139,20 @@ type gatewayInfo struct {
 	network  string
 	// crossNetwork: a Gateway resource selecting it serves 15443 AUTO_PASSTHROUGH.
 	crossNetwork bool
-	// istiod: a Gateway resource selecting it exposes 15012.
-	istiod bool
+	// istiodHost is where a VirtualService bound to a Gateway that opens
+	// 15012 on it routes that port: host[.namespace[.svc.cluster.local]].
+	istiodHost string
+	// istiodHostNS is that VirtualService's namespace, for a short host.
+	istiodHostNS string
 }
 
 // clusterView is one lab cluster as its own components (kubelet, kube-proxy,
 // an in-cluster istiod) see it, read with the emulator's admin connection.
 type clusterView struct {
-	name       string
+	name string
+	// cps are the cluster's Istio resources; cp is its main one: "default"
+	// when there is one, else the first (a data-plane cluster's external-istiod).
+	cps        []*controlPlane
 	cp         *controlPlane
 	nodeIP     net.IP
 	namespaces map[string]map[string]string
@@ -126,34 +185,43 @@ func readCluster(ctx context.Context, name string, kc kubernetes.Interface, dyn 
 		return nil, fmt.Errorf("%s: list pods: %w", name, err)
 	}
 	v.pods = pods.Items
-	v.cp, err = readControlPlane(ctx, name, kc, dyn)
+	v.cps, err = readControlPlanes(ctx, name, kc, dyn)
 	if err != nil {
 		return nil, err
 	}
-	if v.cp == nil {
+	if len(v.cps) == 0 {
 		return v, nil
 	}
-	v.cp.nsNetwork = v.namespaces[v.cp.namespace][networkLabel]
-	v.gateways, err = readGateways(ctx, name, kc, dyn, v.cp.namespace)
+	v.cp = v.cps[0]
+	for _, cp := range v.cps {
+		cp.nsNetwork = v.namespaces[cp.namespace][networkLabel]
+		if cp.revision == defaultRevision {
+			v.cp = cp
+		}
+	}
+	v.gateways, err = readGateways(ctx, name, kc, dyn)
 	return v, err
 }
 
-// readControlPlane reads the Sail Istio resource: "default" when there is
-// one, else the first (a data-plane cluster's external-istiod).
-func readControlPlane(ctx context.Context, name string, kc kubernetes.Interface, dyn dynamic.Interface) (*controlPlane, error) {
+// readControlPlanes reads every Sail Istio resource of a cluster, with the
+// secrets its istiod would load from its namespace.
+func readControlPlanes(ctx context.Context, name string, kc kubernetes.Interface, dyn dynamic.Interface) ([]*controlPlane, error) {
 	list, err := dyn.Resource(sailIstioGVR).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("%s: list Istio resources: %w", name, err)
 	}
-	if len(list.Items) == 0 {
-		return nil, nil
-	}
-	u := list.Items[0]
-	for _, it := range list.Items {
-		if it.GetName() == defaultRevision {
-			u = it
+	var out []*controlPlane
+	for _, u := range list.Items {
+		cp, err := readControlPlane(ctx, name, kc, u)
+		if err != nil {
+			return nil, err
 		}
+		out = append(out, cp)
 	}
+	return out, nil
+}
+
+func readControlPlane(ctx context.Context, name string, kc kubernetes.Interface, u unstructured.Unstructured) (*controlPlane, error) {
 	str := func(path ...string) string {
 		s, _, _ := unstructured.NestedString(u.Object, path...)
 		return s
@@ -167,6 +235,15 @@ func readControlPlane(ctx context.Context, name string, kc kubernetes.Interface,
 		clusterName:        str("spec", "values", "global", "multiCluster", "clusterName"),
 		trustDomain:        str("spec", "values", "meshConfig", "trustDomain"),
 		remotePilotAddress: str("spec", "values", "global", "remotePilotAddress"),
+		defaultRevision:    str("spec", "values", "defaultRevision"),
+		env:                map[string]string{},
+	}
+	if b, ok, _ := unstructured.NestedBool(u.Object, "spec", "values", "pilot", "enabled"); ok {
+		cp.pilotEnabled = &b
+	}
+	env, _, _ := unstructured.NestedMap(u.Object, "spec", "values", "pilot", "env")
+	for k, v := range env {
+		cp.env[k] = fmt.Sprint(v)
 	}
 	if cp.namespace == "" {
 		cp.namespace = "istio-system"
@@ -177,7 +254,7 @@ func readControlPlane(ctx context.Context, name string, kc kubernetes.Interface,
 	if cp.clusterName == "" {
 		cp.clusterName = name
 	}
-	// istiod's plug-in CA: cacerts, read at start.
+	// istiod's plug-in CA: cacerts in its own namespace, read at start.
 	s, err := kc.CoreV1().Secrets(cp.namespace).Get(ctx, "cacerts", metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
@@ -187,18 +264,62 @@ func readControlPlane(ctx context.Context, name string, kc kubernetes.Interface,
 	default:
 		cp.cacertsOK = cp.loadCACerts(name, s.Data)
 	}
+	cfg, err := kc.CoreV1().Secrets(cp.namespace).Get(ctx, configSecret, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return nil, fmt.Errorf("%s: read secret %s/%s: %w", name, cp.namespace, configSecret, err)
+	case len(cfg.Data[configSecretKey]) > 0:
+		cp.configKubeconfig = &remoteSecret{name: name + ":" + cp.namespace + "/" + configSecret, target: cp.clusterID(), data: cfg.Data[configSecretKey]}
+	}
 	secrets, err := kc.CoreV1().Secrets(cp.namespace).List(ctx, metav1.ListOptions{LabelSelector: multiClusterLabel + "=true"})
 	if err != nil {
 		return nil, fmt.Errorf("%s: list remote secrets in %s: %w", name, cp.namespace, err)
 	}
-	for _, s := range secrets.Items {
+	cp.secrets = remoteSecrets(name, secrets.Items)
+	return cp, nil
+}
+
+// remoteSecrets takes each secret's one kubeconfig, as istiod does.
+func remoteSecrets(cluster string, items []corev1.Secret) []remoteSecret {
+	var out []remoteSecret
+	for _, s := range items {
 		target := s.Annotations[clusterAnnotation]
 		for _, data := range s.Data {
-			cp.secrets = append(cp.secrets, remoteSecret{name: s.Namespace + "/" + s.Name, target: target, data: data})
+			out = append(out, remoteSecret{name: cluster + ":" + s.Namespace + "/" + s.Name, target: target, data: data})
 			break
 		}
 	}
-	return cp, nil
+	return out
+}
+
+// injector is the control plane whose injector gives pod its sidecar: the
+// revision its namespace selects (istio.io/rev, or istio-injection=enabled
+// for the default revision or the one values.defaultRevision names), unless
+// the pod opts out. nil: no sidecar.
+func (v *clusterView) injector(p *corev1.Pod) *controlPlane {
+	if p.Labels[injectPodLabel] == "false" {
+		return nil
+	}
+	nsl := v.namespaces[p.Namespace]
+	rev, ok := nsl[revisionLabel]
+	if !ok {
+		if nsl[injectionLabel] != "enabled" {
+			return nil
+		}
+		rev = defaultRevision
+		for _, cp := range v.cps {
+			if cp.defaultRevision != "" && cp.defaultRevision == cp.revision {
+				rev = cp.revision
+			}
+		}
+	}
+	for _, cp := range v.cps {
+		if cp.revision == rev {
+			return cp
+		}
+	}
+	return nil
 }
 
 func (cp *controlPlane) loadCACerts(name string, data map[string][]byte) error {
@@ -218,16 +339,21 @@ func (cp *controlPlane) loadCACerts(name string, data map[string][]byte) error {
 	return nil
 }
 
-// readGateways finds gateway Services (label istio) in ns with a load
-// balancer address, and the Gateway resources that select them.
-func readGateways(ctx context.Context, name string, kc kubernetes.Interface, dyn dynamic.Interface, ns string) ([]gatewayInfo, error) {
-	svcs, err := kc.CoreV1().Services(ns).List(ctx, metav1.ListOptions{LabelSelector: "istio"})
+// readGateways finds gateway Services (label istio) with a load balancer
+// address, the Gateway resources that select them and, for 15012, the
+// VirtualService that routes it.
+func readGateways(ctx context.Context, name string, kc kubernetes.Interface, dyn dynamic.Interface) ([]gatewayInfo, error) {
+	svcs, err := kc.CoreV1().Services("").List(ctx, metav1.ListOptions{LabelSelector: "istio"})
 	if err != nil {
-		return nil, fmt.Errorf("%s: list gateway services in %s: %w", name, ns, err)
+		return nil, fmt.Errorf("%s: list gateway services: %w", name, err)
 	}
 	gws, err := dyn.Resource(gatewayGVR).Namespace("").List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("%s: list Istio Gateways: %w", name, err)
+	}
+	vss, err := dyn.Resource(virtualServiceGVR).Namespace("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("%s: list Istio VirtualServices: %w", name, err)
 	}
 	var out []gatewayInfo
 	for _, s := range svcs.Items {
@@ -248,14 +374,65 @@ func readGateways(ctx context.Context, name string, kc kubernetes.Interface, dyn
 				switch {
 				case port == crossNetworkPort && mode == "AUTO_PASSTHROUGH":
 					g.crossNetwork = true
-				case port == istiodPort:
-					g.istiod = true
+				case port == istiodPort && g.istiodHost == "":
+					g.istiodHost, g.istiodHostNS = routeFor(vss.Items, gw.GetNamespace(), gw.GetName(), istiodPort)
 				}
 			}
 		}
 		out = append(out, g)
 	}
 	return out, nil
+}
+
+// routeFor is the destination host of the first tls or tcp route, of a
+// VirtualService bound to Gateway gwNS/gwName, that matches port (or any
+// port); "" when none routes it, and the VirtualService's namespace.
+func routeFor(vss []unstructured.Unstructured, gwNS, gwName string, port int64) (string, string) {
+	for _, vs := range vss {
+		bound := false
+		refs, _, _ := unstructured.NestedStringSlice(vs.Object, "spec", "gateways")
+		for _, ref := range refs {
+			ns, n, ok := strings.Cut(ref, "/")
+			if !ok {
+				ns, n = vs.GetNamespace(), ref
+			}
+			bound = bound || ns == gwNS && n == gwName
+		}
+		if !bound {
+			continue
+		}
+		for _, kind := range []string{"tls", "tcp"} {
+			routes, _, _ := unstructured.NestedSlice(vs.Object, "spec", kind)
+			for _, raw := range routes {
+				r, _ := raw.(map[string]any)
+				matches, _, _ := unstructured.NestedSlice(r, "match")
+				ok := len(matches) == 0
+				for _, m := range matches {
+					mp, _, _ := unstructured.NestedInt64(m.(map[string]any), "port")
+					ok = ok || mp == 0 || mp == port
+				}
+				dests, _, _ := unstructured.NestedSlice(r, "route")
+				if !ok || len(dests) == 0 {
+					continue
+				}
+				host, _, _ := unstructured.NestedString(dests[0].(map[string]any), "destination", "host")
+				if host != "" {
+					return host, vs.GetNamespace()
+				}
+			}
+		}
+	}
+	return "", ""
+}
+
+// serviceOf splits a destination host into service and namespace: name,
+// name.ns, name.ns.svc[.cluster.local]; a short name is in defaultNS.
+func serviceOf(host, defaultNS string) (string, string) {
+	parts := strings.Split(host, ".")
+	if len(parts) == 1 {
+		return parts[0], defaultNS
+	}
+	return parts[0], parts[1]
 }
 
 func lbAddress(s *corev1.Service) string {
@@ -268,20 +445,6 @@ func lbAddress(s *corev1.Service) string {
 		}
 	}
 	return ""
-}
-
-// hasProxy says whether the injector of a cluster's control plane gave pod
-// a sidecar: the namespace selects the control plane's revision and the pod
-// does not opt out.
-func (v *clusterView) hasProxy(p *corev1.Pod) bool {
-	if v.cp == nil || p.Labels[injectPodLabel] == "false" {
-		return false
-	}
-	nsl := v.namespaces[p.Namespace]
-	if rev, ok := nsl[revisionLabel]; ok {
-		return rev == v.cp.revision
-	}
-	return nsl[injectionLabel] == "enabled" && v.cp.revision == defaultRevision
 }
 
 // podHasSidecar is what anyone reading a pod sees of its injection: the
