@@ -59,6 +59,7 @@ type verifyResult struct {
 	Versions []string `json:"versions"`
 	Clients  []struct {
 		Cluster     string         `json:"cluster"`
+		Pod         string         `json:"pod"`
 		Answers     map[string]int `json:"answers"`
 		Failures    int            `json:"failures"`
 		LastFailure string         `json:"lastFailure"`
@@ -80,6 +81,15 @@ func (r *verifyResult) answers(cluster string) map[string]int {
 		}
 	}
 	return nil
+}
+
+func (r *verifyResult) pod(cluster string) string {
+	for _, c := range r.Clients {
+		if c.Cluster == cluster {
+			return c.Pod
+		}
+	}
+	return ""
 }
 
 func (r *verifyResult) lastFailure(cluster string) string {
@@ -192,10 +202,11 @@ spec:
 	s.run("apply", "-f", s.mesh)
 }
 
-// verify runs flotilla verify and decodes its result; code is its exit code.
-func (s *scenario) verify(requests int) (*verifyResult, int) {
+// verify runs flotilla verify (with extra flags) and decodes its result;
+// code is its exit code.
+func (s *scenario) verify(requests int, extra ...string) (*verifyResult, int) {
 	s.t.Helper()
-	out, errs, code := s.exec("verify", "-o", "json", "--requests", fmt.Sprint(requests))
+	out, errs, code := s.exec(append([]string{"verify", "-o", "json", "--requests", fmt.Sprint(requests)}, extra...)...)
 	var r verifyResult
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
 		s.t.Fatalf("verify: exit %d, output is not JSON: %v\n%s\n%s", code, err, out, errs)
