@@ -214,10 +214,12 @@ func ensureNamespace(ctx context.Context, c *kube.Cluster, namespace string) err
 	if !apierrors.IsNotFound(err) {
 		return fmt.Errorf("%s: read namespace %s: %w", c.Name, namespace, err)
 	}
-	// Applied only when missing, and with nothing but its name, so that it
-	// never takes fields (network label, annotations) from whoever else
-	// manages the namespace under the same field manager.
-	if _, err := c.Kube.CoreV1().Namespaces().Apply(ctx, corev1ac.Namespace(namespace), c.ApplyOptions()); err != nil {
+	// Created, not applied: the deploy engine applies the same namespace
+	// (network label, annotations) under the same field manager, maybe at
+	// this very moment, and an apply with nothing but the name would take
+	// those fields away from it.
+	_, err = c.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, c.CreateOptions())
+	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("%s: create namespace %s: %w", c.Name, namespace, err)
 	}
 	return nil

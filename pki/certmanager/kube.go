@@ -124,7 +124,11 @@ func ensureNamespace(ctx context.Context, c *kube.Cluster, ns string) error {
 	} else if !apierrors.IsNotFound(err) {
 		return fmt.Errorf("%s: read namespace %s: %w", c.Name, ns, err)
 	}
-	if _, err := c.Kube.CoreV1().Namespaces().Apply(ctx, corev1ac.Namespace(ns), c.ApplyOptions()); err != nil {
+	// Created, not applied: an apply with nothing but the name would take
+	// the network label from the deploy engine, which applies the same
+	// namespace under the same field manager.
+	_, err := c.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, c.CreateOptions())
+	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("%s: create namespace %s: %w", c.Name, ns, err)
 	}
 	return nil
