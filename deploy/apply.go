@@ -13,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
-	"k8s.io/client-go/dynamic"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/federation"
@@ -84,12 +83,20 @@ func ApplyObjects(ctx context.Context, c *kube.Cluster, objs []kube.Object, prog
 				continue
 			}
 		}
-		var live *unstructured.Unstructured
-		if c.DryRun {
-			var err error
-			if live, err = getLive(ctx, c, o); err != nil {
-				return out, err
+		live, err := o.Get(ctx, c)
+		if err != nil {
+			return out, err
+		}
+		if o.UpToDate(live) {
+			// Nothing to write: a re-apply of an unchanged spec makes no calls
+			// but reads.
+			a := Applied{Ref: o.Ref(), ResourceVersion: live.GetResourceVersion(), Owned: ownedFingerprint(live)}
+			if c.DryRun {
+				a.Action = ActionNone
 			}
+			out = append(out, a)
+			say("unchanged %s", o.Ref())
+			continue
 		}
 		got, err := o.Apply(ctx, c)
 		if err != nil && c.DryRun {
@@ -231,27 +238,6 @@ func onlyRefusals(applied []Applied, err error) bool {
 
 func isServer(r federation.Role) bool {
 	return r == federation.RolePrimary || r == federation.RoleControlPlane
-}
-
-// getLive reads the object as it is stored; nil when it does not exist.
-func getLive(ctx context.Context, c *kube.Cluster, o kube.Object) (*unstructured.Unstructured, error) {
-	u := o.Unstructured()
-	gvr, namespaced, err := c.Resource(u.GroupVersionKind())
-	if err != nil {
-		return nil, err
-	}
-	var ri dynamic.ResourceInterface = c.Dynamic.Resource(gvr)
-	if namespaced {
-		ri = c.Dynamic.Resource(gvr).Namespace(u.GetNamespace())
-	}
-	live, err := ri.Get(ctx, u.GetName(), metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s: read %s: %w", c.Name, o.Ref(), err)
-	}
-	return live, nil
 }
 
 // dryRunAction compares the live object with the dry-run result of applying

@@ -2,6 +2,7 @@ package federation
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
@@ -27,7 +28,8 @@ const (
 	ManagedByValue = "flotilla"
 )
 
-var managedLabels = map[string]string{ManagedByLabel: ManagedByValue}
+// managedLabels is a fresh map each time: callers may add to it.
+func managedLabels() map[string]string { return map[string]string{ManagedByLabel: ManagedByValue} }
 
 // ReaderClusterRoleName is the name of the reader's ClusterRole and its binding
 // for a control plane in namespace ns, as Istio's charts name them.
@@ -153,7 +155,7 @@ func ensureNamespace(ctx context.Context, c *kube.Cluster, ns string) (*corev1.N
 		return nil, fmt.Errorf("%s: read namespace %s: %w", c.Name, ns, err)
 	}
 	created, err := c.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{
-		ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: managedLabels},
+		ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: managedLabels()},
 	}, c.CreateOptions())
 	if apierrors.IsAlreadyExists(err) {
 		return c.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
@@ -177,39 +179,59 @@ func ApplyAccount(ctx context.Context, c *kube.Cluster, a Account) error {
 	if ns == nil {
 		return nil // dry run into a namespace yet to be made
 	}
-	sa := corev1ac.ServiceAccount(a.Name, a.Namespace).WithLabels(managedLabels)
-	if _, err := c.Kube.CoreV1().ServiceAccounts(a.Namespace).Apply(ctx, sa, c.ApplyOptions()); err != nil {
-		return fmt.Errorf("%s: apply %s: %w", c.Name, a, err)
+	objs, err := accountObjects(a)
+	if err != nil {
+		return fmt.Errorf("%s: %s: %w", c.Name, a, err)
 	}
+	for _, o := range objs {
+		// Converge reads first: an unchanged account costs no write.
+		if _, _, err := o.Converge(ctx, c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// accountObjects are the service account a and its RBAC, in apply order.
+func accountObjects(a Account) ([]kube.Object, error) {
 	role, rules := ReaderClusterRoleName(a.Namespace), ReaderRules(a.Writer)
 	if a.Config {
 		role, rules = ConfigClusterRoleName(a.Namespace), ConfigRules()
 	}
 	subject := rbacv1ac.Subject().WithKind("ServiceAccount").WithName(a.Name).WithNamespace(a.Namespace)
-	cr := rbacv1ac.ClusterRole(role).WithLabels(managedLabels).WithRules(rules...)
-	if _, err := c.Kube.RbacV1().ClusterRoles().Apply(ctx, cr, c.ApplyOptions()); err != nil {
-		return fmt.Errorf("%s: apply clusterrole %s: %w", c.Name, role, err)
+	var objs []kube.Object
+	var errs []error
+	add := func(o kube.Object, err error) {
+		objs = append(objs, o)
+		errs = append(errs, err)
 	}
-	crb := rbacv1ac.ClusterRoleBinding(role).WithLabels(managedLabels).
+	add(kube.Typed(corev1ac.ServiceAccount(a.Name, a.Namespace).WithLabels(managedLabels()),
+		func(ctx context.Context, c *kube.Cluster, ac *corev1ac.ServiceAccountApplyConfiguration) (metav1.Object, error) {
+			return c.Kube.CoreV1().ServiceAccounts(*ac.Namespace).Apply(ctx, ac, c.ApplyOptions())
+		}))
+	add(kube.Typed(rbacv1ac.ClusterRole(role).WithLabels(managedLabels()).WithRules(rules...),
+		func(ctx context.Context, c *kube.Cluster, ac *rbacv1ac.ClusterRoleApplyConfiguration) (metav1.Object, error) {
+			return c.Kube.RbacV1().ClusterRoles().Apply(ctx, ac, c.ApplyOptions())
+		}))
+	add(kube.Typed(rbacv1ac.ClusterRoleBinding(role).WithLabels(managedLabels()).
 		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("ClusterRole").WithName(role)).
-		WithSubjects(subject)
-	if _, err := c.Kube.RbacV1().ClusterRoleBindings().Apply(ctx, crb, c.ApplyOptions()); err != nil {
-		return fmt.Errorf("%s: apply clusterrolebinding %s: %w", c.Name, role, err)
+		WithSubjects(subject),
+		func(ctx context.Context, c *kube.Cluster, ac *rbacv1ac.ClusterRoleBindingApplyConfiguration) (metav1.Object, error) {
+			return c.Kube.RbacV1().ClusterRoleBindings().Apply(ctx, ac, c.ApplyOptions())
+		}))
+	if a.Config {
+		add(kube.Typed(rbacv1ac.Role(ConfigRoleName, a.Namespace).WithLabels(managedLabels()).WithRules(configNamespaceRules()...),
+			func(ctx context.Context, c *kube.Cluster, ac *rbacv1ac.RoleApplyConfiguration) (metav1.Object, error) {
+				return c.Kube.RbacV1().Roles(*ac.Namespace).Apply(ctx, ac, c.ApplyOptions())
+			}))
+		add(kube.Typed(rbacv1ac.RoleBinding(ConfigRoleName, a.Namespace).WithLabels(managedLabels()).
+			WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("Role").WithName(ConfigRoleName)).
+			WithSubjects(subject),
+			func(ctx context.Context, c *kube.Cluster, ac *rbacv1ac.RoleBindingApplyConfiguration) (metav1.Object, error) {
+				return c.Kube.RbacV1().RoleBindings(*ac.Namespace).Apply(ctx, ac, c.ApplyOptions())
+			}))
 	}
-	if !a.Config {
-		return nil
-	}
-	r := rbacv1ac.Role(ConfigRoleName, a.Namespace).WithLabels(managedLabels).WithRules(configNamespaceRules()...)
-	if _, err := c.Kube.RbacV1().Roles(a.Namespace).Apply(ctx, r, c.ApplyOptions()); err != nil {
-		return fmt.Errorf("%s: apply role %s/%s: %w", c.Name, a.Namespace, ConfigRoleName, err)
-	}
-	rb := rbacv1ac.RoleBinding(ConfigRoleName, a.Namespace).WithLabels(managedLabels).
-		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("Role").WithName(ConfigRoleName)).
-		WithSubjects(subject)
-	if _, err := c.Kube.RbacV1().RoleBindings(a.Namespace).Apply(ctx, rb, c.ApplyOptions()); err != nil {
-		return fmt.Errorf("%s: apply rolebinding %s/%s: %w", c.Name, a.Namespace, ConfigRoleName, err)
-	}
-	return nil
+	return objs, errors.Join(errs...)
 }
 
 // DeleteAccount revokes a: deleting the service account invalidates every

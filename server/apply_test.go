@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/scenarios/lab"
@@ -107,12 +110,17 @@ func TestApplyLab(t *testing.T) {
 		t.Fatalf("got %d roots and %d intermediates, want 1 and 2", len(roots), len(intermediates))
 	}
 
+	counter := &requestCounter{n: map[string]int{}}
+	h.Connect = counter.connect
 	rep2, err := h.Apply(ctx, m, ApplyOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := rep2.Err(); err != nil {
 		t.Fatal(err)
+	}
+	if w := counter.writes(); len(w) != 0 {
+		t.Errorf("second apply made write calls, want none: %v", w)
 	}
 	if n := rep2.Changes(); n != 0 {
 		t.Errorf("second apply counted %d changes, want 0", n)
@@ -130,5 +138,142 @@ func TestApplyLab(t *testing.T) {
 		if cc.ResourceVersion != rvs[name+"/cacerts"] {
 			t.Errorf("%s: cacerts resourceVersion moved on a no-op apply", name)
 		}
+	}
+}
+
+// TestApplyLabRepairsWithoutRewriting: a re-apply reads before it writes,
+// and writes exactly the objects whose live state differs from the spec:
+// a field someone changed, a label removed, an object deleted. The next
+// re-apply writes nothing again.
+func TestApplyLabRepairsWithoutRewriting(t *testing.T) {
+	l := testLab.Get(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	// A hub of its own: a namespace of its own (another hub's cacerts is
+	// refused) and the cluster-scoped Sail resources reset around it.
+	ns := fmt.Sprintf("rp%d", time.Now().Unix()%100000)
+	resetSail(ctx, t, l)
+	t.Cleanup(func() { resetSail(context.Background(), t, l) })
+	h := newHub(t)
+	m := benchMesh(t, l, "ECDSA-P256", ns)
+	counter := &requestCounter{n: map[string]int{}}
+	h.Connect = counter.connect
+	apply := func(t *testing.T) map[string]int {
+		t.Helper()
+		counter.reset()
+		rep, err := h.Apply(ctx, m, ApplyOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rep.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return counter.writes()
+	}
+	apply(t)
+	if w := apply(t); len(w) != 0 {
+		t.Fatalf("no-op re-apply made write calls: %v", w)
+	}
+
+	east := l.Cluster("east").Client()
+	west := l.Cluster("west").Client()
+	const gw = "istio-eastwestgateway"
+	tests := []struct {
+		name  string
+		drift func(t *testing.T)
+		want  map[string]int // the writes of the repairing apply
+		check func(t *testing.T)
+	}{
+		{
+			name: "service target port changed by another writer",
+			drift: func(t *testing.T) {
+				svc, err := east.CoreV1().Services(ns).Get(ctx, gw, metav1.GetOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := range svc.Spec.Ports {
+					if svc.Spec.Ports[i].Port == 15443 {
+						svc.Spec.Ports[i].TargetPort = intstr.FromInt32(16443)
+					}
+				}
+				if _, err := east.CoreV1().Services(ns).Update(ctx, svc, metav1.UpdateOptions{FieldManager: "someone"}); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: map[string]int{"east apply services": 1},
+			check: func(t *testing.T) {
+				svc, err := east.CoreV1().Services(ns).Get(ctx, gw, metav1.GetOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, p := range svc.Spec.Ports {
+					if p.Port == 15443 && p.TargetPort.IntValue() != 15443 {
+						t.Errorf("east: service %s: port 15443 targets %s after the repair, want 15443", gw, p.TargetPort.String())
+					}
+				}
+			},
+		},
+		{
+			name: "network label removed",
+			drift: func(t *testing.T) {
+				patch := []byte(`{"metadata":{"labels":{"topology.istio.io/network":null}}}`)
+				if _, err := west.CoreV1().Namespaces().Patch(ctx, ns, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: map[string]int{"west apply namespaces": 1},
+			check: func(t *testing.T) {
+				ns, err := west.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := ns.Labels["topology.istio.io/network"]; got != "network2" {
+					t.Errorf("west: network label %q after the repair, want network2", got)
+				}
+			},
+		},
+		{
+			name: "reader cluster role deleted",
+			drift: func(t *testing.T) {
+				if err := east.RbacV1().ClusterRoles().Delete(ctx, "istio-reader-clusterrole-"+ns, metav1.DeleteOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: map[string]int{"east apply clusterroles": 1},
+			check: func(t *testing.T) {
+				if _, err := east.RbacV1().ClusterRoles().Get(ctx, "istio-reader-clusterrole-"+ns, metav1.GetOptions{}); err != nil {
+					t.Errorf("east: reader cluster role not restored: %v", err)
+				}
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.drift(t)
+			if got := apply(t); !maps.Equal(got, tc.want) {
+				t.Errorf("repairing apply wrote %v, want %v", got, tc.want)
+			}
+			tc.check(t)
+			if got := apply(t); len(got) != 0 {
+				t.Errorf("apply after the repair wrote %v, want nothing", got)
+			}
+		})
+	}
+
+	// A changed spec changes the digest: west moves to another network, and
+	// its namespace label, gateway and Istio resource are written.
+	for i := range m.Spec.Clusters {
+		if m.Spec.Clusters[i].Name == "west" {
+			m.Spec.Clusters[i].Network = "network3"
+		}
+	}
+	got := apply(t)
+	for _, w := range []string{"west apply namespaces", "west apply deployments", "west apply istios"} {
+		if got[w] != 1 {
+			t.Errorf("apply after a network change: %d %q, want 1 (all writes: %v)", got[w], w, got)
+		}
+	}
+	if got := apply(t); len(got) != 0 {
+		t.Errorf("apply after the network change wrote %v, want nothing", got)
 	}
 }
