@@ -63,6 +63,7 @@ func TestLabBenchmark(t *testing.T) {
 
 	var applies, seeds, noops []time.Duration
 	var writes map[string]int
+	var reads int
 	for i := range iterations {
 		resetSail(ctx, t, l)
 		counter := &requestCounter{n: map[string]int{}}
@@ -86,6 +87,7 @@ func TestLabBenchmark(t *testing.T) {
 		}
 		noops = append(noops, time.Since(start))
 		writes = counter.writes()
+		reads = counter.total() - sum(writes)
 		if n := rep.Changes(); n != 0 {
 			t.Errorf("no-op apply counted %d changes, want 0", n)
 		}
@@ -122,7 +124,7 @@ func TestLabBenchmark(t *testing.T) {
 		total += n
 	}
 	sort.Strings(keys)
-	t.Logf("bench: no-op re-apply write calls (last iteration): %d", total)
+	t.Logf("bench: no-op re-apply write calls (last iteration): %d (reads: %d)", total, reads)
 	for _, k := range keys {
 		t.Logf("bench:   %4d %s", writes[k], k)
 	}
@@ -205,6 +207,25 @@ func (rc *requestCounter) reset() {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	rc.n = map[string]int{}
+}
+
+// total is the number of counted requests.
+func (rc *requestCounter) total() int {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	n := 0
+	for _, v := range rc.n {
+		n += v
+	}
+	return n
+}
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
 }
 
 // writes are the counted requests other than get, list and watch.
