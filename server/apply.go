@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -162,8 +163,23 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 	if err != nil && !errors.Is(err, errNoSpec) {
 		return nil, fmt.Errorf("state: last applied spec: %w", err)
 	}
-	if !o.DryRun {
-		err := h.Store.Update(ctx, func(tx *state.Tx) error {
+	var leaving map[string]spec.Cluster
+	if o.DryRun {
+		err = h.Store.View(ctx, func(tx *state.Tx) error {
+			leaving, err = pendingRemovals(tx, prev, m)
+			return err
+		})
+	} else {
+		// The new spec and the clusters it drops are recorded together: a
+		// removal that fails, or is killed, is retried by the next apply
+		// although the spec no longer names the cluster.
+		err = h.Store.Update(ctx, func(tx *state.Tx) error {
+			if leaving, err = pendingRemovals(tx, prev, m); err != nil {
+				return err
+			}
+			if err := putPendingRemovals(tx, leaving); err != nil {
+				return err
+			}
 			if err := tx.PutSpec(m.Canonical(), m.Hash()); err != nil {
 				return err
 			}
@@ -171,19 +187,17 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 			rec.id = id
 			return err
 		})
-		if err != nil {
-			return nil, fmt.Errorf("state: record apply: %w", err)
-		}
 		rep.ID = rec.id
+	}
+	if err != nil {
+		return nil, fmt.Errorf("state: record apply: %w", err)
 	}
 
 	conns, connErrs := h.connect(m, o.DryRun)
 	for name, err := range connErrs {
 		rec.fail(ctx, name, "connect", err)
 	}
-	if prev != nil {
-		h.removeClusters(ctx, prev, m, o, rec)
-	}
+	h.removeClusters(ctx, m, leaving, o, rec)
 
 	var wg sync.WaitGroup
 	// PKI is independent of gateways and federation: run beside them.
@@ -734,47 +748,95 @@ func (h *Hub) controlPlaneAction(ctx context.Context, cluster string, applied []
 	return "unchanged"
 }
 
-// removeClusters takes the clusters of the last applied spec that m no
-// longer has out of the mesh: every secret that reads them is deleted, their
-// reader accounts are deleted (which revokes the tokens handed out), and the
-// state forgets them.
-func (h *Hub) removeClusters(ctx context.Context, prev, m *spec.Mesh, o ApplyOptions, rec *recorder) {
-	var gone []string
-	for _, c := range prev.Spec.Clusters {
-		if _, ok := m.Cluster(c.Name); !ok {
-			gone = append(gone, c.Name)
+// pendingRemovalsKey holds the clusters taken out of the spec whose removal
+// from the mesh is not done yet, by name, with their spec entries (how to
+// reach them).
+const pendingRemovalsKey = "pending-removals"
+
+// pendingRemovals are the clusters to take out of the mesh: those still
+// pending from earlier applies and those prev has and m has not, less any
+// that m names again.
+func pendingRemovals(tx *state.Tx, prev, m *spec.Mesh) (map[string]spec.Cluster, error) {
+	pending := map[string]spec.Cluster{}
+	if _, err := tx.Value(pendingRemovalsKey, &pending); err != nil {
+		return nil, fmt.Errorf("read pending removals: %w", err)
+	}
+	if prev != nil {
+		for _, c := range prev.Spec.Clusters {
+			pending[c.Name] = c
 		}
 	}
-	if len(gone) == 0 {
+	for _, c := range m.Spec.Clusters {
+		delete(pending, c.Name)
+	}
+	return pending, nil
+}
+
+func putPendingRemovals(tx *state.Tx, pending map[string]spec.Cluster) error {
+	if len(pending) == 0 {
+		return tx.DeleteValue(pendingRemovalsKey)
+	}
+	return tx.PutValue(pendingRemovalsKey, pending)
+}
+
+// removeClusters takes the clusters in leaving out of the mesh: every secret
+// that reads them is deleted, their reader accounts are deleted (which
+// revokes the tokens handed out), and the state forgets them. A cluster
+// whose removal fails stays pending for the next apply.
+func (h *Hub) removeClusters(ctx context.Context, m *spec.Mesh, leaving map[string]spec.Cluster, o ApplyOptions, rec *recorder) {
+	if len(leaving) == 0 {
 		return
 	}
+	gone := slices.Sorted(maps.Keys(leaving))
 	if o.DryRun {
 		for _, name := range gone {
 			rec.add(ctx, Step{Cluster: name, Step: "remove from mesh", Action: "would remove"})
 		}
 		return
 	}
-	conns, connErrs := h.connect(prev, false)
-	for name, err := range connErrs {
-		rec.fail(ctx, name, "connect (removal)", err)
+	// The mesh as it was: the spec's clusters and the leaving ones.
+	was := *m
+	was.Spec.Clusters = slices.Clone(m.Spec.Clusters)
+	for _, name := range gone {
+		was.Spec.Clusters = append(was.Spec.Clusters, leaving[name])
 	}
-	fm := federationMesh(prev, conns)
+	conns, connErrs := h.connect(&was, false)
+	for _, name := range gone {
+		if err := connErrs[name]; err != nil {
+			rec.fail(ctx, name, "connect (removal)", err)
+		}
+	}
+	fm := federationMesh(&was, conns)
 	for i := range fm.Clusters {
 		if fm.Clusters[i].Kube == nil {
-			fm.Clusters[i].Kubeconfig = prev.Spec.Clusters[i].KubeconfigFor(h.Kubeconfig)
+			fm.Clusters[i].Kubeconfig = was.Spec.Clusters[i].KubeconfigFor(h.Kubeconfig)
 		}
 	}
 	for _, name := range gone {
-		res, err := federation.Remove(ctx, fm, name, federationOptions(prev))
+		if connErrs[name] != nil {
+			continue
+		}
+		res, err := federation.Remove(ctx, fm, name, federationOptions(&was))
 		if err == nil {
 			err = res.Err()
 		}
 		if err != nil {
-			rec.fail(ctx, name, "remove from mesh", err)
+			rec.fail(ctx, name, "remove from mesh", fmt.Errorf("%w (retried by the next apply)", err))
 			continue
 		}
 		detail := fmt.Sprintf("%d secret(s) deleted, %d account(s) revoked", len(res.Secrets), len(res.Revoked))
-		if err := h.Store.Update(ctx, func(tx *state.Tx) error { return tx.DeleteCluster(name) }); err != nil {
+		err = h.Store.Update(ctx, func(tx *state.Tx) error {
+			pending := map[string]spec.Cluster{}
+			if _, err := tx.Value(pendingRemovalsKey, &pending); err != nil {
+				return err
+			}
+			delete(pending, name)
+			if err := putPendingRemovals(tx, pending); err != nil {
+				return err
+			}
+			return tx.DeleteCluster(name)
+		})
+		if err != nil {
 			rec.fail(ctx, name, "remove from mesh", fmt.Errorf("state: %w", err))
 			continue
 		}
