@@ -97,10 +97,8 @@ func Diagnose(m *spec.Mesh, st *Status, now time.Time) []Check {
 			}
 		}
 		var missing []string
-		for _, d := range c.Drift {
-			if strings.Contains(d, "is missing") && strings.Contains(d, "reads") {
-				missing = append(missing, d)
-			}
+		for _, n := range c.MissingRemoteSecrets {
+			missing = append(missing, "secret "+n+" is missing")
 		}
 		rsCheck := Check{Name: "remote secrets authenticate", Cluster: c.Name, OK: len(bad) == 0 && len(missing) == 0}
 		if !rsCheck.OK {

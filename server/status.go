@@ -52,6 +52,9 @@ type ClusterStatus struct {
 	// Istio is the Sail Istio resource's global values as found.
 	Istio         *IstioStatus         `json:"istio,omitempty"`
 	RemoteSecrets []RemoteSecretStatus `json:"remoteSecrets"`
+	// MissingRemoteSecrets are the remote secrets the topology asks this
+	// cluster to hold that it does not, as namespace/name.
+	MissingRemoteSecrets []string `json:"missingRemoteSecrets,omitempty"`
 	// Drift lists what differs from the spec and the state.
 	Drift []string `json:"drift"`
 }
@@ -195,6 +198,7 @@ func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, k
 	sort.Strings(names)
 	for _, n := range names {
 		if !found[n] {
+			cs.MissingRemoteSecrets = append(cs.MissingRemoteSecrets, secretNS+"/"+n)
 			cs.Drift = append(cs.Drift, fmt.Sprintf("secret %s/%s (reads %s) is missing", secretNS, n, expected[n].Target))
 		}
 	}
