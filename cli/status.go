@@ -27,7 +27,8 @@ rootFingerprint, observedAt, clusters[]. Per cluster: name, role, network,
 reachable, error, networkLabel, gatewayAddress, rootFingerprint,
 intermediateSerial, intermediateNotAfter, intermediateChainValid, istio
 {name, version, meshID, clusterName, network}, remoteSecrets[] {name,
-namespace, target, expected, healthy, error}, drift[] (strings).`,
+namespace, target, expected, healthy, error}, missingRemoteSecrets[]
+(namespace/name), drift[] (strings).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(output, "table", "json", "yaml"); err != nil {
