@@ -311,6 +311,20 @@ func TestLabTopologies(t *testing.T) {
 				}
 			})
 
+			t.Run("every object reads as up to date: a re-apply writes nothing", func(t *testing.T) {
+				for _, p := range res.Plans {
+					for _, o := range p.Objects() {
+						live, err := o.Get(ctx, clusters[p.Cluster])
+						if err != nil {
+							t.Fatal(err)
+						}
+						if !o.UpToDate(live) {
+							t.Errorf("%s: %s is not up to date right after the apply: it would be written again", p.Cluster, o.Ref())
+						}
+					}
+				}
+			})
+
 			t.Run("a second apply changes nothing", func(t *testing.T) {
 				assertNoChange(ctx, t, clusters, res.Plans, func() (*Result, error) {
 					return ApplyMesh(ctx, clusters, tt.topology, tt.members, opts, nil)
