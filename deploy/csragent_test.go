@@ -92,6 +92,15 @@ func TestLabCSRAgentManifests(t *testing.T) {
 			t.Errorf("second apply changed %s", first[i].Ref)
 		}
 	}
+	for _, o := range objs {
+		live, err := o.Get(ctx, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !o.UpToDate(live) {
+			t.Errorf("%s is not up to date after the apply: a re-apply would write it again", o.Ref())
+		}
+	}
 	user := "system:serviceaccount:" + ns + ":" + CSRAgentName
 	for _, tc := range []struct {
 		name  string
