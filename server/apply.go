@@ -349,11 +349,11 @@ func (h *Hub) applyPKI(ctx context.Context, m *spec.Mesh, conns map[string]*kube
 		rec.fail(ctx, "", "root CA", err)
 		return
 	}
-	ns := m.Spec.ControlPlaneNamespace
 	var wg sync.WaitGroup
 	for _, c := range m.Spec.Clusters {
 		kc := conns[c.Name]
-		if kc == nil {
+		ns, ok := caNamespace(m, c.Name)
+		if kc == nil || !ok {
 			continue
 		}
 		wg.Add(1)
@@ -455,6 +455,9 @@ func (h *Hub) applyCACerts(ctx context.Context, m *spec.Mesh, kc *kube.Cluster, 
 	if in != nil && in.Cert.CheckSignatureFrom(root.Cert) != nil {
 		in = nil // issued under an earlier root: issue anew under the current one
 	}
+	if in != nil && root.HasKey() && issuedForOtherNamespace(in.Cert.DNSNames, ns) {
+		in = nil // the control-plane namespace or the cluster's role changed
+	}
 	issued := ""
 	if in == nil || needsRenewal(in.Cert.NotBefore, in.Cert.NotAfter, h.now()) {
 		if !root.HasKey() {
@@ -501,6 +504,20 @@ func (h *Hub) applyCACerts(ctx context.Context, m *spec.Mesh, kc *kube.Cluster, 
 	}
 	rec.add(ctx, Step{Cluster: name, Step: "cacerts " + ns + "/" + pki.SecretName, Action: string(res.Action), Detail: detail})
 	return nil
+}
+
+// issuedForOtherNamespace reports whether an intermediate's SANs name the
+// istiod of a namespace other than ns. One naming no istiod (adopted, or
+// signed elsewhere) is kept.
+func issuedForOtherNamespace(dnsNames []string, ns string) bool {
+	for _, n := range dnsNames {
+		if other, ok := strings.CutPrefix(n, "istiod."); ok {
+			if other, ok = strings.CutSuffix(other, ".svc"); ok && !strings.Contains(other, ".") {
+				return other != ns
+			}
+		}
+	}
+	return false
 }
 
 // DeployOptions are the control-plane settings of m (also used to render).

@@ -120,7 +120,10 @@ func (h *Hub) RotateIntermediate(ctx context.Context, m *spec.Mesh, cluster stri
 		sort.Strings(names)
 		return nil, fmt.Errorf("cluster %q is not in mesh %s (clusters: %v)", cluster, m.Metadata.Name, names)
 	}
-	ns := m.Spec.ControlPlaneNamespace
+	ns, holds := caNamespace(m, cluster)
+	if !holds {
+		return nil, fmt.Errorf("cluster %s is a data-plane cluster: it holds no intermediate (its control-plane cluster's istiod signs for it)", cluster)
+	}
 	root, bundle, _, err := h.loadCA(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("state: %w", err)

@@ -8,6 +8,8 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
+	"github.com/flotillamesh/flotilla/deploy"
+	"github.com/flotillamesh/flotilla/federation"
 	"github.com/flotillamesh/flotilla/server/spec"
 )
 
@@ -44,6 +46,7 @@ func Diagnose(m *spec.Mesh, st *Status, now time.Time) []Check {
 	var out []Check
 	add := func(c Check) { out = append(out, c) }
 	ns := m.Spec.ControlPlaneNamespace
+	gws := plannedGateways(m)
 	// Both PKI modes end in a cacerts under the mesh root.
 	builtin := true
 
@@ -58,11 +61,12 @@ func Diagnose(m *spec.Mesh, st *Status, now time.Time) []Check {
 		if c.RootFingerprint != "" {
 			roots[c.RootFingerprint] = append(roots[c.RootFingerprint], c.Name)
 		}
-		if builtin {
+		caNS, holdsCA := caNamespace(m, c.Name)
+		if builtin && holdsCA {
 			ck := Check{Name: "intermediate CA valid", Cluster: c.Name}
 			switch {
 			case c.IntermediateSerial == "":
-				ck.Message = fmt.Sprintf("no cacerts in %s", ns)
+				ck.Message = fmt.Sprintf("no cacerts in %s", caNS)
 				ck.Hint = "run flotilla apply to issue the cluster's intermediate"
 			case !c.IntermediateChainValid:
 				ck.Message = "cacerts does not form a valid chain to its root-cert.pem"
@@ -78,14 +82,18 @@ func Diagnose(m *spec.Mesh, st *Status, now time.Time) []Check {
 		}
 		nl := Check{Name: "network label", Cluster: c.Name, OK: c.Network == "" || c.NetworkLabel == c.Network}
 		if !nl.OK {
+			ns := ns
+			if c.Role == federation.RoleDataPlane {
+				ns = deploy.DefaultExternalNamespace // where its Istio resource lives
+			}
 			nl.Message = fmt.Sprintf("namespace %s has topology.istio.io/network=%q, want %q", ns, c.NetworkLabel, c.Network)
 			nl.Hint = "run flotilla apply (or kubectl label namespace " + ns + " topology.istio.io/network=" + c.Network + " --overwrite)"
 		}
 		add(nl)
-		if needsGateway(m, c) {
+		if g := gws[c.Name]; g != nil {
 			gw := Check{Name: "gateway address", Cluster: c.Name, OK: c.GatewayAddress != "", Message: c.GatewayAddress}
 			if !gw.OK {
-				gw.Message = "service " + ns + "/istio-eastwestgateway has no external address"
+				gw.Message = "service " + g.Namespace + "/" + g.Name + " has no external address"
 				gw.Hint = "give the cluster a load balancer, or set gateway.serviceType NodePort or a fixed gateway.address in the spec"
 			}
 			add(gw)
@@ -145,28 +153,6 @@ func Diagnose(m *spec.Mesh, st *Status, now time.Time) []Check {
 		out = append([]Check{same}, out...)
 	}
 	return out
-}
-
-// needsGateway says whether a cluster should have an east-west gateway: in a
-// multi-network mesh, or as a primary serving remotes.
-func needsGateway(m *spec.Mesh, c ClusterStatus) bool {
-	nets := map[string]bool{}
-	for _, cl := range m.Spec.Clusters {
-		if cl.Network != "" {
-			nets[cl.Network] = true
-		}
-	}
-	if len(nets) > 1 {
-		return true
-	}
-	if c.Role == "primary" {
-		for _, cl := range m.Spec.Clusters {
-			if cl.Role == "remote" {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 func isNotFound(err error) bool { return apierrors.IsNotFound(err) }

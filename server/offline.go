@@ -19,9 +19,12 @@ func (h *Hub) IntermediateCSRs(ctx context.Context, m *spec.Mesh) (map[string][]
 			return nil, err
 		}
 	}
-	ns := m.Spec.ControlPlaneNamespace
 	out := map[string][]byte{}
 	for _, c := range m.Spec.Clusters {
+		ns, holds := caNamespace(m, c.Name)
+		if !holds {
+			continue // a data-plane cluster: its control plane's intermediate signs for it
+		}
 		var have, pending bool
 		var csr []byte
 		err := h.Store.View(ctx, func(tx *state.Tx) error {
@@ -70,6 +73,10 @@ func (h *Hub) AcceptIntermediate(ctx context.Context, m *spec.Mesh, cluster stri
 	if _, ok := m.Cluster(cluster); !ok {
 		return nil, fmt.Errorf("cluster %q is not in mesh %s", cluster, m.Metadata.Name)
 	}
+	ns, holds := caNamespace(m, cluster)
+	if !holds {
+		return nil, fmt.Errorf("cluster %s is a data-plane cluster: it holds no intermediate (its control-plane cluster's istiod signs for it)", cluster)
+	}
 	root, _, found, err := h.loadCA(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("state: %w", err)
@@ -90,7 +97,7 @@ func (h *Hub) AcceptIntermediate(ctx context.Context, m *spec.Mesh, cluster stri
 		if err != nil {
 			return err
 		}
-		req = &pki.IntermediateRequest{Cluster: cluster, Namespace: m.Spec.ControlPlaneNamespace, CSRPEM: rec.IntermediateCSRPEM, Key: pki.NewPrivateKeyPEM(key)}
+		req = &pki.IntermediateRequest{Cluster: cluster, Namespace: ns, CSRPEM: rec.IntermediateCSRPEM, Key: pki.NewPrivateKeyPEM(key)}
 		return nil
 	})
 	if err != nil {

@@ -104,6 +104,7 @@ func (h *Hub) Status(ctx context.Context, m *spec.Mesh) (*Status, error) {
 		return nil, err
 	}
 	conns, connErrs := h.connect(m, false)
+	gws := plannedGateways(m)
 	members := m.Members()
 	st.Clusters = make([]ClusterStatus, len(members))
 	var wg sync.WaitGroup
@@ -117,14 +118,14 @@ func (h *Hub) Status(ctx context.Context, m *spec.Mesh) (*Status, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			h.observe(ctx, m, plan, conns[mem.Name], root, cs)
+			h.observe(ctx, m, plan, gws[mem.Name], conns[mem.Name], root, cs)
 		}()
 	}
 	wg.Wait()
 	return st, nil
 }
 
-func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, kc *kube.Cluster, root *pki.Root, cs *ClusterStatus) {
+func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, gw *gateways.Gateway, kc *kube.Cluster, root *pki.Root, cs *ClusterStatus) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	ns := m.Spec.ControlPlaneNamespace
@@ -143,20 +144,25 @@ func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, k
 	if cs.Network != "" && cs.NetworkLabel != cs.Network {
 		cs.Drift = append(cs.Drift, fmt.Sprintf("namespace %s: network label %q, want %q", ns, cs.NetworkLabel, cs.Network))
 	}
-	if addr, ok, err := gateways.LookupAddress(ctx, kc, m.Spec.ControlPlaneNamespace, gateways.EastWestName); err == nil && ok {
-		cs.GatewayAddress = addr.Host
+	// The gateway the deploy engine gives the cluster: east-west, or a
+	// control-plane cluster's ingress.
+	if gw != nil {
+		if addr, ok, err := gateways.LookupAddress(ctx, kc, gw.Namespace, gw.Name); err == nil && ok {
+			cs.GatewayAddress = addr.Host
+		}
 	}
 
-	// Both PKI modes end in a cacerts: written by flotilla, or projected from cert-manager's intermediate.
-	{
-		cc, err := pki.ReadCACerts(ctx, kc, m.Spec.ControlPlaneNamespace)
+	// Both PKI modes end in a cacerts: written by flotilla, or projected from
+	// cert-manager's intermediate; a data-plane cluster holds none.
+	if caNS, holds := caNamespace(m, cs.Name); holds {
+		cc, err := pki.ReadCACerts(ctx, kc, caNS)
 		switch {
 		case err != nil:
-			cs.Drift = append(cs.Drift, fmt.Sprintf("secret %s/cacerts: %v", m.Spec.ControlPlaneNamespace, err))
+			cs.Drift = append(cs.Drift, fmt.Sprintf("secret %s/cacerts: %v", caNS, err))
 		case cc == nil:
-			cs.Drift = append(cs.Drift, fmt.Sprintf("secret %s/cacerts is missing", m.Spec.ControlPlaneNamespace))
+			cs.Drift = append(cs.Drift, fmt.Sprintf("secret %s/cacerts is missing", caNS))
 		default:
-			h.observeCACerts(cc, root, cs, m.Spec.ControlPlaneNamespace)
+			h.observeCACerts(cc, root, cs, caNS)
 		}
 	}
 

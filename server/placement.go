@@ -1,0 +1,52 @@
+package server
+
+import (
+	"github.com/flotillamesh/flotilla/deploy"
+	"github.com/flotillamesh/flotilla/federation"
+	"github.com/flotillamesh/flotilla/gateways"
+	"github.com/flotillamesh/flotilla/server/spec"
+)
+
+// caNamespace is where cluster name's intermediate CA is used: the
+// namespace of the istiod in that cluster that signs the mesh's workload
+// certificates with it. A control-plane cluster's is its external istiod,
+// which signs for its data-plane clusters; a data-plane cluster runs no
+// istiod and holds no cacerts (ok is false). A remote holds one as Istio's
+// guides have every cluster hold one.
+func caNamespace(m *spec.Mesh, name string) (ns string, ok bool) {
+	switch roleOf(m, name) {
+	case federation.RoleDataPlane:
+		return "", false
+	case federation.RoleControlPlane:
+		return deploy.DefaultExternalNamespace, true
+	}
+	return m.Spec.ControlPlaneNamespace, true
+}
+
+func roleOf(m *spec.Mesh, name string) federation.Role {
+	for _, mem := range m.Members() {
+		if mem.Name == name {
+			return mem.Role
+		}
+	}
+	return ""
+}
+
+// plannedGateways are the gateways the deploy engine gives each cluster of m
+// (east-west, or a control-plane cluster's ingress), by cluster; a cluster
+// without one is absent.
+func plannedGateways(m *spec.Mesh) map[string]*gateways.Gateway {
+	opts := DeployOptions(m)
+	opts.AllowPendingAddress = true
+	plans, err := deploy.Plan(m.Spec.Topology, m.Members(), opts, nil)
+	if err != nil {
+		return nil // an invalid spec is refused before status or check get here
+	}
+	out := map[string]*gateways.Gateway{}
+	for _, p := range plans {
+		if p.Gateway != nil {
+			out[p.Cluster] = p.Gateway
+		}
+	}
+	return out
+}

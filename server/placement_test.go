@@ -1,0 +1,80 @@
+package server
+
+import (
+	"testing"
+
+	"github.com/flotillamesh/flotilla/server/spec"
+)
+
+// TestCANamespace: a cluster's intermediate goes where the istiod that signs
+// with it runs; a data-plane cluster holds none.
+func TestCANamespace(t *testing.T) {
+	m, err := spec.Parse("mesh.yaml", []byte(`apiVersion: flotilla.dev/v1alpha1
+kind: Mesh
+metadata: {name: mesh1}
+spec:
+  topology: external-control-plane
+  controlPlaneNamespace: mesh-system
+  clusters:
+  - {name: cp, context: cp, network: n1, role: control-plane}
+  - {name: dp, context: dp, network: n1, role: data-plane}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, err := spec.Parse("mesh.yaml", []byte(`apiVersion: flotilla.dev/v1alpha1
+kind: Mesh
+metadata: {name: mesh1}
+spec:
+  topology: primary-remote
+  clusters:
+  - {name: east, context: east, network: n1}
+  - {name: west, context: west, network: n1, role: remote}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		mesh    *spec.Mesh
+		cluster string
+		ns      string
+		holds   bool
+	}{
+		{m, "cp", "external-istiod", true},
+		{m, "dp", "", false},
+		{pr, "east", "istio-system", true},
+		{pr, "west", "istio-system", true},
+	}
+	for _, tc := range tests {
+		ns, holds := caNamespace(tc.mesh, tc.cluster)
+		if ns != tc.ns || holds != tc.holds {
+			t.Errorf("%s: caNamespace = %q, %v; want %q, %v", tc.cluster, ns, holds, tc.ns, tc.holds)
+		}
+	}
+	gws := plannedGateways(m)
+	if g := gws["cp"]; g == nil || g.Namespace != "mesh-system" || g.Name != "istio-ingressgateway" {
+		t.Errorf("cp's planned gateway = %+v, want the ingress in mesh-system", g)
+	}
+	if g := gws["dp"]; g != nil {
+		t.Errorf("dp, single network, has a planned gateway: %+v", g)
+	}
+}
+
+func TestIssuedForOtherNamespace(t *testing.T) {
+	tests := []struct {
+		names []string
+		ns    string
+		want  bool
+	}{
+		{[]string{"istiod.istio-system.svc"}, "istio-system", false},
+		{[]string{"istiod.istio-system.svc"}, "external-istiod", true},
+		{nil, "istio-system", false},
+		{[]string{"ca.example.com"}, "istio-system", false}, // adopted: names no istiod
+		{[]string{"istiod.a.b.svc"}, "istio-system", false},
+	}
+	for _, tc := range tests {
+		if got := issuedForOtherNamespace(tc.names, tc.ns); got != tc.want {
+			t.Errorf("issuedForOtherNamespace(%v, %s) = %v, want %v", tc.names, tc.ns, got, tc.want)
+		}
+	}
+}
