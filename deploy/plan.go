@@ -187,6 +187,11 @@ func (l *layout) plan(m federation.Member, opts Options, addresses map[string]st
 	if m.Role == federation.RoleRemote {
 		annotations = map[string]string{gateways.ControlPlaneClustersAnnotation: l.servedBy[m.Name]}
 	}
+	// An external istiod takes its config cluster's name as its cluster ID
+	// and manages the other data-plane clusters whose namespace names it.
+	if cfg := l.configCluster(l.servedBy[m.Name]); m.Role == federation.RoleDataPlane && cfg != m.Name {
+		annotations = map[string]string{gateways.ControlPlaneClustersAnnotation: cfg}
+	}
 	p.setup(gateways.NamespaceObject(p.out.Namespace, m.Network, annotations))
 	if m.Role == federation.RoleControlPlane {
 		p.setup(gateways.NamespaceObject(opts.externalNamespace(), "", nil))

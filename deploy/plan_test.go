@@ -413,6 +413,8 @@ func TestNamespaceLabels(t *testing.T) {
 		{"unnamed network leaves no label", federation.MultiPrimary, []federation.Member{member("east", "primary", "")}, "east", "istio-system", "", ""},
 		{"remote names its primary", federation.PrimaryRemote, []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, "west", "istio-system", "n2", "east"},
 		{"data plane labels the external namespace", federation.ExternalControlPlane, []federation.Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n2")}, "west", "external-istiod", "n2", ""},
+		{"a second data plane names the config cluster", federation.ExternalControlPlane,
+			[]federation.Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n2"), member("north", "data-plane", "n3")}, "north", "external-istiod", "n3", "west"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
