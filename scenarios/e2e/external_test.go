@@ -64,6 +64,38 @@ func wantExternalMesh(t *testing.T, s *scenario) {
 		t.Errorf("clients %+v: want east and west only (cp runs no workloads)", r.Clients)
 	}
 
+	// The data planes run no istiod: no intermediate CA key is handed to them.
+	for _, c := range []string{"east", "west"} {
+		for _, ns := range []string{"istio-system", externalNamespace} {
+			if _, err := s.lab.Cluster(c).Client().CoreV1().Secrets(ns).Get(context.Background(), pki.SecretName, metav1.GetOptions{}); err == nil {
+				t.Errorf("%s: data-plane cluster holds %s/%s", c, ns, pki.SecretName)
+			}
+		}
+	}
+
+	// check finds each cluster's gateway and CA where this topology puts
+	// them: cp's ingress, the data planes' east-west gateways in the external
+	// namespace, the external istiod's cacerts, none on the data planes.
+	out, errs, code := s.exec("check", "-o", "json")
+	var checks []struct {
+		Name, Cluster, Message string
+		OK                     bool
+	}
+	if err := json.Unmarshal([]byte(out), &checks); err != nil {
+		t.Fatalf("check: exit %d, output is not JSON: %v\n%s\n%s", code, err, out, errs)
+	}
+	if len(checks) == 0 {
+		t.Error("check ran no checks")
+	}
+	for _, c := range checks {
+		if !c.OK {
+			t.Errorf("check %q [%s] failed: %s", c.Name, c.Cluster, c.Message)
+		}
+	}
+	if code != 0 {
+		t.Errorf("check exited %d", code)
+	}
+
 	// The external istiod's CA is the cacerts in its own namespace on cp.
 	sec, err := s.lab.Cluster("cp").Client().CoreV1().Secrets(externalNamespace).Get(context.Background(), pki.SecretName, metav1.GetOptions{})
 	if err != nil {
