@@ -90,17 +90,61 @@ intermediate's private key, so DIR gets mode 0700 and the key file 0600.`,
 	export.Flags().StringVar(&cluster, "cluster", "", "cluster name")
 	export.Flags().StringVar(&namespace, "namespace", "istio-system", "control-plane namespace the intermediate names (istiod.<ns>.svc)")
 
+	var rotateOutput string
 	rotate := &cobra.Command{
 		Use:   "rotate (intermediate NAME | root)",
-		Short: "Issue a new intermediate for a cluster under the same root and replace its cacerts",
-		Args:  cobra.RangeArgs(1, 2),
+		Short: "Issue a new intermediate for a cluster under the same root, or take the next step of a root rotation",
+		Long: `rotate intermediate NAME issues a new intermediate for the cluster under the
+same root and replaces its cacerts.
+
+rotate root takes one step of a root rotation per call, and rolls it out to
+every cluster with an apply of the last applied spec:
+  1. trust-both: a new root is generated; every root-cert.pem holds both roots.
+  2. sign-with-new: the new root signs; every intermediate is re-issued under
+     it; certificates from old and new intermediates still verify each other.
+  3. done: the old root is dropped.
+Between steps, let istiod and the workloads pick up what the last step wrote
+(the output says what to wait for). -o json prints the step and the apply.`,
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch {
 			case args[0] == "intermediate" && len(args) == 2:
-			case args[0] == "root":
-				return fmt.Errorf("root rotation is not implemented yet: it needs a two-root trust bundle rolled out before the switch")
+			case args[0] == "root" && len(args) == 1:
+				if err := checkOutput(rotateOutput, "table", "json"); err != nil {
+					return err
+				}
+				h, done, err := g.openHub(cmd.Context(), cmd.ErrOrStderr(), true)
+				if err != nil {
+					return err
+				}
+				defer done()
+				r, err := h.RotateRoot(cmd.Context(), nil)
+				if r == nil {
+					return err
+				}
+				if rotateOutput == "json" {
+					enc := json.NewEncoder(cmd.OutOrStdout())
+					enc.SetIndent("", "  ")
+					if encErr := enc.Encode(r); encErr != nil {
+						return encErr
+					}
+				} else {
+					if r.Apply != nil {
+						if perr := printReport(cmd.OutOrStdout(), r.Apply, "table", false); perr != nil {
+							return perr
+						}
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "\nroot rotation: %s; signing root %s; trusted roots %v\nnext: %s\n", r.Phase, r.SigningRoot, r.TrustedRoots, r.Next)
+				}
+				if err != nil {
+					return err
+				}
+				if r.Apply != nil {
+					return r.Apply.Err()
+				}
+				return nil
 			default:
-				return fmt.Errorf("usage: flotilla ca rotate intermediate NAME")
+				return fmt.Errorf("usage: flotilla ca rotate intermediate NAME | flotilla ca rotate root")
 			}
 			h, done, err := g.openHub(cmd.Context(), cmd.ErrOrStderr(), true)
 			if err != nil {
@@ -187,6 +231,7 @@ intermediate's private key, so DIR gets mode 0700 and the key file 0600.`,
 	}
 	accept.Flags().StringVarP(&specFile, "file", "f", "", "mesh spec (default: the last one applied)")
 	accept.Flags().StringVar(&cluster, "cluster", "", "cluster name")
+	rotate.Flags().StringVarP(&rotateOutput, "output", "o", "table", "output of rotate root: table or json")
 	ca.AddCommand(show, export, rotate, csr, accept)
 	return ca
 }

@@ -32,6 +32,9 @@ var (
 // Names of the secrets the typed API seals; PutSecret/Secret share this namespace.
 const (
 	SecretRootKey = "ca/root-key"
+	// SecretNextRootKey is the key of the root a rotation brings in, until
+	// it becomes the signing root.
+	SecretNextRootKey = "ca/next-root-key"
 )
 
 // SecretIntermediateKey is the secret name of a cluster's intermediate CA key.
@@ -177,9 +180,12 @@ type CA struct {
 	RootCertPEM []byte `json:"rootCertPEM"`
 	// BundlePEM is every root the mesh trusts: the root alone, or the old and
 	// new roots during a root rotation. Empty means RootCertPEM.
-	BundlePEM []byte    `json:"bundlePEM,omitempty"`
-	Source    CASource  `json:"source"`
-	UpdatedAt time.Time `json:"updatedAt"`
+	BundlePEM []byte `json:"bundlePEM,omitempty"`
+	// NextRootCertPEM is the root a rotation brings in: trusted (it is in
+	// the bundle) but not yet signing. Its key is SecretNextRootKey.
+	NextRootCertPEM []byte    `json:"nextRootCertPEM,omitempty"`
+	Source          CASource  `json:"source"`
+	UpdatedAt       time.Time `json:"updatedAt"`
 	// HasRootKey is filled on read: whether the sealed root key is stored.
 	HasRootKey bool `json:"-"`
 }
