@@ -55,7 +55,13 @@ func newCACommand(g *globals) *cobra.Command {
 				r := info.Intermediates[n]
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n, r.Subject, r.Serial, r.Fingerprint, r.NotAfter.UTC().Format(time.RFC3339))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if info.RootRotation != "" {
+				fmt.Fprintf(w, "\nroot rotation under way: %s done; run flotilla ca rotate root for the next step\n", info.RootRotation)
+			}
+			return nil
 		},
 	}
 	show.Flags().StringVarP(&output, "output", "o", "table", "output: table or json")

@@ -13,9 +13,12 @@ import (
 // CAInfo is what `flotilla ca show` prints: the roots the mesh trusts and
 // each cluster's intermediate, without any key.
 type CAInfo struct {
-	Source        string                  `json:"source,omitempty"`
-	RootKeyStored bool                    `json:"rootKeyStored"`
-	Roots         []pki.CertInfo          `json:"roots"`
+	Source        string         `json:"source,omitempty"`
+	RootKeyStored bool           `json:"rootKeyStored"`
+	Roots         []pki.CertInfo `json:"roots"`
+	// RootRotation is the last step of a root rotation under way
+	// (RotationTrustBoth or RotationSignNew); empty when none is.
+	RootRotation  string                  `json:"rootRotation,omitempty"`
 	Intermediates map[string]pki.CertInfo `json:"intermediates"`
 }
 
@@ -37,6 +40,12 @@ func (h *Hub) CAShow(ctx context.Context) (*CAInfo, error) {
 		}
 		for _, r := range b.Roots {
 			info.Roots = append(info.Roots, pki.Describe(r))
+		}
+		switch {
+		case len(ca.NextRootCertPEM) > 0:
+			info.RootRotation = RotationTrustBoth
+		case len(b.Roots) > 1:
+			info.RootRotation = RotationSignNew
 		}
 		recs, err := tx.Clusters()
 		if err != nil {

@@ -150,6 +150,17 @@ func TestRotateRootLab(t *testing.T) {
 				t.Fatalf("roll-out: %v", err)
 			}
 			st.check(t, r)
+			info, err := h.CAShow(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, roots := st.phase, 2
+			if st.phase == RotationDone {
+				want, roots = "", 1 // none under way
+			}
+			if info.RootRotation != want || len(info.Roots) != roots {
+				t.Errorf("ca show: rotation %q with %d roots, want %q with %d", info.RootRotation, len(info.Roots), want, roots)
+			}
 			for _, c := range clusters {
 				err := trustedEverywhere(t, before[c])
 				if st.phase == RotationDone && err == nil {
