@@ -168,6 +168,11 @@ func (c *checker) pki() {
 		if p.CertManager != nil && p.CertManager.CSRAgent != nil && p.CertManager.CSRAgent.Image == "" {
 			c.add("spec.pki.certManager.csrAgent.image", "required: the image that runs flotilla csr-agent")
 		}
+		if p.CertManager != nil && p.CertManager.CSRAgent != nil && c.m.Spec.Topology == federation.ExternalControlPlane {
+			// The data planes' proxies would have to reach the control-plane
+			// cluster's agent; flotilla installs one agent per cluster.
+			c.add("spec.pki.certManager.csrAgent", "not supported with topology external-control-plane: the data-plane clusters' proxies would need the control-plane cluster's csr-agent; leave csrAgent out (istiod signs with the cacerts cert-manager issues)")
+		}
 		if p.CertManager == nil || p.CertManager.IssuerRef == nil {
 			// Without an issuer, cert-manager signs with the hub's root,
 			// which therefore has to be a root the hub holds the key of.
