@@ -75,7 +75,7 @@ func (h *Hub) AcceptIntermediate(ctx context.Context, m *spec.Mesh, cluster stri
 	}
 	ns, holds := caNamespace(m, cluster)
 	if !holds {
-		return nil, fmt.Errorf("cluster %s is a data-plane cluster: it holds no intermediate (its control-plane cluster's istiod signs for it)", cluster)
+		return nil, errNoIntermediate(cluster)
 	}
 	root, _, found, err := h.loadCA(ctx)
 	if err != nil {

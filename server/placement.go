@@ -1,6 +1,8 @@
 package server
 
 import (
+	"fmt"
+
 	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/federation"
 	"github.com/flotillamesh/flotilla/gateways"
@@ -21,6 +23,11 @@ func caNamespace(m *spec.Mesh, name string) (ns string, ok bool) {
 		return deploy.DefaultExternalNamespace, true
 	}
 	return m.Spec.ControlPlaneNamespace, true
+}
+
+// errNoIntermediate is the answer to a CA operation on a data-plane cluster.
+func errNoIntermediate(cluster string) error {
+	return fmt.Errorf("cluster %s is a data-plane cluster: it holds no intermediate (its control-plane cluster's istiod signs for it)", cluster)
 }
 
 func roleOf(m *spec.Mesh, name string) federation.Role {
