@@ -276,17 +276,16 @@ func withoutVolatile(obj map[string]any) map[string]any {
 }
 
 func ownedFingerprint(obj metav1.Object) string {
-	for _, mf := range obj.GetManagedFields() {
-		if mf.Manager == kube.FieldManager && mf.Operation == metav1.ManagedFieldsOperationApply && mf.Subresource == "" {
-			sum := sha256.New()
-			if mf.Time != nil {
-				sum.Write([]byte(mf.Time.UTC().String()))
-			}
-			if mf.FieldsV1 != nil {
-				sum.Write(mf.FieldsV1.Raw)
-			}
-			return hex.EncodeToString(sum.Sum(nil))
-		}
+	mf := kube.AppliedEntry(obj)
+	if mf == nil {
+		return ""
 	}
-	return ""
+	sum := sha256.New()
+	if mf.Time != nil {
+		sum.Write([]byte(mf.Time.UTC().String()))
+	}
+	if mf.FieldsV1 != nil {
+		sum.Write(mf.FieldsV1.Raw)
+	}
+	return hex.EncodeToString(sum.Sum(nil))
 }

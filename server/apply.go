@@ -628,14 +628,21 @@ func federationOptions(m *spec.Mesh) federation.Options {
 	}
 }
 
-func federationMesh(m *spec.Mesh, conns map[string]*kube.Cluster) federation.Mesh {
+// federationMesh is m for federation, with the connections in conns. A
+// cluster without one (unreachable) gets its kubeconfig instead: federation
+// reports it per link and completes the others.
+func (h *Hub) federationMesh(m *spec.Mesh, conns map[string]*kube.Cluster) federation.Mesh {
 	fm := federation.Mesh{Topology: m.Spec.Topology}
 	members := m.Members()
 	for i, c := range m.Spec.Clusters {
+		kubeconfig := c.KubeconfigFor("")
+		if conns[c.Name] == nil {
+			kubeconfig = c.KubeconfigFor(h.Kubeconfig)
+		}
 		fm.Clusters = append(fm.Clusters, federation.Cluster{
 			Member:     members[i],
 			Kube:       conns[c.Name],
-			Kubeconfig: c.KubeconfigFor(""),
+			Kubeconfig: kubeconfig,
 			Context:    c.Context,
 			APIServer:  c.APIServer,
 		})
@@ -649,13 +656,7 @@ func (h *Hub) applyFederation(ctx context.Context, m *spec.Mesh, conns map[strin
 		rec.fail(ctx, "", "remote secrets", fmt.Errorf("state: credentials: %w", err))
 		return
 	}
-	fm := federationMesh(m, conns)
-	for i := range fm.Clusters {
-		if fm.Clusters[i].Kube == nil {
-			// Unreachable: federation reports it per link and completes the others.
-			fm.Clusters[i].Kubeconfig = m.Spec.Clusters[i].KubeconfigFor(h.Kubeconfig)
-		}
-	}
+	fm := h.federationMesh(m, conns)
 	res, err := federation.Reconcile(ctx, fm, known, federationOptions(m))
 	if err != nil {
 		rec.fail(ctx, "", "remote secrets", err)
@@ -823,12 +824,7 @@ func (h *Hub) removeClusters(ctx context.Context, m *spec.Mesh, leaving map[stri
 			rec.fail(ctx, name, "connect (removal)", err)
 		}
 	}
-	fm := federationMesh(&was, conns)
-	for i := range fm.Clusters {
-		if fm.Clusters[i].Kube == nil {
-			fm.Clusters[i].Kubeconfig = was.Spec.Clusters[i].KubeconfigFor(h.Kubeconfig)
-		}
-	}
+	fm := h.federationMesh(&was, conns)
 	for _, name := range gone {
 		if connErrs[name] != nil {
 			continue

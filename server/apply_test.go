@@ -45,6 +45,18 @@ spec:
 	return m
 }
 
+// isolatedHub is a hub of its own with a two-cluster ECDSA mesh in a
+// control-plane namespace of its own (prefix and a number): another hub's
+// cacerts would be refused. The cluster-scoped Sail resources are reset
+// before and after the test.
+func isolatedHub(ctx context.Context, t *testing.T, l *lab.Lab, prefix string) (*Hub, *spec.Mesh, string) {
+	t.Helper()
+	ns := fmt.Sprintf("%s%d", prefix, time.Now().Unix()%100000)
+	resetSail(ctx, t, l)
+	t.Cleanup(func() { resetSail(context.Background(), t, l) })
+	return newHub(t), benchMesh(t, l, "ECDSA-P256", ns), ns
+}
+
 func newHub(t testing.TB) *Hub {
 	t.Helper()
 	key, err := state.GenerateKey()
@@ -149,13 +161,7 @@ func TestApplyLabRepairsWithoutRewriting(t *testing.T) {
 	l := testLab.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	// A hub of its own: a namespace of its own (another hub's cacerts is
-	// refused) and the cluster-scoped Sail resources reset around it.
-	ns := fmt.Sprintf("rp%d", time.Now().Unix()%100000)
-	resetSail(ctx, t, l)
-	t.Cleanup(func() { resetSail(context.Background(), t, l) })
-	h := newHub(t)
-	m := benchMesh(t, l, "ECDSA-P256", ns)
+	h, m, ns := isolatedHub(ctx, t, l, "rp")
 	counter := &requestCounter{n: map[string]int{}}
 	h.Connect = counter.connect
 	apply := func(t *testing.T) map[string]int {

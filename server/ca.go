@@ -41,12 +41,7 @@ func (h *Hub) CAShow(ctx context.Context) (*CAInfo, error) {
 		for _, r := range b.Roots {
 			info.Roots = append(info.Roots, pki.Describe(r))
 		}
-		switch {
-		case len(ca.NextRootCertPEM) > 0:
-			info.RootRotation = RotationTrustBoth
-		case len(b.Roots) > 1:
-			info.RootRotation = RotationSignNew
-		}
+		info.RootRotation = rotationUnderWay(ca, b)
 		recs, err := tx.Clusters()
 		if err != nil {
 			return err

@@ -8,8 +8,6 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
-	"github.com/flotillamesh/flotilla/deploy"
-	"github.com/flotillamesh/flotilla/federation"
 	"github.com/flotillamesh/flotilla/server/spec"
 )
 
@@ -45,8 +43,7 @@ func (h *Hub) Check(ctx context.Context, m *spec.Mesh) ([]Check, error) {
 func Diagnose(m *spec.Mesh, st *Status, now time.Time) []Check {
 	var out []Check
 	add := func(c Check) { out = append(out, c) }
-	ns := m.Spec.ControlPlaneNamespace
-	gws := plannedGateways(m)
+	plans := planned(m)
 	// Both PKI modes end in a cacerts under the mesh root.
 	builtin := true
 
@@ -82,15 +79,12 @@ func Diagnose(m *spec.Mesh, st *Status, now time.Time) []Check {
 		}
 		nl := Check{Name: "network label", Cluster: c.Name, OK: c.Network == "" || c.NetworkLabel == c.Network}
 		if !nl.OK {
-			ns := ns
-			if c.Role == federation.RoleDataPlane {
-				ns = deploy.DefaultExternalNamespace // where its Istio resource lives
-			}
+			ns := plans[c.Name].Namespace
 			nl.Message = fmt.Sprintf("namespace %s has topology.istio.io/network=%q, want %q", ns, c.NetworkLabel, c.Network)
 			nl.Hint = "run flotilla apply (or kubectl label namespace " + ns + " topology.istio.io/network=" + c.Network + " --overwrite)"
 		}
 		add(nl)
-		if g := gws[c.Name]; g != nil {
+		if g := plans[c.Name].Gateway; g != nil {
 			gw := Check{Name: "gateway address", Cluster: c.Name, OK: c.GatewayAddress != "", Message: c.GatewayAddress}
 			if !gw.OK {
 				gw.Message = "service " + g.Namespace + "/" + g.Name + " has no external address"

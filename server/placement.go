@@ -5,7 +5,6 @@ import (
 
 	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/federation"
-	"github.com/flotillamesh/flotilla/gateways"
 	"github.com/flotillamesh/flotilla/server/spec"
 )
 
@@ -39,20 +38,23 @@ func roleOf(m *spec.Mesh, name string) federation.Role {
 	return ""
 }
 
-// plannedGateways are the gateways the deploy engine gives each cluster of m
-// (east-west, or a control-plane cluster's ingress), by cluster; a cluster
-// without one is absent.
-func plannedGateways(m *spec.Mesh) map[string]*gateways.Gateway {
+// planned is the deploy engine's plan of every cluster of m, by name: the
+// namespace that carries its network label (Namespace) and its gateway, if
+// any (east-west, or a control-plane cluster's ingress). A spec that does
+// not plan is refused before status or check get here; its clusters get the
+// control-plane namespace and no gateway.
+func planned(m *spec.Mesh) map[string]deploy.ClusterPlan {
+	out := map[string]deploy.ClusterPlan{}
 	opts := DeployOptions(m)
 	opts.AllowPendingAddress = true
-	plans, err := deploy.Plan(m.Spec.Topology, m.Members(), opts, nil)
-	if err != nil {
-		return nil // an invalid spec is refused before status or check get here
+	if plans, err := deploy.Plan(m.Spec.Topology, m.Members(), opts, nil); err == nil {
+		for _, p := range plans {
+			out[p.Cluster] = p
+		}
 	}
-	out := map[string]*gateways.Gateway{}
-	for _, p := range plans {
-		if p.Gateway != nil {
-			out[p.Cluster] = p.Gateway
+	for _, c := range m.Spec.Clusters {
+		if _, ok := out[c.Name]; !ok {
+			out[c.Name] = deploy.ClusterPlan{Cluster: c.Name, Namespace: m.Spec.ControlPlaneNamespace}
 		}
 	}
 	return out

@@ -51,12 +51,15 @@ spec:
 			t.Errorf("%s: caNamespace = %q, %v; want %q, %v", tc.cluster, ns, holds, tc.ns, tc.holds)
 		}
 	}
-	gws := plannedGateways(m)
-	if g := gws["cp"]; g == nil || g.Namespace != "mesh-system" || g.Name != "istio-ingressgateway" {
+	plans := planned(m)
+	if g := plans["cp"].Gateway; g == nil || g.Namespace != "mesh-system" || g.Name != "istio-ingressgateway" {
 		t.Errorf("cp's planned gateway = %+v, want the ingress in mesh-system", g)
 	}
-	if g := gws["dp"]; g != nil {
-		t.Errorf("dp, single network, has a planned gateway: %+v", g)
+	if p := plans["dp"]; p.Gateway != nil || p.Namespace != "external-istiod" {
+		t.Errorf("dp, single network: gateway %+v, labelled namespace %q; want none and external-istiod", p.Gateway, p.Namespace)
+	}
+	if p := planned(pr)["west"]; p.Namespace != "istio-system" || p.Gateway != nil {
+		t.Errorf("remote on the primary's network: gateway %+v, labelled namespace %q; want none and istio-system", p.Gateway, p.Namespace)
 	}
 }
 

@@ -67,7 +67,7 @@ func (h *Hub) RotateRoot(ctx context.Context, m *spec.Mesh) (*RootRotation, erro
 			return err
 		}
 		b, err := pki.ParseBundle(ca.Bundle())
-		starts = err == nil && len(ca.NextRootCertPEM) == 0 && len(b.Roots) == 1
+		starts = err == nil && rotationUnderWay(ca, b) == ""
 		return nil
 	})
 	if err != nil {
@@ -99,8 +99,8 @@ func (h *Hub) RotateRoot(ctx context.Context, m *spec.Mesh) (*RootRotation, erro
 		if err != nil {
 			return fmt.Errorf("stored trust bundle: %w", err)
 		}
-		switch {
-		case len(ca.NextRootCertPEM) > 0:
+		switch rotationUnderWay(ca, trusted) {
+		case RotationTrustBoth:
 			// Sign with the new root; keep trusting the old one.
 			next, err := pki.ImportRootCert(ca.NextRootCertPEM, h.now())
 			if err != nil {
@@ -123,15 +123,16 @@ func (h *Hub) RotateRoot(ctx context.Context, m *spec.Mesh) (*RootRotation, erro
 			}
 			out.Phase = RotationSignNew
 			out.Next = "when every workload has a certificate from the new intermediates (restart istiod, then the workloads, or wait for their certificates to renew), run flotilla ca rotate root again to drop the old root"
-		case len(trusted.Roots) > 1:
+		case RotationSignNew:
 			// Trust the signing root alone.
 			trusted = pki.NewBundle(current.Cert)
 			ca.BundlePEM = nil
 			out.Phase = RotationDone
 			out.Next = "the rotation is complete"
-		case fresh == nil:
-			return errors.New("the state changed while the new root was made: run flotilla ca rotate root again")
 		default:
+			if fresh == nil {
+				return errors.New("the state changed while the new root was made: run flotilla ca rotate root again")
+			}
 			trusted = pki.NewBundle(current.Cert, fresh.Cert)
 			ca.NextRootCertPEM, ca.BundlePEM = fresh.CertPEM, trusted.PEM()
 			if err := tx.PutSecret(state.SecretNextRootKey, fresh.Key.Reveal()); err != nil {
@@ -140,10 +141,9 @@ func (h *Hub) RotateRoot(ctx context.Context, m *spec.Mesh) (*RootRotation, erro
 			out.Phase = RotationTrustBoth
 			out.Next = "when every istiod and workload trusts both roots (restart istiod, then the workloads), run flotilla ca rotate root again to sign with the new root"
 		}
-		out.SigningRoot = pki.Fingerprint(current.Cert)
-		if out.Phase == RotationSignNew {
-			out.SigningRoot = pki.Fingerprint(trusted.Roots[0])
-		}
+		// The bundle's first root is the one that signs (status and check
+		// read root-cert.pem so).
+		out.SigningRoot = pki.Fingerprint(trusted.Roots[0])
 		out.TrustedRoots = trusted.Fingerprints()
 		return tx.PutCA(ca)
 	})
@@ -155,4 +155,18 @@ func (h *Hub) RotateRoot(ctx context.Context, m *spec.Mesh) (*RootRotation, erro
 		return out, fmt.Errorf("root rotation: %s is recorded; rolling it out failed (run flotilla apply): %w", out.Phase, err)
 	}
 	return out, nil
+}
+
+// rotationUnderWay is the last step of the root rotation under way in ca
+// (whose trust bundle is trusted): RotationTrustBoth while a next root waits
+// to sign, RotationSignNew while the old root is still trusted beside the
+// signing one, "" when no rotation is under way.
+func rotationUnderWay(ca state.CA, trusted *pki.Bundle) string {
+	switch {
+	case len(ca.NextRootCertPEM) > 0:
+		return RotationTrustBoth
+	case len(trusted.Roots) > 1:
+		return RotationSignNew
+	}
+	return ""
 }

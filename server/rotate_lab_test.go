@@ -22,11 +22,7 @@ func TestRotateRootLab(t *testing.T) {
 	l := testLab.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	ns := fmt.Sprintf("rr%d", time.Now().Unix()%100000)
-	resetSail(ctx, t, l)
-	t.Cleanup(func() { resetSail(context.Background(), t, l) })
-	h := newHub(t)
-	m := benchMesh(t, l, "ECDSA-P256", ns)
+	h, m, ns := isolatedHub(ctx, t, l, "rr")
 	if rep, err := h.Apply(ctx, m, ApplyOptions{}); err != nil || rep.Err() != nil {
 		t.Fatalf("apply: %v %v", err, rep.Err())
 	}

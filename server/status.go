@@ -104,7 +104,7 @@ func (h *Hub) Status(ctx context.Context, m *spec.Mesh) (*Status, error) {
 		return nil, err
 	}
 	conns, connErrs := h.connect(m, false)
-	gws := plannedGateways(m)
+	plans := planned(m)
 	members := m.Members()
 	st.Clusters = make([]ClusterStatus, len(members))
 	var wg sync.WaitGroup
@@ -118,20 +118,17 @@ func (h *Hub) Status(ctx context.Context, m *spec.Mesh) (*Status, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			h.observe(ctx, m, plan, gws[mem.Name], conns[mem.Name], root, cs)
+			h.observe(ctx, m, plan, plans[mem.Name], conns[mem.Name], root, cs)
 		}()
 	}
 	wg.Wait()
 	return st, nil
 }
 
-func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, gw *gateways.Gateway, kc *kube.Cluster, root *pki.Root, cs *ClusterStatus) {
+func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, p deploy.ClusterPlan, kc *kube.Cluster, root *pki.Root, cs *ClusterStatus) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	ns := m.Spec.ControlPlaneNamespace
-	if cs.Role == federation.RoleDataPlane {
-		ns = deploy.DefaultExternalNamespace
-	}
+	ns := p.Namespace
 	nsObj, err := kc.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
 	if err != nil && !isNotFound(err) {
 		cs.Error = fmt.Sprintf("%s: read namespace %s: %v", kc.Name, ns, err)
@@ -146,7 +143,7 @@ func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, g
 	}
 	// The gateway the deploy engine gives the cluster: east-west, or a
 	// control-plane cluster's ingress.
-	if gw != nil {
+	if gw := p.Gateway; gw != nil {
 		if addr, ok, err := gateways.LookupAddress(ctx, kc, gw.Namespace, gw.Name); err == nil && ok {
 			cs.GatewayAddress = addr.Host
 		}

@@ -180,13 +180,18 @@ func (o Object) UpToDate(live *unstructured.Unstructured) bool {
 	if live.GetAnnotations()[DigestAnnotation] != o.digest {
 		return false
 	}
-	applied := false
-	for _, mf := range live.GetManagedFields() {
+	return AppliedEntry(live) != nil && contains(live.Object, o.u.Object)
+}
+
+// AppliedEntry is flotilla's server-side-apply entry in obj's managedFields
+// (the object's main resource, not a subresource); nil when it has none.
+func AppliedEntry(obj metav1.Object) *metav1.ManagedFieldsEntry {
+	for _, mf := range obj.GetManagedFields() {
 		if mf.Manager == FieldManager && mf.Operation == metav1.ManagedFieldsOperationApply && mf.Subresource == "" {
-			applied = true
+			return &mf
 		}
 	}
-	return applied && contains(live.Object, o.u.Object)
+	return nil
 }
 
 // Converge applies o to c unless the stored object is already up to date
