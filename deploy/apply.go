@@ -15,7 +15,6 @@ import (
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
-	"github.com/flotillamesh/flotilla/federation"
 	"github.com/flotillamesh/flotilla/gateways"
 )
 
@@ -143,7 +142,7 @@ type Result struct {
 //
 // With DryRun connections nothing persists, so no new address can appear:
 // addresses already allocated are used and the others are PendingAddress.
-func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, t federation.Topology, members []federation.Member, opts Options, progress func(string)) (*Result, error) {
+func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, t Topology, members []Member, opts Options, progress func(string)) (*Result, error) {
 	dryRun := false
 	for _, m := range members {
 		c := clusters[m.Name]
@@ -236,8 +235,8 @@ func onlyRefusals(applied []Applied, err error) bool {
 	return ok && n > 0 && len(j.Unwrap()) == n
 }
 
-func isServer(r federation.Role) bool {
-	return r == federation.RolePrimary || r == federation.RoleControlPlane
+func isServer(r Role) bool {
+	return r == RolePrimary || r == RoleControlPlane
 }
 
 // dryRunAction compares the live object with the dry-run result of applying

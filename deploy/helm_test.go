@@ -6,23 +6,21 @@ import (
 	"reflect"
 	"strings"
 	"testing"
-
-	"github.com/flotillamesh/flotilla/federation"
 )
 
 func TestHelmReleases(t *testing.T) {
-	pr := []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
-	ecp := []federation.Member{member("east", "control-plane", "n0"), member("west", "data-plane", "n1")}
+	pr := []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
+	ecp := []Member{member("east", "control-plane", "n0"), member("west", "data-plane", "n1")}
 	tests := []struct {
 		name     string
-		topology federation.Topology
-		members  []federation.Member
+		topology Topology
+		members  []Member
 		cluster  string
 		want     []string       // release/chart/namespace
 		values   map[string]any // "release:dotted.path" -> value
 	}{
 		{
-			name: "primary serving a remote", topology: federation.PrimaryRemote, members: pr, cluster: "east",
+			name: "primary serving a remote", topology: PrimaryRemote, members: pr, cluster: "east",
 			want: []string{"istio-cni/cni/istio-cni", "istiod/istiod/istio-system", "istio-eastwestgateway/gateway/istio-system"},
 			values: map[string]any{
 				"istiod:global.externalIstiod":         true,
@@ -33,7 +31,7 @@ func TestHelmReleases(t *testing.T) {
 			},
 		},
 		{
-			name: "remote", topology: federation.PrimaryRemote, members: pr, cluster: "west",
+			name: "remote", topology: PrimaryRemote, members: pr, cluster: "west",
 			want: []string{"istio-cni/cni/istio-cni", "istiod/istiod/istio-system", "istio-eastwestgateway/gateway/istio-system"},
 			values: map[string]any{
 				"istiod:profile":                   "remote",
@@ -41,7 +39,7 @@ func TestHelmReleases(t *testing.T) {
 			},
 		},
 		{
-			name: "control-plane cluster", topology: federation.ExternalControlPlane, members: ecp, cluster: "east",
+			name: "control-plane cluster", topology: ExternalControlPlane, members: ecp, cluster: "east",
 			want: []string{"istiod/istiod/istio-system", "istiod-external-istiod/istiod/external-istiod", "istio-ingressgateway/gateway/istio-system"},
 			values: map[string]any{
 				"istiod-external-istiod:revision":     "external-istiod",
@@ -77,7 +75,7 @@ func TestHelmReleases(t *testing.T) {
 }
 
 func TestRenderHelm(t *testing.T) {
-	plans, err := Plan(federation.PrimaryRemote, []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, Options{MeshID: "mesh1", Version: "1.30.3", NoCNI: true}, map[string]string{"east": "192.0.2.10"})
+	plans, err := Plan(PrimaryRemote, []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, Options{MeshID: "mesh1", Version: "1.30.3", NoCNI: true}, map[string]string{"east": "192.0.2.10"})
 	if err != nil {
 		t.Fatal(err)
 	}

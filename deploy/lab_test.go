@@ -18,7 +18,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
-	"github.com/flotillamesh/flotilla/federation"
 	"github.com/flotillamesh/flotilla/gateways"
 	"github.com/flotillamesh/flotilla/scenarios/lab"
 )
@@ -160,8 +159,8 @@ func TestLabTopologies(t *testing.T) {
 	tests := []struct {
 		name     string
 		prefix   string
-		topology federation.Topology
-		members  []federation.Member
+		topology Topology
+		members  []Member
 		// gateways: cluster -> Gateway name -> servers
 		wantGateways map[string]map[string][]string
 		// wantGatewayAddress: clusters whose gateway must get an address
@@ -170,8 +169,8 @@ func TestLabTopologies(t *testing.T) {
 		pilotFrom map[string]string
 	}{
 		{
-			name: "multi-primary on three networks", prefix: "mp", topology: federation.MultiPrimary,
-			members: []federation.Member{member("east", "primary", "n1"), member("west", "primary", "n2"), member("north", "primary", "n3")},
+			name: "multi-primary on three networks", prefix: "mp", topology: MultiPrimary,
+			members: []Member{member("east", "primary", "n1"), member("west", "primary", "n2"), member("north", "primary", "n3")},
 			wantGateways: map[string]map[string][]string{
 				"east":  {"cross-network-gateway": {"15443/tls/TLS/AUTO_PASSTHROUGH/[*.local]"}},
 				"west":  {"cross-network-gateway": {"15443/tls/TLS/AUTO_PASSTHROUGH/[*.local]"}},
@@ -180,8 +179,8 @@ func TestLabTopologies(t *testing.T) {
 			wantGatewayAddress: []string{"east", "west", "north"},
 		},
 		{
-			name: "primary-remote, one remote on another network, one on the primary's", prefix: "pr", topology: federation.PrimaryRemote,
-			members: []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2"), member("north", "remote", "n1")},
+			name: "primary-remote, one remote on another network, one on the primary's", prefix: "pr", topology: PrimaryRemote,
+			members: []Member{member("east", "primary", "n1"), member("west", "remote", "n2"), member("north", "remote", "n1")},
 			wantGateways: map[string]map[string][]string{
 				"east": {
 					"cross-network-gateway": {"15443/tls/TLS/AUTO_PASSTHROUGH/[*.local]"},
@@ -196,8 +195,8 @@ func TestLabTopologies(t *testing.T) {
 			pilotFrom:          map[string]string{"west": "east", "north": "east"},
 		},
 		{
-			name: "external control plane with two data-plane networks", prefix: "ecp", topology: federation.ExternalControlPlane,
-			members: []federation.Member{member("east", "control-plane", "n0"), member("west", "data-plane", "n1"), member("north", "data-plane", "n2")},
+			name: "external control plane with two data-plane networks", prefix: "ecp", topology: ExternalControlPlane,
+			members: []Member{member("east", "control-plane", "n0"), member("west", "data-plane", "n1"), member("north", "data-plane", "n2")},
 			wantGateways: map[string]map[string][]string{
 				"east":  {"external-istiod-gw": {"15012/tls-XDS/tls/PASSTHROUGH/[*]", "15017/tls-WEBHOOK/tls/PASSTHROUGH/[*]"}},
 				"west":  {"cross-network-gateway": {"15443/tls/TLS/AUTO_PASSTHROUGH/[*.local]"}},
@@ -258,10 +257,10 @@ func TestLabTopologies(t *testing.T) {
 						stored := get(ctx, t, clusters[name], u)
 						path := []string{"spec", "values", "global", "remotePilotAddress"}
 						wantValue := want
-						if u.GetName() == ExternalIstiodName && p.Role == federation.RoleControlPlane {
+						if u.GetName() == ExternalIstiodName && p.Role == RoleControlPlane {
 							path = []string{"spec", "values", "meshConfig", "defaultConfig", "discoveryAddress"}
 							wantValue = want + ":15012"
-						} else if u.GetName() == IstioName && p.Role == federation.RoleControlPlane {
+						} else if u.GetName() == IstioName && p.Role == RoleControlPlane {
 							continue
 						}
 						got, _, _ := unstructured.NestedString(stored.Object, path...)
@@ -350,11 +349,11 @@ func TestLabDryRun(t *testing.T) {
 	_, clusters := labClusters(t, false)
 	resetSail(t, clusters)
 	_, dry := labClusters(t, true)
-	members := []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
+	members := []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
 
 	t.Run("fresh clusters: nothing persists", func(t *testing.T) {
 		opts := prefixed("dry", Options{MeshID: "mesh1", Version: "1.30.3"})
-		res, err := ApplyMesh(ctx, dry, federation.PrimaryRemote, members, opts, nil)
+		res, err := ApplyMesh(ctx, dry, PrimaryRemote, members, opts, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -398,14 +397,14 @@ func TestLabDryRun(t *testing.T) {
 
 	t.Run("existing install: a changed spec is validated, not stored", func(t *testing.T) {
 		opts := prefixed("dry2", Options{MeshID: "mesh1", Version: "1.30.3"})
-		real, err := ApplyMesh(ctx, clusters, federation.PrimaryRemote, members, opts, nil)
+		real, err := ApplyMesh(ctx, clusters, PrimaryRemote, members, opts, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		changed := opts
 		changed.Values = map[string]any{"global": map[string]any{"logging": map[string]any{"level": "default:debug"}}}
 		before := snapshot(ctx, t, clusters, real.Plans)
-		res, err := ApplyMesh(ctx, dry, federation.PrimaryRemote, members, changed, nil)
+		res, err := ApplyMesh(ctx, dry, PrimaryRemote, members, changed, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -431,7 +430,7 @@ func TestLabDryRun(t *testing.T) {
 			}
 		}
 		assertNoChange(ctx, t, clusters, real.Plans, func() (*Result, error) {
-			return ApplyMesh(ctx, clusters, federation.PrimaryRemote, members, opts, nil)
+			return ApplyMesh(ctx, clusters, PrimaryRemote, members, opts, nil)
 		})
 	})
 }
@@ -556,11 +555,11 @@ func TestLabRenderApply(t *testing.T) {
 	ctx := context.Background()
 	l, clusters := labClusters(t, false)
 	resetSail(t, clusters)
-	members := []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
+	members := []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
 	opts := prefixed("rnd", Options{MeshID: "mesh1", Version: "1.30.3"})
 
 	// The flotilla path: apply, and remember every object as stored.
-	res, err := ApplyMesh(ctx, clusters, federation.PrimaryRemote, members, opts, nil)
+	res, err := ApplyMesh(ctx, clusters, PrimaryRemote, members, opts, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -568,7 +567,7 @@ func TestLabRenderApply(t *testing.T) {
 	for k, v := range res.Addresses {
 		addrs[k] = v.Host
 	}
-	plans, err := Plan(federation.PrimaryRemote, members, opts, addrs)
+	plans, err := Plan(PrimaryRemote, members, opts, addrs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -666,8 +665,8 @@ func TestLabBadInput(t *testing.T) {
 	opts := prefixed("bad", Options{MeshID: "mesh1", Version: "1.30.3", NoCNI: true, AddressTimeout: 3 * time.Second})
 	tests := []struct {
 		name     string
-		topology federation.Topology
-		members  []federation.Member
+		topology Topology
+		members  []Member
 		opts     Options
 		wantErr  string
 		// wantNothingWritten: validation fails before any write
@@ -675,17 +674,17 @@ func TestLabBadInput(t *testing.T) {
 	}{
 		{
 			name: "unknown topology", topology: "hub-and-spoke",
-			members: []federation.Member{member("east", "primary", "n1")}, opts: opts,
+			members: []Member{member("east", "primary", "n1")}, opts: opts,
 			wantErr: `unknown topology "hub-and-spoke"`, wantNothingWritten: true,
 		},
 		{
-			name: "remote with no primary", topology: federation.PrimaryRemote,
-			members: []federation.Member{member("east", "remote", "n1"), member("west", "remote", "n2")}, opts: opts,
+			name: "remote with no primary", topology: PrimaryRemote,
+			members: []Member{member("east", "remote", "n1"), member("west", "remote", "n2")}, opts: opts,
 			wantErr: "cluster east: role remote needs a primary cluster in the mesh, and there is none", wantNothingWritten: true,
 		},
 		{
-			name: "networks named for some clusters only", topology: federation.MultiPrimary,
-			members: []federation.Member{member("east", "primary", "n1"), member("west", "primary", "")}, opts: opts,
+			name: "networks named for some clusters only", topology: MultiPrimary,
+			members: []Member{member("east", "primary", "n1"), member("west", "primary", "")}, opts: opts,
 			wantErr: "name a network and west do not", wantNothingWritten: true,
 		},
 		{
@@ -693,8 +692,8 @@ func TestLabBadInput(t *testing.T) {
 			// reached from another cluster: refused before anything is
 			// written rather than waited for. (The wait's own timeout is
 			// tested in package gateways.)
-			name: "gateway that can never get an address", topology: federation.PrimaryRemote,
-			members: []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2")},
+			name: "gateway that can never get an address", topology: PrimaryRemote,
+			members: []Member{member("east", "primary", "n1"), member("west", "remote", "n2")},
 			opts: func() Options {
 				o := opts
 				o.Exposure = map[string]gateways.Exposure{"east": {Type: "ClusterIP"}}

@@ -6,16 +6,14 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
-
-	"github.com/flotillamesh/flotilla/federation"
 )
 
 // layout is a validated topology: who serves whom and whether the mesh spans
 // networks.
 type layout struct {
-	topology federation.Topology
-	members  []federation.Member
-	byName   map[string]federation.Member
+	topology Topology
+	members  []Member
+	byName   map[string]Member
 	// servedBy maps every cluster to the cluster whose istiod serves it.
 	servedBy map[string]string
 	// serves maps a primary or control-plane cluster to the remotes or
@@ -31,7 +29,7 @@ type layout struct {
 //   - the topology is known and every role belongs to it ("" means primary);
 //   - cluster names are unique DNS-1123 labels;
 //   - every remote has a primary and every data-plane cluster a control-plane
-//     cluster (federation.ServedBy), and every control-plane cluster serves at
+//     cluster (ServedBy), and every control-plane cluster serves at
 //     least one data-plane cluster;
 //   - networks are valid label values, and either every cluster names its
 //     network or none does.
@@ -43,15 +41,15 @@ type layout struct {
 // network and others leave it empty, which would put the unnamed ones on
 // Istio's default network "" and make their traffic to named networks go
 // through gateways they do not have.
-func Validate(t federation.Topology, members []federation.Member) error {
+func Validate(t Topology, members []Member) error {
 	_, err := newLayout(t, members)
 	return err
 }
 
-func newLayout(t federation.Topology, members []federation.Member) (*layout, error) {
+func newLayout(t Topology, members []Member) (*layout, error) {
 	if !t.Valid() {
 		names := make([]string, 0, 3)
-		for _, v := range federation.Topologies() {
+		for _, v := range Topologies() {
 			names = append(names, string(v))
 		}
 		return nil, fmt.Errorf("unknown topology %q (want one of %s)", t, strings.Join(names, ", "))
@@ -61,7 +59,7 @@ func newLayout(t federation.Topology, members []federation.Member) (*layout, err
 	}
 	l := &layout{
 		topology: t,
-		byName:   map[string]federation.Member{},
+		byName:   map[string]Member{},
 		servedBy: map[string]string{},
 		serves:   map[string][]string{},
 	}
@@ -70,7 +68,7 @@ func newLayout(t federation.Topology, members []federation.Member) (*layout, err
 	networks := map[string]bool{}
 	for _, m := range members {
 		if m.Role == "" {
-			m.Role = federation.RolePrimary
+			m.Role = RolePrimary
 		}
 		if msgs := validation.IsDNS1123Label(m.Name); len(msgs) > 0 {
 			errs = append(errs, fmt.Errorf("cluster %q: invalid name: %s", m.Name, strings.Join(msgs, "; ")))
@@ -90,7 +88,7 @@ func newLayout(t federation.Topology, members []federation.Member) (*layout, err
 			if msgs := validation.IsValidLabelValue(m.Network); len(msgs) > 0 {
 				errs = append(errs, fmt.Errorf("cluster %s: network %q is not a valid label value: %s", m.Name, m.Network, strings.Join(msgs, "; ")))
 			}
-			if m.Role != federation.RoleControlPlane {
+			if m.Role != RoleControlPlane {
 				networks[m.Network] = true
 			}
 		}
@@ -105,7 +103,7 @@ func newLayout(t federation.Topology, members []federation.Member) (*layout, err
 		return nil, errors.Join(errs...)
 	}
 	for _, m := range l.members {
-		by, err := federation.ServedBy(t, m, l.members)
+		by, err := ServedBy(t, m, l.members)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -116,7 +114,7 @@ func newLayout(t federation.Topology, members []federation.Member) (*layout, err
 		}
 	}
 	for _, m := range l.members {
-		if m.Role == federation.RoleControlPlane && len(l.serves[m.Name]) == 0 {
+		if m.Role == RoleControlPlane && len(l.serves[m.Name]) == 0 {
 			errs = append(errs, fmt.Errorf("cluster %s: control-plane cluster serves no data-plane cluster", m.Name))
 		}
 	}
@@ -127,7 +125,7 @@ func newLayout(t federation.Topology, members []federation.Member) (*layout, err
 	return l, nil
 }
 
-func roleIn(r federation.Role, roles []federation.Role) bool {
+func roleIn(r Role, roles []Role) bool {
 	for _, x := range roles {
 		if x == r {
 			return true
@@ -136,7 +134,7 @@ func roleIn(r federation.Role, roles []federation.Role) bool {
 	return false
 }
 
-func roleList(roles []federation.Role) string {
+func roleList(roles []Role) string {
 	s := make([]string, len(roles))
 	for i, r := range roles {
 		s[i] = string(r)
@@ -156,15 +154,15 @@ func (l *layout) configCluster(cp string) string {
 
 // exposesIstiod: a primary serving remotes exposes istiod on its east-west
 // gateway.
-func (l *layout) exposesIstiod(m federation.Member) bool {
-	return m.Role == federation.RolePrimary && len(l.serves[m.Name]) > 0
+func (l *layout) exposesIstiod(m Member) bool {
+	return m.Role == RolePrimary && len(l.serves[m.Name]) > 0
 }
 
 // hasEastWest: clusters with workloads on a multi-network mesh route
 // cross-network traffic through their east-west gateway; a primary serving
 // remotes exposes istiod through it even on a single network.
-func (l *layout) hasEastWest(m federation.Member) bool {
-	if m.Role == federation.RoleControlPlane {
+func (l *layout) hasEastWest(m Member) bool {
+	if m.Role == RoleControlPlane {
 		return false
 	}
 	return l.multiNetwork || l.exposesIstiod(m)

@@ -17,7 +17,6 @@ import (
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
-	"github.com/flotillamesh/flotilla/federation"
 	"github.com/flotillamesh/flotilla/gateways"
 )
 
@@ -83,7 +82,7 @@ func or(s, def string) string {
 // Gateways, then wait for Gateway's address, then ControlPlane.
 type ClusterPlan struct {
 	Cluster string
-	Role    federation.Role
+	Role    Role
 	Network string
 	// Namespace is the cluster's control-plane namespace (the one labelled
 	// with its network).
@@ -126,7 +125,7 @@ func (e *AddressNeededError) Error() string {
 // addresses holds the known gateway addresses by cluster (from
 // WaitForAddress or LookupAddress); a fixed Exposure.Address of a non-
 // LoadBalancer gateway needs no entry.
-func Plan(t federation.Topology, members []federation.Member, opts Options, addresses map[string]string) ([]ClusterPlan, error) {
+func Plan(t Topology, members []Member, opts Options, addresses map[string]string) ([]ClusterPlan, error) {
 	l, err := newLayout(t, members)
 	if err != nil {
 		return nil, err
@@ -145,7 +144,7 @@ func Plan(t federation.Topology, members []federation.Member, opts Options, addr
 }
 
 // PlanCluster returns the plan of the named cluster.
-func PlanCluster(t federation.Topology, members []federation.Member, cluster string, opts Options, addresses map[string]string) (ClusterPlan, error) {
+func PlanCluster(t Topology, members []Member, cluster string, opts Options, addresses map[string]string) (ClusterPlan, error) {
 	l, err := newLayout(t, members)
 	if err != nil {
 		return ClusterPlan{}, err
@@ -159,13 +158,13 @@ func PlanCluster(t federation.Topology, members []federation.Member, cluster str
 
 type planner struct {
 	l    *layout
-	m    federation.Member
+	m    Member
 	opts Options
 	out  ClusterPlan
 	err  error
 }
 
-func (l *layout) plan(m federation.Member, opts Options, addresses map[string]string) (ClusterPlan, error) {
+func (l *layout) plan(m Member, opts Options, addresses map[string]string) (ClusterPlan, error) {
 	if opts.MeshID == "" {
 		return ClusterPlan{}, errors.New("no mesh ID")
 	}
@@ -174,7 +173,7 @@ func (l *layout) plan(m federation.Member, opts Options, addresses map[string]st
 	}
 	p := &planner{l: l, m: m, opts: opts}
 	p.out = ClusterPlan{Cluster: m.Name, Role: m.Role, Network: m.Network, Namespace: opts.namespace()}
-	if m.Role == federation.RoleDataPlane {
+	if m.Role == RoleDataPlane {
 		p.out.Namespace = opts.externalNamespace()
 	}
 	if err := opts.Exposure[m.Name].Validate(); err != nil {
@@ -184,19 +183,19 @@ func (l *layout) plan(m federation.Member, opts Options, addresses map[string]st
 	// Setup: the control-plane namespace carries the network label; a
 	// remote's also names its primary.
 	var annotations map[string]string
-	if m.Role == federation.RoleRemote {
+	if m.Role == RoleRemote {
 		annotations = map[string]string{gateways.ControlPlaneClustersAnnotation: l.servedBy[m.Name]}
 	}
 	// An external istiod takes its config cluster's name as its cluster ID
 	// and manages the other data-plane clusters whose namespace names it.
-	if cfg := l.configCluster(l.servedBy[m.Name]); m.Role == federation.RoleDataPlane && cfg != m.Name {
+	if cfg := l.configCluster(l.servedBy[m.Name]); m.Role == RoleDataPlane && cfg != m.Name {
 		annotations = map[string]string{gateways.ControlPlaneClustersAnnotation: cfg}
 	}
 	p.setup(gateways.NamespaceObject(p.out.Namespace, m.Network, annotations))
-	if m.Role == federation.RoleControlPlane {
+	if m.Role == RoleControlPlane {
 		p.setup(gateways.NamespaceObject(opts.externalNamespace(), "", nil))
 	}
-	cni := !opts.NoCNI && m.Role != federation.RoleControlPlane
+	cni := !opts.NoCNI && m.Role != RoleControlPlane
 	if cni {
 		p.setup(gateways.NamespaceObject(opts.cniNamespace(), "", nil))
 	}
@@ -204,7 +203,7 @@ func (l *layout) plan(m federation.Member, opts Options, addresses map[string]st
 	// Gateways.
 	exp := opts.Exposure[m.Name]
 	switch {
-	case m.Role == federation.RoleControlPlane:
+	case m.Role == RoleControlPlane:
 		g := gateways.ControlPlaneIngress(p.out.Namespace, exp)
 		p.gateway(g)
 		ext := opts.externalNamespace()
@@ -230,12 +229,12 @@ func (l *layout) plan(m federation.Member, opts Options, addresses map[string]st
 		p.out.ControlPlane = append(p.out.ControlPlane, kube.Custom(p.istioCNI()))
 	}
 	switch m.Role {
-	case federation.RolePrimary:
+	case RolePrimary:
 		p.controlPlane(p.istio(IstioName, p.out.Namespace, "", p.primaryValues()))
-	case federation.RoleRemote:
+	case RoleRemote:
 		addr := p.address(l.servedBy[m.Name], addresses)
 		p.controlPlane(p.istio(IstioName, p.out.Namespace, "remote", p.remoteValues(addr)))
-	case federation.RoleControlPlane:
+	case RoleControlPlane:
 		// The control-plane cluster's own control plane injects and
 		// configures the ingress gateway.
 		var values map[string]any
@@ -245,7 +244,7 @@ func (l *layout) plan(m federation.Member, opts Options, addresses map[string]st
 		p.controlPlane(p.istio(IstioName, p.out.Namespace, "", values))
 		addr := p.address(m.Name, addresses)
 		p.controlPlane(p.istio(ExternalIstiodName, opts.externalNamespace(), "empty", p.externalIstiodValues(addr, l.configCluster(m.Name))))
-	case federation.RoleDataPlane:
+	case RoleDataPlane:
 		cp := l.servedBy[m.Name]
 		addr := p.address(cp, addresses)
 		p.controlPlane(p.istio(ExternalIstiodName, p.out.Namespace, "remote", p.dataPlaneValues(addr, l.configCluster(cp) == m.Name)))

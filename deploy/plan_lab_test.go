@@ -3,8 +3,6 @@ package deploy
 import (
 	"context"
 	"testing"
-
-	"github.com/flotillamesh/flotilla/federation"
 )
 
 // actions is what a dry run said per object of one cluster.
@@ -25,12 +23,12 @@ func TestLabPlanActions(t *testing.T) {
 	resetSail(t, clusters)
 	_, dry := labClusters(t, true)
 	opts := prefixed("plan", Options{MeshID: "mesh1", Version: "1.30.3"})
-	members := []federation.Member{member("east", "primary", "n1"), member("west", "primary", "n2")}
-	moved := []federation.Member{member("east", "primary", "n1"), member("west", "primary", "n3")}
+	members := []Member{member("east", "primary", "n1"), member("west", "primary", "n2")}
+	moved := []Member{member("east", "primary", "n1"), member("west", "primary", "n3")}
 
-	plan := func(t *testing.T, ms []federation.Member) *Result {
+	plan := func(t *testing.T, ms []Member) *Result {
 		t.Helper()
-		res, err := ApplyMesh(ctx, dry, federation.MultiPrimary, ms, opts, nil)
+		res, err := ApplyMesh(ctx, dry, MultiPrimary, ms, opts, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -62,7 +60,7 @@ func TestLabPlanActions(t *testing.T) {
 		every(t, res, "west", ActionCreate, nil)
 	})
 
-	if _, err := ApplyMesh(ctx, clusters, federation.MultiPrimary, members, opts, nil); err != nil {
+	if _, err := ApplyMesh(ctx, clusters, MultiPrimary, members, opts, nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -73,7 +71,7 @@ func TestLabPlanActions(t *testing.T) {
 	})
 
 	t.Run("west moved to another network: its namespace and Istio update", func(t *testing.T) {
-		res, err := ApplyMesh(ctx, dry, federation.MultiPrimary, moved, opts, nil)
+		res, err := ApplyMesh(ctx, dry, MultiPrimary, moved, opts, nil)
 		if err != nil {
 			// Nothing may be refused: the gateway's Deployment keeps the
 			// network out of its (immutable) selector.

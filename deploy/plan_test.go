@@ -10,12 +10,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/flotillamesh/flotilla/federation"
 	"github.com/flotillamesh/flotilla/gateways"
 )
 
-func member(name string, role federation.Role, network string) federation.Member {
-	return federation.Member{Name: name, Role: role, Network: network}
+func member(name string, role Role, network string) Member {
+	return Member{Name: name, Role: role, Network: network}
 }
 
 var testOpts = Options{MeshID: "mesh1", Version: "1.30.3", NoCNI: true}
@@ -23,27 +22,27 @@ var testOpts = Options{MeshID: "mesh1", Version: "1.30.3", NoCNI: true}
 func TestValidate(t *testing.T) {
 	tests := []struct {
 		name     string
-		topology federation.Topology
-		members  []federation.Member
+		topology Topology
+		members  []Member
 		wantErr  string
 	}{
-		{"multi-primary, two networks", federation.MultiPrimary, []federation.Member{member("east", "primary", "n1"), member("west", "primary", "n2")}, ""},
-		{"multi-primary, one shared network", federation.MultiPrimary, []federation.Member{member("east", "primary", "n1"), member("west", "primary", "n1")}, ""},
-		{"multi-primary, no networks", federation.MultiPrimary, []federation.Member{member("east", "", ""), member("west", "", "")}, ""},
-		{"role defaults to primary", federation.MultiPrimary, []federation.Member{member("east", "", "n1")}, ""},
-		{"primary-remote", federation.PrimaryRemote, []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, ""},
-		{"external control plane", federation.ExternalControlPlane, []federation.Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n1")}, ""},
-		{"unknown topology", "mesh-of-meshes", []federation.Member{member("east", "primary", "n1")}, `unknown topology "mesh-of-meshes"`},
-		{"no clusters", federation.MultiPrimary, nil, "no clusters"},
-		{"remote with no primary", federation.PrimaryRemote, []federation.Member{member("east", "remote", "n1"), member("west", "remote", "n2")}, "needs a primary cluster in the mesh, and there is none"},
-		{"remote naming a missing primary", federation.PrimaryRemote, []federation.Member{member("east", "primary", "n1"), {Name: "west", Role: "remote", Network: "n2", ControlPlane: "north"}}, `controlPlane "north" is not a primary cluster`},
-		{"data plane with no control plane", federation.ExternalControlPlane, []federation.Member{member("west", "data-plane", "n1")}, "needs a control-plane cluster"},
-		{"control plane serving nobody", federation.ExternalControlPlane, []federation.Member{member("east", "control-plane", "n1"), member("north", "control-plane", "n1"), {Name: "west", Role: "data-plane", Network: "n1", ControlPlane: "east"}}, "north: control-plane cluster serves no data-plane cluster"},
-		{"role outside topology", federation.MultiPrimary, []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, `role "remote" is not part of topology multi-primary`},
-		{"duplicate cluster", federation.MultiPrimary, []federation.Member{member("east", "primary", "n1"), member("east", "primary", "n2")}, "listed twice"},
-		{"invalid cluster name", federation.MultiPrimary, []federation.Member{member("East_1", "primary", "n1")}, "invalid name"},
-		{"invalid network", federation.MultiPrimary, []federation.Member{member("east", "primary", "net work")}, "not a valid label value"},
-		{"networks named for some clusters only", federation.MultiPrimary, []federation.Member{member("east", "primary", "n1"), member("west", "primary", "")}, "clusters east name a network and west do not"},
+		{"multi-primary, two networks", MultiPrimary, []Member{member("east", "primary", "n1"), member("west", "primary", "n2")}, ""},
+		{"multi-primary, one shared network", MultiPrimary, []Member{member("east", "primary", "n1"), member("west", "primary", "n1")}, ""},
+		{"multi-primary, no networks", MultiPrimary, []Member{member("east", "", ""), member("west", "", "")}, ""},
+		{"role defaults to primary", MultiPrimary, []Member{member("east", "", "n1")}, ""},
+		{"primary-remote", PrimaryRemote, []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, ""},
+		{"external control plane", ExternalControlPlane, []Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n1")}, ""},
+		{"unknown topology", "mesh-of-meshes", []Member{member("east", "primary", "n1")}, `unknown topology "mesh-of-meshes"`},
+		{"no clusters", MultiPrimary, nil, "no clusters"},
+		{"remote with no primary", PrimaryRemote, []Member{member("east", "remote", "n1"), member("west", "remote", "n2")}, "needs a primary cluster in the mesh, and there is none"},
+		{"remote naming a missing primary", PrimaryRemote, []Member{member("east", "primary", "n1"), {Name: "west", Role: "remote", Network: "n2", ControlPlane: "north"}}, `controlPlane "north" is not a primary cluster`},
+		{"data plane with no control plane", ExternalControlPlane, []Member{member("west", "data-plane", "n1")}, "needs a control-plane cluster"},
+		{"control plane serving nobody", ExternalControlPlane, []Member{member("east", "control-plane", "n1"), member("north", "control-plane", "n1"), {Name: "west", Role: "data-plane", Network: "n1", ControlPlane: "east"}}, "north: control-plane cluster serves no data-plane cluster"},
+		{"role outside topology", MultiPrimary, []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, `role "remote" is not part of topology multi-primary`},
+		{"duplicate cluster", MultiPrimary, []Member{member("east", "primary", "n1"), member("east", "primary", "n2")}, "listed twice"},
+		{"invalid cluster name", MultiPrimary, []Member{member("East_1", "primary", "n1")}, "invalid name"},
+		{"invalid network", MultiPrimary, []Member{member("east", "primary", "net work")}, "not a valid label value"},
+		{"networks named for some clusters only", MultiPrimary, []Member{member("east", "primary", "n1"), member("west", "primary", "")}, "clusters east name a network and west do not"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -99,8 +98,8 @@ func TestPlanObjects(t *testing.T) {
 	ew := eastWestRefs("istio-system")
 	tests := []struct {
 		name      string
-		topology  federation.Topology
-		members   []federation.Member
+		topology  Topology
+		members   []Member
 		opts      Options
 		cluster   string
 		wantSetup []string
@@ -109,54 +108,54 @@ func TestPlanObjects(t *testing.T) {
 		wantCP    []string
 	}{
 		{
-			name: "multi-primary multi-network primary", topology: federation.MultiPrimary,
-			members: []federation.Member{member("east", "primary", "n1"), member("west", "primary", "n2")}, cluster: "east",
+			name: "multi-primary multi-network primary", topology: MultiPrimary,
+			members: []Member{member("east", "primary", "n1"), member("west", "primary", "n2")}, cluster: "east",
 			wantSetup: []string{"Namespace istio-system"},
 			wantGW:    cat(ew, []string{"Gateway istio-system/cross-network-gateway"}),
 			wantCP:    []string{"Istio default"},
 		},
 		{
-			name: "multi-primary single network has no gateways", topology: federation.MultiPrimary,
-			members: []federation.Member{member("east", "primary", "n1"), member("west", "primary", "n1")}, cluster: "west",
+			name: "multi-primary single network has no gateways", topology: MultiPrimary,
+			members: []Member{member("east", "primary", "n1"), member("west", "primary", "n1")}, cluster: "west",
 			wantSetup: []string{"Namespace istio-system"},
 			wantCP:    []string{"Istio default"},
 		},
 		{
-			name: "IstioCNI and its namespace unless NoCNI", topology: federation.MultiPrimary,
-			members: []federation.Member{member("east", "primary", "n1")}, cluster: "east", opts: Options{MeshID: "m", Version: "1.30.3"},
+			name: "IstioCNI and its namespace unless NoCNI", topology: MultiPrimary,
+			members: []Member{member("east", "primary", "n1")}, cluster: "east", opts: Options{MeshID: "m", Version: "1.30.3"},
 			wantSetup: []string{"Namespace istio-system", "Namespace istio-cni"},
 			wantCP:    []string{"IstioCNI default", "Istio default"},
 		},
 		{
-			name: "primary serving a remote on another network", topology: federation.PrimaryRemote,
-			members: []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, cluster: "east",
+			name: "primary serving a remote on another network", topology: PrimaryRemote,
+			members: []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, cluster: "east",
 			wantSetup: []string{"Namespace istio-system"},
 			wantGW:    cat(ew, []string{"Gateway istio-system/cross-network-gateway", "Gateway istio-system/istiod-gateway", "VirtualService istio-system/istiod-vs"}),
 			wantCP:    []string{"Istio default"},
 		},
 		{
-			name: "primary serving a remote on its network exposes istiod only", topology: federation.PrimaryRemote,
-			members: []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n1")}, cluster: "east",
+			name: "primary serving a remote on its network exposes istiod only", topology: PrimaryRemote,
+			members: []Member{member("east", "primary", "n1"), member("west", "remote", "n1")}, cluster: "east",
 			wantSetup: []string{"Namespace istio-system"},
 			wantGW:    cat(ew, []string{"Gateway istio-system/istiod-gateway", "VirtualService istio-system/istiod-vs"}),
 			wantCP:    []string{"Istio default"},
 		},
 		{
-			name: "remote on another network", topology: federation.PrimaryRemote,
-			members: []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, cluster: "west",
+			name: "remote on another network", topology: PrimaryRemote,
+			members: []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, cluster: "west",
 			wantSetup: []string{"Namespace istio-system"},
 			wantGW:    cat(ew, []string{"Gateway istio-system/cross-network-gateway"}),
 			wantCP:    []string{"Istio default"},
 		},
 		{
-			name: "remote on the primary's network has no gateway", topology: federation.PrimaryRemote,
-			members: []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n1")}, cluster: "west",
+			name: "remote on the primary's network has no gateway", topology: PrimaryRemote,
+			members: []Member{member("east", "primary", "n1"), member("west", "remote", "n1")}, cluster: "west",
 			wantSetup: []string{"Namespace istio-system"},
 			wantCP:    []string{"Istio default"},
 		},
 		{
-			name: "control-plane cluster", topology: federation.ExternalControlPlane,
-			members: []federation.Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n1")}, cluster: "east",
+			name: "control-plane cluster", topology: ExternalControlPlane,
+			members: []Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n1")}, cluster: "east",
 			wantSetup: []string{"Namespace istio-system", "Namespace external-istiod"},
 			wantGW: []string{
 				"ServiceAccount istio-system/istio-ingressgateway-service-account",
@@ -173,21 +172,21 @@ func TestPlanObjects(t *testing.T) {
 			wantCP: []string{"Istio default", "Istio external-istiod"},
 		},
 		{
-			name: "control-plane cluster runs no IstioCNI", topology: federation.ExternalControlPlane, opts: Options{MeshID: "m", Version: "1.30.3"},
-			members: []federation.Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n1")}, cluster: "east",
+			name: "control-plane cluster runs no IstioCNI", topology: ExternalControlPlane, opts: Options{MeshID: "m", Version: "1.30.3"},
+			members: []Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n1")}, cluster: "east",
 			wantSetup: []string{"Namespace istio-system", "Namespace external-istiod"},
 			skipGW:    true, // checked by the previous case
 			wantCP:    []string{"Istio default", "Istio external-istiod"},
 		},
 		{
-			name: "data-plane cluster", topology: federation.ExternalControlPlane,
-			members: []federation.Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n1")}, cluster: "west",
+			name: "data-plane cluster", topology: ExternalControlPlane,
+			members: []Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n1")}, cluster: "west",
 			wantSetup: []string{"Namespace external-istiod"},
 			wantCP:    []string{"Istio external-istiod"},
 		},
 		{
-			name: "data-plane clusters on two networks get east-west gateways", topology: federation.ExternalControlPlane,
-			members: []federation.Member{member("east", "control-plane", "n0"), member("west", "data-plane", "n1"), member("north", "data-plane", "n2")}, cluster: "north",
+			name: "data-plane clusters on two networks get east-west gateways", topology: ExternalControlPlane,
+			members: []Member{member("east", "control-plane", "n0"), member("west", "data-plane", "n1"), member("north", "data-plane", "n2")}, cluster: "north",
 			wantSetup: []string{"Namespace external-istiod"},
 			wantGW:    cat(eastWestRefs("external-istiod"), []string{"Gateway external-istiod/cross-network-gateway"}),
 			wantCP:    []string{"Istio external-istiod"},
@@ -236,9 +235,9 @@ func field(m map[string]any, path string) any {
 }
 
 func TestIstioValues(t *testing.T) {
-	pr := []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
-	ecp := []federation.Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n1"), member("north", "data-plane", "n2")}
-	mp := []federation.Member{member("east", "primary", "n1"), member("west", "primary", "n2")}
+	pr := []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
+	ecp := []Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n1"), member("north", "data-plane", "n2")}
+	mp := []Member{member("east", "primary", "n1"), member("west", "primary", "n2")}
 	addrs := map[string]string{"east": "192.0.2.10"}
 	certManager := Options{MeshID: "mesh1", Version: "v1.30.3", NoCNI: true,
 		Values: map[string]any{
@@ -249,15 +248,15 @@ func TestIstioValues(t *testing.T) {
 	}
 	tests := []struct {
 		name     string
-		topology federation.Topology
-		members  []federation.Member
+		topology Topology
+		members  []Member
 		opts     Options
 		cluster  string
 		istio    string
 		want     map[string]any // dotted path -> value; nil value = absent
 	}{
 		{
-			name: "multi-primary", topology: federation.MultiPrimary, members: mp, cluster: "west", istio: "default",
+			name: "multi-primary", topology: MultiPrimary, members: mp, cluster: "west", istio: "default",
 			want: map[string]any{
 				"version": "v1.30.3", "namespace": "istio-system", "profile": nil,
 				"values.global.meshID": "mesh1", "values.global.multiCluster.clusterName": "west", "values.global.network": "n2",
@@ -265,14 +264,14 @@ func TestIstioValues(t *testing.T) {
 			},
 		},
 		{
-			name: "primary serving remotes", topology: federation.PrimaryRemote, members: pr, cluster: "east", istio: "default",
+			name: "primary serving remotes", topology: PrimaryRemote, members: pr, cluster: "east", istio: "default",
 			want: map[string]any{
 				"values.global.externalIstiod": true, "values.global.meshID": "mesh1",
 				"values.global.multiCluster.clusterName": "east", "values.global.network": "n1",
 			},
 		},
 		{
-			name: "remote", topology: federation.PrimaryRemote, members: pr, cluster: "west", istio: "default",
+			name: "remote", topology: PrimaryRemote, members: pr, cluster: "west", istio: "default",
 			want: map[string]any{
 				"profile": "remote", "values.global.remotePilotAddress": "192.0.2.10",
 				"values.istiodRemote.injectionPath":      "/inject/cluster/west/net/n2",
@@ -280,11 +279,11 @@ func TestIstioValues(t *testing.T) {
 			},
 		},
 		{
-			name: "control-plane cluster's own control plane", topology: federation.ExternalControlPlane, members: ecp, cluster: "east", istio: "default",
+			name: "control-plane cluster's own control plane", topology: ExternalControlPlane, members: ecp, cluster: "east", istio: "default",
 			want: map[string]any{"namespace": "istio-system", "profile": nil, "values.global.network": "n1"},
 		},
 		{
-			name: "external istiod", topology: federation.ExternalControlPlane, members: ecp, cluster: "east", istio: "external-istiod",
+			name: "external istiod", topology: ExternalControlPlane, members: ecp, cluster: "east", istio: "external-istiod",
 			want: map[string]any{
 				"namespace": "external-istiod", "profile": "empty",
 				"values.meshConfig.rootNamespace":                  "external-istiod",
@@ -308,7 +307,7 @@ func TestIstioValues(t *testing.T) {
 			},
 		},
 		{
-			name: "config cluster", topology: federation.ExternalControlPlane, members: ecp, cluster: "west", istio: "external-istiod",
+			name: "config cluster", topology: ExternalControlPlane, members: ecp, cluster: "west", istio: "external-istiod",
 			want: map[string]any{
 				"namespace": "external-istiod", "profile": "remote",
 				"values.defaultRevision":            "external-istiod",
@@ -320,21 +319,21 @@ func TestIstioValues(t *testing.T) {
 			},
 		},
 		{
-			name: "second data-plane cluster reads no config", topology: federation.ExternalControlPlane, members: ecp, cluster: "north", istio: "external-istiod",
+			name: "second data-plane cluster reads no config", topology: ExternalControlPlane, members: ecp, cluster: "north", istio: "external-istiod",
 			want: map[string]any{
 				"profile": "remote", "values.global.configCluster": nil, "values.pilot": nil,
 				"values.global.remotePilotAddress": "192.0.2.10", "values.istiodRemote.injectionPath": "/inject/cluster/north/net/n2",
 			},
 		},
 		{
-			name: "extra values merge over flotilla's (cert-manager hook)", topology: federation.PrimaryRemote, members: pr, opts: certManager, cluster: "east", istio: "default",
+			name: "extra values merge over flotilla's (cert-manager hook)", topology: PrimaryRemote, members: pr, opts: certManager, cluster: "east", istio: "default",
 			want: map[string]any{
 				"values.global.caAddress": "flotilla-csr.flotilla.svc:443", "values.pilot.env.ENABLE_CA_SERVER": "false",
 				"values.global.meshID": "mesh1", "values.global.externalIstiod": true, "values.global.logging.level": "default:debug",
 			},
 		},
 		{
-			name: "cluster values stay with their cluster", topology: federation.PrimaryRemote, members: pr, opts: certManager, cluster: "west", istio: "default",
+			name: "cluster values stay with their cluster", topology: PrimaryRemote, members: pr, opts: certManager, cluster: "west", istio: "default",
 			want: map[string]any{"values.global.caAddress": "flotilla-csr.flotilla.svc:443", "values.global.logging": nil},
 		},
 	}
@@ -359,7 +358,7 @@ func TestIstioValues(t *testing.T) {
 }
 
 func TestAddresses(t *testing.T) {
-	pr := []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
+	pr := []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
 	tests := []struct {
 		name        string
 		opts        Options
@@ -378,7 +377,7 @@ func TestAddresses(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			opts := tt.opts
 			opts.MeshID, opts.Version, opts.NoCNI = "mesh1", "1.30.3", true
-			p, err := PlanCluster(federation.PrimaryRemote, pr, "west", opts, tt.addrs)
+			p, err := PlanCluster(PrimaryRemote, pr, "west", opts, tt.addrs)
 			if tt.wantErr {
 				var need *AddressNeededError
 				if !errors.As(err, &need) || need.Cluster != "west" || need.Of != "east" {
@@ -402,19 +401,19 @@ func TestAddresses(t *testing.T) {
 func TestNamespaceLabels(t *testing.T) {
 	tests := []struct {
 		name            string
-		topology        federation.Topology
-		members         []federation.Member
+		topology        Topology
+		members         []Member
 		cluster         string
 		wantNS          string
 		wantNetwork     string
 		wantControlAnno string
 	}{
-		{"primary", federation.MultiPrimary, []federation.Member{member("east", "primary", "n1")}, "east", "istio-system", "n1", ""},
-		{"unnamed network leaves no label", federation.MultiPrimary, []federation.Member{member("east", "primary", "")}, "east", "istio-system", "", ""},
-		{"remote names its primary", federation.PrimaryRemote, []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, "west", "istio-system", "n2", "east"},
-		{"data plane labels the external namespace", federation.ExternalControlPlane, []federation.Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n2")}, "west", "external-istiod", "n2", ""},
-		{"a second data plane names the config cluster", federation.ExternalControlPlane,
-			[]federation.Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n2"), member("north", "data-plane", "n3")}, "north", "external-istiod", "n3", "west"},
+		{"primary", MultiPrimary, []Member{member("east", "primary", "n1")}, "east", "istio-system", "n1", ""},
+		{"unnamed network leaves no label", MultiPrimary, []Member{member("east", "primary", "")}, "east", "istio-system", "", ""},
+		{"remote names its primary", PrimaryRemote, []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, "west", "istio-system", "n2", "east"},
+		{"data plane labels the external namespace", ExternalControlPlane, []Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n2")}, "west", "external-istiod", "n2", ""},
+		{"a second data plane names the config cluster", ExternalControlPlane,
+			[]Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n2"), member("north", "data-plane", "n3")}, "north", "external-istiod", "n3", "west"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -449,7 +448,7 @@ func TestMergeValues(t *testing.T) {
 }
 
 func TestRenderRoundTrip(t *testing.T) {
-	plans, err := Plan(federation.PrimaryRemote, []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, Options{MeshID: "mesh1", Version: "1.30.3"}, map[string]string{"east": "192.0.2.10"})
+	plans, err := Plan(PrimaryRemote, []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, Options{MeshID: "mesh1", Version: "1.30.3"}, map[string]string{"east": "192.0.2.10"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -496,11 +495,11 @@ func normalize(t *testing.T, u *unstructured.Unstructured) map[string]any {
 }
 
 func BenchmarkPlan(b *testing.B) {
-	members := []federation.Member{member("east", "primary", "n1"), member("west", "remote", "n2"), member("north", "remote", "n3")}
+	members := []Member{member("east", "primary", "n1"), member("west", "remote", "n2"), member("north", "remote", "n3")}
 	opts := Options{MeshID: "mesh1", Version: "1.30.3"}
 	addrs := map[string]string{"east": "192.0.2.10"}
 	for b.Loop() {
-		plans, err := Plan(federation.PrimaryRemote, members, opts, addrs)
+		plans, err := Plan(PrimaryRemote, members, opts, addrs)
 		if err != nil {
 			b.Fatal(err)
 		}

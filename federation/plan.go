@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"k8s.io/apimachinery/pkg/util/validation"
 )
 
@@ -80,7 +81,7 @@ func (p Plan) LinksFrom(reader string) []Link {
 // gateways, not who reads whom.
 func NewPlan(t Topology, members []Member) (Plan, error) {
 	if !t.Valid() {
-		return Plan{}, fmt.Errorf("unknown topology %q (want one of %v)", t, Topologies())
+		return Plan{}, fmt.Errorf("unknown topology %q (want one of %v)", t, deploy.Topologies())
 	}
 	members = normalize(members)
 	if err := validateMembers(t, members); err != nil {
@@ -103,7 +104,7 @@ func NewPlan(t Topology, members []Member) (Plan, error) {
 			if m.Role != RoleRemote {
 				continue
 			}
-			cp, err := ServedBy(t, m, members)
+			cp, err := deploy.ServedBy(t, m, members)
 			if err != nil {
 				return Plan{}, err
 			}
@@ -115,7 +116,7 @@ func NewPlan(t Topology, members []Member) (Plan, error) {
 			if m.Role != RoleDataPlane {
 				continue
 			}
-			cp, err := ServedBy(t, m, members)
+			cp, err := deploy.ServedBy(t, m, members)
 			if err != nil {
 				return Plan{}, err
 			}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/federation"
 )
 
@@ -239,7 +240,7 @@ func (m *Mesh) ServedBy(name string) (string, error) {
 	all := m.Members()
 	for _, mem := range all {
 		if mem.Name == name {
-			return federation.ServedBy(m.Spec.Topology, mem, all)
+			return deploy.ServedBy(m.Spec.Topology, mem, all)
 		}
 	}
 	return "", fmt.Errorf("cluster %s is not in mesh %s", name, m.Metadata.Name)

@@ -11,6 +11,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/federation"
 )
 
@@ -111,9 +112,9 @@ func (m *Mesh) validate() []Problem {
 	}
 	switch {
 	case s.Topology == "":
-		c.add("spec.topology", "required (one of %s)", list(federation.Topologies()))
+		c.add("spec.topology", "required (one of %s)", list(deploy.Topologies()))
 	case !s.Topology.Valid():
-		c.add("spec.topology", "%q is not a topology (one of %s)", s.Topology, list(federation.Topologies()))
+		c.add("spec.topology", "%q is not a topology (one of %s)", s.Topology, list(deploy.Topologies()))
 	}
 	c.pki()
 	tokenTTL := s.Federation.TokenTTL.Duration
@@ -283,7 +284,7 @@ func (c *checker) roles() {
 		if !slices.Contains(s.Topology.Roles(), mem.Role) {
 			continue // already reported
 		}
-		if _, err := federation.ServedBy(s.Topology, mem, members); err != nil {
+		if _, err := deploy.ServedBy(s.Topology, mem, members); err != nil {
 			c.add(fmt.Sprintf("spec.clusters[%d].controlPlane", i), "%v", err)
 		}
 	}
