@@ -35,7 +35,7 @@ gRPC with TLS. It checks each caller's service-account token with TokenReview
 (audience istio-ca), accepts only a CSR for that account's SPIFFE ID, has
 cert-manager sign it through a CertificateRequest, and returns the chain ending
 in a root of the pinned trust bundle. Point Istio's global.caAddress at it and set
-pilot.env.ENABLE_CA_SERVER to "false"; deploy.CSRAgentObjects holds the manifests
+pilot.env.ENABLE_CA_SERVER to "false"; csragent.Objects holds the manifests
 that run it in a cluster.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

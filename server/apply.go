@@ -413,7 +413,7 @@ func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Clust
 		return err
 	}
 	if agent := csrAgentOf(m); agent != nil {
-		objs, err := deploy.CSRAgentObjects(deploy.CSRAgentOptions{
+		objs, err := csragent.Objects(csragent.ManifestOptions{
 			Cluster: kc.Name, Namespace: ns, Image: agent.Image,
 			TrustDomain: m.Spec.TrustDomain, TrustBundlePEM: bundle.PEM(),
 		})

@@ -12,7 +12,7 @@
 // when its webhook (which records the requester) is absent, so this agent
 // is the policy point: nothing reaches cert-manager that it did not check.
 //
-// `flotilla csr-agent` maps its flags onto Options (deploy.CSRAgentArgs
+// `flotilla csr-agent` maps its flags onto Options (Args in manifests.go
 // passes the first group):
 //
 //	--cluster-name NAME          kube.Connect(NAME, in-cluster or --kubeconfig config; QPS -1)

@@ -36,7 +36,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 
-	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/pki/certmanager"
@@ -72,7 +71,7 @@ type env struct {
 var shared *env
 
 // setup applies cert-manager mode to east, waits for the intermediate and
-// the agent's serving certificate (deploy's Certificate, issued by
+// the agent's serving certificate (csragent.Certificate, issued by
 // cert-manager), and runs the agent through Run on loopback. Shared by
 // the package's tests and benchmarks.
 func setup(t testing.TB) *env {
@@ -102,12 +101,12 @@ func setup(t testing.TB) *env {
 	if _, err := certmanager.WaitReady(ctx, kc, ns, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kc.Apply(ctx, deploy.CSRAgentCertificate(ns)); err != nil {
+	if _, err := kc.Apply(ctx, csragent.Certificate(ns)); err != nil {
 		t.Fatal(err)
 	}
 	var serving tls.Certificate
 	err = wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		s, err := kc.Kube.CoreV1().Secrets(ns).Get(ctx, deploy.CSRAgentTLSSecret, metav1.GetOptions{})
+		s, err := kc.Kube.CoreV1().Secrets(ns).Get(ctx, csragent.TLSSecret, metav1.GetOptions{})
 		if err != nil {
 			return false, nil
 		}

@@ -1,4 +1,4 @@
-package deploy
+package csragent_test
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotillamesh/flotilla/deploy"
+	"github.com/flotillamesh/flotilla/pki/csragent"
 	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
@@ -16,7 +18,7 @@ import (
 // order that applies cleanly, and refuse to render without an image or a
 // trust bundle.
 func TestCSRAgentObjects(t *testing.T) {
-	objs, err := CSRAgentObjects(CSRAgentOptions{Cluster: "east", Image: "flotilla:test", TrustBundlePEM: []byte("pem"), RootCertNamespaces: []string{"apps-1"}})
+	objs, err := csragent.Objects(csragent.ManifestOptions{Cluster: "east", Image: "flotilla:test", TrustBundlePEM: []byte("pem"), RootCertNamespaces: []string{"apps-1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,12 +40,12 @@ func TestCSRAgentObjects(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name string
-		o    CSRAgentOptions
+		o    csragent.ManifestOptions
 	}{
-		{"no image", CSRAgentOptions{TrustBundlePEM: []byte("pem")}},
-		{"no trust bundle", CSRAgentOptions{Image: "flotilla:test"}},
+		{"no image", csragent.ManifestOptions{TrustBundlePEM: []byte("pem")}},
+		{"no trust bundle", csragent.ManifestOptions{Image: "flotilla:test"}},
 	} {
-		if _, err := CSRAgentObjects(tc.o); err == nil {
+		if _, err := csragent.Objects(tc.o); err == nil {
 			t.Errorf("%s: rendered", tc.name)
 		}
 	}
@@ -66,7 +68,7 @@ func TestLabCSRAgentManifests(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	l := testLab.Get(t)
-	c, err := l.Cluster("north").Connect()
+	c, err := l.Cluster("east").Connect()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,15 +76,15 @@ func TestLabCSRAgentManifests(t *testing.T) {
 	if _, err := c.Kube.CoreV1().Namespaces().Apply(ctx, corev1ac.Namespace(ns), c.ApplyOptions()); err != nil {
 		t.Fatal(err)
 	}
-	objs, err := CSRAgentObjects(CSRAgentOptions{Cluster: "north", Namespace: ns, Image: "flotilla:test", TrustBundlePEM: []byte("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")})
+	objs, err := csragent.Objects(csragent.ManifestOptions{Cluster: "east", Namespace: ns, Image: "flotilla:test", TrustBundlePEM: []byte("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	first, err := ApplyObjects(ctx, c, objs, nil)
+	first, err := deploy.ApplyObjects(ctx, c, objs, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	second, err := ApplyObjects(ctx, c, objs, nil)
+	second, err := deploy.ApplyObjects(ctx, c, objs, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +103,7 @@ func TestLabCSRAgentManifests(t *testing.T) {
 			t.Errorf("%s is not up to date after the apply: a re-apply would write it again", o.Ref())
 		}
 	}
-	user := "system:serviceaccount:" + ns + ":" + CSRAgentName
+	user := "system:serviceaccount:" + ns + ":" + csragent.ServiceName
 	for _, tc := range []struct {
 		name  string
 		attrs authzv1.ResourceAttributes

@@ -1,6 +1,7 @@
-package deploy
+package csragent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"strconv"
@@ -16,23 +17,22 @@ import (
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	rbacv1ac "k8s.io/client-go/applyconfigurations/rbac/v1"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/pki/certmanager"
-	"github.com/flotillamesh/flotilla/pki/csragent"
 )
 
 // Names of the csr-agent's objects in the control-plane namespace.
 const (
-	CSRAgentName            = csragent.ServiceName // ServiceAccount, Deployment, Service, RBAC
-	CSRAgentTLSSecret       = CSRAgentName + "-tls"
-	CSRAgentTrustBundle     = "flotilla-trust-bundle"
+	TLSSecret               = ServiceName + "-tls"
+	TrustBundleName         = "flotilla-trust-bundle"
 	csrAgentCertDir         = "/var/run/secrets/flotilla/tls"
 	csrAgentTrustBundleDir  = "/var/run/secrets/flotilla/trust"
 	csrAgentTrustBundleFile = "root-cert.pem"
 )
 
-// CSRAgentOptions configure the csr-agent's manifests for one cluster.
-type CSRAgentOptions struct {
+// ManifestOptions configure the csr-agent's manifests for one cluster.
+type ManifestOptions struct {
 	// Cluster names the cluster in the agent's messages.
 	Cluster string
 	// Namespace is the control-plane namespace; "" is istio-system.
@@ -51,13 +51,13 @@ type CSRAgentOptions struct {
 	RootCertNamespaces []string
 }
 
-// CSRAgentObjects are the objects that run the csr-agent in a cluster, in
+// Objects are the objects that run the csr-agent in a cluster, in
 // apply order: RBAC, the pinned trust bundle, its serving Certificate
 // (issued by the cluster's workload issuer, so proxies verify it with the
 // mesh root), Service and Deployment. cert-manager mode's objects
 // (certmanager.Apply) must be in place first.
-func CSRAgentObjects(o CSRAgentOptions) ([]kube.Object, error) {
-	ns := or(o.Namespace, DefaultNamespace)
+func Objects(o ManifestOptions) ([]kube.Object, error) {
+	ns := cmp.Or(o.Namespace, deploy.DefaultNamespace)
 	if o.Image == "" {
 		return nil, errors.New("csr-agent: no image")
 	}
@@ -68,8 +68,8 @@ func CSRAgentObjects(o CSRAgentOptions) ([]kube.Object, error) {
 	if replicas == 0 {
 		replicas = 2
 	}
-	labels := map[string]string{"app": CSRAgentName, "app.kubernetes.io/managed-by": "flotilla"}
-	sel := map[string]string{"app": CSRAgentName}
+	labels := map[string]string{"app": ServiceName, "app.kubernetes.io/managed-by": "flotilla"}
+	sel := map[string]string{"app": ServiceName}
 	var objs []kube.Object
 	add := func(o kube.Object, err error) error {
 		if err != nil {
@@ -79,31 +79,31 @@ func CSRAgentObjects(o CSRAgentOptions) ([]kube.Object, error) {
 		return nil
 	}
 
-	sa := corev1ac.ServiceAccount(CSRAgentName, ns).WithLabels(labels)
-	cr := rbacv1ac.ClusterRole(CSRAgentName+"-"+ns).WithLabels(labels).WithRules(
+	sa := corev1ac.ServiceAccount(ServiceName, ns).WithLabels(labels)
+	cr := rbacv1ac.ClusterRole(ServiceName+"-"+ns).WithLabels(labels).WithRules(
 		rbacv1ac.PolicyRule().WithAPIGroups("authentication.k8s.io").WithResources("tokenreviews").WithVerbs("create"),
 		rbacv1ac.PolicyRule().WithAPIGroups("").WithResources("configmaps").WithVerbs("get", "list", "watch", "create", "patch"),
 		rbacv1ac.PolicyRule().WithAPIGroups("").WithResources("namespaces").WithVerbs("get", "list", "watch"),
 	)
-	crb := rbacv1ac.ClusterRoleBinding(CSRAgentName + "-" + ns).WithLabels(labels).
-		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("ClusterRole").WithName(CSRAgentName + "-" + ns)).
-		WithSubjects(rbacv1ac.Subject().WithKind("ServiceAccount").WithName(CSRAgentName).WithNamespace(ns))
-	role := rbacv1ac.Role(CSRAgentName, ns).WithLabels(labels).WithRules(
+	crb := rbacv1ac.ClusterRoleBinding(ServiceName + "-" + ns).WithLabels(labels).
+		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("ClusterRole").WithName(ServiceName + "-" + ns)).
+		WithSubjects(rbacv1ac.Subject().WithKind("ServiceAccount").WithName(ServiceName).WithNamespace(ns))
+	role := rbacv1ac.Role(ServiceName, ns).WithLabels(labels).WithRules(
 		// Server-side apply creates through patch.
 		rbacv1ac.PolicyRule().WithAPIGroups("cert-manager.io").WithResources("certificaterequests").WithVerbs("create", "patch", "get", "list", "watch", "delete"),
 		rbacv1ac.PolicyRule().WithAPIGroups("cert-manager.io").WithResources("certificates").WithVerbs("create", "patch", "get"),
 		rbacv1ac.PolicyRule().WithAPIGroups("").WithResources("events").WithVerbs("create", "patch"),
 	)
-	rb := rbacv1ac.RoleBinding(CSRAgentName, ns).WithLabels(labels).
-		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("Role").WithName(CSRAgentName)).
-		WithSubjects(rbacv1ac.Subject().WithKind("ServiceAccount").WithName(CSRAgentName).WithNamespace(ns))
-	bundle := corev1ac.ConfigMap(CSRAgentTrustBundle, ns).WithLabels(labels).
+	rb := rbacv1ac.RoleBinding(ServiceName, ns).WithLabels(labels).
+		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("Role").WithName(ServiceName)).
+		WithSubjects(rbacv1ac.Subject().WithKind("ServiceAccount").WithName(ServiceName).WithNamespace(ns))
+	bundle := corev1ac.ConfigMap(TrustBundleName, ns).WithLabels(labels).
 		WithData(map[string]string{csrAgentTrustBundleFile: string(o.TrustBundlePEM)})
-	svc := corev1ac.Service(CSRAgentName, ns).WithLabels(labels).WithSpec(corev1ac.ServiceSpec().
+	svc := corev1ac.Service(ServiceName, ns).WithLabels(labels).WithSpec(corev1ac.ServiceSpec().
 		WithSelector(sel).
 		WithPorts(
-			corev1ac.ServicePort().WithName("grpc").WithProtocol(corev1.ProtocolTCP).WithPort(csragent.DefaultServicePort).WithTargetPort(intstr.FromInt32(csragent.DefaultPort)),
-			corev1ac.ServicePort().WithName("metrics").WithProtocol(corev1.ProtocolTCP).WithPort(csragent.DefaultMetricsPort).WithTargetPort(intstr.FromInt32(csragent.DefaultMetricsPort)),
+			corev1ac.ServicePort().WithName("grpc").WithProtocol(corev1.ProtocolTCP).WithPort(DefaultServicePort).WithTargetPort(intstr.FromInt32(DefaultPort)),
+			corev1ac.ServicePort().WithName("metrics").WithProtocol(corev1.ProtocolTCP).WithPort(DefaultMetricsPort).WithTargetPort(intstr.FromInt32(DefaultMetricsPort)),
 		))
 
 	for _, err := range []error{
@@ -130,7 +130,7 @@ func CSRAgentObjects(o CSRAgentOptions) ([]kube.Object, error) {
 			return nil, err
 		}
 	}
-	objs = append(objs, kube.Custom(CSRAgentCertificate(ns)))
+	objs = append(objs, kube.Custom(Certificate(ns)))
 	for _, err := range []error{
 		add(kube.Typed(svc, func(ctx context.Context, c *kube.Cluster, ac *corev1ac.ServiceApplyConfiguration) (metav1.Object, error) {
 			return c.Kube.CoreV1().Services(ns).Apply(ctx, ac, c.ApplyOptions())
@@ -146,23 +146,23 @@ func CSRAgentObjects(o CSRAgentOptions) ([]kube.Object, error) {
 	return objs, nil
 }
 
-// CSRAgentCertificate is the agent's serving Certificate: its Service
+// Certificate is the agent's serving Certificate: its Service
 // names, signed by the cluster's workload issuer.
-func CSRAgentCertificate(ns string) *unstructured.Unstructured {
+func Certificate(ns string) *unstructured.Unstructured {
 	return &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "cert-manager.io/v1",
 		"kind":       "Certificate",
 		"metadata": map[string]any{
-			"name": CSRAgentName, "namespace": ns,
-			"labels": map[string]any{"app": CSRAgentName, "app.kubernetes.io/managed-by": "flotilla"},
+			"name": ServiceName, "namespace": ns,
+			"labels": map[string]any{"app": ServiceName, "app.kubernetes.io/managed-by": "flotilla"},
 		},
 		"spec": map[string]any{
-			"secretName":  CSRAgentTLSSecret,
+			"secretName":  TLSSecret,
 			"duration":    "720h",
 			"renewBefore": "240h",
 			"dnsNames": []any{
-				CSRAgentName + "." + ns + ".svc",
-				CSRAgentName + "." + ns + ".svc.cluster.local",
+				ServiceName + "." + ns + ".svc",
+				ServiceName + "." + ns + ".svc.cluster.local",
 			},
 			"usages":     []any{"digital signature", "key encipherment", "server auth"},
 			"privateKey": map[string]any{"algorithm": "ECDSA", "size": int64(256), "rotationPolicy": "Always", "encoding": "PKCS8"},
@@ -171,21 +171,21 @@ func CSRAgentCertificate(ns string) *unstructured.Unstructured {
 	}}
 }
 
-// CSRAgentArgs are the `flotilla csr-agent` flags the Deployment passes.
-func CSRAgentArgs(o CSRAgentOptions) []string {
-	ns := or(o.Namespace, DefaultNamespace)
+// Args are the `flotilla csr-agent` flags the Deployment passes.
+func Args(o ManifestOptions) []string {
+	ns := cmp.Or(o.Namespace, deploy.DefaultNamespace)
 	args := []string{
 		"csr-agent",
-		"--cluster-name=" + or(o.Cluster, "in-cluster"),
+		"--cluster-name=" + cmp.Or(o.Cluster, "in-cluster"),
 		"--namespace=" + ns,
-		"--trust-domain=" + or(o.TrustDomain, csragent.DefaultTrustDomain),
+		"--trust-domain=" + cmp.Or(o.TrustDomain, DefaultTrustDomain),
 		"--issuer-name=" + certmanager.WorkloadIssuerName,
 		"--issuer-kind=Issuer",
 		"--trust-bundle-file=" + csrAgentTrustBundleDir + "/" + csrAgentTrustBundleFile,
 		"--tls-cert-file=" + csrAgentCertDir + "/tls.crt",
 		"--tls-key-file=" + csrAgentCertDir + "/tls.key",
-		"--listen=:" + strconv.Itoa(csragent.DefaultPort),
-		"--metrics-listen=:" + strconv.Itoa(csragent.DefaultMetricsPort),
+		"--listen=:" + strconv.Itoa(DefaultPort),
+		"--metrics-listen=:" + strconv.Itoa(DefaultMetricsPort),
 		"--istiod-cert=true",
 	}
 	if o.MaxLifetime > 0 {
@@ -197,26 +197,26 @@ func CSRAgentArgs(o CSRAgentOptions) []string {
 	return args
 }
 
-func csrAgentDeployment(o CSRAgentOptions, ns string, replicas int32, labels, sel map[string]string) *appsv1ac.DeploymentApplyConfiguration {
-	return appsv1ac.Deployment(CSRAgentName, ns).WithLabels(labels).WithSpec(appsv1ac.DeploymentSpec().
+func csrAgentDeployment(o ManifestOptions, ns string, replicas int32, labels, sel map[string]string) *appsv1ac.DeploymentApplyConfiguration {
+	return appsv1ac.Deployment(ServiceName, ns).WithLabels(labels).WithSpec(appsv1ac.DeploymentSpec().
 		WithReplicas(replicas).
 		WithSelector(metav1ac.LabelSelector().WithMatchLabels(sel)).
 		WithTemplate(corev1ac.PodTemplateSpec().
 			WithLabels(labels).
 			WithSpec(corev1ac.PodSpec().
-				WithServiceAccountName(CSRAgentName).
+				WithServiceAccountName(ServiceName).
 				WithSecurityContext(corev1ac.PodSecurityContext().WithRunAsNonRoot(true).
 					WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))).
 				WithContainers(corev1ac.Container().
 					WithName("csr-agent").
 					WithImage(o.Image).
-					WithArgs(CSRAgentArgs(o)...).
+					WithArgs(Args(o)...).
 					WithPorts(
-						corev1ac.ContainerPort().WithName("grpc").WithContainerPort(csragent.DefaultPort),
-						corev1ac.ContainerPort().WithName("metrics").WithContainerPort(csragent.DefaultMetricsPort),
+						corev1ac.ContainerPort().WithName("grpc").WithContainerPort(DefaultPort),
+						corev1ac.ContainerPort().WithName("metrics").WithContainerPort(DefaultMetricsPort),
 					).
 					WithReadinessProbe(corev1ac.Probe().WithHTTPGet(corev1ac.HTTPGetAction().
-						WithPath("/healthz").WithPort(intstr.FromInt32(csragent.DefaultMetricsPort)))).
+						WithPath("/healthz").WithPort(intstr.FromInt32(DefaultMetricsPort)))).
 					WithSecurityContext(corev1ac.SecurityContext().
 						WithAllowPrivilegeEscalation(false).WithReadOnlyRootFilesystem(true).
 						WithCapabilities(corev1ac.Capabilities().WithDrop("ALL"))).
@@ -225,7 +225,7 @@ func csrAgentDeployment(o CSRAgentOptions, ns string, replicas int32, labels, se
 						corev1ac.VolumeMount().WithName("trust").WithMountPath(csrAgentTrustBundleDir).WithReadOnly(true),
 					)).
 				WithVolumes(
-					corev1ac.Volume().WithName("tls").WithSecret(corev1ac.SecretVolumeSource().WithSecretName(CSRAgentTLSSecret)),
-					corev1ac.Volume().WithName("trust").WithConfigMap(corev1ac.ConfigMapVolumeSource().WithName(CSRAgentTrustBundle)),
+					corev1ac.Volume().WithName("tls").WithSecret(corev1ac.SecretVolumeSource().WithSecretName(TLSSecret)),
+					corev1ac.Volume().WithName("trust").WithConfigMap(corev1ac.ConfigMapVolumeSource().WithName(TrustBundleName)),
 				))))
 }
