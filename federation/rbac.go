@@ -24,12 +24,9 @@ const (
 
 	// ManagedByLabel marks every object federation writes, so that pruning
 	// and removal touch only its own.
-	ManagedByLabel = "app.kubernetes.io/managed-by"
-	ManagedByValue = "flotilla"
+	ManagedByLabel = kube.ManagedByLabel
+	ManagedByValue = kube.ManagedBy
 )
-
-// managedLabels is a fresh map each time: callers may add to it.
-func managedLabels() map[string]string { return map[string]string{ManagedByLabel: ManagedByValue} }
 
 // ReaderClusterRoleName is the name of the reader's ClusterRole and its binding
 // for a control plane in namespace ns, as Istio's charts name them.
@@ -155,7 +152,7 @@ func ensureNamespace(ctx context.Context, c *kube.Cluster, ns string) (*corev1.N
 		return nil, fmt.Errorf("%s: read namespace %s: %w", c.Name, ns, err)
 	}
 	created, err := c.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{
-		ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: managedLabels()},
+		ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: kube.ManagedLabels()},
 	}, c.CreateOptions())
 	if apierrors.IsAlreadyExists(err) {
 		return c.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
@@ -205,26 +202,26 @@ func accountObjects(a Account) ([]kube.Object, error) {
 		objs = append(objs, o)
 		errs = append(errs, err)
 	}
-	add(kube.Typed(corev1ac.ServiceAccount(a.Name, a.Namespace).WithLabels(managedLabels()),
+	add(kube.Typed(corev1ac.ServiceAccount(a.Name, a.Namespace).WithLabels(kube.ManagedLabels()),
 		func(ctx context.Context, c *kube.Cluster, ac *corev1ac.ServiceAccountApplyConfiguration) (metav1.Object, error) {
 			return c.Kube.CoreV1().ServiceAccounts(*ac.Namespace).Apply(ctx, ac, c.ApplyOptions())
 		}))
-	add(kube.Typed(rbacv1ac.ClusterRole(role).WithLabels(managedLabels()).WithRules(rules...),
+	add(kube.Typed(rbacv1ac.ClusterRole(role).WithLabels(kube.ManagedLabels()).WithRules(rules...),
 		func(ctx context.Context, c *kube.Cluster, ac *rbacv1ac.ClusterRoleApplyConfiguration) (metav1.Object, error) {
 			return c.Kube.RbacV1().ClusterRoles().Apply(ctx, ac, c.ApplyOptions())
 		}))
-	add(kube.Typed(rbacv1ac.ClusterRoleBinding(role).WithLabels(managedLabels()).
+	add(kube.Typed(rbacv1ac.ClusterRoleBinding(role).WithLabels(kube.ManagedLabels()).
 		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("ClusterRole").WithName(role)).
 		WithSubjects(subject),
 		func(ctx context.Context, c *kube.Cluster, ac *rbacv1ac.ClusterRoleBindingApplyConfiguration) (metav1.Object, error) {
 			return c.Kube.RbacV1().ClusterRoleBindings().Apply(ctx, ac, c.ApplyOptions())
 		}))
 	if a.Config {
-		add(kube.Typed(rbacv1ac.Role(ConfigRoleName, a.Namespace).WithLabels(managedLabels()).WithRules(configNamespaceRules()...),
+		add(kube.Typed(rbacv1ac.Role(ConfigRoleName, a.Namespace).WithLabels(kube.ManagedLabels()).WithRules(configNamespaceRules()...),
 			func(ctx context.Context, c *kube.Cluster, ac *rbacv1ac.RoleApplyConfiguration) (metav1.Object, error) {
 				return c.Kube.RbacV1().Roles(*ac.Namespace).Apply(ctx, ac, c.ApplyOptions())
 			}))
-		add(kube.Typed(rbacv1ac.RoleBinding(ConfigRoleName, a.Namespace).WithLabels(managedLabels()).
+		add(kube.Typed(rbacv1ac.RoleBinding(ConfigRoleName, a.Namespace).WithLabels(kube.ManagedLabels()).
 			WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("Role").WithName(ConfigRoleName)).
 			WithSubjects(subject),
 			func(ctx context.Context, c *kube.Cluster, ac *rbacv1ac.RoleBindingApplyConfiguration) (metav1.Object, error) {

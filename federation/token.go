@@ -271,7 +271,7 @@ func legacyToken(ctx context.Context, c *kube.Cluster, a Account, recreate bool,
 		}
 	}
 	ac := corev1ac.Secret(name, a.Namespace).
-		WithLabels(managedLabels()).
+		WithLabels(kube.ManagedLabels()).
 		WithAnnotations(map[string]string{corev1.ServiceAccountNameKey: a.Name}).
 		WithType(corev1.SecretTypeServiceAccountToken)
 	if _, err := secrets.Apply(ctx, ac, c.ApplyOptions()); err != nil {

@@ -37,8 +37,8 @@ const (
 	// names the clusters whose istiod manages it.
 	ControlPlaneClustersAnnotation = "topology.istio.io/controlPlaneClusters"
 	// ManagedByLabel marks what flotilla wrote.
-	ManagedByLabel = "app.kubernetes.io/managed-by"
-	ManagedBy      = "flotilla"
+	ManagedByLabel = kube.ManagedByLabel
+	ManagedBy      = kube.ManagedBy
 )
 
 // Names of the two gateways flotilla deploys.

@@ -23,8 +23,8 @@ const SecretName = "cacerts"
 // ManagedByLabel marks the cacerts flotilla wrote (or adopted); without it
 // a cacerts is foreign and never overwritten silently.
 const (
-	ManagedByLabel = "app.kubernetes.io/managed-by"
-	ManagedByValue = "flotilla"
+	ManagedByLabel = kube.ManagedByLabel
+	ManagedByValue = kube.ManagedBy
 )
 
 // ConflictPolicy says what to do with a cacerts flotilla did not write, or

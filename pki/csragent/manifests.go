@@ -68,7 +68,7 @@ func Objects(o ManifestOptions) ([]kube.Object, error) {
 	if replicas == 0 {
 		replicas = 2
 	}
-	labels := map[string]string{"app": ServiceName, "app.kubernetes.io/managed-by": "flotilla"}
+	labels := map[string]string{"app": ServiceName, kube.ManagedByLabel: kube.ManagedBy}
 	sel := map[string]string{"app": ServiceName}
 	var objs []kube.Object
 	add := func(o kube.Object, err error) error {
@@ -154,7 +154,7 @@ func Certificate(ns string) *unstructured.Unstructured {
 		"kind":       "Certificate",
 		"metadata": map[string]any{
 			"name": ServiceName, "namespace": ns,
-			"labels": map[string]any{"app": ServiceName, "app.kubernetes.io/managed-by": "flotilla"},
+			"labels": map[string]any{"app": ServiceName, kube.ManagedByLabel: kube.ManagedBy},
 		},
 		"spec": map[string]any{
 			"secretName":  TLSSecret,

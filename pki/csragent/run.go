@@ -23,6 +23,8 @@ import (
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/flotillamesh/flotilla/deploy/kube"
 )
 
 // Run serves the agent until ctx ends: the gRPC service on opts.Listen,
@@ -219,7 +221,7 @@ func (s *Server) WriteRootCerts(ctx context.Context) error {
 			continue
 		}
 		ac := corev1ac.ConfigMap(RootCertConfigMap, ns).
-			WithLabels(map[string]string{"istio.io/config": "true", "app.kubernetes.io/managed-by": "flotilla"}).
+			WithLabels(map[string]string{"istio.io/config": "true", kube.ManagedByLabel: kube.ManagedBy}).
 			WithData(map[string]string{RootCertKey: string(want)})
 		if _, err := c.Kube.CoreV1().ConfigMaps(ns).Apply(ctx, ac, c.ApplyOptions()); err != nil {
 			errs = append(errs, fmt.Errorf("%s: write configmap %s/%s: %w", c.Name, ns, RootCertConfigMap, err))
@@ -240,7 +242,7 @@ func IstiodCertificateObject(namespace, trustDomain string, issuer string) *unst
 		"kind":       cmapi.CertificateKind,
 		"metadata": map[string]any{
 			"name": IstiodCertificate, "namespace": namespace,
-			"labels": map[string]any{"app.kubernetes.io/managed-by": "flotilla"},
+			"labels": map[string]any{kube.ManagedByLabel: kube.ManagedBy},
 		},
 		"spec": map[string]any{
 			"secretName":  IstiodSecret,
