@@ -11,7 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/flotillamesh/flotilla/deploy"
+	"github.com/flotillamesh/flotilla/gateways"
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/server"
 	"github.com/flotillamesh/flotilla/server/spec"
@@ -126,14 +126,14 @@ func printReport(w io.Writer, rep *server.ApplyReport, output string, plan bool)
 func renderMesh(w io.Writer, m *spec.Mesh, dir string) error {
 	opts := server.DeployOptions(m)
 	opts.AllowPendingAddress = true
-	plans, err := deploy.Plan(m.Spec.Topology, m.Members(), opts, nil)
+	plans, err := gateways.Plan(m.Spec.Topology, m.Members(), opts, nil)
 	if err != nil {
 		return err
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	files, err := deploy.Render(dir, plans)
+	files, err := gateways.Render(dir, plans)
 	if err != nil {
 		return err
 	}

@@ -12,15 +12,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
-	"github.com/flotillamesh/flotilla/gateways"
 )
-
-func applyServiceAccount(ctx context.Context, c *kube.Cluster, ac *corev1ac.ServiceAccountApplyConfiguration) (metav1.Object, error) {
-	return c.Kube.CoreV1().ServiceAccounts(*ac.Namespace).Apply(ctx, ac, c.ApplyOptions())
-}
 
 // Applied is one object as the API server stored it (or, in a dry run,
 // would store it).
@@ -121,122 +115,6 @@ func ApplyObjects(ctx context.Context, c *kube.Cluster, objs []kube.Object, prog
 		}
 	}
 	return out, errors.Join(refused...)
-}
-
-// Result is what ApplyMesh did.
-type Result struct {
-	// Plans are the final plans, with every known address filled in.
-	Plans []ClusterPlan
-	// Addresses are the gateway addresses by cluster.
-	Addresses map[string]gateways.Address
-	// Applied are the objects as stored, by cluster.
-	Applied map[string][]Applied
-}
-
-// ApplyMesh converges every cluster of the mesh: (1) namespaces with their
-// network labels, (2) gateways and their Istio resources, (3) the wait for
-// each gateway's address, (4) the Sail resources, those of primaries and
-// control-plane clusters before those of the remotes and data-plane clusters
-// that embed their addresses. clusters maps every member's name to its
-// connection.
-//
-// With DryRun connections nothing persists, so no new address can appear:
-// addresses already allocated are used and the others are PendingAddress.
-func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, t Topology, members []Member, opts Options, progress func(string)) (*Result, error) {
-	dryRun := false
-	for _, m := range members {
-		c := clusters[m.Name]
-		if c == nil {
-			return nil, fmt.Errorf("%s: no connection to the cluster", m.Name)
-		}
-		dryRun = dryRun || c.DryRun
-	}
-	first := opts
-	first.AllowPendingAddress = true
-	plans, err := Plan(t, members, first, nil)
-	if err != nil {
-		return nil, err
-	}
-	res := &Result{Addresses: map[string]gateways.Address{}, Applied: map[string][]Applied{}}
-	// A dry run goes on past refused objects (ApplyObjects names them) so
-	// that the plan covers every cluster; errors other than refusals stop it.
-	var refused []error
-	for _, p := range plans {
-		c := clusters[p.Cluster]
-		applied, err := ApplyObjects(ctx, c, append(append([]kube.Object(nil), p.Setup...), p.Gateways...), progress)
-		res.Applied[p.Cluster] = append(res.Applied[p.Cluster], applied...)
-		if err != nil && !(dryRun && onlyRefusals(applied, err)) {
-			return res, err
-		}
-		if err != nil {
-			refused = append(refused, err)
-		}
-	}
-	addresses := map[string]string{}
-	for _, p := range plans {
-		if p.Gateway == nil {
-			continue
-		}
-		c := clusters[p.Cluster]
-		var addr gateways.Address
-		if dryRun {
-			a, ok, err := gateways.LookupAddress(ctx, c, p.Gateway.Namespace, p.Gateway.Name)
-			if err != nil {
-				return res, err
-			}
-			if !ok {
-				continue
-			}
-			addr = a
-		} else {
-			a, err := gateways.WaitForAddress(ctx, c, p.Gateway.Namespace, p.Gateway.Name, opts.addressTimeout(), progress)
-			if err != nil {
-				return res, err
-			}
-			addr = a
-		}
-		res.Addresses[p.Cluster] = addr
-		addresses[p.Cluster] = addr.Host
-	}
-	final := opts
-	final.AllowPendingAddress = opts.AllowPendingAddress || dryRun
-	if res.Plans, err = Plan(t, members, final, addresses); err != nil {
-		return res, err
-	}
-	// Control planes first: their istiod serves the others.
-	for _, servers := range []bool{true, false} {
-		for _, p := range res.Plans {
-			if isServer(p.Role) != servers {
-				continue
-			}
-			applied, err := ApplyObjects(ctx, clusters[p.Cluster], p.ControlPlane, progress)
-			res.Applied[p.Cluster] = append(res.Applied[p.Cluster], applied...)
-			if err != nil && !(dryRun && onlyRefusals(applied, err)) {
-				return res, err
-			}
-			if err != nil {
-				refused = append(refused, err)
-			}
-		}
-	}
-	return res, errors.Join(refused...)
-}
-
-// onlyRefusals reports whether err is nothing but the refusals recorded in
-// applied (a dry run's invalid objects), not a failure that stopped the run.
-func onlyRefusals(applied []Applied, err error) bool {
-	n := 0
-	for _, a := range applied {
-		if a.Action == ActionInvalid {
-			n++
-		}
-	}
-	j, ok := err.(interface{ Unwrap() []error })
-	return ok && n > 0 && len(j.Unwrap()) == n
-}
-
-func isServer(r Role) bool {
-	return r == RolePrimary || r == RoleControlPlane
 }
 
 // dryRunAction compares the live object with the dry-run result of applying

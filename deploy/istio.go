@@ -6,7 +6,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/flotillamesh/flotilla/gateways"
+	"github.com/flotillamesh/flotilla/deploy/kube"
 )
 
 // Sail Operator resources.
@@ -28,8 +28,8 @@ const (
 // never resolves (RFC 6761), so a resource carrying it cannot half-work.
 const PendingAddress = "pending.flotilla.invalid"
 
-// sailVersion is the form Sail's spec.version enum uses: v1.30.3.
-func sailVersion(v string) string {
+// SailVersion is the form Sail's spec.version enum uses: v1.30.3.
+func SailVersion(v string) string {
 	if v == "" || strings.HasPrefix(v, "v") || v == "master" {
 		return v
 	}
@@ -41,17 +41,17 @@ func sailResource(kind, name string, spec map[string]any) *unstructured.Unstruct
 	u.SetAPIVersion(SailAPIVersion)
 	u.SetKind(kind)
 	u.SetName(name)
-	u.SetLabels(map[string]string{gateways.ManagedByLabel: gateways.ManagedBy})
+	u.SetLabels(kube.ManagedLabels())
 	return u
 }
 
 // istio is a Sail Istio resource with values merged with the caller's extra
 // values (Options.Values, then Options.ClusterValues[cluster]).
 func (p *planner) istio(name, namespace, profile string, values map[string]any) *unstructured.Unstructured {
-	values = mergeValues(values, p.opts.Values)
-	values = mergeValues(values, p.opts.ClusterValues[p.m.Name])
+	values = MergeValues(values, p.opts.Values)
+	values = MergeValues(values, p.opts.ClusterValues[p.m.Name])
 	spec := map[string]any{
-		"version":   sailVersion(p.opts.Version),
+		"version":   SailVersion(p.opts.Version),
 		"namespace": namespace,
 	}
 	if profile != "" {
@@ -65,7 +65,7 @@ func (p *planner) istio(name, namespace, profile string, values map[string]any) 
 
 func (p *planner) istioCNI() *unstructured.Unstructured {
 	return sailResource("IstioCNI", IstioCNIName, map[string]any{
-		"version":   sailVersion(p.opts.Version),
+		"version":   SailVersion(p.opts.Version),
 		"namespace": p.opts.cniNamespace(),
 	})
 }
@@ -116,7 +116,7 @@ func injectionPath(cluster, network string) string {
 // (OpenShift Service Mesh 3 installation guide, chapter 8). The config
 // cluster also holds the mesh configuration the external istiod reads.
 func (p *planner) dataPlaneValues(pilotAddress string, configCluster bool) map[string]any {
-	ns := p.opts.externalNamespace()
+	ns := p.opts.ExternalIstiodNamespace()
 	global := map[string]any{
 		"istioNamespace":     ns,
 		"remotePilotAddress": pilotAddress,
@@ -136,9 +136,9 @@ func (p *planner) dataPlaneValues(pilotAddress string, configCluster bool) map[s
 // externalIstiodValues: the external istiod on the control-plane cluster,
 // serving configCluster, reached at address through the ingress gateway.
 func (p *planner) externalIstiodValues(address string, configCluster string) map[string]any {
-	ns := p.opts.externalNamespace()
+	ns := p.opts.ExternalIstiodNamespace()
 	dp := p.l.byName[configCluster]
-	xds := fmt.Sprintf("%s:%d", address, gateways.PortIstiod)
+	xds := fmt.Sprintf("%s:%d", address, PortIstiod)
 	global := map[string]any{
 		"caAddress":              xds,
 		"istioNamespace":         ns,
@@ -180,9 +180,9 @@ func (p *planner) externalIstiodValues(address string, configCluster string) map
 	}
 }
 
-// mergeValues deep-merges extra into base (extra wins) and returns base; maps
+// MergeValues deep-merges extra into base (extra wins) and returns base; maps
 // merge key by key, anything else is replaced. Neither input is modified.
-func mergeValues(base, extra map[string]any) map[string]any {
+func MergeValues(base, extra map[string]any) map[string]any {
 	out := make(map[string]any, len(base)+len(extra))
 	for k, v := range base {
 		out[k] = v
@@ -190,7 +190,7 @@ func mergeValues(base, extra map[string]any) map[string]any {
 	for k, v := range extra {
 		if bm, ok := out[k].(map[string]any); ok {
 			if em, ok := v.(map[string]any); ok {
-				out[k] = mergeValues(bm, em)
+				out[k] = MergeValues(bm, em)
 				continue
 			}
 		}

@@ -1,10 +1,13 @@
-// Package deploy turns a mesh topology into the objects each member cluster
-// needs: its control-plane namespace labelled with its network, its gateways
-// and their Istio Gateway/VirtualService resources (package gateways), and
-// its Istio control plane as Sail Operator resources for its role. It renders
-// them as YAML (--render) and applies them with server-side apply, in the
-// order the topology needs: a primary's east-west gateway must have an
-// address before its remotes' Istio resources can name it.
+// Package deploy is the floor every flotilla subsystem stands on. It owns
+// the topology vocabulary (Topology, Role, Member, ServedBy), the mesh plan
+// compiled from it (per cluster: role, control-plane namespace, who serves
+// it, which gateway it runs and what that gateway exposes), the Istio
+// control-plane objects each role needs (Sail Operator Istio and IstioCNI,
+// or Helm values), the namespaces that carry the network label, and the
+// write path (ApplyObjects over deploy/kube's connections and server-side
+// apply). It imports no other flotilla package but deploy/kube: pki,
+// federation and gateways build on it, and gateways joins its plans with
+// the gateway objects into the per-cluster rollout.
 package deploy
 
 import (
@@ -14,10 +17,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
-	"github.com/flotillamesh/flotilla/gateways"
 )
 
 // Default namespaces and timeout.
@@ -47,7 +48,7 @@ type Options struct {
 	NoCNI bool
 	// Exposure says how each cluster's gateway Service is reached, by
 	// cluster name; missing means LoadBalancer.
-	Exposure map[string]gateways.Exposure
+	Exposure map[string]Exposure
 	// Values are merged into spec.values of every Istio resource (after
 	// flotilla's own values, so they win). The cert-manager mode sets
 	// global.caAddress and pilot.env.ENABLE_CA_SERVER here.
@@ -61,10 +62,15 @@ type Options struct {
 	AddressTimeout time.Duration
 }
 
-func (o Options) namespace() string         { return or(o.Namespace, DefaultNamespace) }
-func (o Options) externalNamespace() string { return or(o.ExternalNamespace, DefaultExternalNamespace) }
-func (o Options) cniNamespace() string      { return or(o.CNINamespace, DefaultCNINamespace) }
-func (o Options) addressTimeout() time.Duration {
+func (o Options) ControlPlaneNamespace() string { return or(o.Namespace, DefaultNamespace) }
+func (o Options) ExternalIstiodNamespace() string {
+	return or(o.ExternalNamespace, DefaultExternalNamespace)
+}
+func (o Options) cniNamespace() string { return or(o.CNINamespace, DefaultCNINamespace) }
+
+// AddressWait bounds each wait for a gateway address (AddressTimeout, or
+// DefaultAddressTimeout).
+func (o Options) AddressWait() time.Duration {
 	if o.AddressTimeout <= 0 {
 		return DefaultAddressTimeout
 	}
@@ -78,8 +84,24 @@ func or(s, def string) string {
 	return s
 }
 
-// ClusterPlan is everything one cluster needs, in apply order: Setup, then
-// Gateways, then wait for Gateway's address, then ControlPlane.
+// GatewayKind is the gateway a cluster runs.
+type GatewayKind string
+
+const (
+	// NoGateway: single-network clusters that expose nothing.
+	NoGateway GatewayKind = ""
+	// EastWestGateway carries cross-network traffic and exposes a primary's
+	// istiod to its remotes.
+	EastWestGateway GatewayKind = "east-west"
+	// IngressGateway fronts an external control plane on a control-plane
+	// cluster.
+	IngressGateway GatewayKind = "ingress"
+)
+
+// ClusterPlan is what one cluster needs of deploy, in apply order: Setup,
+// then (package gateways) its gateway, then ControlPlane. The gateway
+// fields say which gateway the cluster runs and what it exposes; gateways
+// builds the objects from them.
 type ClusterPlan struct {
 	Cluster string
 	Role    Role
@@ -87,14 +109,21 @@ type ClusterPlan struct {
 	// Namespace is the cluster's control-plane namespace (the one labelled
 	// with its network).
 	Namespace string
+	// ExternalNamespace holds the external istiod on a control-plane
+	// cluster (and is the control-plane namespace of its data planes).
+	ExternalNamespace string
+	// GatewayKind is the gateway the cluster runs; Exposure how its Service
+	// is reached.
+	GatewayKind GatewayKind
+	Exposure    Exposure
+	// CrossNetwork: the east-west gateway carries cross-network traffic on
+	// 15443 (the mesh spans networks).
+	CrossNetwork bool
+	// ExposesIstiod: the east-west gateway exposes this primary's istiod to
+	// the remotes it serves.
+	ExposesIstiod bool
 	// Setup are the namespaces.
 	Setup []kube.Object
-	// Gateways are the gateway workloads and the Istio resources that
-	// configure them.
-	Gateways []kube.Object
-	// Gateway is the gateway whose address the mesh needs (status, remotes,
-	// cross-network endpoints); nil when the cluster has none.
-	Gateway *gateways.Gateway
 	// ControlPlane are the Sail IstioCNI and Istio resources.
 	ControlPlane []kube.Object
 	// AddressOf names the cluster whose gateway address ControlPlane embeds
@@ -104,10 +133,9 @@ type ClusterPlan struct {
 	Pending bool
 }
 
-// Objects are all the plan's objects in apply order.
+// Objects are deploy's objects of the plan in apply order.
 func (p ClusterPlan) Objects() []kube.Object {
 	out := append([]kube.Object(nil), p.Setup...)
-	out = append(out, p.Gateways...)
 	return append(out, p.ControlPlane...)
 }
 
@@ -172,9 +200,10 @@ func (l *layout) plan(m Member, opts Options, addresses map[string]string) (Clus
 		return ClusterPlan{}, errors.New("no Istio version")
 	}
 	p := &planner{l: l, m: m, opts: opts}
-	p.out = ClusterPlan{Cluster: m.Name, Role: m.Role, Network: m.Network, Namespace: opts.namespace()}
+	p.out = ClusterPlan{Cluster: m.Name, Role: m.Role, Network: m.Network, Namespace: opts.ControlPlaneNamespace(),
+		ExternalNamespace: opts.ExternalIstiodNamespace(), Exposure: opts.Exposure[m.Name]}
 	if m.Role == RoleDataPlane {
-		p.out.Namespace = opts.externalNamespace()
+		p.out.Namespace = opts.ExternalIstiodNamespace()
 	}
 	if err := opts.Exposure[m.Name].Validate(); err != nil {
 		return ClusterPlan{}, fmt.Errorf("%s: gateway: %w", m.Name, err)
@@ -184,44 +213,30 @@ func (l *layout) plan(m Member, opts Options, addresses map[string]string) (Clus
 	// remote's also names its primary.
 	var annotations map[string]string
 	if m.Role == RoleRemote {
-		annotations = map[string]string{gateways.ControlPlaneClustersAnnotation: l.servedBy[m.Name]}
+		annotations = map[string]string{ControlPlaneClustersAnnotation: l.servedBy[m.Name]}
 	}
 	// An external istiod takes its config cluster's name as its cluster ID
 	// and manages the other data-plane clusters whose namespace names it.
 	if cfg := l.configCluster(l.servedBy[m.Name]); m.Role == RoleDataPlane && cfg != m.Name {
-		annotations = map[string]string{gateways.ControlPlaneClustersAnnotation: cfg}
+		annotations = map[string]string{ControlPlaneClustersAnnotation: cfg}
 	}
-	p.setup(gateways.NamespaceObject(p.out.Namespace, m.Network, annotations))
+	p.setup(NamespaceObject(p.out.Namespace, m.Network, annotations))
 	if m.Role == RoleControlPlane {
-		p.setup(gateways.NamespaceObject(opts.externalNamespace(), "", nil))
+		p.setup(NamespaceObject(opts.ExternalIstiodNamespace(), "", nil))
 	}
 	cni := !opts.NoCNI && m.Role != RoleControlPlane
 	if cni {
-		p.setup(gateways.NamespaceObject(opts.cniNamespace(), "", nil))
+		p.setup(NamespaceObject(opts.cniNamespace(), "", nil))
 	}
 
-	// Gateways.
-	exp := opts.Exposure[m.Name]
+	// Gateway: package gateways builds it from these.
 	switch {
 	case m.Role == RoleControlPlane:
-		g := gateways.ControlPlaneIngress(p.out.Namespace, exp)
-		p.gateway(g)
-		ext := opts.externalNamespace()
-		// The guide creates istiod-service-account in the external
-		// control plane's namespace before installing it.
-		p.gatewayObj(kube.Typed(corev1ac.ServiceAccount("istiod-service-account", ext).
-			WithLabels(map[string]string{gateways.ManagedByLabel: gateways.ManagedBy}), applyServiceAccount))
-		p.custom(gateways.ExternalIstiodGateway(ext))
-		p.custom(gateways.ExternalIstiodVirtualService(ext, ExternalIstiodName))
+		p.out.GatewayKind = IngressGateway
 	case l.hasEastWest(m):
-		p.gateway(gateways.EastWest(p.out.Namespace, m.Network, exp))
-		if l.multiNetwork {
-			p.custom(gateways.CrossNetworkGateway(p.out.Namespace))
-		}
-		if l.exposesIstiod(m) {
-			p.custom(gateways.IstiodGateway(p.out.Namespace))
-			p.custom(gateways.IstiodVirtualService(p.out.Namespace))
-		}
+		p.out.GatewayKind = EastWestGateway
+		p.out.CrossNetwork = l.multiNetwork
+		p.out.ExposesIstiod = l.exposesIstiod(m)
 	}
 
 	// Control plane.
@@ -243,7 +258,7 @@ func (l *layout) plan(m Member, opts Options, addresses map[string]string) (Clus
 		}
 		p.controlPlane(p.istio(IstioName, p.out.Namespace, "", values))
 		addr := p.address(m.Name, addresses)
-		p.controlPlane(p.istio(ExternalIstiodName, opts.externalNamespace(), "empty", p.externalIstiodValues(addr, l.configCluster(m.Name))))
+		p.controlPlane(p.istio(ExternalIstiodName, opts.ExternalIstiodNamespace(), "empty", p.externalIstiodValues(addr, l.configCluster(m.Name))))
 	case RoleDataPlane:
 		cp := l.servedBy[m.Name]
 		addr := p.address(cp, addresses)
@@ -264,22 +279,6 @@ func (p *planner) fail(err error) {
 func (p *planner) setup(o kube.Object, err error) {
 	p.fail(err)
 	p.out.Setup = append(p.out.Setup, o)
-}
-
-func (p *planner) gatewayObj(o kube.Object, err error) {
-	p.fail(err)
-	p.out.Gateways = append(p.out.Gateways, o)
-}
-
-func (p *planner) gateway(g gateways.Gateway) {
-	objs, err := g.Objects()
-	p.fail(err)
-	p.out.Gateways = append(p.out.Gateways, objs...)
-	p.out.Gateway = &g
-}
-
-func (p *planner) custom(u *unstructured.Unstructured) {
-	p.out.Gateways = append(p.out.Gateways, kube.Custom(u))
 }
 
 func (p *planner) controlPlane(u *unstructured.Unstructured) {

@@ -1,7 +1,6 @@
 package deploy
 
 import (
-	"encoding/json"
 	"errors"
 	"reflect"
 	"strings"
@@ -9,8 +8,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-
-	"github.com/flotillamesh/flotilla/gateways"
 )
 
 func member(name string, role Role, network string) Member {
@@ -55,162 +52,6 @@ func TestValidate(t *testing.T) {
 			}
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("Validate() = %v, want error containing %q", err, tt.wantErr)
-			}
-		})
-	}
-}
-
-// refs lists "Kind ns/name" of a plan phase.
-func refs(p ClusterPlan) (setup, gw, cp []string) {
-	for _, o := range p.Setup {
-		setup = append(setup, o.Ref())
-	}
-	for _, o := range p.Gateways {
-		gw = append(gw, o.Ref())
-	}
-	for _, o := range p.ControlPlane {
-		cp = append(cp, o.Ref())
-	}
-	return
-}
-
-var eastWestRefs = func(ns string) []string {
-	return []string{
-		"ServiceAccount " + ns + "/istio-eastwestgateway-service-account",
-		"Role " + ns + "/istio-eastwestgateway-sds",
-		"RoleBinding " + ns + "/istio-eastwestgateway-sds",
-		"Deployment " + ns + "/istio-eastwestgateway",
-		"PodDisruptionBudget " + ns + "/istio-eastwestgateway",
-		"Service " + ns + "/istio-eastwestgateway",
-		"HorizontalPodAutoscaler " + ns + "/istio-eastwestgateway",
-	}
-}
-
-func cat(lists ...[]string) []string {
-	var out []string
-	for _, l := range lists {
-		out = append(out, l...)
-	}
-	return out
-}
-
-func TestPlanObjects(t *testing.T) {
-	ew := eastWestRefs("istio-system")
-	tests := []struct {
-		name      string
-		topology  Topology
-		members   []Member
-		opts      Options
-		cluster   string
-		wantSetup []string
-		wantGW    []string
-		skipGW    bool
-		wantCP    []string
-	}{
-		{
-			name: "multi-primary multi-network primary", topology: MultiPrimary,
-			members: []Member{member("east", "primary", "n1"), member("west", "primary", "n2")}, cluster: "east",
-			wantSetup: []string{"Namespace istio-system"},
-			wantGW:    cat(ew, []string{"Gateway istio-system/cross-network-gateway"}),
-			wantCP:    []string{"Istio default"},
-		},
-		{
-			name: "multi-primary single network has no gateways", topology: MultiPrimary,
-			members: []Member{member("east", "primary", "n1"), member("west", "primary", "n1")}, cluster: "west",
-			wantSetup: []string{"Namespace istio-system"},
-			wantCP:    []string{"Istio default"},
-		},
-		{
-			name: "IstioCNI and its namespace unless NoCNI", topology: MultiPrimary,
-			members: []Member{member("east", "primary", "n1")}, cluster: "east", opts: Options{MeshID: "m", Version: "1.30.3"},
-			wantSetup: []string{"Namespace istio-system", "Namespace istio-cni"},
-			wantCP:    []string{"IstioCNI default", "Istio default"},
-		},
-		{
-			name: "primary serving a remote on another network", topology: PrimaryRemote,
-			members: []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, cluster: "east",
-			wantSetup: []string{"Namespace istio-system"},
-			wantGW:    cat(ew, []string{"Gateway istio-system/cross-network-gateway", "Gateway istio-system/istiod-gateway", "VirtualService istio-system/istiod-vs"}),
-			wantCP:    []string{"Istio default"},
-		},
-		{
-			name: "primary serving a remote on its network exposes istiod only", topology: PrimaryRemote,
-			members: []Member{member("east", "primary", "n1"), member("west", "remote", "n1")}, cluster: "east",
-			wantSetup: []string{"Namespace istio-system"},
-			wantGW:    cat(ew, []string{"Gateway istio-system/istiod-gateway", "VirtualService istio-system/istiod-vs"}),
-			wantCP:    []string{"Istio default"},
-		},
-		{
-			name: "remote on another network", topology: PrimaryRemote,
-			members: []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, cluster: "west",
-			wantSetup: []string{"Namespace istio-system"},
-			wantGW:    cat(ew, []string{"Gateway istio-system/cross-network-gateway"}),
-			wantCP:    []string{"Istio default"},
-		},
-		{
-			name: "remote on the primary's network has no gateway", topology: PrimaryRemote,
-			members: []Member{member("east", "primary", "n1"), member("west", "remote", "n1")}, cluster: "west",
-			wantSetup: []string{"Namespace istio-system"},
-			wantCP:    []string{"Istio default"},
-		},
-		{
-			name: "control-plane cluster", topology: ExternalControlPlane,
-			members: []Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n1")}, cluster: "east",
-			wantSetup: []string{"Namespace istio-system", "Namespace external-istiod"},
-			wantGW: []string{
-				"ServiceAccount istio-system/istio-ingressgateway-service-account",
-				"Role istio-system/istio-ingressgateway-sds",
-				"RoleBinding istio-system/istio-ingressgateway-sds",
-				"Deployment istio-system/istio-ingressgateway",
-				"PodDisruptionBudget istio-system/istio-ingressgateway",
-				"Service istio-system/istio-ingressgateway",
-				"HorizontalPodAutoscaler istio-system/istio-ingressgateway",
-				"ServiceAccount external-istiod/istiod-service-account",
-				"Gateway external-istiod/external-istiod-gw",
-				"VirtualService external-istiod/external-istiod-vs",
-			},
-			wantCP: []string{"Istio default", "Istio external-istiod"},
-		},
-		{
-			name: "control-plane cluster runs no IstioCNI", topology: ExternalControlPlane, opts: Options{MeshID: "m", Version: "1.30.3"},
-			members: []Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n1")}, cluster: "east",
-			wantSetup: []string{"Namespace istio-system", "Namespace external-istiod"},
-			skipGW:    true, // checked by the previous case
-			wantCP:    []string{"Istio default", "Istio external-istiod"},
-		},
-		{
-			name: "data-plane cluster", topology: ExternalControlPlane,
-			members: []Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n1")}, cluster: "west",
-			wantSetup: []string{"Namespace external-istiod"},
-			wantCP:    []string{"Istio external-istiod"},
-		},
-		{
-			name: "data-plane clusters on two networks get east-west gateways", topology: ExternalControlPlane,
-			members: []Member{member("east", "control-plane", "n0"), member("west", "data-plane", "n1"), member("north", "data-plane", "n2")}, cluster: "north",
-			wantSetup: []string{"Namespace external-istiod"},
-			wantGW:    cat(eastWestRefs("external-istiod"), []string{"Gateway external-istiod/cross-network-gateway"}),
-			wantCP:    []string{"Istio external-istiod"},
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			opts := tt.opts
-			if opts.MeshID == "" {
-				opts = testOpts
-			}
-			p, err := PlanCluster(tt.topology, tt.members, tt.cluster, opts, map[string]string{"east": "192.0.2.10"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			setup, gw, cp := refs(p)
-			if !reflect.DeepEqual(setup, tt.wantSetup) {
-				t.Errorf("setup = %v, want %v", setup, tt.wantSetup)
-			}
-			if !tt.skipGW && !reflect.DeepEqual(gw, tt.wantGW) {
-				t.Errorf("gateways = %v\nwant %v", gw, tt.wantGW)
-			}
-			if !reflect.DeepEqual(cp, tt.wantCP) {
-				t.Errorf("control plane = %v, want %v", cp, tt.wantCP)
 			}
 		})
 	}
@@ -370,8 +211,8 @@ func TestAddresses(t *testing.T) {
 		{name: "known address", addrs: map[string]string{"east": "192.0.2.10"}, wantAddr: "192.0.2.10"},
 		{name: "unknown address is an error", wantErr: true},
 		{name: "unknown address pending when allowed", opts: Options{AllowPendingAddress: true}, wantAddr: PendingAddress, wantPending: true},
-		{name: "fixed address of a non-LoadBalancer gateway is known", opts: Options{Exposure: map[string]gateways.Exposure{"east": {Type: corev1.ServiceTypeNodePort, Address: "198.51.100.4"}}}, wantAddr: "198.51.100.4"},
-		{name: "fixed LoadBalancer address waits for the allocator", opts: Options{Exposure: map[string]gateways.Exposure{"east": {Address: "198.51.100.4"}}}, wantErr: true},
+		{name: "fixed address of a non-LoadBalancer gateway is known", opts: Options{Exposure: map[string]Exposure{"east": {Type: corev1.ServiceTypeNodePort, Address: "198.51.100.4"}}}, wantAddr: "198.51.100.4"},
+		{name: "fixed LoadBalancer address waits for the allocator", opts: Options{Exposure: map[string]Exposure{"east": {Address: "198.51.100.4"}}}, wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -425,10 +266,10 @@ func TestNamespaceLabels(t *testing.T) {
 			if ns.GetName() != tt.wantNS || p.Namespace != tt.wantNS {
 				t.Errorf("namespace = %s (plan %s), want %s", ns.GetName(), p.Namespace, tt.wantNS)
 			}
-			if got := ns.GetLabels()[gateways.NetworkLabel]; got != tt.wantNetwork {
+			if got := ns.GetLabels()[NetworkLabel]; got != tt.wantNetwork {
 				t.Errorf("network label = %q, want %q", got, tt.wantNetwork)
 			}
-			if got := ns.GetAnnotations()[gateways.ControlPlaneClustersAnnotation]; got != tt.wantControlAnno {
+			if got := ns.GetAnnotations()[ControlPlaneClustersAnnotation]; got != tt.wantControlAnno {
 				t.Errorf("controlPlaneClusters = %q, want %q", got, tt.wantControlAnno)
 			}
 		})
@@ -437,74 +278,12 @@ func TestNamespaceLabels(t *testing.T) {
 
 func TestMergeValues(t *testing.T) {
 	base := map[string]any{"global": map[string]any{"meshID": "m", "network": "n1"}, "pilot": map[string]any{"enabled": true}}
-	got := mergeValues(base, map[string]any{"global": map[string]any{"network": "n2", "caAddress": "x"}, "pilot": "replaced"})
+	got := MergeValues(base, map[string]any{"global": map[string]any{"network": "n2", "caAddress": "x"}, "pilot": "replaced"})
 	want := map[string]any{"global": map[string]any{"meshID": "m", "network": "n2", "caAddress": "x"}, "pilot": "replaced"}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("merge = %v, want %v", got, want)
 	}
 	if base["global"].(map[string]any)["network"] != "n1" {
 		t.Error("merge modified its input")
-	}
-}
-
-func TestRenderRoundTrip(t *testing.T) {
-	plans, err := Plan(PrimaryRemote, []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, Options{MeshID: "mesh1", Version: "1.30.3"}, map[string]string{"east": "192.0.2.10"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	paths, err := Render(dir, plans)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(paths) != 2 || !strings.HasSuffix(paths[0], "/east.yaml") || !strings.HasSuffix(paths[1], "/west.yaml") {
-		t.Fatalf("paths = %v", paths)
-	}
-	for i, p := range plans {
-		data, err := RenderYAML(p.Objects())
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := DecodeYAML(strings.NewReader(string(data)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(got) != len(p.Objects()) {
-			t.Fatalf("%s: decoded %d objects, want %d", paths[i], len(got), len(p.Objects()))
-		}
-		for j, o := range p.Objects() {
-			if want := o.Unstructured(); !reflect.DeepEqual(normalize(t, got[j]), normalize(t, want)) {
-				t.Errorf("%s: object %d differs after YAML round trip:\n%v\n%v", p.Cluster, j, got[j], want)
-			}
-		}
-	}
-}
-
-// normalize makes numbers compare equal whichever decoder produced them.
-func normalize(t *testing.T, u *unstructured.Unstructured) map[string]any {
-	t.Helper()
-	data, err := json.Marshal(u.Object)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(data, &m); err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
-func BenchmarkPlan(b *testing.B) {
-	members := []Member{member("east", "primary", "n1"), member("west", "remote", "n2"), member("north", "remote", "n3")}
-	opts := Options{MeshID: "mesh1", Version: "1.30.3"}
-	addrs := map[string]string{"east": "192.0.2.10"}
-	for b.Loop() {
-		plans, err := Plan(PrimaryRemote, members, opts, addrs)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := RenderYAML(plans[0].Objects()); err != nil {
-			b.Fatal(err)
-		}
 	}
 }

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -30,32 +28,6 @@ func RenderYAML(objs []kube.Object) ([]byte, error) {
 		buf.Write(data)
 	}
 	return buf.Bytes(), nil
-}
-
-// Render writes one file per cluster, DIR/<cluster>.yaml, holding every
-// object of its plan in apply order, and returns the paths written.
-func Render(dir string, plans []ClusterPlan) ([]string, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("render: %w", err)
-	}
-	var paths []string
-	for _, p := range plans {
-		data, err := RenderYAML(p.Objects())
-		if err != nil {
-			return paths, fmt.Errorf("%s: %w", p.Cluster, err)
-		}
-		path := filepath.Join(dir, p.Cluster+".yaml")
-		header := fmt.Sprintf("# flotilla: cluster %s, role %s. Apply with: kubectl apply --server-side --field-manager=%s -f %s\n",
-			p.Cluster, p.Role, kube.FieldManager, filepath.Base(path))
-		if p.Pending {
-			header += fmt.Sprintf("# WARNING: the gateway address of %s was not known; %s stands in for it.\n", p.AddressOf, PendingAddress)
-		}
-		if err := os.WriteFile(path, append([]byte(header), data...), 0o644); err != nil {
-			return paths, fmt.Errorf("%s: render: %w", p.Cluster, err)
-		}
-		paths = append(paths, path)
-	}
-	return paths, nil
 }
 
 // DecodeYAML reads a multi-document YAML (or JSON) stream such as Render

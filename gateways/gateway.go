@@ -26,19 +26,17 @@ import (
 	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
 	rbacv1ac "k8s.io/client-go/applyconfigurations/rbac/v1"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/deploy/kube"
 )
 
-// Labels and annotations Istio reads on gateways and namespaces.
+// Labels and annotations Istio reads on gateways and namespaces, defined
+// in deploy with the namespace that carries them.
 const (
-	// NetworkLabel puts a namespace's or a gateway's pods on a network.
-	NetworkLabel = "topology.istio.io/network"
-	// ControlPlaneClustersAnnotation on a remote's control-plane namespace
-	// names the clusters whose istiod manages it.
-	ControlPlaneClustersAnnotation = "topology.istio.io/controlPlaneClusters"
-	// ManagedByLabel marks what flotilla wrote.
-	ManagedByLabel = kube.ManagedByLabel
-	ManagedBy      = kube.ManagedBy
+	NetworkLabel                   = deploy.NetworkLabel
+	ControlPlaneClustersAnnotation = deploy.ControlPlaneClustersAnnotation
+	ManagedByLabel                 = kube.ManagedByLabel
+	ManagedBy                      = kube.ManagedBy
 )
 
 // Names of the two gateways flotilla deploys.
@@ -53,46 +51,15 @@ const (
 
 // Service port names and numbers of the gateways.
 const (
-	PortStatus  = 15021 // status-port: readiness
-	PortTLS     = 15443 // tls: cross-network mTLS, AUTO_PASSTHROUGH
-	PortIstiod  = 15012 // tls-istiod: xDS and CA
-	PortWebhook = 15017 // tls-webhook: injection and validation webhooks
+	PortStatus  = 15021             // status-port: readiness
+	PortTLS     = 15443             // tls: cross-network mTLS, AUTO_PASSTHROUGH
+	PortIstiod  = deploy.PortIstiod // tls-istiod: xDS and CA
+	PortWebhook = 15017             // tls-webhook: injection and validation webhooks
 )
 
-// Exposure is how a gateway Service is reached from other clusters.
-type Exposure struct {
-	// Type is the Service type; "" means LoadBalancer. NodePort and ClusterIP
-	// (with Address) serve clusters without a load balancer.
-	Type corev1.ServiceType
-	// Address is a fixed address: requested as spec.loadBalancerIP for a
-	// LoadBalancer, set as spec.externalIPs for the other types, and taken as
-	// the gateway's address without waiting for a load balancer.
-	Address string
-	// NodePorts pins node ports by Service port name (NodePort, LoadBalancer).
-	NodePorts map[string]int32
-}
-
-// ServiceType is the effective Service type.
-func (e Exposure) ServiceType() corev1.ServiceType {
-	if e.Type == "" {
-		return corev1.ServiceTypeLoadBalancer
-	}
-	return e.Type
-}
-
-// Validate rejects exposures that can never yield an address.
-func (e Exposure) Validate() error {
-	switch e.ServiceType() {
-	case corev1.ServiceTypeLoadBalancer, corev1.ServiceTypeNodePort:
-		return nil
-	case corev1.ServiceTypeClusterIP:
-		if e.Address == "" {
-			return fmt.Errorf("service type ClusterIP needs a fixed address (externalIPs) to be reachable from other clusters")
-		}
-		return nil
-	}
-	return fmt.Errorf("unsupported service type %q (want LoadBalancer, NodePort or ClusterIP with an address)", e.Type)
-}
+// Exposure is how a gateway Service is reached from other clusters; the
+// mesh plan (deploy) carries it per cluster.
+type Exposure = deploy.Exposure
 
 // Port is one Service port of a gateway.
 type Port struct {

@@ -11,11 +11,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/scenarios/lab"
 )
 
-var testLab = lab.NewShared("east")
+var testLab = lab.NewShared("east", "west", "north")
 
 func TestMain(m *testing.M) { os.Exit(testLab.Run(m)) }
 
@@ -31,7 +32,7 @@ func connect(t *testing.T) *kube.Cluster {
 // applyGateway writes g's namespace and objects.
 func applyGateway(ctx context.Context, t *testing.T, c *kube.Cluster, g Gateway) {
 	t.Helper()
-	ns, err := NamespaceObject(g.Namespace, g.Network, nil)
+	ns, err := deploy.NamespaceObject(g.Namespace, g.Network, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

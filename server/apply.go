@@ -553,7 +553,7 @@ func (h *Hub) applyControlPlanes(ctx context.Context, m *spec.Mesh, conns map[st
 		dry = dry || c.DryRun
 	}
 	opts.AllowPendingAddress = dry
-	res, err := deploy.ApplyMesh(ctx, conns, m.Spec.Topology, m.Members(), opts, func(line string) { h.progressf("", "%s", line) })
+	res, err := gateways.ApplyMesh(ctx, conns, m.Spec.Topology, m.Members(), opts, func(line string) { h.progressf("", "%s", line) })
 	if res != nil {
 		names := make([]string, 0, len(res.Applied))
 		for n := range res.Applied {

@@ -315,11 +315,11 @@ func seed(ctx context.Context, t *testing.T, l *lab.Lab, alg, ns string) (time.D
 	// Preparation, not timed: the YAML a person would have at hand.
 	opts := DeployOptions(m)
 	opts.AllowPendingAddress = true
-	plans, err := deploy.Plan(m.Spec.Topology, m.Members(), opts, nil)
+	plans, err := gateways.Plan(m.Spec.Topology, m.Members(), opts, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := deploy.Render(dir, plans); err != nil {
+	if _, err := gateways.Render(dir, plans); err != nil {
 		t.Fatal(err)
 	}
 	reader := readerYAML(t, ns)

@@ -5,6 +5,7 @@ import (
 
 	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/federation"
+	"github.com/flotillamesh/flotilla/gateways"
 	"github.com/flotillamesh/flotilla/server/spec"
 )
 
@@ -43,18 +44,18 @@ func roleOf(m *spec.Mesh, name string) federation.Role {
 // any (east-west, or a control-plane cluster's ingress). A spec that does
 // not plan is refused before status or check get here; its clusters get the
 // control-plane namespace and no gateway.
-func planned(m *spec.Mesh) map[string]deploy.ClusterPlan {
-	out := map[string]deploy.ClusterPlan{}
+func planned(m *spec.Mesh) map[string]gateways.ClusterPlan {
+	out := map[string]gateways.ClusterPlan{}
 	opts := DeployOptions(m)
 	opts.AllowPendingAddress = true
-	if plans, err := deploy.Plan(m.Spec.Topology, m.Members(), opts, nil); err == nil {
+	if plans, err := gateways.Plan(m.Spec.Topology, m.Members(), opts, nil); err == nil {
 		for _, p := range plans {
 			out[p.Cluster] = p
 		}
 	}
 	for _, c := range m.Spec.Clusters {
 		if _, ok := out[c.Name]; !ok {
-			out[c.Name] = deploy.ClusterPlan{Cluster: c.Name, Namespace: m.Spec.ControlPlaneNamespace}
+			out[c.Name] = gateways.ClusterPlan{ClusterPlan: deploy.ClusterPlan{Cluster: c.Name, Namespace: m.Spec.ControlPlaneNamespace}}
 		}
 	}
 	return out

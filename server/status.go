@@ -125,7 +125,7 @@ func (h *Hub) Status(ctx context.Context, m *spec.Mesh) (*Status, error) {
 	return st, nil
 }
 
-func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, p deploy.ClusterPlan, kc *kube.Cluster, root *pki.Root, cs *ClusterStatus) {
+func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, p gateways.ClusterPlan, kc *kube.Cluster, root *pki.Root, cs *ClusterStatus) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	ns := p.Namespace

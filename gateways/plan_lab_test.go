@@ -1,8 +1,10 @@
-package deploy
+package gateways
 
 import (
 	"context"
 	"testing"
+
+	"github.com/flotillamesh/flotilla/deploy"
 )
 
 // actions is what a dry run said per object of one cluster.
@@ -22,13 +24,13 @@ func TestLabPlanActions(t *testing.T) {
 	_, clusters := labClusters(t, false)
 	resetSail(t, clusters)
 	_, dry := labClusters(t, true)
-	opts := prefixed("plan", Options{MeshID: "mesh1", Version: "1.30.3"})
-	members := []Member{member("east", "primary", "n1"), member("west", "primary", "n2")}
-	moved := []Member{member("east", "primary", "n1"), member("west", "primary", "n3")}
+	opts := prefixed("plan", deploy.Options{MeshID: "mesh1", Version: "1.30.3"})
+	members := []deploy.Member{member("east", "primary", "n1"), member("west", "primary", "n2")}
+	moved := []deploy.Member{member("east", "primary", "n1"), member("west", "primary", "n3")}
 
-	plan := func(t *testing.T, ms []Member) *Result {
+	plan := func(t *testing.T, ms []deploy.Member) *Result {
 		t.Helper()
-		res, err := ApplyMesh(ctx, dry, MultiPrimary, ms, opts, nil)
+		res, err := ApplyMesh(ctx, dry, deploy.MultiPrimary, ms, opts, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -56,32 +58,32 @@ func TestLabPlanActions(t *testing.T) {
 
 	t.Run("fresh namespace: create for all", func(t *testing.T) {
 		res := plan(t, members)
-		every(t, res, "east", ActionCreate, nil)
-		every(t, res, "west", ActionCreate, nil)
+		every(t, res, "east", deploy.ActionCreate, nil)
+		every(t, res, "west", deploy.ActionCreate, nil)
 	})
 
-	if _, err := ApplyMesh(ctx, clusters, MultiPrimary, members, opts, nil); err != nil {
+	if _, err := ApplyMesh(ctx, clusters, deploy.MultiPrimary, members, opts, nil); err != nil {
 		t.Fatal(err)
 	}
 
 	t.Run("after apply: none for all", func(t *testing.T) {
 		res := plan(t, members)
-		every(t, res, "east", ActionNone, nil)
-		every(t, res, "west", ActionNone, nil)
+		every(t, res, "east", deploy.ActionNone, nil)
+		every(t, res, "west", deploy.ActionNone, nil)
 	})
 
 	t.Run("west moved to another network: its namespace and Istio update", func(t *testing.T) {
-		res, err := ApplyMesh(ctx, dry, MultiPrimary, moved, opts, nil)
+		res, err := ApplyMesh(ctx, dry, deploy.MultiPrimary, moved, opts, nil)
 		if err != nil {
 			// Nothing may be refused: the gateway's Deployment keeps the
 			// network out of its (immutable) selector.
 			t.Fatalf("a network move was refused: %v", err)
 		}
-		every(t, res, "east", ActionNone, nil)
+		every(t, res, "east", deploy.ActionNone, nil)
 		got := actions(res, "west")
-		for _, ref := range []string{"Namespace " + opts.Namespace, "Istio " + IstioName} {
-			if got[ref] != ActionUpdate {
-				t.Errorf("west: %s: %q, want %q (all: %v)", ref, got[ref], ActionUpdate, got)
+		for _, ref := range []string{"Namespace " + opts.Namespace, "Istio " + deploy.IstioName} {
+			if got[ref] != deploy.ActionUpdate {
+				t.Errorf("west: %s: %q, want %q (all: %v)", ref, got[ref], deploy.ActionUpdate, got)
 			}
 		}
 	})

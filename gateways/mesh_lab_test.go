@@ -1,9 +1,8 @@
-package deploy
+package gateways
 
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
@@ -17,14 +16,10 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/deploy/kube"
-	"github.com/flotillamesh/flotilla/gateways"
 	"github.com/flotillamesh/flotilla/scenarios/lab"
 )
-
-var testLab = lab.NewShared("east", "west", "north")
-
-func TestMain(m *testing.M) { os.Exit(testLab.Run(m)) }
 
 // labClusters connects to every lab cluster; dryRun makes the connections
 // server-side dry runs.
@@ -58,7 +53,7 @@ func resetSail(t *testing.T, clusters map[string]*kube.Cluster) {
 		for _, x := range []struct {
 			gvk  schema.GroupVersionKind
 			name string
-		}{{istioGVK, IstioName}, {istioGVK, ExternalIstiodName}, {istioCNIGVK, IstioCNIName}} {
+		}{{istioGVK, deploy.IstioName}, {istioGVK, deploy.ExternalIstiodName}, {istioCNIGVK, deploy.IstioCNIName}} {
 			gvr, _, err := c.Resource(x.gvk)
 			if err != nil {
 				t.Fatal(err)
@@ -72,7 +67,7 @@ func resetSail(t *testing.T, clusters map[string]*kube.Cluster) {
 }
 
 // prefixed gives a test its own namespaces.
-func prefixed(prefix string, opts Options) Options {
+func prefixed(prefix string, opts deploy.Options) deploy.Options {
 	opts.Namespace = prefix + "-system"
 	opts.ExternalNamespace = prefix + "-external"
 	opts.CNINamespace = prefix + "-cni"
@@ -159,8 +154,8 @@ func TestLabTopologies(t *testing.T) {
 	tests := []struct {
 		name     string
 		prefix   string
-		topology Topology
-		members  []Member
+		topology deploy.Topology
+		members  []deploy.Member
 		// gateways: cluster -> Gateway name -> servers
 		wantGateways map[string]map[string][]string
 		// wantGatewayAddress: clusters whose gateway must get an address
@@ -169,8 +164,8 @@ func TestLabTopologies(t *testing.T) {
 		pilotFrom map[string]string
 	}{
 		{
-			name: "multi-primary on three networks", prefix: "mp", topology: MultiPrimary,
-			members: []Member{member("east", "primary", "n1"), member("west", "primary", "n2"), member("north", "primary", "n3")},
+			name: "multi-primary on three networks", prefix: "mp", topology: deploy.MultiPrimary,
+			members: []deploy.Member{member("east", "primary", "n1"), member("west", "primary", "n2"), member("north", "primary", "n3")},
 			wantGateways: map[string]map[string][]string{
 				"east":  {"cross-network-gateway": {"15443/tls/TLS/AUTO_PASSTHROUGH/[*.local]"}},
 				"west":  {"cross-network-gateway": {"15443/tls/TLS/AUTO_PASSTHROUGH/[*.local]"}},
@@ -179,8 +174,8 @@ func TestLabTopologies(t *testing.T) {
 			wantGatewayAddress: []string{"east", "west", "north"},
 		},
 		{
-			name: "primary-remote, one remote on another network, one on the primary's", prefix: "pr", topology: PrimaryRemote,
-			members: []Member{member("east", "primary", "n1"), member("west", "remote", "n2"), member("north", "remote", "n1")},
+			name: "primary-remote, one remote on another network, one on the primary's", prefix: "pr", topology: deploy.PrimaryRemote,
+			members: []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n2"), member("north", "remote", "n1")},
 			wantGateways: map[string]map[string][]string{
 				"east": {
 					"cross-network-gateway": {"15443/tls/TLS/AUTO_PASSTHROUGH/[*.local]"},
@@ -195,8 +190,8 @@ func TestLabTopologies(t *testing.T) {
 			pilotFrom:          map[string]string{"west": "east", "north": "east"},
 		},
 		{
-			name: "external control plane with two data-plane networks", prefix: "ecp", topology: ExternalControlPlane,
-			members: []Member{member("east", "control-plane", "n0"), member("west", "data-plane", "n1"), member("north", "data-plane", "n2")},
+			name: "external control plane with two data-plane networks", prefix: "ecp", topology: deploy.ExternalControlPlane,
+			members: []deploy.Member{member("east", "control-plane", "n0"), member("west", "data-plane", "n1"), member("north", "data-plane", "n2")},
 			wantGateways: map[string]map[string][]string{
 				"east":  {"external-istiod-gw": {"15012/tls-XDS/tls/PASSTHROUGH/[*]", "15017/tls-WEBHOOK/tls/PASSTHROUGH/[*]"}},
 				"west":  {"cross-network-gateway": {"15443/tls/TLS/AUTO_PASSTHROUGH/[*.local]"}},
@@ -211,7 +206,7 @@ func TestLabTopologies(t *testing.T) {
 			ctx := context.Background()
 			_, clusters := labClusters(t, false)
 			resetSail(t, clusters)
-			opts := prefixed(tt.prefix, Options{MeshID: "mesh1", Version: "1.30.3"})
+			opts := prefixed(tt.prefix, deploy.Options{MeshID: "mesh1", Version: "1.30.3"})
 			var lines []string
 			res, err := ApplyMesh(ctx, clusters, tt.topology, tt.members, opts, func(s string) { lines = append(lines, s) })
 			if err != nil {
@@ -257,10 +252,10 @@ func TestLabTopologies(t *testing.T) {
 						stored := get(ctx, t, clusters[name], u)
 						path := []string{"spec", "values", "global", "remotePilotAddress"}
 						wantValue := want
-						if u.GetName() == ExternalIstiodName && p.Role == RoleControlPlane {
+						if u.GetName() == deploy.ExternalIstiodName && p.Role == deploy.RoleControlPlane {
 							path = []string{"spec", "values", "meshConfig", "defaultConfig", "discoveryAddress"}
 							wantValue = want + ":15012"
-						} else if u.GetName() == IstioName && p.Role == RoleControlPlane {
+						} else if u.GetName() == deploy.IstioName && p.Role == deploy.RoleControlPlane {
 							continue
 						}
 						got, _, _ := unstructured.NestedString(stored.Object, path...)
@@ -279,7 +274,7 @@ func TestLabTopologies(t *testing.T) {
 						t.Fatal(err)
 					}
 					got := map[string][]string{}
-					for _, ns := range []string{opts.namespace(), opts.externalNamespace()} {
+					for _, ns := range []string{opts.ControlPlaneNamespace(), opts.ExternalIstiodNamespace()} {
 						list, err := c.Dynamic.Resource(gvr).Namespace(ns).List(ctx, metav1.ListOptions{})
 						if err != nil {
 							t.Fatal(err)
@@ -304,7 +299,7 @@ func TestLabTopologies(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					if got := ns.Labels[gateways.NetworkLabel]; got != p.Network {
+					if got := ns.Labels[NetworkLabel]; got != p.Network {
 						t.Errorf("%s: namespace %s network label %q, want %q", p.Cluster, p.Namespace, got, p.Network)
 					}
 				}
@@ -349,11 +344,11 @@ func TestLabDryRun(t *testing.T) {
 	_, clusters := labClusters(t, false)
 	resetSail(t, clusters)
 	_, dry := labClusters(t, true)
-	members := []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
+	members := []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
 
 	t.Run("fresh clusters: nothing persists", func(t *testing.T) {
-		opts := prefixed("dry", Options{MeshID: "mesh1", Version: "1.30.3"})
-		res, err := ApplyMesh(ctx, dry, PrimaryRemote, members, opts, nil)
+		opts := prefixed("dry", deploy.Options{MeshID: "mesh1", Version: "1.30.3"})
+		res, err := ApplyMesh(ctx, dry, deploy.PrimaryRemote, members, opts, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -396,15 +391,15 @@ func TestLabDryRun(t *testing.T) {
 	})
 
 	t.Run("existing install: a changed spec is validated, not stored", func(t *testing.T) {
-		opts := prefixed("dry2", Options{MeshID: "mesh1", Version: "1.30.3"})
-		real, err := ApplyMesh(ctx, clusters, PrimaryRemote, members, opts, nil)
+		opts := prefixed("dry2", deploy.Options{MeshID: "mesh1", Version: "1.30.3"})
+		real, err := ApplyMesh(ctx, clusters, deploy.PrimaryRemote, members, opts, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		changed := opts
 		changed.Values = map[string]any{"global": map[string]any{"logging": map[string]any{"level": "default:debug"}}}
 		before := snapshot(ctx, t, clusters, real.Plans)
-		res, err := ApplyMesh(ctx, dry, PrimaryRemote, members, changed, nil)
+		res, err := ApplyMesh(ctx, dry, deploy.PrimaryRemote, members, changed, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -430,7 +425,7 @@ func TestLabDryRun(t *testing.T) {
 			}
 		}
 		assertNoChange(ctx, t, clusters, real.Plans, func() (*Result, error) {
-			return ApplyMesh(ctx, clusters, PrimaryRemote, members, opts, nil)
+			return ApplyMesh(ctx, clusters, deploy.PrimaryRemote, members, opts, nil)
 		})
 	})
 }
@@ -555,11 +550,11 @@ func TestLabRenderApply(t *testing.T) {
 	ctx := context.Background()
 	l, clusters := labClusters(t, false)
 	resetSail(t, clusters)
-	members := []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
-	opts := prefixed("rnd", Options{MeshID: "mesh1", Version: "1.30.3"})
+	members := []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
+	opts := prefixed("rnd", deploy.Options{MeshID: "mesh1", Version: "1.30.3"})
 
 	// The flotilla path: apply, and remember every object as stored.
-	res, err := ApplyMesh(ctx, clusters, PrimaryRemote, members, opts, nil)
+	res, err := ApplyMesh(ctx, clusters, deploy.PrimaryRemote, members, opts, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -567,7 +562,7 @@ func TestLabRenderApply(t *testing.T) {
 	for k, v := range res.Addresses {
 		addrs[k] = v.Host
 	}
-	plans, err := Plan(PrimaryRemote, members, opts, addrs)
+	plans, err := Plan(deploy.PrimaryRemote, members, opts, addrs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -662,41 +657,41 @@ func waitGone(ctx context.Context, t *testing.T, c *kube.Cluster, p ClusterPlan)
 func TestLabBadInput(t *testing.T) {
 	ctx := context.Background()
 	_, clusters := labClusters(t, false)
-	opts := prefixed("bad", Options{MeshID: "mesh1", Version: "1.30.3", NoCNI: true, AddressTimeout: 3 * time.Second})
+	opts := prefixed("bad", deploy.Options{MeshID: "mesh1", Version: "1.30.3", NoCNI: true, AddressTimeout: 3 * time.Second})
 	tests := []struct {
 		name     string
-		topology Topology
-		members  []Member
-		opts     Options
+		topology deploy.Topology
+		members  []deploy.Member
+		opts     deploy.Options
 		wantErr  string
 		// wantNothingWritten: validation fails before any write
 		wantNothingWritten bool
 	}{
 		{
 			name: "unknown topology", topology: "hub-and-spoke",
-			members: []Member{member("east", "primary", "n1")}, opts: opts,
+			members: []deploy.Member{member("east", "primary", "n1")}, opts: opts,
 			wantErr: `unknown topology "hub-and-spoke"`, wantNothingWritten: true,
 		},
 		{
-			name: "remote with no primary", topology: PrimaryRemote,
-			members: []Member{member("east", "remote", "n1"), member("west", "remote", "n2")}, opts: opts,
+			name: "remote with no primary", topology: deploy.PrimaryRemote,
+			members: []deploy.Member{member("east", "remote", "n1"), member("west", "remote", "n2")}, opts: opts,
 			wantErr: "cluster east: role remote needs a primary cluster in the mesh, and there is none", wantNothingWritten: true,
 		},
 		{
-			name: "networks named for some clusters only", topology: MultiPrimary,
-			members: []Member{member("east", "primary", "n1"), member("west", "primary", "")}, opts: opts,
+			name: "networks named for some clusters only", topology: deploy.MultiPrimary,
+			members: []deploy.Member{member("east", "primary", "n1"), member("west", "primary", "")}, opts: opts,
 			wantErr: "name a network and west do not", wantNothingWritten: true,
 		},
 		{
 			// A ClusterIP gateway without a fixed address can never be
 			// reached from another cluster: refused before anything is
 			// written rather than waited for. (The wait's own timeout is
-			// tested in package gateways.)
-			name: "gateway that can never get an address", topology: PrimaryRemote,
-			members: []Member{member("east", "primary", "n1"), member("west", "remote", "n2")},
-			opts: func() Options {
+			// tested in package )
+			name: "gateway that can never get an address", topology: deploy.PrimaryRemote,
+			members: []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n2")},
+			opts: func() deploy.Options {
 				o := opts
-				o.Exposure = map[string]gateways.Exposure{"east": {Type: "ClusterIP"}}
+				o.Exposure = map[string]Exposure{"east": {Type: "ClusterIP"}}
 				return o
 			}(),
 			wantErr: "east: gateway: service type ClusterIP needs a fixed address", wantNothingWritten: true,
@@ -710,8 +705,8 @@ func TestLabBadInput(t *testing.T) {
 			}
 			if tt.wantNothingWritten {
 				for name, c := range clusters {
-					if _, err := c.Kube.CoreV1().Namespaces().Get(ctx, tt.opts.namespace(), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-						t.Errorf("%s: namespace %s exists after rejected input (err %v)", name, tt.opts.namespace(), err)
+					if _, err := c.Kube.CoreV1().Namespaces().Get(ctx, tt.opts.ControlPlaneNamespace(), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+						t.Errorf("%s: namespace %s exists after rejected input (err %v)", name, tt.opts.ControlPlaneNamespace(), err)
 					}
 				}
 			}

@@ -1,4 +1,4 @@
-package gateways
+package deploy
 
 import (
 	"context"
@@ -9,12 +9,21 @@ import (
 	"github.com/flotillamesh/flotilla/deploy/kube"
 )
 
+// Labels and annotations Istio reads on namespaces and gateways.
+const (
+	// NetworkLabel puts a namespace's or a gateway's pods on a network.
+	NetworkLabel = "topology.istio.io/network"
+	// ControlPlaneClustersAnnotation on a remote's control-plane namespace
+	// names the clusters whose istiod manages it.
+	ControlPlaneClustersAnnotation = "topology.istio.io/controlPlaneClusters"
+)
+
 // Namespace is a control-plane namespace: labelled with its network (when
 // network is not ""), which tells istiod the network of the cluster's
 // workloads, and carrying annotations such as ControlPlaneClustersAnnotation.
 // Server-side apply owns only these fields, so labels others set survive.
 func Namespace(name, network string, annotations map[string]string) *corev1ac.NamespaceApplyConfiguration {
-	ns := corev1ac.Namespace(name).WithLabels(map[string]string{ManagedByLabel: ManagedBy})
+	ns := corev1ac.Namespace(name).WithLabels(kube.ManagedLabels())
 	if network != "" {
 		ns.WithLabels(map[string]string{NetworkLabel: network})
 	}

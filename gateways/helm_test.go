@@ -1,26 +1,29 @@
-package deploy
+package gateways
 
 import (
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/flotillamesh/flotilla/deploy"
 )
 
 func TestHelmReleases(t *testing.T) {
-	pr := []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
-	ecp := []Member{member("east", "control-plane", "n0"), member("west", "data-plane", "n1")}
+	pr := []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
+	ecp := []deploy.Member{member("east", "control-plane", "n0"), member("west", "data-plane", "n1")}
 	tests := []struct {
 		name     string
-		topology Topology
-		members  []Member
+		topology deploy.Topology
+		members  []deploy.Member
 		cluster  string
 		want     []string       // release/chart/namespace
 		values   map[string]any // "release:dotted.path" -> value
 	}{
 		{
-			name: "primary serving a remote", topology: PrimaryRemote, members: pr, cluster: "east",
+			name: "primary serving a remote", topology: deploy.PrimaryRemote, members: pr, cluster: "east",
 			want: []string{"istio-cni/cni/istio-cni", "istiod/istiod/istio-system", "istio-eastwestgateway/gateway/istio-system"},
 			values: map[string]any{
 				"istiod:global.externalIstiod":         true,
@@ -31,7 +34,7 @@ func TestHelmReleases(t *testing.T) {
 			},
 		},
 		{
-			name: "remote", topology: PrimaryRemote, members: pr, cluster: "west",
+			name: "remote", topology: deploy.PrimaryRemote, members: pr, cluster: "west",
 			want: []string{"istio-cni/cni/istio-cni", "istiod/istiod/istio-system", "istio-eastwestgateway/gateway/istio-system"},
 			values: map[string]any{
 				"istiod:profile":                   "remote",
@@ -39,7 +42,7 @@ func TestHelmReleases(t *testing.T) {
 			},
 		},
 		{
-			name: "control-plane cluster", topology: ExternalControlPlane, members: ecp, cluster: "east",
+			name: "control-plane cluster", topology: deploy.ExternalControlPlane, members: ecp, cluster: "east",
 			want: []string{"istiod/istiod/istio-system", "istiod-external-istiod/istiod/external-istiod", "istio-ingressgateway/gateway/istio-system"},
 			values: map[string]any{
 				"istiod-external-istiod:revision":     "external-istiod",
@@ -51,7 +54,7 @@ func TestHelmReleases(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := PlanCluster(tt.topology, tt.members, tt.cluster, Options{MeshID: "mesh1", Version: "1.30.3"}, map[string]string{"east": "192.0.2.10"})
+			p, err := PlanCluster(tt.topology, tt.members, tt.cluster, deploy.Options{MeshID: "mesh1", Version: "1.30.3"}, map[string]string{"east": "192.0.2.10"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -75,7 +78,7 @@ func TestHelmReleases(t *testing.T) {
 }
 
 func TestRenderHelm(t *testing.T) {
-	plans, err := Plan(PrimaryRemote, []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, Options{MeshID: "mesh1", Version: "1.30.3", NoCNI: true}, map[string]string{"east": "192.0.2.10"})
+	plans, err := Plan(deploy.PrimaryRemote, []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, deploy.Options{MeshID: "mesh1", Version: "1.30.3", NoCNI: true}, map[string]string{"east": "192.0.2.10"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,4 +96,9 @@ func TestRenderHelm(t *testing.T) {
 		!strings.Contains(string(data), "remotePilotAddress: 192.0.2.10") {
 		t.Errorf("%s:\n%s", want, data)
 	}
+}
+
+func field(m map[string]any, path string) any {
+	v, _, _ := unstructured.NestedFieldNoCopy(m, strings.Split(path, ".")...)
+	return v
 }

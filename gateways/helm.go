@@ -1,4 +1,4 @@
-package deploy
+package gateways
 
 import (
 	"fmt"
@@ -7,6 +7,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/flotillamesh/flotilla/deploy"
 )
 
 // HelmRelease is the upstream Helm equivalent of one Sail resource or
@@ -42,7 +44,7 @@ func (p ClusterPlan) HelmReleases() []HelmRelease {
 		spec, _ := u.Object["spec"].(map[string]any)
 		ns, _ := spec["namespace"].(string)
 		values, _ := spec["values"].(map[string]any)
-		values = mergeValues(values, nil)
+		values = deploy.MergeValues(values, nil)
 		if profile, ok := spec["profile"].(string); ok {
 			values["profile"] = profile
 		}
@@ -51,7 +53,7 @@ func (p ClusterPlan) HelmReleases() []HelmRelease {
 			out = append(out, HelmRelease{Name: "istio-cni", Chart: "cni", Namespace: ns, Values: values})
 		case "Istio":
 			name := "istiod"
-			if u.GetName() != IstioName {
+			if u.GetName() != deploy.IstioName {
 				// Sail names the revision after the resource.
 				values["revision"] = u.GetName()
 				name = "istiod-" + u.GetName()
@@ -109,7 +111,7 @@ func RenderHelm(dir string, plans []ClusterPlan, version string) ([]string, erro
 				return paths, fmt.Errorf("%s: render helm values %s: %w", p.Cluster, r.Name, err)
 			}
 			path := filepath.Join(cdir, r.Name+".values.yaml")
-			header := "# " + r.Command(filepath.Base(path), sailVersion(version)) + "\n"
+			header := "# " + r.Command(filepath.Base(path), deploy.SailVersion(version)) + "\n"
 			if err := os.WriteFile(path, append([]byte(header), data...), 0o644); err != nil {
 				return paths, fmt.Errorf("%s: render helm values %s: %w", p.Cluster, r.Name, err)
 			}

@@ -1,0 +1,236 @@
+package gateways
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/flotillamesh/flotilla/deploy"
+)
+
+func member(name string, role deploy.Role, network string) deploy.Member {
+	return deploy.Member{Name: name, Role: role, Network: network}
+}
+
+var testOpts = deploy.Options{MeshID: "mesh1", Version: "1.30.3", NoCNI: true}
+
+// refs lists "Kind ns/name" of a plan phase.
+func refs(p ClusterPlan) (setup, gw, cp []string) {
+	for _, o := range p.Setup {
+		setup = append(setup, o.Ref())
+	}
+	for _, o := range p.Gateways {
+		gw = append(gw, o.Ref())
+	}
+	for _, o := range p.ControlPlane {
+		cp = append(cp, o.Ref())
+	}
+	return
+}
+
+var eastWestRefs = func(ns string) []string {
+	return []string{
+		"ServiceAccount " + ns + "/istio-eastwestgateway-service-account",
+		"Role " + ns + "/istio-eastwestgateway-sds",
+		"RoleBinding " + ns + "/istio-eastwestgateway-sds",
+		"Deployment " + ns + "/istio-eastwestgateway",
+		"PodDisruptionBudget " + ns + "/istio-eastwestgateway",
+		"Service " + ns + "/istio-eastwestgateway",
+		"HorizontalPodAutoscaler " + ns + "/istio-eastwestgateway",
+	}
+}
+
+func cat(lists ...[]string) []string {
+	var out []string
+	for _, l := range lists {
+		out = append(out, l...)
+	}
+	return out
+}
+
+func TestPlanObjects(t *testing.T) {
+	ew := eastWestRefs("istio-system")
+	tests := []struct {
+		name      string
+		topology  deploy.Topology
+		members   []deploy.Member
+		opts      deploy.Options
+		cluster   string
+		wantSetup []string
+		wantGW    []string
+		skipGW    bool
+		wantCP    []string
+	}{
+		{
+			name: "multi-primary multi-network primary", topology: deploy.MultiPrimary,
+			members: []deploy.Member{member("east", "primary", "n1"), member("west", "primary", "n2")}, cluster: "east",
+			wantSetup: []string{"Namespace istio-system"},
+			wantGW:    cat(ew, []string{"Gateway istio-system/cross-network-gateway"}),
+			wantCP:    []string{"Istio default"},
+		},
+		{
+			name: "multi-primary single network has no gateways", topology: deploy.MultiPrimary,
+			members: []deploy.Member{member("east", "primary", "n1"), member("west", "primary", "n1")}, cluster: "west",
+			wantSetup: []string{"Namespace istio-system"},
+			wantCP:    []string{"Istio default"},
+		},
+		{
+			name: "IstioCNI and its namespace unless NoCNI", topology: deploy.MultiPrimary,
+			members: []deploy.Member{member("east", "primary", "n1")}, cluster: "east", opts: deploy.Options{MeshID: "m", Version: "1.30.3"},
+			wantSetup: []string{"Namespace istio-system", "Namespace istio-cni"},
+			wantCP:    []string{"IstioCNI default", "Istio default"},
+		},
+		{
+			name: "primary serving a remote on another network", topology: deploy.PrimaryRemote,
+			members: []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, cluster: "east",
+			wantSetup: []string{"Namespace istio-system"},
+			wantGW:    cat(ew, []string{"Gateway istio-system/cross-network-gateway", "Gateway istio-system/istiod-gateway", "VirtualService istio-system/istiod-vs"}),
+			wantCP:    []string{"Istio default"},
+		},
+		{
+			name: "primary serving a remote on its network exposes istiod only", topology: deploy.PrimaryRemote,
+			members: []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n1")}, cluster: "east",
+			wantSetup: []string{"Namespace istio-system"},
+			wantGW:    cat(ew, []string{"Gateway istio-system/istiod-gateway", "VirtualService istio-system/istiod-vs"}),
+			wantCP:    []string{"Istio default"},
+		},
+		{
+			name: "remote on another network", topology: deploy.PrimaryRemote,
+			members: []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, cluster: "west",
+			wantSetup: []string{"Namespace istio-system"},
+			wantGW:    cat(ew, []string{"Gateway istio-system/cross-network-gateway"}),
+			wantCP:    []string{"Istio default"},
+		},
+		{
+			name: "remote on the primary's network has no gateway", topology: deploy.PrimaryRemote,
+			members: []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n1")}, cluster: "west",
+			wantSetup: []string{"Namespace istio-system"},
+			wantCP:    []string{"Istio default"},
+		},
+		{
+			name: "control-plane cluster", topology: deploy.ExternalControlPlane,
+			members: []deploy.Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n1")}, cluster: "east",
+			wantSetup: []string{"Namespace istio-system", "Namespace external-istiod"},
+			wantGW: []string{
+				"ServiceAccount istio-system/istio-ingressgateway-service-account",
+				"Role istio-system/istio-ingressgateway-sds",
+				"RoleBinding istio-system/istio-ingressgateway-sds",
+				"Deployment istio-system/istio-ingressgateway",
+				"PodDisruptionBudget istio-system/istio-ingressgateway",
+				"Service istio-system/istio-ingressgateway",
+				"HorizontalPodAutoscaler istio-system/istio-ingressgateway",
+				"ServiceAccount external-istiod/istiod-service-account",
+				"Gateway external-istiod/external-istiod-gw",
+				"VirtualService external-istiod/external-istiod-vs",
+			},
+			wantCP: []string{"Istio default", "Istio external-istiod"},
+		},
+		{
+			name: "control-plane cluster runs no IstioCNI", topology: deploy.ExternalControlPlane, opts: deploy.Options{MeshID: "m", Version: "1.30.3"},
+			members: []deploy.Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n1")}, cluster: "east",
+			wantSetup: []string{"Namespace istio-system", "Namespace external-istiod"},
+			skipGW:    true, // checked by the previous case
+			wantCP:    []string{"Istio default", "Istio external-istiod"},
+		},
+		{
+			name: "data-plane cluster", topology: deploy.ExternalControlPlane,
+			members: []deploy.Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n1")}, cluster: "west",
+			wantSetup: []string{"Namespace external-istiod"},
+			wantCP:    []string{"Istio external-istiod"},
+		},
+		{
+			name: "data-plane clusters on two networks get east-west gateways", topology: deploy.ExternalControlPlane,
+			members: []deploy.Member{member("east", "control-plane", "n0"), member("west", "data-plane", "n1"), member("north", "data-plane", "n2")}, cluster: "north",
+			wantSetup: []string{"Namespace external-istiod"},
+			wantGW:    cat(eastWestRefs("external-istiod"), []string{"Gateway external-istiod/cross-network-gateway"}),
+			wantCP:    []string{"Istio external-istiod"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			opts := tt.opts
+			if opts.MeshID == "" {
+				opts = testOpts
+			}
+			p, err := PlanCluster(tt.topology, tt.members, tt.cluster, opts, map[string]string{"east": "192.0.2.10"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			setup, gw, cp := refs(p)
+			if !reflect.DeepEqual(setup, tt.wantSetup) {
+				t.Errorf("setup = %v, want %v", setup, tt.wantSetup)
+			}
+			if !tt.skipGW && !reflect.DeepEqual(gw, tt.wantGW) {
+				t.Errorf("gateways = %v\nwant %v", gw, tt.wantGW)
+			}
+			if !reflect.DeepEqual(cp, tt.wantCP) {
+				t.Errorf("control plane = %v, want %v", cp, tt.wantCP)
+			}
+		})
+	}
+}
+
+func TestRenderRoundTrip(t *testing.T) {
+	plans, err := Plan(deploy.PrimaryRemote, []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, deploy.Options{MeshID: "mesh1", Version: "1.30.3"}, map[string]string{"east": "192.0.2.10"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	paths, err := Render(dir, plans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(paths) != 2 || !strings.HasSuffix(paths[0], "/east.yaml") || !strings.HasSuffix(paths[1], "/west.yaml") {
+		t.Fatalf("paths = %v", paths)
+	}
+	for i, p := range plans {
+		data, err := deploy.RenderYAML(p.Objects())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := deploy.DecodeYAML(strings.NewReader(string(data)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(p.Objects()) {
+			t.Fatalf("%s: decoded %d objects, want %d", paths[i], len(got), len(p.Objects()))
+		}
+		for j, o := range p.Objects() {
+			if want := o.Unstructured(); !reflect.DeepEqual(normalize(t, got[j]), normalize(t, want)) {
+				t.Errorf("%s: object %d differs after YAML round trip:\n%v\n%v", p.Cluster, j, got[j], want)
+			}
+		}
+	}
+}
+
+// normalize makes numbers compare equal whichever decoder produced them.
+func normalize(t *testing.T, u *unstructured.Unstructured) map[string]any {
+	t.Helper()
+	data, err := json.Marshal(u.Object)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func BenchmarkPlan(b *testing.B) {
+	members := []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n2"), member("north", "remote", "n3")}
+	opts := deploy.Options{MeshID: "mesh1", Version: "1.30.3"}
+	addrs := map[string]string{"east": "192.0.2.10"}
+	for b.Loop() {
+		plans, err := Plan(deploy.PrimaryRemote, members, opts, addrs)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := deploy.RenderYAML(plans[0].Objects()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
