@@ -1,0 +1,149 @@
+// The federation action of Apply: reader accounts, their tokens and the
+// remote secrets the topology needs.
+
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/flotillamesh/flotilla/deploy/kube"
+	"github.com/flotillamesh/flotilla/federation"
+	"github.com/flotillamesh/flotilla/server/spec"
+	"github.com/flotillamesh/flotilla/server/state"
+)
+
+// credentialsSecret is where the reader credentials are kept, sealed.
+const credentialsSecret = "federation/credentials"
+
+func (h *Hub) loadCredentials(ctx context.Context) ([]federation.Credential, error) {
+	var creds []federation.Credential
+	err := h.Store.View(ctx, func(tx *state.Tx) error {
+		data, ok, err := tx.Secret(credentialsSecret)
+		if err != nil || !ok {
+			return err
+		}
+		return json.Unmarshal(data, &creds)
+	})
+	return creds, err
+}
+
+func federationOptions(m *spec.Mesh) federation.Options {
+	return federation.Options{
+		Namespace:     m.Spec.ControlPlaneNamespace,
+		AllowLoopback: m.Spec.AllowLoopbackAPIServers,
+		Token: federation.TokenOptions{
+			Lifetime: m.Spec.Federation.TokenTTL.Duration,
+			Legacy:   m.Spec.Federation.LegacyTokenSecret,
+		},
+	}
+}
+
+// federationMesh is m for federation, with the connections in conns. A
+// cluster without one (unreachable) gets its kubeconfig instead: federation
+// reports it per link and completes the others.
+func (h *Hub) federationMesh(m *spec.Mesh, conns map[string]*kube.Cluster) federation.Mesh {
+	fm := federation.Mesh{Topology: m.Spec.Topology}
+	members := m.Members()
+	for i, c := range m.Spec.Clusters {
+		kubeconfig := c.KubeconfigFor("")
+		if conns[c.Name] == nil {
+			kubeconfig = c.KubeconfigFor(h.Kubeconfig)
+		}
+		fm.Clusters = append(fm.Clusters, federation.Cluster{
+			Member:     members[i],
+			Kube:       conns[c.Name],
+			Kubeconfig: kubeconfig,
+			Context:    c.Context,
+			APIServer:  c.APIServer,
+		})
+	}
+	return fm
+}
+
+func (h *Hub) applyFederation(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder) {
+	known, err := h.loadCredentials(ctx)
+	if err != nil {
+		rec.fail(ctx, "", "remote secrets", fmt.Errorf("state: credentials: %w", err))
+		return
+	}
+	fm := h.federationMesh(m, conns)
+	res, err := federation.Reconcile(ctx, fm, known, federationOptions(m))
+	if err != nil {
+		rec.fail(ctx, "", "remote secrets", err)
+		return
+	}
+	for _, t := range res.Targets {
+		s := Step{Cluster: t.Cluster, Step: "reader " + t.Account.String(), Action: "unchanged"}
+		if t.Renewed != federation.ReasonNone {
+			s.Action, s.Detail = "token issued", string(t.Renewed)
+		}
+		if t.Err != nil {
+			s.Action, s.Error = "failed", t.Err.Error()
+		}
+		rec.add(ctx, s)
+	}
+	for _, l := range res.Links {
+		s := Step{Cluster: l.Reader, Step: "secret " + l.Namespace + "/" + l.Secret, Action: string(l.Action), Detail: "reads " + l.Target}
+		if l.Err != nil {
+			s.Action, s.Error = "failed", l.Err.Error()
+		}
+		rec.add(ctx, s)
+	}
+	if o.DryRun {
+		return
+	}
+	// Keep every credential in use, plus the stored ones of clusters that
+	// could not be reached this time (still valid, still in their secrets).
+	merged := map[string]federation.Credential{}
+	for _, c := range known {
+		merged[c.Key()] = c
+	}
+	for _, c := range res.Credentials {
+		merged[c.Key()] = c
+	}
+	inSpec := map[string]bool{}
+	for _, c := range m.Spec.Clusters {
+		inSpec[c.Name] = true
+	}
+	var creds []federation.Credential
+	for _, c := range merged {
+		if inSpec[c.Cluster] {
+			creds = append(creds, c)
+		}
+	}
+	sort.Slice(creds, func(i, j int) bool { return creds[i].Key() < creds[j].Key() })
+	data, err := json.Marshal(creds)
+	if err != nil {
+		rec.fail(ctx, "", "remote secrets", err)
+		return
+	}
+	err = h.Store.Update(ctx, func(tx *state.Tx) error {
+		if err := tx.PutSecret(credentialsSecret, data); err != nil {
+			return err
+		}
+		for _, c := range res.Credentials {
+			tok := state.ReaderToken{ReadBy: readersOf(res.Plan, c.Cluster), IssuedAt: h.now(), ExpiresAt: c.Expiry}
+			if err := tx.SetReaderToken(c.Cluster, tok); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		rec.fail(ctx, "", "remote secrets", fmt.Errorf("state: store credentials: %w", err))
+	}
+}
+
+func readersOf(p federation.Plan, target string) string {
+	var rs []string
+	for _, l := range p.Links {
+		if l.Target == target {
+			rs = append(rs, l.Reader)
+		}
+	}
+	return strings.Join(rs, ",")
+}

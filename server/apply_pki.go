@@ -1,0 +1,320 @@
+// The PKI action of Apply: the mesh root, and per cluster its intermediate
+// in cacerts (built-in) or issued by cert-manager, and the csr-agent.
+
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/flotillamesh/flotilla/deploy"
+	"github.com/flotillamesh/flotilla/deploy/kube"
+	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/pki/certmanager"
+	"github.com/flotillamesh/flotilla/pki/csragent"
+	"github.com/flotillamesh/flotilla/server/spec"
+	"github.com/flotillamesh/flotilla/server/state"
+)
+
+func pkiConfig(m *spec.Mesh) pki.Config {
+	return pki.Config{
+		KeyAlgorithm:         pki.KeyAlgorithm(m.Spec.PKI.KeyAlgorithm),
+		RootLifetime:         m.Spec.PKI.RootTTL.Duration,
+		IntermediateLifetime: m.Spec.PKI.IntermediateTTL.Duration,
+	}
+}
+
+// loadCA returns the stored root (with its key when the state has one) and
+// the trust bundle.
+func (h *Hub) loadCA(ctx context.Context) (*pki.Root, *pki.Bundle, bool, error) {
+	var root *pki.Root
+	var bundle *pki.Bundle
+	var found bool
+	err := h.Store.View(ctx, func(tx *state.Tx) error {
+		ca, ok, err := tx.CA()
+		if err != nil || !ok {
+			return err
+		}
+		found = true
+		// Without the state key (status, check) the root certificate is enough.
+		if ca.HasRootKey && h.Store.HasKey() {
+			key, err := tx.RootKey()
+			if err != nil {
+				return err
+			}
+			if root, err = pki.ImportRoot(ca.RootCertPEM, key, h.now()); err != nil {
+				return fmt.Errorf("stored root: %w", err)
+			}
+		} else if root, err = pki.ImportRootCert(ca.RootCertPEM, h.now()); err != nil {
+			return fmt.Errorf("stored root: %w", err)
+		}
+		bundle, err = pki.ParseBundle(ca.Bundle())
+		return err
+	})
+	return root, bundle, found, err
+}
+
+// ensureCA returns the mesh's root, creating it (or importing the spec's)
+// only when the state has none.
+func (h *Hub) ensureCA(ctx context.Context, m *spec.Mesh, dryRun bool, rec *recorder) (*pki.Root, *pki.Bundle, error) {
+	root, bundle, found, err := h.loadCA(ctx)
+	if err != nil || found {
+		return root, bundle, err
+	}
+	src := state.CAGenerated
+	if r := m.Spec.PKI.Root; r != nil {
+		certPEM, err := os.ReadFile(r.CertFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("root certificate: %w", err)
+		}
+		if r.KeyFile != "" {
+			keyPEM, err := os.ReadFile(r.KeyFile)
+			if err != nil {
+				return nil, nil, fmt.Errorf("root key: %w", err)
+			}
+			root, err = pki.ImportRoot(certPEM, keyPEM, h.now())
+			if err != nil {
+				return nil, nil, err
+			}
+		} else if root, err = pki.ImportRootCert(certPEM, h.now()); err != nil {
+			return nil, nil, err
+		}
+		src = state.CAImported
+	} else {
+		if dryRun {
+			rec.add(ctx, Step{Step: "root CA", Action: "would generate", Detail: string(m.Spec.PKI.KeyAlgorithm)})
+			return nil, nil, nil
+		}
+		h.progressf("", "generating the mesh root CA (%s)", m.Spec.PKI.KeyAlgorithm)
+		if root, err = pki.NewRoot(pkiConfig(m)); err != nil {
+			return nil, nil, err
+		}
+	}
+	bundle = pki.NewBundle(root.Cert)
+	if dryRun {
+		rec.add(ctx, Step{Step: "root CA", Action: "would import", Detail: pki.Fingerprint(root.Cert)})
+		return root, bundle, nil
+	}
+	var keyPEM []byte
+	if root.HasKey() {
+		keyPEM = root.Key.Reveal()
+	}
+	err = h.Store.Update(ctx, func(tx *state.Tx) error {
+		return tx.InitCA(state.CA{RootCertPEM: root.CertPEM, Source: src, UpdatedAt: h.now()}, keyPEM)
+	})
+	if errors.Is(err, state.ErrCAExists) {
+		// Another apply stored one first: use that one, never a second root.
+		root, bundle, _, err = h.loadCA(ctx)
+		return root, bundle, err
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("state: store root CA: %w", err)
+	}
+	action := "generated"
+	if src == state.CAImported {
+		action = "imported"
+	}
+	rec.add(ctx, Step{Step: "root CA", Action: action, Detail: pki.Fingerprint(root.Cert)})
+	return root, bundle, nil
+}
+
+// renewWhenLeft is the share of an intermediate's lifetime left at which
+// apply and the reconcile loop issue a new one.
+const renewWhenLeft = 5 // 1/5th
+
+// needsRenewal reports whether cert has less than 1/renewWhenLeft of its
+// lifetime left at now.
+func needsRenewal(notBefore, notAfter, now time.Time) bool {
+	life := notAfter.Sub(notBefore)
+	return notAfter.Sub(now) < life/renewWhenLeft
+}
+
+func (h *Hub) applyPKI(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder) {
+	root, bundle, err := h.ensureCA(ctx, m, o.DryRun, rec)
+	if err != nil {
+		rec.fail(ctx, "", "root CA", err)
+		return
+	}
+	var wg sync.WaitGroup
+	for _, c := range m.Spec.Clusters {
+		kc := conns[c.Name]
+		ns, ok := caNamespace(m, c.Name)
+		if kc == nil || !ok {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			switch m.Spec.PKI.Mode {
+			case spec.PKICertManager:
+				err = h.applyCertManager(ctx, m, kc, ns, root, bundle, o, rec)
+			default:
+				err = h.applyCACerts(ctx, m, kc, ns, root, bundle, o, rec)
+			}
+			if err != nil {
+				rec.fail(ctx, c.Name, "cacerts", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// certManagerIssueTimeout bounds the wait for cert-manager to issue a
+// cluster's intermediate.
+const certManagerIssueTimeout = 2 * time.Minute
+
+// applyCertManager has cert-manager issue the cluster's intermediate under
+// the mesh root (or the user's issuer) and projects it into cacerts, so that
+// istiod keeps signing with a cert-manager-managed intermediate.
+func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Cluster, ns string, root *pki.Root, bundle *pki.Bundle, o ApplyOptions, rec *recorder) error {
+	if root == nil {
+		rec.add(ctx, Step{Cluster: kc.Name, Step: "cert-manager intermediate", Action: "would create", Detail: "under the new root"})
+		return nil
+	}
+	cfg := certmanager.Config{
+		Cluster:      kc.Name,
+		Namespace:    ns,
+		KeyAlgorithm: pki.KeyAlgorithm(m.Spec.PKI.KeyAlgorithm),
+		Lifetime:     m.Spec.PKI.IntermediateTTL.Duration,
+	}
+	if cm := m.Spec.PKI.CertManager; cm != nil && cm.IssuerRef != nil {
+		cfg.RootIssuer = &certmanager.IssuerRef{Name: cm.IssuerRef.Name, Kind: cm.IssuerRef.Kind}
+	}
+	if err := certmanager.Apply(ctx, kc, cfg, root); err != nil {
+		return err
+	}
+	if o.DryRun {
+		rec.add(ctx, Step{Cluster: kc.Name, Step: "cert-manager intermediate", Action: "validated"})
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, certManagerIssueTimeout)
+	defer cancel()
+	issued, err := certmanager.WaitReady(wctx, kc, ns, nil)
+	if err != nil {
+		return fmt.Errorf("%s: waiting for cert-manager to issue the intermediate in %s: %w", kc.Name, ns, err)
+	}
+	res, err := certmanager.Project(ctx, kc, ns, bundle, o.CACertsPolicy)
+	if err != nil {
+		return err
+	}
+	if agent := csrAgentOf(m); agent != nil {
+		objs, err := csragent.Objects(csragent.ManifestOptions{
+			Cluster: kc.Name, Namespace: ns, Image: agent.Image,
+			TrustDomain: m.Spec.TrustDomain, TrustBundlePEM: bundle.PEM(),
+		})
+		if err != nil {
+			return err
+		}
+		applied, err := deploy.ApplyObjects(ctx, kc, objs, nil)
+		if err != nil {
+			return err
+		}
+		rec.add(ctx, Step{Cluster: kc.Name, Step: "csr-agent " + ns + "/" + csragent.ServiceName, Action: h.controlPlaneAction(ctx, kc.Name+"/csr-agent", applied, false),
+			Detail: fmt.Sprintf("%d objects, global.caAddress %s", len(applied), csragent.Address(ns))})
+	}
+	detail := "issued by cert-manager"
+	if issued != nil && issued.Cert != nil {
+		detail += ", expires " + issued.Cert.NotAfter.UTC().Format(time.DateOnly)
+	}
+	rec.add(ctx, Step{Cluster: kc.Name, Step: "cacerts " + ns + "/" + pki.SecretName, Action: string(res.Action), Detail: detail})
+	return nil
+}
+
+// applyCACerts makes sure the cluster has an intermediate in the state and
+// the matching cacerts in the cluster. The intermediate is stored before
+// cacerts is written, so a kill in between leaves nothing the next apply
+// cannot converge.
+func (h *Hub) applyCACerts(ctx context.Context, m *spec.Mesh, kc *kube.Cluster, ns string, root *pki.Root, bundle *pki.Bundle, o ApplyOptions, rec *recorder) error {
+	name := kc.Name
+	if root == nil {
+		rec.add(ctx, Step{Cluster: name, Step: "cacerts", Action: "would create", Detail: "intermediate under the new root"})
+		return nil
+	}
+	in, err := h.storedIntermediate(ctx, name, ns)
+	if err != nil {
+		return fmt.Errorf("state: intermediate: %w", err)
+	}
+	if in != nil && !bundle.Contains(root.Cert) {
+		return errors.New("stored root is not in the trust bundle")
+	}
+	if in != nil && in.Cert.CheckSignatureFrom(root.Cert) != nil {
+		in = nil // issued under an earlier root: issue anew under the current one
+	}
+	if in != nil && root.HasKey() && issuedForOtherNamespace(in.Cert.DNSNames, ns) {
+		in = nil // the control-plane namespace or the cluster's role changed
+	}
+	issued := ""
+	if in == nil || needsRenewal(in.Cert.NotBefore, in.Cert.NotAfter, h.now()) {
+		if !root.HasKey() {
+			return errors.New("no intermediate and the root is offline: run flotilla ca csr, sign, then flotilla ca accept")
+		}
+		if o.DryRun {
+			rec.add(ctx, Step{Cluster: name, Step: "cacerts", Action: "would issue", Detail: "new intermediate"})
+			return nil
+		}
+		reason := "new"
+		if in != nil {
+			reason = "renewal"
+		}
+		if in, err = root.IssueIntermediate(name, ns, pkiConfig(m)); err != nil {
+			return err
+		}
+		err = h.Store.Update(ctx, func(tx *state.Tx) error {
+			return tx.PutIntermediate(name, in.CertPEM, in.Key.Reveal())
+		})
+		if err != nil {
+			return fmt.Errorf("state: store intermediate: %w", err)
+		}
+		issued = reason
+	}
+	cc, err := pki.NewCACerts(in, root, bundle)
+	if err != nil {
+		return err
+	}
+	res, err := pki.WriteCACerts(ctx, kc, ns, cc, o.CACertsPolicy)
+	if err != nil {
+		return err
+	}
+	if res.Adopted != nil && !o.DryRun {
+		err = h.Store.Update(ctx, func(tx *state.Tx) error {
+			return tx.PutIntermediate(name, res.Adopted.CertPEM, res.Adopted.Key.Reveal())
+		})
+		if err != nil {
+			return fmt.Errorf("state: store adopted intermediate: %w", err)
+		}
+	}
+	detail := "intermediate expires " + in.Cert.NotAfter.UTC().Format(time.DateOnly)
+	if issued != "" {
+		detail = issued + " intermediate, " + detail
+	}
+	rec.add(ctx, Step{Cluster: name, Step: "cacerts " + ns + "/" + pki.SecretName, Action: string(res.Action), Detail: detail})
+	return nil
+}
+
+// issuedForOtherNamespace reports whether an intermediate's SANs name the
+// istiod of a namespace other than ns. One naming no istiod (adopted, or
+// signed elsewhere) is kept.
+func issuedForOtherNamespace(dnsNames []string, ns string) bool {
+	for _, n := range dnsNames {
+		if other, ok := strings.CutPrefix(n, "istiod."); ok {
+			if other, ok = strings.CutSuffix(other, ".svc"); ok && !strings.Contains(other, ".") {
+				return other != ns
+			}
+		}
+	}
+	return false
+}
+
+// csrAgentOf returns the csr-agent settings when m runs the istio-csr style signer.
+func csrAgentOf(m *spec.Mesh) *spec.CSRAgent {
+	if m.Spec.PKI.Mode != spec.PKICertManager || m.Spec.PKI.CertManager == nil {
+		return nil
+	}
+	return m.Spec.PKI.CertManager.CSRAgent
+}

@@ -1,0 +1,106 @@
+// The removal action of Apply: clusters dropped from the spec leave the
+// mesh, and stay pending until they have.
+
+package server
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/flotillamesh/flotilla/federation"
+	"github.com/flotillamesh/flotilla/server/spec"
+	"github.com/flotillamesh/flotilla/server/state"
+)
+
+// pendingRemovalsKey holds the clusters taken out of the spec whose removal
+// from the mesh is not done yet, by name, with their spec entries (how to
+// reach them).
+const pendingRemovalsKey = "pending-removals"
+
+// pendingRemovals are the clusters to take out of the mesh: those still
+// pending from earlier applies and those prev has and m has not, less any
+// that m names again.
+func pendingRemovals(tx *state.Tx, prev, m *spec.Mesh) (map[string]spec.Cluster, error) {
+	pending := map[string]spec.Cluster{}
+	if _, err := tx.Value(pendingRemovalsKey, &pending); err != nil {
+		return nil, fmt.Errorf("read pending removals: %w", err)
+	}
+	if prev != nil {
+		for _, c := range prev.Spec.Clusters {
+			pending[c.Name] = c
+		}
+	}
+	for _, c := range m.Spec.Clusters {
+		delete(pending, c.Name)
+	}
+	return pending, nil
+}
+
+func putPendingRemovals(tx *state.Tx, pending map[string]spec.Cluster) error {
+	if len(pending) == 0 {
+		return tx.DeleteValue(pendingRemovalsKey)
+	}
+	return tx.PutValue(pendingRemovalsKey, pending)
+}
+
+// removeClusters takes the clusters in leaving out of the mesh: every secret
+// that reads them is deleted, their reader accounts are deleted (which
+// revokes the tokens handed out), and the state forgets them. A cluster
+// whose removal fails stays pending for the next apply.
+func (h *Hub) removeClusters(ctx context.Context, m *spec.Mesh, leaving map[string]spec.Cluster, o ApplyOptions, rec *recorder) {
+	if len(leaving) == 0 {
+		return
+	}
+	gone := slices.Sorted(maps.Keys(leaving))
+	if o.DryRun {
+		for _, name := range gone {
+			rec.add(ctx, Step{Cluster: name, Step: "remove from mesh", Action: "would remove"})
+		}
+		return
+	}
+	// The mesh as it was: the spec's clusters and the leaving ones.
+	was := *m
+	was.Spec.Clusters = slices.Clone(m.Spec.Clusters)
+	for _, name := range gone {
+		was.Spec.Clusters = append(was.Spec.Clusters, leaving[name])
+	}
+	conns, connErrs := h.connect(&was, false)
+	for _, name := range gone {
+		if err := connErrs[name]; err != nil {
+			rec.fail(ctx, name, "connect (removal)", err)
+		}
+	}
+	fm := h.federationMesh(&was, conns)
+	for _, name := range gone {
+		if connErrs[name] != nil {
+			continue
+		}
+		res, err := federation.Remove(ctx, fm, name, federationOptions(&was))
+		if err == nil {
+			err = res.Err()
+		}
+		if err != nil {
+			rec.fail(ctx, name, "remove from mesh", fmt.Errorf("%w (retried by the next apply)", err))
+			continue
+		}
+		detail := fmt.Sprintf("%d secret(s) deleted, %d account(s) revoked", len(res.Secrets), len(res.Revoked))
+		err = h.Store.Update(ctx, func(tx *state.Tx) error {
+			pending := map[string]spec.Cluster{}
+			if _, err := tx.Value(pendingRemovalsKey, &pending); err != nil {
+				return err
+			}
+			delete(pending, name)
+			if err := putPendingRemovals(tx, pending); err != nil {
+				return err
+			}
+			return tx.DeleteCluster(name)
+		})
+		if err != nil {
+			rec.fail(ctx, name, "remove from mesh", fmt.Errorf("state: %w", err))
+			continue
+		}
+		rec.add(ctx, Step{Cluster: name, Step: "remove from mesh", Action: "removed", Detail: detail})
+	}
+}
