@@ -2,7 +2,11 @@
 // the east-west gateway of each cluster (cross-network traffic on 15443,
 // istiod exposure on 15012/15017), the ingress gateway in front of an external
 // control plane, the Istio Gateway and VirtualService resources that configure
-// them, and the wait for their external addresses.
+// them, and the wait for their external addresses. It also owns the
+// per-cluster rollout (mesh.go: Plan, ApplyMesh, Render), because gateways
+// sit in the middle of it: deploy's plan says which gateway each cluster
+// runs, the gateways must have addresses before the remotes' and data
+// planes' Istio resources can name them.
 //
 // Gateway pods use Istio's gateway injection: the Deployment names the
 // `gateway` injection template and image `auto`, and istiod fills in the proxy,

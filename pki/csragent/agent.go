@@ -6,7 +6,8 @@
 // of the token's service account, and signed by cert-manager through a
 // CertificateRequest against the cluster's workload issuer. The chain it
 // returns ends in a root of a pinned trust bundle, never in whatever the
-// issuer calls its CA.
+// issuer calls its CA. The manifests that run it in a cluster, and the
+// flags they pass, live beside it (manifests.go).
 //
 // cert-manager's approver controller approves every CertificateRequest
 // when its webhook (which records the requester) is absent, so this agent
