@@ -133,11 +133,9 @@ func (r *recorder) fail(ctx context.Context, cluster, step string, err error) {
 // next apply converges.
 func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyReport, error) {
 	start := h.now()
-	if m == nil {
-		var err error
-		if m, err = h.StoredMesh(ctx); err != nil {
-			return nil, err
-		}
+	m, err := h.meshOrStored(ctx, m)
+	if err != nil {
+		return nil, err
 	}
 	if err := m.Validate(); err != nil {
 		return nil, err

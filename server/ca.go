@@ -109,11 +109,9 @@ func (h *Hub) requireIntermediate(ctx context.Context, cluster, namespace string
 // same root, stores it, and replaces the cluster's cacerts. Workload
 // certificates of the old intermediate stay valid for peers: same root.
 func (h *Hub) RotateIntermediate(ctx context.Context, m *spec.Mesh, cluster string) (*Step, error) {
-	if m == nil {
-		var err error
-		if m, err = h.StoredMesh(ctx); err != nil {
-			return nil, err
-		}
+	m, err := h.meshOrStored(ctx, m)
+	if err != nil {
+		return nil, err
 	}
 	sc, ok := m.Cluster(cluster)
 	if !ok {

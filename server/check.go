@@ -26,11 +26,9 @@ const expiryWarning = 30 * 24 * time.Hour
 
 // Check diagnoses the mesh: every check runs, each with a fix hint on failure.
 func (h *Hub) Check(ctx context.Context, m *spec.Mesh) ([]Check, error) {
-	if m == nil {
-		var err error
-		if m, err = h.StoredMesh(ctx); err != nil {
-			return nil, err
-		}
+	m, err := h.meshOrStored(ctx, m)
+	if err != nil {
+		return nil, err
 	}
 	st, err := h.Status(ctx, m)
 	if err != nil {

@@ -97,6 +97,15 @@ type Engine interface {
 
 var _ Engine = (*Hub)(nil)
 
+// meshOrStored is m, or when m is nil (a reconcile, or a client that sent
+// no spec) the spec of the last apply.
+func (h *Hub) meshOrStored(ctx context.Context, m *spec.Mesh) (*spec.Mesh, error) {
+	if m != nil {
+		return m, nil
+	}
+	return h.StoredMesh(ctx)
+}
+
 // StoredMesh returns the spec of the last apply from the state.
 func (h *Hub) StoredMesh(ctx context.Context) (*spec.Mesh, error) {
 	var raw []byte

@@ -13,11 +13,9 @@ import (
 // yet, a CSR for the offline root to sign. The key of each stays sealed in
 // the state; asking again returns the same pending CSR.
 func (h *Hub) IntermediateCSRs(ctx context.Context, m *spec.Mesh) (map[string][]byte, error) {
-	if m == nil {
-		var err error
-		if m, err = h.StoredMesh(ctx); err != nil {
-			return nil, err
-		}
+	m, err := h.meshOrStored(ctx, m)
+	if err != nil {
+		return nil, err
 	}
 	out := map[string][]byte{}
 	for _, c := range m.Spec.Clusters {
@@ -64,11 +62,9 @@ func (h *Hub) IntermediateCSRs(ctx context.Context, m *spec.Mesh) (map[string][]
 // mesh root and have the full intermediate profile. The next apply writes it
 // to the cluster's cacerts.
 func (h *Hub) AcceptIntermediate(ctx context.Context, m *spec.Mesh, cluster string, signedPEM []byte) (*pki.Intermediate, error) {
-	if m == nil {
-		var err error
-		if m, err = h.StoredMesh(ctx); err != nil {
-			return nil, err
-		}
+	m, err := h.meshOrStored(ctx, m)
+	if err != nil {
+		return nil, err
 	}
 	if _, ok := m.Cluster(cluster); !ok {
 		return nil, fmt.Errorf("cluster %q is not in mesh %s", cluster, m.Metadata.Name)

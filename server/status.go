@@ -82,11 +82,9 @@ type RemoteSecretStatus struct {
 
 // Status reads every cluster of m and compares it with m and the state.
 func (h *Hub) Status(ctx context.Context, m *spec.Mesh) (*Status, error) {
-	if m == nil {
-		var err error
-		if m, err = h.StoredMesh(ctx); err != nil {
-			return nil, err
-		}
+	m, err := h.meshOrStored(ctx, m)
+	if err != nil {
+		return nil, err
 	}
 	if err := m.Validate(); err != nil {
 		return nil, err
