@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
@@ -138,38 +137,10 @@ type Account struct {
 
 func (a Account) String() string { return "serviceaccount " + a.Namespace + "/" + a.Name }
 
-// ensureNamespace creates ns when it is missing. It is not applied: every
-// flotilla writer shares one field manager, so an apply here would drop the
-// labels (network) that the deploy engine applies to the same namespace.
-// It returns nil without error only in a dry run that would create ns, in
-// which namespaced writes must be skipped: the server refuses them.
-func ensureNamespace(ctx context.Context, c *kube.Cluster, ns string) (*corev1.Namespace, error) {
-	got, err := c.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
-	if err == nil {
-		return got, nil
-	}
-	if !apierrors.IsNotFound(err) {
-		return nil, fmt.Errorf("%s: read namespace %s: %w", c.Name, ns, err)
-	}
-	created, err := c.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{
-		ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: kube.ManagedLabels()},
-	}, c.CreateOptions())
-	if apierrors.IsAlreadyExists(err) {
-		return c.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s: create namespace %s: %w", c.Name, ns, err)
-	}
-	if c.DryRun {
-		return nil, nil
-	}
-	return created, nil
-}
-
 // ApplyAccount creates (idempotently) the service account a and the RBAC it
 // needs in cluster c, creating its namespace when missing.
 func ApplyAccount(ctx context.Context, c *kube.Cluster, a Account) error {
-	ns, err := ensureNamespace(ctx, c, a.Namespace)
+	ns, err := kube.EnsureNamespace(ctx, c, a.Namespace, kube.ManagedLabels())
 	if err != nil {
 		return err
 	}

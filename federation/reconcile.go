@@ -325,7 +325,7 @@ func prepareTarget(ctx context.Context, spec *Cluster, conn connection, acct Acc
 // control-plane namespace. A merge patch, not an apply: the namespace's
 // applied fields belong to the deploy engine under the same field manager.
 func annotateControlPlane(ctx context.Context, c *kube.Cluster, ns, primary string) error {
-	got, err := ensureNamespace(ctx, c, ns)
+	got, err := kube.EnsureNamespace(ctx, c, ns, kube.ManagedLabels())
 	if err != nil || got == nil {
 		return err
 	}
@@ -432,7 +432,7 @@ func writeSecret(ctx context.Context, c *kube.Cluster, w writeLink, existing *co
 		return Unchanged, nil
 	}
 	if existing == nil && !nsReady[w.Namespace] {
-		ns, err := ensureNamespace(ctx, c, w.Namespace)
+		ns, err := kube.EnsureNamespace(ctx, c, w.Namespace, kube.ManagedLabels())
 		if err != nil {
 			return Failed, err
 		}

@@ -8,6 +8,8 @@ import (
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/flotillamesh/flotilla/deploy"
 )
 
 const (
@@ -17,7 +19,7 @@ const (
 	ClusterAnnotation = "networking.istio.io/cluster"
 	// ControlPlaneClustersAnnotation, on a remote's control-plane namespace,
 	// names the primary that manages it.
-	ControlPlaneClustersAnnotation = "topology.istio.io/controlPlaneClusters"
+	ControlPlaneClustersAnnotation = deploy.ControlPlaneClustersAnnotation
 	// ConfigSecretName is the secret an external istiod loads its config
 	// cluster's kubeconfig from; its one key is ConfigSecretKey.
 	ConfigSecretName = "istio-kubeconfig"

@@ -114,7 +114,7 @@ func WriteCACerts(ctx context.Context, c *kube.Cluster, namespace string, cc CAC
 	cur, err := c.Kube.CoreV1().Secrets(namespace).Get(ctx, SecretName, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		if err := ensureNamespace(ctx, c, namespace); err != nil {
+		if _, err := kube.EnsureNamespace(ctx, c, namespace, nil); err != nil {
 			return WriteResult{}, err
 		}
 		if c.DryRun {
@@ -204,25 +204,6 @@ func secretRootFingerprint(data map[string][]byte) string {
 		return "unknown: unparsable " + RootCertFile
 	}
 	return Fingerprint(root)
-}
-
-func ensureNamespace(ctx context.Context, c *kube.Cluster, namespace string) error {
-	_, err := c.Kube.CoreV1().Namespaces().Get(ctx, namespace, metav1.GetOptions{})
-	if err == nil {
-		return nil
-	}
-	if !apierrors.IsNotFound(err) {
-		return fmt.Errorf("%s: read namespace %s: %w", c.Name, namespace, err)
-	}
-	// Created, not applied: the deploy engine applies the same namespace
-	// (network label, annotations) under the same field manager, maybe at
-	// this very moment, and an apply with nothing but the name would take
-	// those fields away from it.
-	_, err = c.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, c.CreateOptions())
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("%s: create namespace %s: %w", c.Name, namespace, err)
-	}
-	return nil
 }
 
 // replaceSecret applies data over cur. Server-side apply cannot change a

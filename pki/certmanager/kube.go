@@ -87,7 +87,7 @@ func Apply(ctx context.Context, c *kube.Cluster, cfg Config, root *pki.Root) err
 			return err
 		}
 	}
-	if err := ensureNamespace(ctx, c, cfg.Namespace); err != nil {
+	if _, err := kube.EnsureNamespace(ctx, c, cfg.Namespace, nil); err != nil {
 		return err
 	}
 	if cfg.RootIssuer == nil {
@@ -114,22 +114,6 @@ func Apply(ctx context.Context, c *kube.Cluster, cfg Config, root *pki.Root) err
 		if _, err := c.Apply(ctx, o); err != nil {
 			return err
 		}
-	}
-	return nil
-}
-
-func ensureNamespace(ctx context.Context, c *kube.Cluster, ns string) error {
-	if _, err := c.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err == nil {
-		return nil
-	} else if !apierrors.IsNotFound(err) {
-		return fmt.Errorf("%s: read namespace %s: %w", c.Name, ns, err)
-	}
-	// Created, not applied: an apply with nothing but the name would take
-	// the network label from the deploy engine, which applies the same
-	// namespace under the same field manager.
-	_, err := c.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, c.CreateOptions())
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("%s: create namespace %s: %w", c.Name, ns, err)
 	}
 	return nil
 }
