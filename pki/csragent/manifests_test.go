@@ -1,17 +1,11 @@
 package csragent_test
 
 import (
-	"context"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/pki/csragent"
-	authzv1 "k8s.io/api/authorization/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 )
 
 // TestCSRAgentObjects: the manifests hold what the agent needs, in an
@@ -59,75 +53,4 @@ func containerArgs(obj map[string]any) []string {
 		out = append(out, a.(string))
 	}
 	return out
-}
-
-// TestLabCSRAgentManifests: the API server (with cert-manager's CRDs)
-// accepts the manifests, a second apply changes nothing, and the agent's
-// service account may do exactly what the agent does.
-func TestLabCSRAgentManifests(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	l := testLab.Get(t)
-	c, err := l.Cluster("east").Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	const ns = "csr-agent-test"
-	if _, err := c.Kube.CoreV1().Namespaces().Apply(ctx, corev1ac.Namespace(ns), c.ApplyOptions()); err != nil {
-		t.Fatal(err)
-	}
-	objs, err := csragent.Objects(csragent.ManifestOptions{Cluster: "east", Namespace: ns, Image: "flotilla:test", TrustBundlePEM: []byte("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	first, err := deploy.ApplyObjects(ctx, c, objs, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	second, err := deploy.ApplyObjects(ctx, c, objs, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range first {
-		if first[i].ResourceVersion != second[i].ResourceVersion && !strings.HasPrefix(first[i].Ref, "Deployment") {
-			// The deployment controller writes status; everything else is ours alone.
-			t.Errorf("second apply changed %s", first[i].Ref)
-		}
-	}
-	for _, o := range objs {
-		live, err := o.Get(ctx, c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !o.UpToDate(live) {
-			t.Errorf("%s is not up to date after the apply: a re-apply would write it again", o.Ref())
-		}
-	}
-	user := "system:serviceaccount:" + ns + ":" + csragent.ServiceName
-	for _, tc := range []struct {
-		name  string
-		attrs authzv1.ResourceAttributes
-		want  bool
-	}{
-		{"review tokens", authzv1.ResourceAttributes{Group: "authentication.k8s.io", Resource: "tokenreviews", Verb: "create"}, true},
-		{"create certificate requests by apply", authzv1.ResourceAttributes{Group: "cert-manager.io", Resource: "certificaterequests", Verb: "patch", Namespace: ns}, true},
-		{"delete certificate requests", authzv1.ResourceAttributes{Group: "cert-manager.io", Resource: "certificaterequests", Verb: "delete", Namespace: ns}, true},
-		{"write istio-ca-root-cert anywhere", authzv1.ResourceAttributes{Resource: "configmaps", Verb: "patch", Namespace: "apps-1"}, true},
-		{"no certificate requests elsewhere", authzv1.ResourceAttributes{Group: "cert-manager.io", Resource: "certificaterequests", Verb: "create", Namespace: "default"}, false},
-		{"no secrets", authzv1.ResourceAttributes{Resource: "secrets", Verb: "get", Namespace: ns}, false},
-		{"no approval", authzv1.ResourceAttributes{Group: "cert-manager.io", Resource: "signers", Verb: "approve"}, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			attrs := tc.attrs
-			sar, err := c.Kube.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
-				User: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns}, ResourceAttributes: &attrs,
-			}}, metav1.CreateOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if sar.Status.Allowed != tc.want {
-				t.Errorf("allowed %v, want %v (%s)", sar.Status.Allowed, tc.want, sar.Status.Reason)
-			}
-		})
-	}
 }
