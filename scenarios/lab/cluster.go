@@ -171,9 +171,17 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 	if err := installCRDs(ctx, c.RESTConfig(), kwokCRD); err != nil {
 		return fmt.Errorf("kwok CRDs: %w", err)
 	}
+	stages, err := labStages(filepath.Join(bin, stagesFile))
+	if err != nil {
+		return err
+	}
+	stagesCfg := filepath.Join(c.dir, stagesFile)
+	if err := os.WriteFile(stagesCfg, stages, 0o644); err != nil {
+		return err
+	}
 	if _, err := run("kwok",
 		"--kubeconfig="+kcfg,
-		"--config="+filepath.Join(bin, stagesFile),
+		"--config="+stagesCfg,
 		"--config="+execCfg,
 		"--enable-crds=Exec",
 		"--node-port="+strconv.Itoa(kwokPort),
