@@ -102,19 +102,35 @@ func installCRDs(ctx context.Context, cfg *rest.Config, crds []crd) error {
 	for _, c := range crds {
 		want[c.name] = true
 	}
-	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+	// Establishing ~100 CRDs is CPU-bound in the API server (OpenAPI for
+	// each): on a starved machine it takes minutes, not seconds.
+	var missing []string
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 5*time.Minute, true, func(ctx context.Context) (bool, error) {
 		list, err := cs.ApiextensionsV1().CustomResourceDefinitions().List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, nil
 		}
-		n := 0
+		done := map[string]bool{}
 		for _, item := range list.Items {
 			if want[item.Name] && established(&item) {
-				n++
+				done[item.Name] = true
 			}
 		}
-		return n == len(want), nil
+		missing = missing[:0]
+		for _, c := range crds {
+			if !done[c.name] {
+				missing = append(missing, c.name)
+			}
+		}
+		return len(missing) == 0, nil
 	})
+	if err != nil && len(missing) > 0 {
+		if len(missing) > 5 {
+			missing = append(missing[:5], fmt.Sprintf("and %d more", len(missing)-5))
+		}
+		return fmt.Errorf("CRDs not established: %s: %w", strings.Join(missing, ", "), err)
+	}
+	return err
 }
 
 func established(c *apiextensionsv1.CustomResourceDefinition) bool {
