@@ -39,7 +39,11 @@ certificate for the listen address under a CA kept sealed in the state;
 
 Every --interval the stored spec is applied again: deleted cacerts, remote
 secrets and network labels come back, reader tokens and intermediates are
-renewed before they expire. /healthz, /readyz and /metrics need no token.
+renewed before they expire. /healthz and /readyz need no token and answer
+only ok or not ok (with the token, /readyz says why); /metrics needs the token
+unless --metrics-public. The token file must be readable by its owner only
+(mode 0600). Connections are cut after 30s of reading or writing, 2m idle
+(an apply's answer may take as long as the apply).
 SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`,
 		Args: cobra.NoArgs,
 	}
@@ -53,6 +57,7 @@ SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`
 	f.String("tls-ca-out", "", "write the generated certificate's CA here, for clients to pin")
 	f.StringSlice("tls-san", nil, "extra DNS names or IPs for the generated certificate")
 	f.String("log-level", "info", "log level: debug, info, warn or error")
+	f.Bool("metrics-public", false, "serve /metrics without the token (its series name every cluster)")
 
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		get := flagGetter(cmd, v)
@@ -93,15 +98,16 @@ SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`
 		}
 		defer closeState()
 		srv, err := server.NewServer(ctx, hub, server.ServerOptions{
-			Listen:      get.str("listen"),
-			Token:       token,
-			Interval:    interval,
-			GracePeriod: grace,
-			TLSCertFile: get.str("tls-cert"),
-			TLSKeyFile:  get.str("tls-key"),
-			CAOut:       get.str("tls-ca-out"),
-			SANs:        get.strings("tls-san"),
-			Logger:      log,
+			Listen:        get.str("listen"),
+			Token:         token,
+			Interval:      interval,
+			GracePeriod:   grace,
+			TLSCertFile:   get.str("tls-cert"),
+			TLSKeyFile:    get.str("tls-key"),
+			CAOut:         get.str("tls-ca-out"),
+			SANs:          get.strings("tls-san"),
+			Logger:        log,
+			MetricsPublic: get.boolean("metrics-public"),
 		})
 		if err != nil {
 			return err
@@ -125,6 +131,14 @@ func (g serverFlags) str(name string) string {
 	}
 	s, _ := g.cmd.Flags().GetString(name)
 	return s
+}
+
+func (g serverFlags) boolean(name string) bool {
+	if g.v != nil && g.v.IsSet(name) {
+		return g.v.GetBool(name)
+	}
+	b, _ := g.cmd.Flags().GetBool(name)
+	return b
 }
 
 func (g serverFlags) strings(name string) []string {
