@@ -21,7 +21,8 @@ import (
 // globals are the flags every command shares, resolved through viper: a
 // config file, then FLOTILLA_* environment variables, then flags (which win).
 type globals struct {
-	v *viper.Viper
+	v       *viper.Viper
+	secrets secretEnv
 }
 
 func (g *globals) statePath() string    { return g.v.GetString("state") }
@@ -41,7 +42,7 @@ func defaultStatePath() string {
 
 // NewRoot builds the flotilla command tree.
 func NewRoot(bi BuildInfo) *cobra.Command {
-	g := &globals{v: viper.New()}
+	g := &globals{v: viper.New(), secrets: secretEnv{}}
 	var configFile string
 	root := &cobra.Command{
 		Use:   "flotilla",
@@ -67,6 +68,7 @@ The state key itself can be given as FLOTILLA_STATE_KEY.`,
 	pf.String("hub", "", "URL of a running hub (flotilla server); default: work on the local state")
 	pf.String("hub-token-file", "", "file holding the hub's bearer token (else $FLOTILLA_HUB_TOKEN)")
 	pf.String("hub-ca", "", "CA file the hub's serving certificate chains to")
+	pf.Bool("insecure-skip-tls-verify", false, "accept kubeconfigs that skip TLS verification, for this run only (CA keys and tokens then travel unverified)")
 
 	root.AddCommand(
 		newVersionCommand(bi),
@@ -84,6 +86,7 @@ The state key itself can be given as FLOTILLA_STATE_KEY.`,
 }
 
 func (g *globals) load(cmd *cobra.Command, configFile string) error {
+	g.secrets.take()
 	v := g.v
 	v.SetEnvPrefix("FLOTILLA")
 	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
@@ -128,7 +131,7 @@ func (g *globals) openHub(ctx context.Context, progress io.Writer, needKey bool)
 			return nil, nil, fmt.Errorf("no state at %s: run flotilla apply -f mesh.yaml first, or name the state with --state", g.statePath())
 		}
 	}
-	key, source, err := state.ResolveKey(g.stateKeyFile(), os.Getenv)
+	key, source, err := state.ResolveKey(g.stateKeyFile(), g.secrets.getenv)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -140,7 +143,8 @@ func (g *globals) openHub(ctx context.Context, progress io.Writer, needKey bool)
 	if err != nil {
 		return nil, nil, err
 	}
-	h := &server.Hub{Store: st, Kubeconfig: g.kubeconfig(), Progress: progress}
+	h := &server.Hub{Store: st, Kubeconfig: g.kubeconfig(), Progress: progress,
+		Inputs: server.InputPolicy{InsecureSkipTLSVerify: g.v.GetBool("insecure-skip-tls-verify")}}
 	return h, func() { st.Close() }, nil
 }
 

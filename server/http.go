@@ -300,7 +300,7 @@ func (s *Server) requestContext(r *http.Request) (context.Context, context.Cance
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
-	m, err := readSpec(w, r)
+	m, err := s.readAdmittedSpec(w, r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -316,7 +316,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleCheck(w http.ResponseWriter, r *http.Request) {
-	m, err := readSpec(w, r)
+	m, err := s.readAdmittedSpec(w, r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -341,7 +341,7 @@ func (s *Server) handleApply(plan bool) http.HandlerFunc {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
-		m, err := readSpec(w, r)
+		m, err := s.readAdmittedSpec(w, r)
 		if err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return

@@ -33,6 +33,8 @@ type Hub struct {
 	Now func() time.Time
 	// Connect opens a cluster connection; nil uses the kubeconfig.
 	Connect func(c spec.Cluster, kubeconfig string) (*kube.Cluster, error)
+	// Inputs bounds the files and kubeconfigs a spec may make the hub use.
+	Inputs InputPolicy
 
 	mu sync.Mutex // serializes progress lines from parallel steps
 }
@@ -69,6 +71,9 @@ func (h *Hub) connect(m *spec.Mesh, dryRun bool) (map[string]*kube.Cluster, map[
 			kc, err = h.Connect(c, h.Kubeconfig)
 		} else {
 			kc, err = kube.FromKubeconfig(c.Name, c.KubeconfigFor(h.Kubeconfig), c.Context)
+			if err == nil {
+				err = h.Inputs.admitConnection(c, h.Kubeconfig, kc)
+			}
 		}
 		if err != nil {
 			errs[c.Name] = err
