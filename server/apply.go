@@ -157,6 +157,11 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 	if err := spec.CheckInputs(ctx, m, h.Kubeconfig); err != nil {
 		return nil, err
 	}
+	if h.Connect == nil {
+		if err := h.Inputs.admitKubeconfigs(m, h.Kubeconfig); err != nil {
+			return nil, err
+		}
+	}
 	rep := &ApplyReport{DryRun: o.DryRun, SpecHash: m.Hash()}
 	rec := &recorder{h: h, dryRun: o.DryRun}
 	prev, err := h.StoredMesh(ctx)

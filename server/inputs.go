@@ -134,3 +134,23 @@ func (s *Server) readAdmittedSpec(w http.ResponseWriter, r *http.Request) (*spec
 	}
 	return m, nil
 }
+
+// admitKubeconfigs runs admitConnection on every cluster's kubeconfig before
+// an apply records anything: a refused kubeconfig refuses the whole run, and
+// leaves the state as it was. Kubeconfigs that do not load are left to the
+// spec's input check and the connection, which name them.
+func (p InputPolicy) admitKubeconfigs(m *spec.Mesh, kubeconfig string) error {
+	quiet := p
+	quiet.Warnings = io.Discard // the connection warns, once per cluster
+	var errs []error
+	for _, c := range m.Spec.Clusters {
+		kc, err := kube.FromKubeconfig(c.Name, c.KubeconfigFor(kubeconfig), c.Context)
+		if err != nil {
+			continue
+		}
+		if err := quiet.admitConnection(c, kubeconfig, kc); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -137,3 +137,33 @@ func TestAPIRefusesHubFiles(t *testing.T) {
 		}
 	}
 }
+
+// TestApplyRefusesInsecureKubeconfig: an apply through a kubeconfig that
+// skips TLS verification is refused before it records anything.
+func TestApplyRefusesInsecureKubeconfig(t *testing.T) {
+	kc := filepath.Join(t.TempDir(), "kubeconfig")
+	os.WriteFile(kc, []byte(`apiVersion: v1
+kind: Config
+clusters:
+- name: east
+  cluster: {server: "https://10.255.255.1:6443", insecure-skip-tls-verify: true}
+users:
+- name: east
+  user: {token: t}
+contexts:
+- name: east
+  context: {cluster: east, user: east}
+`), 0o600)
+	m, err := spec.Parse("mesh.yaml", []byte("apiVersion: flotilla.dev/v1alpha1\nkind: Mesh\nmetadata: {name: m}\nspec:\n  topology: multi-primary\n  clusters:\n  - {name: east, context: east, network: n1, kubeconfig: "+kc+"}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHub(t)
+	_, err = h.Apply(context.Background(), m, ApplyOptions{})
+	if err == nil || !strings.Contains(err.Error(), "insecure-skip-tls-verify") || !strings.Contains(err.Error(), "east") {
+		t.Fatalf("apply through an insecure kubeconfig: %v", err)
+	}
+	if _, err := h.StoredMesh(context.Background()); !errors.Is(err, errNoSpec) {
+		t.Fatalf("the refused apply recorded its spec: %v", err)
+	}
+}
