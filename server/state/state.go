@@ -190,6 +190,25 @@ func (s *Store) init(ctx context.Context) error {
 			return check(tx)
 		})
 	}
+	// A state that has every bucket and its schema is only checked: an open
+	// that writes nothing leaves the file byte for byte as it was, so that
+	// a command refused on bad input changes nothing.
+	complete := false
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if tx.Bucket(b) == nil {
+				return nil
+			}
+		}
+		if tx.Bucket(bucketMeta).Get(keySchema) == nil {
+			return nil
+		}
+		complete = true
+		return check(tx)
+	})
+	if err != nil || complete {
+		return err
+	}
 	return s.update(ctx, func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
