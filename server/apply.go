@@ -162,6 +162,9 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 			return nil, err
 		}
 	}
+	if err := h.checkRootFiles(ctx, m); err != nil {
+		return nil, err
+	}
 	rep := &ApplyReport{DryRun: o.DryRun, SpecHash: m.Hash()}
 	rec := &recorder{h: h, dryRun: o.DryRun}
 	prev, err := h.StoredMesh(ctx)
