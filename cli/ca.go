@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -150,7 +151,7 @@ Between steps, let istiod and the workloads pick up what the last step wrote
 				}
 				return nil
 			default:
-				return fmt.Errorf("usage: flotilla ca rotate intermediate NAME | flotilla ca rotate root")
+				return fmt.Errorf("ca rotate %s: usage: flotilla ca rotate intermediate NAME | flotilla ca rotate root", strings.Join(args, " "))
 			}
 			h, done, err := g.openHub(cmd.Context(), cmd.ErrOrStderr(), true)
 			if err != nil {
