@@ -53,7 +53,7 @@ func (reviewer) RoundTrip(r *http.Request) (*http.Response, error) {
 	return &http.Response{StatusCode: http.StatusCreated, Header: http.Header{"Content-Type": {"application/json"}}, Body: io.NopCloser(bytes.NewReader(body)), Request: r}, nil
 }
 
-func fuzzAgent(f *testing.F) *Server {
+func fuzzAgent(f testing.TB) *Server {
 	f.Helper()
 	cs, err := kubernetes.NewForConfig(&rest.Config{Host: "http://east.invalid", Transport: reviewer{}, ContentConfig: rest.ContentConfig{ContentType: "application/json", AcceptContentTypes: "application/json"}})
 	if err != nil {
@@ -70,7 +70,7 @@ func fuzzAgent(f *testing.F) *Server {
 	return s
 }
 
-func fuzzCSR(f *testing.F, uris ...string) string {
+func fuzzCSR(f testing.TB, uris ...string) string {
 	f.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
