@@ -27,7 +27,7 @@ func newCACommand(g *globals) *cobra.Command {
 		Short: "List the root and every cluster's intermediate: subject, serial, fingerprint, not-after",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			h, done, err := g.openHub(cmd.Context(), io.Discard, false)
+			h, done, err := g.readHub(cmd.Context(), io.Discard)
 			if err != nil {
 				return err
 			}

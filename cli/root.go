@@ -125,6 +125,26 @@ func newVersionCommand(bi BuildInfo) *cobra.Command {
 // openHub opens the local state as a hub. needKey: the command reads or
 // writes sealed secrets (apply, ca export...); status and check do not.
 func (g *globals) openHub(ctx context.Context, progress io.Writer, needKey bool) (*server.Hub, func(), error) {
+	return g.openHubMode(ctx, progress, needKey, false)
+}
+
+// readHub opens the local state read-only, for commands that only read it
+// (status, check, ca show): they share the state with a running hub or an
+// apply in progress instead of failing on the writer's lock.
+func (g *globals) readHub(ctx context.Context, progress io.Writer) (*server.Hub, func(), error) {
+	return g.openHubMode(ctx, progress, false, true)
+}
+
+// readEngine is engine for the reading commands: the hub at --hub, or the
+// local state read-only.
+func (g *globals) readEngine(ctx context.Context, progress io.Writer) (server.Engine, func(), error) {
+	if url := g.hubURL(); url != "" {
+		return g.hubClient(url)
+	}
+	return g.readHub(ctx, progress)
+}
+
+func (g *globals) openHubMode(ctx context.Context, progress io.Writer, needKey, readOnly bool) (*server.Hub, func(), error) {
 	if !needKey {
 		// Reading commands never create a state.
 		if _, err := os.Stat(g.statePath()); err != nil {
@@ -139,7 +159,11 @@ func (g *globals) openHub(ctx context.Context, progress io.Writer, needKey bool)
 		return nil, nil, fmt.Errorf("no state key: set %s or --state-key-file (make one with: flotilla state keygen --out FILE)", state.KeyEnv)
 	}
 	_ = source // where the key came from matters only for messages state already words
-	st, err := state.Open(ctx, g.statePath(), state.Options{Key: key, KeyOptional: !needKey})
+	open := state.Open
+	if readOnly {
+		open = state.OpenReadOnly
+	}
+	st, err := open(ctx, g.statePath(), state.Options{Key: key, KeyOptional: !needKey})
 	if err != nil {
 		return nil, nil, err
 	}
