@@ -168,7 +168,8 @@ func (g *globals) openHubMode(ctx context.Context, progress io.Writer, needKey, 
 		return nil, nil, err
 	}
 	h := &server.Hub{Store: st, Kubeconfig: g.kubeconfig(), Progress: progress,
-		Inputs: server.InputPolicy{InsecureSkipTLSVerify: g.v.GetBool("insecure-skip-tls-verify")}}
+		Inputs: server.InputPolicy{InsecureSkipTLSVerify: g.v.GetBool("insecure-skip-tls-verify")},
+		Hook:   crashHook()}
 	return h, func() { st.Close() }, nil
 }
 

@@ -130,6 +130,9 @@ func (r *recorder) add(ctx context.Context, s Step) {
 	_ = r.h.Store.Update(ctx, func(tx *state.Tx) error {
 		return tx.AddApplyStep(r.id, state.StepRecord{Cluster: s.Cluster, Step: s.Step, Result: result, Error: s.Error, End: r.h.now()})
 	})
+	if r.h.Hook != nil {
+		r.h.Hook("journal: " + s.Cluster + " " + s.Step + ": " + result)
+	}
 }
 
 func (r *recorder) fail(ctx context.Context, cluster, step string, err error) {

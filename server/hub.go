@@ -35,6 +35,10 @@ type Hub struct {
 	Connect func(c spec.Cluster, kubeconfig string) (*kube.Cluster, error)
 	// Inputs bounds the files and kubeconfigs a spec may make the hub use.
 	Inputs InputPolicy
+	// Hook, when set, is called at every step of an apply as it happens:
+	// each progress line, and each journal entry once written. The crash
+	// test kills the process from it, at a point of the apply's own.
+	Hook func(point string)
 
 	mu sync.Mutex // serializes progress lines from parallel steps
 }
@@ -47,7 +51,7 @@ func (h *Hub) now() time.Time {
 }
 
 func (h *Hub) progressf(cluster, format string, args ...any) {
-	if h.Progress == nil {
+	if h.Progress == nil && h.Hook == nil {
 		return
 	}
 	h.mu.Lock()
@@ -56,7 +60,13 @@ func (h *Hub) progressf(cluster, format string, args ...any) {
 	if cluster != "" {
 		prefix = cluster
 	}
-	fmt.Fprintf(h.Progress, "%-10s %s\n", prefix+":", fmt.Sprintf(format, args...))
+	line := fmt.Sprintf(format, args...)
+	if h.Progress != nil {
+		fmt.Fprintf(h.Progress, "%-10s %s\n", prefix+":", line)
+	}
+	if h.Hook != nil {
+		h.Hook(prefix + ": " + line)
+	}
 }
 
 // connect opens a connection to every cluster of the spec; the failures come
