@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -33,6 +34,9 @@ type ApplyOptions struct {
 	DryRun bool
 	// CACertsPolicy says what to do with a cacerts flotilla did not write.
 	CACertsPolicy pki.ConflictPolicy
+	// Source is where the apply comes from, for the journal: cli (when
+	// empty), api or reconcile.
+	Source string
 }
 
 // Step is the outcome of one step of an apply, in one cluster or mesh-wide.
@@ -194,7 +198,7 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 			if err := tx.PutSpec(m.Canonical(), m.Hash()); err != nil {
 				return err
 			}
-			id, err := tx.AppendApply(state.ApplyRecord{Start: start, SpecHash: m.Hash()})
+			id, err := tx.AppendApply(state.ApplyRecord{Start: start, SpecHash: m.Hash(), Kind: journalKind(o.Source), Source: cmp.Or(o.Source, "cli")})
 			rec.id = id
 			return err
 		})

@@ -51,6 +51,7 @@ func TestBadAPIRequests(t *testing.T) {
 		{"bad dryRun", "POST", "/api/v1/apply?dryRun=maybe", auth, "", 400, []string{"dryRun", "maybe"}},
 		{"bad cacertsPolicy", "POST", "/api/v1/apply?cacertsPolicy=steal", auth, "", 400, []string{"cacertsPolicy", "steal"}},
 		{"negative journal limit", "GET", "/api/v1/journal?limit=-3", auth, "", 400, []string{"limit", "-3"}},
+		{"unknown journal kind", "GET", "/api/v1/journal?kind=people", auth, "", 400, []string{"kind", "people"}},
 		{"journal limit not a number", "GET", "/api/v1/journal?limit=ten", auth, "", 400, []string{"limit", "ten"}},
 		{"body over the limit", "POST", "/api/v1/plan", auth, head + strings.Repeat("# padding\n", maxSpecBytes/10+1), 400, []string{"read spec", "too large"}},
 		{"root key outside --allow-path", "POST", "/api/v1/apply", auth, mesh("  pki: {root: {certFile: /etc/hostname, keyFile: /etc/shadow}}", one), 400, []string{"spec.pki.root.keyFile /etc/shadow", "--allow-path"}},

@@ -404,6 +404,7 @@ func (s *Server) apply(wait context.Context, m *spec.Mesh, o ApplyOptions, sourc
 	if s.work.Err() != nil {
 		return nil, errShuttingDown
 	}
+	o.Source = source
 	rep, err := s.hub.Apply(s.work, m, o)
 	if err != nil && s.work.Err() != nil {
 		err = fmt.Errorf("%w: %v", errShuttingDown, err)
@@ -439,12 +440,12 @@ func (s *Server) handleJournal(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	var applies []state.ApplyRecord
-	err := s.hub.Store.View(r.Context(), func(tx *state.Tx) error {
-		var err error
-		applies, err = tx.Applies(limit)
-		return err
-	})
+	kind, err := ParseJournalKind(r.URL.Query().Get("kind"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	applies, err := s.hub.History(r.Context(), limit, kind)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return

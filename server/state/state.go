@@ -47,8 +47,10 @@ type Options struct {
 	KeyOptional bool
 	// Timeout bounds the wait for another process's transaction in flight.
 	Timeout time.Duration
-	// JournalLimit is how many applies the journal keeps (the newest).
-	JournalLimit int
+	// JournalLimit is how many applies by a person the journal keeps (the
+	// newest); ReconcileJournalLimit how many reconcile runs
+	// (DefaultJournalLimit, DefaultReconcileJournalLimit when zero).
+	JournalLimit, ReconcileJournalLimit int
 }
 
 // ErrWrongKey means the key given is not the one the state was sealed with.
@@ -117,6 +119,9 @@ func open(ctx context.Context, path string, opts Options, readOnly bool) (*Store
 	}
 	if opts.JournalLimit <= 0 {
 		opts.JournalLimit = DefaultJournalLimit
+	}
+	if opts.ReconcileJournalLimit <= 0 {
+		opts.ReconcileJournalLimit = DefaultReconcileJournalLimit
 	}
 	s := &Store{path: path, opts: opts, readOnly: readOnly}
 	if opts.Key != nil {
