@@ -35,6 +35,9 @@ type Hub struct {
 	Connect func(c spec.Cluster, kubeconfig string) (*kube.Cluster, error)
 	// Inputs bounds the files and kubeconfigs a spec may make the hub use.
 	Inputs InputPolicy
+	// RequestTimeout bounds each request to a cluster's API server
+	// (DefaultRequestTimeout when zero).
+	RequestTimeout time.Duration
 	// Hook, when set, is called at every step of an apply as it happens:
 	// each progress line, and each journal entry once written. The crash
 	// test kills the process from it, at a point of the apply's own.
@@ -83,6 +86,9 @@ func (h *Hub) connect(m *spec.Mesh, dryRun bool) (map[string]*kube.Cluster, map[
 			kc, err = kube.FromKubeconfig(c.Name, c.KubeconfigFor(h.Kubeconfig), c.Context)
 			if err == nil {
 				err = h.Inputs.admitConnection(c, h.Kubeconfig, kc)
+			}
+			if err == nil {
+				kc, err = h.withRequestTimeout(kc)
 			}
 		}
 		if err != nil {
