@@ -55,7 +55,7 @@ func (reviewer) RoundTrip(r *http.Request) (*http.Response, error) {
 
 func fuzzAgent(f testing.TB) *Server {
 	f.Helper()
-	cs, err := kubernetes.NewForConfig(&rest.Config{Host: "http://east.invalid", Transport: reviewer{}, ContentConfig: rest.ContentConfig{ContentType: "application/json", AcceptContentTypes: "application/json"}})
+	cs, err := kubernetes.NewForConfig(&rest.Config{Host: "http://east.invalid", Transport: reviewer{}, QPS: -1, ContentConfig: rest.ContentConfig{ContentType: "application/json", AcceptContentTypes: "application/json"}})
 	if err != nil {
 		f.Fatal(err)
 	}
