@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -23,7 +24,10 @@ type hubOpener func(ctx context.Context) (*server.Hub, func(), error)
 // local state (the state flags belong to the root). v, when not nil, is the
 // root's viper, which has bound this command's flags by the time it runs
 // (FLOTILLA_LISTEN, FLOTILLA_INTERVAL, ... and the config file; flags win).
-func newServerCommand(open hubOpener, v *viper.Viper) *cobra.Command {
+func newServerCommand(open hubOpener, v *viper.Viper, getenv func(string) string) *cobra.Command {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
 	c := &cobra.Command{
 		Use:   "server",
 		Short: "Run the hub: the HTTP API, the reconcile loop, metrics and health",
@@ -39,7 +43,11 @@ certificate for the listen address under a CA kept sealed in the state;
 
 Every --interval the stored spec is applied again: deleted cacerts, remote
 secrets and network labels come back, reader tokens and intermediates are
-renewed before they expire. /healthz, /readyz and /metrics need no token.
+renewed before they expire. /healthz and /readyz need no token and answer
+only ok or not ok (with the token, /readyz says why); /metrics needs the token
+unless --metrics-public. The token file must be readable by its owner only
+(mode 0600). Connections are cut after 30s of reading or writing, 2m idle
+(an apply's answer may take as long as the apply).
 SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`,
 		Args: cobra.NoArgs,
 	}
@@ -53,6 +61,9 @@ SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`
 	f.String("tls-ca-out", "", "write the generated certificate's CA here, for clients to pin")
 	f.StringSlice("tls-san", nil, "extra DNS names or IPs for the generated certificate")
 	f.String("log-level", "info", "log level: debug, info, warn or error")
+	f.StringSlice("allow-path", nil, "directory whose files a spec sent to the API may name (root certFile/keyFile, kubeconfig); repeatable; default none")
+	f.Bool("allow-exec-plugins", false, "let kubeconfigs run exec or auth-provider credential plugins (as the hub's user)")
+	f.Bool("metrics-public", false, "serve /metrics without the token (its series name every cluster)")
 
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		get := flagGetter(cmd, v)
@@ -72,7 +83,7 @@ SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`
 			return err
 		}
 		log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
-		token, created, err := server.LoadToken(get.str("token-file"), os.Getenv)
+		token, created, err := server.LoadToken(get.str("token-file"), getenv)
 		if err != nil {
 			return err
 		}
@@ -92,16 +103,23 @@ SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`
 			return err
 		}
 		defer closeState()
+		// The hub acts for API callers with its own rights: what a spec
+		// may make it read is bounded.
+		hub.Inputs.Confined = true
+		hub.Inputs.AllowPaths = get.strings("allow-path")
+		hub.Inputs.AllowExecPlugins = get.boolean("allow-exec-plugins")
+		hub.Inputs.Warnings = warnLog{log}
 		srv, err := server.NewServer(ctx, hub, server.ServerOptions{
-			Listen:      get.str("listen"),
-			Token:       token,
-			Interval:    interval,
-			GracePeriod: grace,
-			TLSCertFile: get.str("tls-cert"),
-			TLSKeyFile:  get.str("tls-key"),
-			CAOut:       get.str("tls-ca-out"),
-			SANs:        get.strings("tls-san"),
-			Logger:      log,
+			Listen:        get.str("listen"),
+			Token:         token,
+			Interval:      interval,
+			GracePeriod:   grace,
+			TLSCertFile:   get.str("tls-cert"),
+			TLSKeyFile:    get.str("tls-key"),
+			CAOut:         get.str("tls-ca-out"),
+			SANs:          get.strings("tls-san"),
+			Logger:        log,
+			MetricsPublic: get.boolean("metrics-public"),
 		})
 		if err != nil {
 			return err
@@ -109,6 +127,14 @@ SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`
 		return srv.Run(ctx)
 	}
 	return c
+}
+
+// warnLog turns the input policy's warnings into warning logs.
+type warnLog struct{ log *slog.Logger }
+
+func (w warnLog) Write(p []byte) (int, error) {
+	w.log.Warn(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
 
 // serverFlags reads a command's flags through viper when there is one.
@@ -125,6 +151,14 @@ func (g serverFlags) str(name string) string {
 	}
 	s, _ := g.cmd.Flags().GetString(name)
 	return s
+}
+
+func (g serverFlags) boolean(name string) bool {
+	if g.v != nil && g.v.IsSet(name) {
+		return g.v.GetBool(name)
+	}
+	b, _ := g.cmd.Flags().GetBool(name)
+	return b
 }
 
 func (g serverFlags) strings(name string) []string {

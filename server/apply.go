@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -33,6 +34,9 @@ type ApplyOptions struct {
 	DryRun bool
 	// CACertsPolicy says what to do with a cacerts flotilla did not write.
 	CACertsPolicy pki.ConflictPolicy
+	// Source is where the apply comes from, for the journal: cli (when
+	// empty), api or reconcile.
+	Source string
 }
 
 // Step is the outcome of one step of an apply, in one cluster or mesh-wide.
@@ -130,6 +134,9 @@ func (r *recorder) add(ctx context.Context, s Step) {
 	_ = r.h.Store.Update(ctx, func(tx *state.Tx) error {
 		return tx.AddApplyStep(r.id, state.StepRecord{Cluster: s.Cluster, Step: s.Step, Result: result, Error: s.Error, End: r.h.now()})
 	})
+	if r.h.Hook != nil {
+		r.h.Hook("journal: " + s.Cluster + " " + s.Step + ": " + result)
+	}
 }
 
 func (r *recorder) fail(ctx context.Context, cluster, step string, err error) {
@@ -155,6 +162,14 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 		return nil, err
 	}
 	if err := spec.CheckInputs(ctx, m, h.Kubeconfig); err != nil {
+		return nil, err
+	}
+	if h.Connect == nil {
+		if err := h.Inputs.admitKubeconfigs(m, h.Kubeconfig); err != nil {
+			return nil, err
+		}
+	}
+	if err := h.checkRootFiles(ctx, m); err != nil {
 		return nil, err
 	}
 	rep := &ApplyReport{DryRun: o.DryRun, SpecHash: m.Hash()}
@@ -183,7 +198,7 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 			if err := tx.PutSpec(m.Canonical(), m.Hash()); err != nil {
 				return err
 			}
-			id, err := tx.AppendApply(state.ApplyRecord{Start: start, SpecHash: m.Hash()})
+			id, err := tx.AppendApply(state.ApplyRecord{Start: start, SpecHash: m.Hash(), Kind: journalKind(o.Source), Source: cmp.Or(o.Source, "cli")})
 			rec.id = id
 			return err
 		})
@@ -656,8 +671,15 @@ func (h *Hub) applyFederation(ctx context.Context, m *spec.Mesh, conns map[strin
 		rec.fail(ctx, "", "remote secrets", fmt.Errorf("state: credentials: %w", err))
 		return
 	}
+	if !o.DryRun {
+		h.revokeUntrackedTokens(ctx, conns, rec)
+	}
 	fm := h.federationMesh(m, conns)
-	res, err := federation.Reconcile(ctx, fm, known, federationOptions(m))
+	fo := federationOptions(m)
+	if !o.DryRun {
+		fo.Token.BeforeMint = h.recordTokenIntent
+	}
+	res, err := federation.Reconcile(ctx, fm, known, fo)
 	if err != nil {
 		rec.fail(ctx, "", "remote secrets", err)
 		return
@@ -717,7 +739,7 @@ func (h *Hub) applyFederation(ctx context.Context, m *spec.Mesh, conns map[strin
 				return err
 			}
 		}
-		return nil
+		return clearTokenIntents(tx, res.Credentials)
 	})
 	if err != nil {
 		rec.fail(ctx, "", "remote secrets", fmt.Errorf("state: store credentials: %w", err))

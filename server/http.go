@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -20,8 +19,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/server/spec"
@@ -70,6 +67,11 @@ type ServerOptions struct {
 	CAOut string
 	// Logger receives structured logs; nil logs JSON to stderr.
 	Logger *slog.Logger
+	// ReadTimeout, WriteTimeout and IdleTimeout bound a connection
+	// (DefaultReadTimeout... when zero; see limits.go).
+	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	// MetricsPublic serves /metrics without the token.
+	MetricsPublic bool
 }
 
 // Server is the long-running hub: the HTTP API over TLS, the reconcile loop,
@@ -167,12 +169,7 @@ func (s *Server) CAPEM() []byte { return s.caPEM }
 // unfinished). The caller closes the state after Run returns.
 func (s *Server) Run(ctx context.Context) error {
 	defer s.cancelWork()
-	srv := &http.Server{
-		Handler:           s.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
+	srv := s.httpServer()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(s.ln) }()
 	s.log.Info("hub serving", "address", s.ln.Addr().String(), "interval", s.opts.Interval.String())
@@ -221,22 +218,23 @@ func (s *Server) Run(ctx context.Context) error {
 	return errors.Join(serveErr, shutdownErr)
 }
 
-// Handler is the server's HTTP handler: /healthz, /readyz and /metrics in
-// the open, /api/v1/ behind the bearer token.
+// Handler is the server's HTTP handler: /healthz and /readyz in the open
+// (ok or not ok; details with the token), /metrics and /api/v1/ behind the
+// bearer token (/metrics in the open with MetricsPublic).
 func (s *Server) Handler() http.Handler {
 	api := http.NewServeMux()
-	api.HandleFunc("GET /api/v1/status", s.handleStatus)
-	api.HandleFunc("POST /api/v1/status", s.handleStatus)
-	api.HandleFunc("GET /api/v1/check", s.handleCheck)
-	api.HandleFunc("POST /api/v1/check", s.handleCheck)
-	api.HandleFunc("POST /api/v1/apply", s.handleApply(false))
-	api.HandleFunc("POST /api/v1/plan", s.handleApply(true))
+	api.HandleFunc("GET /api/v1/status", clusterCall(s.handleStatus))
+	api.HandleFunc("POST /api/v1/status", clusterCall(s.handleStatus))
+	api.HandleFunc("GET /api/v1/check", clusterCall(s.handleCheck))
+	api.HandleFunc("POST /api/v1/check", clusterCall(s.handleCheck))
+	api.HandleFunc("POST /api/v1/apply", clusterCall(s.handleApply(false)))
+	api.HandleFunc("POST /api/v1/plan", clusterCall(s.handleApply(true)))
 	api.HandleFunc("GET /api/v1/journal", s.handleJournal)
 
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /healthz", s.handleHealth)
 	mux.HandleFunc("GET /readyz", s.handleReady)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", s.metricsHandler())
 	mux.Handle("/api/", s.authenticate(api))
 	return s.logRequests(mux)
 }
@@ -246,11 +244,9 @@ func (s *Server) Handler() http.Handler {
 // length of the guess.
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := bearer(r.Header.Get("Authorization"))
-		sum := sha256.Sum256([]byte(got))
-		if !ok || subtle.ConstantTimeCompare(sum[:], s.tokenSum[:]) != 1 {
+		if !s.authorized(r) {
 			reason := "wrong token"
-			if !ok {
+			if _, ok := bearer(r.Header.Get("Authorization")); !ok {
 				reason = "no bearer token"
 			}
 			s.log.Warn("unauthorized request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", reason)
@@ -295,21 +291,6 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 	})
 }
 
-func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
-	if err := s.hub.Store.View(r.Context(), func(*state.Tx) error { return nil }); err != nil {
-		http.Error(w, "state: "+err.Error(), http.StatusServiceUnavailable)
-		return
-	}
-	s.mu.Lock()
-	lastErr := s.lastErr
-	s.mu.Unlock()
-	if lastErr != nil {
-		http.Error(w, "last reconcile failed: "+lastErr.Error(), http.StatusServiceUnavailable)
-		return
-	}
-	io.WriteString(w, "ok\n")
-}
-
 // requestContext is r's context, also cancelled when the grace period of a
 // shutdown is over.
 func (s *Server) requestContext(r *http.Request) (context.Context, context.CancelFunc) {
@@ -319,7 +300,7 @@ func (s *Server) requestContext(r *http.Request) (context.Context, context.Cance
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
-	m, err := readSpec(w, r)
+	m, err := s.readAdmittedSpec(w, r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -335,7 +316,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleCheck(w http.ResponseWriter, r *http.Request) {
-	m, err := readSpec(w, r)
+	m, err := s.readAdmittedSpec(w, r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -360,7 +341,7 @@ func (s *Server) handleApply(plan bool) http.HandlerFunc {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
-		m, err := readSpec(w, r)
+		m, err := s.readAdmittedSpec(w, r)
 		if err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return
@@ -423,6 +404,7 @@ func (s *Server) apply(wait context.Context, m *spec.Mesh, o ApplyOptions, sourc
 	if s.work.Err() != nil {
 		return nil, errShuttingDown
 	}
+	o.Source = source
 	rep, err := s.hub.Apply(s.work, m, o)
 	if err != nil && s.work.Err() != nil {
 		err = fmt.Errorf("%w: %v", errShuttingDown, err)
@@ -458,12 +440,12 @@ func (s *Server) handleJournal(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	var applies []state.ApplyRecord
-	err := s.hub.Store.View(r.Context(), func(tx *state.Tx) error {
-		var err error
-		applies, err = tx.Applies(limit)
-		return err
-	})
+	kind, err := ParseJournalKind(r.URL.Query().Get("kind"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	applies, err := s.hub.History(r.Context(), limit, kind)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return
@@ -577,6 +559,9 @@ func ReadToken(file string, getenv func(string) string) (string, error) {
 			return t, nil
 		}
 		return "", fmt.Errorf("no hub token: name a token file or set %s", TokenEnv)
+	}
+	if err := checkTokenFileMode(file); err != nil {
+		return "", err
 	}
 	data, err := os.ReadFile(file)
 	if err != nil {

@@ -419,6 +419,11 @@ type ApplyRecord struct {
 	// End is zero while the apply runs, and stays zero if it was killed.
 	End      time.Time `json:"end,omitzero"`
 	SpecHash string    `json:"specHash"`
+	// Kind is KindApply (a person's apply, from the CLI or the API) or
+	// KindReconcile (the hub's loop); each kind has its own retention.
+	Kind string `json:"kind,omitempty"`
+	// Source says where an apply came from: cli, api or reconcile.
+	Source string `json:"source,omitempty"`
 	// Result summarizes the apply (set by FinishApply), e.g. "succeeded".
 	Result string       `json:"result,omitempty"`
 	Steps  []StepRecord `json:"steps,omitempty"`
@@ -437,7 +442,7 @@ type StepRecord struct {
 func journalKey(id uint64) []byte { return binary.BigEndian.AppendUint64(nil, id) }
 
 // AppendApply adds rec to the journal with a new ID, which it returns, and
-// drops the oldest entries beyond the journal limit.
+// drops the oldest entries of its kind beyond that kind's limit.
 func (t *Tx) AppendApply(rec ApplyRecord) (uint64, error) {
 	b := t.tx.Bucket(bucketJournal)
 	id, err := b.NextSequence()
@@ -448,17 +453,8 @@ func (t *Tx) AppendApply(rec ApplyRecord) (uint64, error) {
 	if err := t.putJSON(bucketJournal, journalKey(id), rec); err != nil {
 		return 0, err
 	}
-	// Stats().KeyN does not see this transaction's writes: count by cursor.
-	n := 0
-	c := b.Cursor()
-	for k, _ := c.First(); k != nil; k, _ = c.Next() {
-		n++
-	}
-	for k, _ := c.First(); k != nil && n > t.s.opts.JournalLimit; k, _ = c.First() {
-		if err := c.Delete(); err != nil {
-			return 0, fmt.Errorf("state: journal trim: %w", err)
-		}
-		n--
+	if err := t.trimJournal(kindOf(rec)); err != nil {
+		return 0, err
 	}
 	return id, nil
 }

@@ -47,8 +47,10 @@ type Options struct {
 	KeyOptional bool
 	// Timeout bounds the wait for another process's transaction in flight.
 	Timeout time.Duration
-	// JournalLimit is how many applies the journal keeps (the newest).
-	JournalLimit int
+	// JournalLimit is how many applies by a person the journal keeps (the
+	// newest); ReconcileJournalLimit how many reconcile runs
+	// (DefaultJournalLimit, DefaultReconcileJournalLimit when zero).
+	JournalLimit, ReconcileJournalLimit int
 }
 
 // ErrWrongKey means the key given is not the one the state was sealed with.
@@ -117,6 +119,9 @@ func open(ctx context.Context, path string, opts Options, readOnly bool) (*Store
 	}
 	if opts.JournalLimit <= 0 {
 		opts.JournalLimit = DefaultJournalLimit
+	}
+	if opts.ReconcileJournalLimit <= 0 {
+		opts.ReconcileJournalLimit = DefaultReconcileJournalLimit
 	}
 	s := &Store{path: path, opts: opts, readOnly: readOnly}
 	if opts.Key != nil {
@@ -189,6 +194,25 @@ func (s *Store) init(ctx context.Context) error {
 			}
 			return check(tx)
 		})
+	}
+	// A state that has every bucket and its schema is only checked: an open
+	// that writes nothing leaves the file byte for byte as it was, so that
+	// a command refused on bad input changes nothing.
+	complete := false
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if tx.Bucket(b) == nil {
+				return nil
+			}
+		}
+		if tx.Bucket(bucketMeta).Get(keySchema) == nil {
+			return nil
+		}
+		complete = true
+		return check(tx)
+	})
+	if err != nil || complete {
+		return err
 	}
 	return s.update(ctx, func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
