@@ -33,6 +33,8 @@ type ApplyOptions struct {
 	DryRun bool
 	// CACertsPolicy says what to do with a cacerts flotilla did not write.
 	CACertsPolicy pki.ConflictPolicy
+	// Source is who applies, for the journal (state.ApplyRecord.Source).
+	Source string
 }
 
 // Step is the outcome of one step of an apply, in one cluster or mesh-wide.
@@ -183,7 +185,7 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 			if err := tx.PutSpec(m.Canonical(), m.Hash()); err != nil {
 				return err
 			}
-			id, err := tx.AppendApply(state.ApplyRecord{Start: start, SpecHash: m.Hash()})
+			id, err := tx.AppendApply(state.ApplyRecord{Start: start, SpecHash: m.Hash(), Source: o.Source})
 			rec.id = id
 			return err
 		})

@@ -419,6 +419,9 @@ type ApplyRecord struct {
 	// End is zero while the apply runs, and stays zero if it was killed.
 	End      time.Time `json:"end,omitzero"`
 	SpecHash string    `json:"specHash"`
+	// Source says who applied: "api", "reconcile", "cli", "rotation"; empty
+	// in entries written before it was recorded.
+	Source string `json:"source,omitempty"`
 	// Result summarizes the apply (set by FinishApply), e.g. "succeeded".
 	Result string       `json:"result,omitempty"`
 	Steps  []StepRecord `json:"steps,omitempty"`
