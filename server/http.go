@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/server/dashboard"
 	"github.com/flotillamesh/flotilla/server/spec"
 	"github.com/flotillamesh/flotilla/server/state"
 )
@@ -70,6 +71,9 @@ type ServerOptions struct {
 	CAOut string
 	// Logger receives structured logs; nil logs JSON to stderr.
 	Logger *slog.Logger
+	// DashboardRefresh is how often the dashboard refreshes what it shows
+	// while a browser watches (dashboard.DefaultRefresh when zero).
+	DashboardRefresh time.Duration
 }
 
 // Server is the long-running hub: the HTTP API over TLS, the reconcile loop,
@@ -94,6 +98,8 @@ type Server struct {
 
 	mu      sync.Mutex
 	lastErr error // the last reconcile's hard failure, for /readyz
+
+	dash *dashboard.Dashboard // the web UI at /, over the API's handlers
 }
 
 // NewServer binds the listen address and prepares TLS (writing the CA file
@@ -173,6 +179,7 @@ func (s *Server) Run(ctx context.Context) error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	srv.RegisterOnShutdown(s.dash.Close) // its event streams would hold Shutdown for the grace period
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(s.ln) }()
 	s.log.Info("hub serving", "address", s.ln.Addr().String(), "interval", s.opts.Interval.String())
@@ -232,12 +239,17 @@ func (s *Server) Handler() http.Handler {
 	api.HandleFunc("POST /api/v1/apply", s.handleApply(false))
 	api.HandleFunc("POST /api/v1/plan", s.handleApply(true))
 	api.HandleFunc("GET /api/v1/journal", s.handleJournal)
+	api.HandleFunc("GET /api/v1/trust", s.handleTrust)
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", s.handleReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
 	mux.Handle("/api/", s.authenticate(api))
+	if s.dash == nil {
+		s.dash = dashboard.New(dashboard.Options{Token: s.opts.Token, API: api, Refresh: s.opts.DashboardRefresh, Log: s.log, Now: s.hub.now})
+	}
+	mux.Handle("/", s.dash)
 	return s.logRequests(mux)
 }
 
@@ -274,6 +286,10 @@ type statusRecorder struct {
 	http.ResponseWriter
 	code int
 }
+
+// Unwrap lets http.ResponseController reach the connection (the
+// dashboard's event stream flushes).
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 func (r *statusRecorder) WriteHeader(code int) {
 	r.code = code
@@ -423,6 +439,7 @@ func (s *Server) apply(wait context.Context, m *spec.Mesh, o ApplyOptions, sourc
 	if s.work.Err() != nil {
 		return nil, errShuttingDown
 	}
+	o.Source = source
 	rep, err := s.hub.Apply(s.work, m, o)
 	if err != nil && s.work.Err() != nil {
 		err = fmt.Errorf("%w: %v", errShuttingDown, err)
