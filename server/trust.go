@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/flotillamesh/flotilla/server/state"
@@ -16,16 +17,15 @@ type Trust struct {
 	// CA is nil when the state holds no CA (before the first apply, or when
 	// cert-manager's issuer holds the root).
 	CA *CAInfo `json:"ca,omitempty"`
-	// Readers are the reader tokens in remote secrets, by read cluster then
-	// reader.
+	// Readers are the reader tokens in remote secrets, by read cluster.
 	Readers []ReaderCredential `json:"readers"`
 }
 
-// ReaderCredential is one reader token: Cluster's reader account, held by
-// ReadBy in a remote secret.
+// ReaderCredential is the token of Cluster's reader account, handed to
+// every cluster that reads it (each holds it in a remote secret).
 type ReaderCredential struct {
 	Cluster  string    `json:"cluster"`
-	ReadBy   string    `json:"readBy"`
+	HeldBy   []string  `json:"heldBy"`
 	IssuedAt time.Time `json:"issuedAt"`
 	// ExpiresAt is zero for a token that does not expire.
 	ExpiresAt time.Time `json:"expiresAt,omitzero"`
@@ -46,19 +46,28 @@ func (h *Hub) Trust(ctx context.Context) (*Trust, error) {
 			return err
 		}
 		for _, r := range recs {
-			for _, tok := range r.ReaderTokens {
-				t.Readers = append(t.Readers, ReaderCredential{Cluster: r.Name, ReadBy: tok.ReadBy, IssuedAt: tok.IssuedAt, ExpiresAt: tok.ExpiresAt})
+			// One token per reader account, the newest: a record keeps an
+			// entry per set of readers it was ever handed to.
+			var newest *state.ReaderToken
+			for i, tok := range r.ReaderTokens {
+				if newest == nil || tok.IssuedAt.After(newest.IssuedAt) {
+					newest = &r.ReaderTokens[i]
+				}
 			}
+			if newest == nil {
+				continue
+			}
+			// Apply records the readers of one token joined with commas.
+			held := strings.Split(newest.ReadBy, ",")
+			sort.Strings(held)
+			t.Readers = append(t.Readers, ReaderCredential{Cluster: r.Name, HeldBy: held, IssuedAt: newest.IssuedAt, ExpiresAt: newest.ExpiresAt})
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	sort.Slice(t.Readers, func(i, j int) bool {
-		a, b := t.Readers[i], t.Readers[j]
-		return a.Cluster < b.Cluster || a.Cluster == b.Cluster && a.ReadBy < b.ReadBy
-	})
+	sort.SliceStable(t.Readers, func(i, j int) bool { return t.Readers[i].Cluster < t.Readers[j].Cluster })
 	if hasCA {
 		if t.CA, err = h.CAShow(ctx); err != nil {
 			return nil, err

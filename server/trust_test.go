@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -9,25 +10,29 @@ import (
 	"github.com/flotillamesh/flotilla/server/state"
 )
 
-// TestTrustReaders: reader credentials come back by read cluster, then
-// reader, with their expiry; a state without a CA has no CA part.
+// TestTrustReaders: one credential per read cluster (the newest token of
+// its reader account), with the clusters that hold it and its expiry; a
+// state without a CA has no CA part. A token recorded again by a later
+// apply keeps the time it was first recorded.
 func TestTrustReaders(t *testing.T) {
 	ctx := context.Background()
 	h := newHub(t)
 	at := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	toks := []struct {
 		cluster, readBy string
-		ttl             time.Duration
+		issued, expires time.Duration // after at; expires 0: never
 	}{
-		{"west", "east", time.Hour},
-		{"east", "west", 0},
-		{"east", "north", 24 * time.Hour},
+		{"west", "east", 0, time.Hour},
+		{"west", "east", 30 * time.Minute, time.Hour}, // the next apply, the same token
+		{"east", "west", 0, 0},
+		{"east", "west,north", time.Hour, 25 * time.Hour}, // north joined: a new token
+		{"north", "west,east", 0, 48 * time.Hour},
 	}
 	err := h.Store.Update(ctx, func(tx *state.Tx) error {
 		for _, tk := range toks {
-			rt := state.ReaderToken{ReadBy: tk.readBy, IssuedAt: at}
-			if tk.ttl > 0 {
-				rt.ExpiresAt = at.Add(tk.ttl)
+			rt := state.ReaderToken{ReadBy: tk.readBy, IssuedAt: at.Add(tk.issued)}
+			if tk.expires > 0 {
+				rt.ExpiresAt = at.Add(tk.expires)
 			}
 			if err := tx.SetReaderToken(tk.cluster, rt); err != nil {
 				return err
@@ -47,9 +52,13 @@ func TestTrustReaders(t *testing.T) {
 	}
 	var got []string
 	for _, r := range tr.Readers {
-		got = append(got, r.Cluster+"<-"+r.ReadBy+" "+r.ExpiresAt.Format(time.RFC3339))
+		got = append(got, fmt.Sprintf("%s held by %v from %s until %s", r.Cluster, r.HeldBy, r.IssuedAt.Format(time.TimeOnly), r.ExpiresAt.Format(time.RFC3339)))
 	}
-	want := []string{"east<-north 2026-11-02T00:00:00Z", "east<-west 0001-01-01T00:00:00Z", "west<-east 2026-11-01T01:00:00Z"}
+	want := []string{
+		"east held by [north west] from 01:00:00 until 2026-11-02T01:00:00Z",
+		"north held by [east west] from 00:00:00 until 2026-11-03T00:00:00Z",
+		"west held by [east] from 00:00:00 until 2026-11-01T01:00:00Z",
+	}
 	if !slices.Equal(got, want) {
 		t.Errorf("readers:\n got %q\nwant %q", got, want)
 	}
