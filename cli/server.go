@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/flotillamesh/flotilla/server"
+	"github.com/flotillamesh/flotilla/server/dashboard"
 )
 
 // hubOpener opens the local state as a hub for the server; the returned
@@ -40,7 +41,11 @@ certificate for the listen address under a CA kept sealed in the state;
 Every --interval the stored spec is applied again: deleted cacerts, remote
 secrets and network labels come back, reader tokens and intermediates are
 renewed before they expire. /healthz, /readyz and /metrics need no token.
-SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`,
+SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.
+
+The dashboard is at https://HOST:8443/: sign in with the same token, once; the
+browser keeps a session cookie. While a browser watches, it refreshes every
+--dashboard-refresh (each refresh reads every cluster, as status does).`,
 		Args: cobra.NoArgs,
 	}
 	f := c.Flags()
@@ -53,6 +58,7 @@ SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`
 	f.String("tls-ca-out", "", "write the generated certificate's CA here, for clients to pin")
 	f.StringSlice("tls-san", nil, "extra DNS names or IPs for the generated certificate")
 	f.String("log-level", "info", "log level: debug, info, warn or error")
+	f.Duration("dashboard-refresh", dashboard.DefaultRefresh, "how often the dashboard refreshes while a browser watches")
 
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		get := flagGetter(cmd, v)
@@ -68,6 +74,10 @@ SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`
 			interval = -1 // ServerOptions: negative disables the loop
 		}
 		grace, err := get.duration("grace-period")
+		if err != nil {
+			return err
+		}
+		refresh, err := get.duration("dashboard-refresh")
 		if err != nil {
 			return err
 		}
@@ -102,6 +112,8 @@ SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`
 			CAOut:       get.str("tls-ca-out"),
 			SANs:        get.strings("tls-san"),
 			Logger:      log,
+
+			DashboardRefresh: refresh,
 		})
 		if err != nil {
 			return err
