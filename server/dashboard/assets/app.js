@@ -67,7 +67,7 @@
   // links: every remote secret a cluster holds or should hold.
   function links(status, trust, now) {
     const tokens = {};
-    for (const r of (trust && trust.readers) || []) tokens[r.cluster + "\u0000" + r.readBy] = r;
+    for (const r of (trust && trust.readers) || []) for (const by of r.heldBy || []) tokens[r.cluster + "\u0000" + by] = r;
     const out = [];
     for (const c of status.clusters || []) {
       for (const rs of c.remoteSecrets || []) {
@@ -104,7 +104,7 @@
     const now = Date.now();
     const status = snap.status.data, trust = snap.trust.data;
     showError();
-    $("mesh-name").textContent = status ? status.mesh : "";
+    $("mesh-name").textContent = status ? "· mesh " + status.mesh : "";
     renderTopology(status, trust, now);
     renderTrust(status, trust, now);
     renderChecks(now);
@@ -115,6 +115,12 @@
     }
     document.body.dataset.version = String(snap.version);
     const rec = { version: snap.version, at: Date.now(), ms: performance.now() - t0 };
+    // A benchmark names one link to follow (window.flotilla.watch = {from, to}).
+    const w = window.flotilla.watch;
+    if (w) {
+      const cell = document.querySelector(`td.cell[data-from="${CSS.escape(w.from)}"][data-to="${CSS.escape(w.to)}"]`);
+      rec.watched = cell ? cell.dataset.health : "";
+    }
     window.flotilla.renders.push(rec);
     if (window.flotilla.renders.length > 200) window.flotilla.renders.shift();
     if (!window.flotilla.firstRender) window.flotilla.firstRender = Object.assign({ sinceNavigation: performance.now() }, rec);
@@ -165,7 +171,7 @@
       sv("title", { id: "graph-title" }, `Topology graph: ${n} clusters, ${ls.length} remote secrets`));
     const defs = sv("defs");
     for (const h of ["ok", "expiring", "failing", "stray", "unknown", "serves"]) {
-      defs.append(sv("marker", { id: "arrow-" + h, viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
+      defs.append(sv("marker", { id: "arrow-" + h, viewBox: "0 0 10 10", refX: 9, refY: 5, markerUnits: "userSpaceOnUse", markerWidth: 11, markerHeight: 11, orient: "auto-start-reverse" },
         sv("path", { d: "M0,0 L10,5 L0,10 z", class: "arrowhead " + h })));
     }
     svg.append(defs);
@@ -339,12 +345,12 @@
       if (!r.expiresAt) word = "does not expire";
       else if (new Date(r.expiresAt) < now) { state = "expired"; word = "expired"; }
       else if (expiringSoon(r, now)) { state = "warning"; word = "renewal due"; }
-      return el("tr", { class: state, "data-cluster": r.cluster, "data-reader": r.readBy },
-        el("td", {}, r.cluster), el("td", {}, r.readBy), el("td", {}, fmtTime(r.issuedAt)),
+      return el("tr", { class: state, "data-cluster": r.cluster },
+        el("td", {}, r.cluster), el("td", {}, (r.heldBy || []).join(", ")), el("td", {}, fmtTime(r.issuedAt)),
         el("td", {}, r.expiresAt ? fmtTime(r.expiresAt) : "never"), el("td", { class: "num" }, r.expiresAt ? daysLeft(r.expiresAt, now) : "—"),
         el("td", {}, el("span", { class: "badge " + state }, word)));
     });
-    replace("readers", readers.length ? table(["Reader account of", "Held by (remote secret in)", "Issued", "Expires", "Left", "State"], readers) : el("p", {}, "No reader credentials handed out yet."));
+    replace("readers", readers.length ? table(["Reader token of", "Held by (remote secrets in)", "Issued", "Expires", "Left", "State"], readers) : el("p", {}, "No reader credentials handed out yet."));
   }
 
   function renderChecks(now) {
