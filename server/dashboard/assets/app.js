@@ -201,8 +201,11 @@
     ls.slice().sort((a, b) => order[a.health] - order[b.health]).forEach((l) => {
       const a = pos[l.from], b = pos[l.to];
       if (!a || !b) return;
+      // In a large fleet the healthy links' arrowheads would hide the
+      // nodes: direction is in the matrix and on hover.
+      const head = l.health === "ok" && n > 12 ? null : `url(#arrow-${l.health})`;
       linkLayer.append(sv("path", {
-        d: curve(a, b, c, nodeR, 0.18), class: "link " + l.health, "marker-end": `url(#arrow-${l.health})`,
+        d: curve(a, b, c, nodeR, 0.18), class: "link " + l.health, "marker-end": head,
         "data-from": l.from, "data-to": l.to, "data-health": l.health,
       }, sv("title", {}, `${l.from} reads ${l.to}: ${l.detail}`)));
     });
