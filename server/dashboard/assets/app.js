@@ -172,7 +172,7 @@
     const defs = sv("defs");
     for (const h of ["ok", "expiring", "failing", "stray", "unknown", "serves"]) {
       defs.append(sv("marker", { id: "arrow-" + h, viewBox: "0 0 10 10", refX: 9, refY: 5, markerUnits: "userSpaceOnUse", markerWidth: 11, markerHeight: 11, orient: "auto-start-reverse" },
-        sv("path", { d: "M0,0 L10,5 L0,10 z", class: "arrowhead " + h })));
+        sv("path", { d: "M0,0 L10,5 L0,10 z", class: "ah-" + h })));
     }
     svg.append(defs);
     // Network bands: an arc behind each network's clusters.
