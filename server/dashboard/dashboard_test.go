@@ -287,3 +287,29 @@ func TestEvents(t *testing.T) {
 		t.Fatal("the stream did not end when the dashboard closed")
 	}
 }
+
+// TestBrief: the journal keeps the steps that changed something or failed,
+// and counts them all.
+func TestBrief(t *testing.T) {
+	cases := []struct {
+		name, in, want string
+	}{
+		{"no-op reconcile", `[{"id":2,"steps":[{"step":"a","result":"unchanged"},{"step":"b","result":"skipped"}]}]`,
+			`[{"id":2,"stepCount":2,"steps":[]}]`},
+		{"a repair and a failure", `[{"id":3,"steps":[{"step":"a","result":"created"},{"step":"b","result":"unchanged"},{"step":"c","result":"failed","error":"x"}]}]`,
+			`[{"id":3,"stepCount":3,"steps":[{"result":"created","step":"a"},{"error":"x","result":"failed","step":"c"}]}]`},
+		{"no steps", `[{"id":1}]`, `[{"id":1,"stepCount":0,"steps":[]}]`},
+		{"empty journal", `[]`, `[]`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := brief(Part{Data: []byte(tc.in)})
+			if got.Error != "" || string(got.Data) != tc.want {
+				t.Errorf("brief(%s) = %s %q, want %s", tc.in, got.Data, got.Error, tc.want)
+			}
+		})
+	}
+	if got := brief(Part{Error: "hub down"}); got.Error != "hub down" {
+		t.Errorf("an error part: %+v", got)
+	}
+}

@@ -17,12 +17,14 @@ type Snapshot struct {
 	Version   uint64    `json:"version"`
 	FetchedAt time.Time `json:"fetchedAt"`
 	// RefreshSeconds is how often the hub refreshes while someone watches.
-	RefreshSeconds float64   `json:"refreshSeconds"`
-	Status         Part      `json:"status"`  // GET /api/v1/status
-	Trust          Part      `json:"trust"`   // GET /api/v1/trust
-	Journal        Part      `json:"journal"` // GET /api/v1/journal?limit=0
-	Checks         Part      `json:"checks"`  // GET /api/v1/check
-	ChecksAt       time.Time `json:"checksAt,omitzero"`
+	RefreshSeconds float64 `json:"refreshSeconds"`
+	Status         Part    `json:"status"` // GET /api/v1/status
+	Trust          Part    `json:"trust"`  // GET /api/v1/trust
+	// Journal is GET /api/v1/journal?limit=0 with only the steps that
+	// changed something or failed (see brief).
+	Journal  Part      `json:"journal"`
+	Checks   Part      `json:"checks"` // GET /api/v1/check
+	ChecksAt time.Time `json:"checksAt,omitzero"`
 }
 
 // Part is one API answer.
@@ -163,6 +165,7 @@ func (f *feed) refresh(ctx context.Context, withChecks bool) {
 		go get(&s.Checks, "/api/v1/check")
 	}
 	wg.Wait()
+	s.Journal = brief(s.Journal)
 	now := f.d.opts.Now().UTC()
 	if withChecks {
 		s.ChecksAt = now
@@ -213,6 +216,47 @@ func (f *feed) call(ctx context.Context, path string) Part {
 		return Part{Error: fmt.Sprintf("%s: %v", path, err)}
 	}
 	return Part{Data: b.Bytes()}
+}
+
+// noChange are the step results that changed nothing (as ApplyReport.Changes
+// counts them).
+var noChange = map[string]bool{"unchanged": true, "skipped": true, "none": true, "validated": true, "": true}
+
+// brief keeps, of each journal entry, the steps that changed something or
+// failed, and their total in stepCount: with many clusters an apply has
+// hundreds of steps, and most reconciles change nothing, so the whole
+// journal would be megabytes in every event.
+func brief(p Part) Part {
+	if p.Error != "" {
+		return p
+	}
+	var entries []map[string]json.RawMessage
+	if err := json.Unmarshal(p.Data, &entries); err != nil {
+		return Part{Error: fmt.Sprintf("journal: %v", err)}
+	}
+	for _, e := range entries {
+		var steps []map[string]json.RawMessage
+		if raw, ok := e["steps"]; ok {
+			if err := json.Unmarshal(raw, &steps); err != nil {
+				return Part{Error: fmt.Sprintf("journal: steps: %v", err)}
+			}
+		}
+		kept := []map[string]json.RawMessage{}
+		for _, st := range steps {
+			var result string
+			_ = json.Unmarshal(st["result"], &result) // absent: ""
+			if !noChange[result] {
+				kept = append(kept, st)
+			}
+		}
+		e["steps"], _ = json.Marshal(kept)
+		e["stepCount"], _ = json.Marshal(len(steps))
+	}
+	data, err := json.Marshal(entries)
+	if err != nil {
+		return Part{Error: fmt.Sprintf("journal: %v", err)}
+	}
+	return Part{Data: data}
 }
 
 // memoryResponse records a response in memory.

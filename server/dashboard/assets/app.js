@@ -101,6 +101,8 @@
     if (!snap) return;
     const t0 = performance.now();
     const focusKey = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.key : null;
+    // Re-rendering replaces the elements: keep what the reader opened.
+    const open = new Set([...document.querySelectorAll("details[open] > summary[data-key]")].map((s) => s.dataset.key));
     const now = Date.now();
     const status = snap.status.data, trust = snap.trust.data;
     showError();
@@ -109,6 +111,10 @@
     renderTrust(status, trust, now);
     renderChecks(now);
     renderHistory(now);
+    for (const key of open) {
+      const s = document.querySelector('summary[data-key="' + CSS.escape(key) + '"]');
+      if (s) s.parentElement.open = true;
+    }
     if (focusKey) {
       const again = document.querySelector('[data-key="' + CSS.escape(focusKey) + '"]');
       if (again) again.focus({ preventScroll: true });
@@ -388,7 +394,8 @@
     const showAll = $("show-noop").checked;
     const rows = [];
     for (const a of entries) {
-      const steps = a.steps || [];
+      // The hub sends only the steps that changed something or failed, and their total.
+      const steps = a.steps || [], total = a.stepCount || steps.length;
       const nChanged = steps.filter(changed).length, nFailed = steps.filter((s) => s.result === "failed").length;
       if (!showAll && nChanged === 0 && nFailed === 0 && a.end) continue;
       const dur = a.end ? ((new Date(a.end) - new Date(a.start)) / 1000).toFixed(1) + " s" : "unfinished";
@@ -397,8 +404,8 @@
         el("td", { class: "num" }, "#" + a.id), el("td", {}, fmtTime(a.start)), el("td", { class: "num" }, dur),
         el("td", {}, a.source || "—"), el("td", { class: "mono", title: a.specHash }, short(a.specHash, 12)),
         el("td", {}, a.result || "running"),
-        el("td", {}, interesting.length === 0 ? `${steps.length} steps, no change` :
-          el("details", {}, el("summary", { "data-key": "apply:" + a.id }, `${nChanged} changed, ${nFailed} failed, of ${steps.length} steps`),
+        el("td", {}, interesting.length === 0 ? `${total} steps, no change` :
+          el("details", {}, el("summary", { "data-key": "apply:" + a.id }, `${nChanged} changed, ${nFailed} failed, of ${total} steps`),
             el("ul", {}, interesting.map((s) => el("li", { class: s.result === "failed" ? "failing" : "" },
               `${s.cluster || "mesh"}: ${s.step}: ${s.result}` + (s.error ? ": " + s.error : ""))))))));
     }
