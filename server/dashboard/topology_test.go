@@ -22,8 +22,12 @@ type member struct {
 	reads                             []string
 }
 
-// staticAPI answers status from members, and empty trust, journal and checks.
-func staticAPI(topology string, members []member) http.Handler {
+// staticAPI answers status from members, trust (nil: none), an empty
+// journal and no checks.
+func staticAPI(topology string, members []member, trust any) http.Handler {
+	if trust == nil {
+		trust = map[string]any{"readers": []any{}}
+	}
 	var clusters []map[string]any
 	for _, m := range members {
 		var secrets []map[string]any
@@ -35,7 +39,7 @@ func staticAPI(topology string, members []member) http.Handler {
 	}
 	answers := map[string]any{
 		"/api/v1/status":  map[string]any{"mesh": "m", "topology": topology, "observedAt": time.Now(), "clusters": clusters},
-		"/api/v1/trust":   map[string]any{"readers": []any{}},
+		"/api/v1/trust":   trust,
 		"/api/v1/journal": []any{},
 		"/api/v1/check":   []any{},
 	}
@@ -80,7 +84,7 @@ func TestDashboardTopologies(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			d := dashboard.New(dashboard.Options{Token: hubToken, API: staticAPI(tc.topology, tc.members), Refresh: time.Second})
+			d := dashboard.New(dashboard.Options{Token: hubToken, API: staticAPI(tc.topology, tc.members, nil), Refresh: time.Second})
 			ts := httptest.NewTLSServer(d)
 			t.Cleanup(func() { d.Close(); ts.Close() })
 			caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw})
@@ -109,4 +113,44 @@ func TestDashboardTopologies(t *testing.T) {
 			screenshot(t, b, "topology-"+tc.name)
 		})
 	}
+}
+
+// TestDashboardRotation: during a root rotation the Trust view shows both
+// roots and the phase; a reader token in the last fifth of its lifetime
+// turns its links amber in the topology and its row in the Trust view.
+func TestDashboardRotation(t *testing.T) {
+	now := time.Now().UTC()
+	members := []member{
+		{"east", "primary", "network1", "east", []string{"west"}},
+		{"west", "primary", "network2", "west", []string{"east"}},
+	}
+	root := func(cn, fp string, years int) map[string]any {
+		return map[string]any{"subject": "CN=" + cn + ",O=Istio", "issuer": "CN=" + cn + ",O=Istio", "sha256Fingerprint": fp,
+			"notBefore": now.Add(-time.Hour), "notAfter": now.AddDate(years, 0, 0)}
+	}
+	trust := map[string]any{
+		"ca": map[string]any{
+			"source": "generated", "rootKeyStored": true, "rootRotation": "trust-both",
+			"roots":         []any{root("Root CA", "AA:AA", 9), root("Root CA", "BB:BB", 10)},
+			"intermediates": map[string]any{},
+		},
+		"readers": []any{
+			// west's token: 100 days lifetime, 10 left.
+			map[string]any{"cluster": "west", "heldBy": []string{"east"}, "issuedAt": now.Add(-90 * 24 * time.Hour), "expiresAt": now.Add(10 * 24 * time.Hour)},
+			map[string]any{"cluster": "east", "heldBy": []string{"west"}, "issuedAt": now, "expiresAt": now.Add(365 * 24 * time.Hour)},
+		},
+	}
+	d := dashboard.New(dashboard.Options{Token: hubToken, API: staticAPI("multi-primary", members, trust), Refresh: time.Second})
+	ts := httptest.NewTLSServer(d)
+	t.Cleanup(func() { d.Close(); ts.Close() })
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw})
+	b := browser(t, ts.URL, caPEM)
+	signIn(t, b, ts.URL, hubToken)
+	waitFor(t, b, 30*time.Second, "east reads west: token expires soon", linkShown("east", "west", "expiring"))
+	waitFor(t, b, 5*time.Second, "west reads east: authenticates", linkShown("west", "east", "ok"))
+	show(t, b, "trust")
+	waitFor(t, b, 5*time.Second, "the rotation phase", `document.querySelector('#rotation-phase[data-phase="trust-both"]') !== null`)
+	waitFor(t, b, 5*time.Second, "both roots", jsCount(`#roots tr[data-root="AA:AA"]`)+" === 1 && "+jsCount(`#roots tr[data-root="BB:BB"]`)+" === 1")
+	waitFor(t, b, 5*time.Second, "west's reader token flagged", jsCount(`#readers tr.warning[data-cluster="west"]`)+" === 1 && "+jsCount(`#readers tr.ok[data-cluster="east"]`)+" === 1")
+	screenshot(t, b, "trust-rotation")
 }

@@ -323,14 +323,15 @@
       "sign-with-new": "the new root signs every intermediate; the old root is still trusted. Next: flotilla ca rotate root (drop the old root).",
     };
     replace("rotation", rot
-      ? el("p", { class: "badge warning", id: "rotation-phase", "data-phase": rot }, `Root rotation under way, phase ${rot}: ${phases[rot] || ""}`)
+      ? el("p", { class: "banner warning", id: "rotation-phase", "data-phase": rot }, `Root rotation under way, phase ${rot}: ${phases[rot] || ""}`)
       : el("p", { id: "rotation-phase", "data-phase": "none" }, ca ? "No root rotation under way." : ""));
     const trusting = {};
     for (const c of (status && status.clusters) || []) if (c.rootFingerprint) (trusting[c.rootFingerprint] = trusting[c.rootFingerprint] || []).push(c.name);
     replace("roots", !ca ? el("p", {}, "The hub holds no root (none applied yet, or cert-manager's issuer holds it).") :
-      table(["Subject", "SHA-256 fingerprint", "Not after", "Left", "Signs for (first root in cacerts)"], (ca.roots || []).map((r, i) =>
+      table(["Subject", "SHA-256 fingerprint", "Not after", "Left", "First root in the cacerts of"], (ca.roots || []).map((r) =>
         el("tr", { "data-root": r.sha256Fingerprint },
-          el("td", {}, r.subject + (i === 0 ? " (signing)" : "")), el("td", { class: "mono", title: r.sha256Fingerprint }, short(r.sha256Fingerprint, 23)),
+          // The status names the root the hub signs with.
+          el("td", {}, r.subject + (status && r.sha256Fingerprint === status.rootFingerprint ? " (signing)" : "")), el("td", { class: "mono", title: r.sha256Fingerprint }, short(r.sha256Fingerprint, 23)),
           el("td", {}, fmtTime(r.notAfter)), el("td", { class: "num" }, daysLeft(r.notAfter, now)),
           el("td", {}, (trusting[r.sha256Fingerprint] || []).join(", ") || "—")))));
     const stored = (ca && ca.intermediates) || {};
