@@ -313,3 +313,43 @@ func TestBrief(t *testing.T) {
 		t.Errorf("an error part: %+v", got)
 	}
 }
+
+// TestRecheck: checks re-run on a signed-in POST, which answers the new
+// snapshot; without a session it is refused.
+func TestRecheck(t *testing.T) {
+	ts, _ := startDashboard(t)
+	cases := []struct {
+		name     string
+		signedIn bool
+		want     int
+	}{
+		{"signed in", true, http.StatusOK},
+		{"no session", false, http.StatusUnauthorized},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := client(t, ts)
+			if tc.signedIn {
+				signIn(t, ts, c, testToken)
+			}
+			resp, err := c.Post(ts.URL+"/ui/api/check", "", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Fatalf("POST /ui/api/check: %d, want %d", resp.StatusCode, tc.want)
+			}
+			if !tc.signedIn {
+				return
+			}
+			var s Snapshot
+			if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+				t.Fatal(err)
+			}
+			if s.ChecksAt.IsZero() || s.Checks.Error == "" {
+				t.Errorf("snapshot after a re-run: checksAt %v, checks %+v", s.ChecksAt, s.Checks)
+			}
+		})
+	}
+}

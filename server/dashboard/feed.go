@@ -80,17 +80,17 @@ func (f *feed) unsubscribe(ch chan struct{}) {
 func (f *feed) loop() {
 	ctx, cancel := f.d.contextUntilClosed(context.Background())
 	defer cancel()
-	for n := 0; ; n++ {
-		f.refresh(ctx, n%checkEvery == 0)
+	f.refresh(ctx, true)
+	for n := 1; ; n++ {
 		t := time.NewTimer(f.d.opts.Refresh)
-		var ack chan struct{}
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			f.stop()
 			return
 		case <-t.C:
-		case ack = <-f.recheck:
+			f.refresh(ctx, n%checkEvery == 0)
+		case ack := <-f.recheck:
 			t.Stop()
 			f.refresh(ctx, true)
 			close(ack)
@@ -218,9 +218,14 @@ func (f *feed) call(ctx context.Context, path string) Part {
 	return Part{Data: b.Bytes()}
 }
 
-// noChange are the step results that changed nothing (as ApplyReport.Changes
-// counts them).
-var noChange = map[string]bool{"unchanged": true, "skipped": true, "none": true, "validated": true, "": true}
+// changedNothing: the step results ApplyReport.Changes does not count.
+func changedNothing(result string) bool {
+	switch result {
+	case "unchanged", "skipped", "none", "validated", "":
+		return true
+	}
+	return false
+}
 
 // brief keeps, of each journal entry, the steps that changed something or
 // failed, and their total in stepCount: with many clusters an apply has
@@ -245,7 +250,7 @@ func brief(p Part) Part {
 		for _, st := range steps {
 			var result string
 			_ = json.Unmarshal(st["result"], &result) // absent: ""
-			if !noChange[result] {
+			if !changedNothing(result) {
 				kept = append(kept, st)
 			}
 		}
