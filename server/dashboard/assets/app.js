@@ -426,10 +426,20 @@
   }
 
   // ---- live updates ----
+  // Re-render only when what the hub reports changed (not its timestamps),
+  // or once a minute for the relative times: a steady page keeps its focus
+  // and costs nothing.
+  let lastKey = "", lastRender = 0;
   function accept(s) {
     if (snap && s.version < snap.version) return;
     snap = s;
-    render();
+    const st = s.status.data ? Object.assign({}, s.status.data, { observedAt: null }) : s.status.error;
+    const key = JSON.stringify([st, s.trust, s.journal, s.checks, s.checksAt]);
+    if (key !== lastKey || Date.now() - lastRender > 60e3) {
+      lastKey = key;
+      lastRender = Date.now();
+      render();
+    }
     live();
   }
   let connected = false;
@@ -465,7 +475,7 @@
   document.addEventListener("DOMContentLoaded", () => {
     showView();
     window.addEventListener("hashchange", () => { showView(); $("main").focus({ preventScroll: true }); });
-    $("show-noop").addEventListener("change", render);
+    $("show-noop").addEventListener("change", () => render());
     $("rerun").addEventListener("click", () => {
       const b = $("rerun");
       b.disabled = true;
