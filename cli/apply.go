@@ -45,7 +45,7 @@ func newApplyCommand(g *globals, plan bool) *cobra.Command {
 			if adopt && replace {
 				return fmt.Errorf("--adopt-cacerts and --replace-cacerts exclude each other")
 			}
-			opts := server.ApplyOptions{DryRun: dryRun || plan}
+			opts := server.ApplyOptions{DryRun: dryRun || plan, Source: "cli"}
 			switch {
 			case adopt:
 				opts.CACertsPolicy = pki.Adopt

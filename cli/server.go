@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/flotillamesh/flotilla/server"
+	"github.com/flotillamesh/flotilla/server/dashboard"
 )
 
 // hubOpener opens the local state as a hub for the server; the returned
@@ -48,7 +49,11 @@ only ok or not ok (with the token, /readyz says why); /metrics needs the token
 unless --metrics-public. The token file must be readable by its owner only
 (mode 0600). Connections are cut after 30s of reading or writing, 2m idle
 (an apply's answer may take as long as the apply).
-SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`,
+SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.
+
+The dashboard is at https://HOST:8443/: sign in with the same token, once; the
+browser keeps a session cookie. While a browser watches, it refreshes every
+--dashboard-refresh (each refresh reads every cluster, as status does).`,
 		Args: cobra.NoArgs,
 	}
 	f := c.Flags()
@@ -64,6 +69,7 @@ SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`
 	f.StringSlice("allow-path", nil, "directory whose files a spec sent to the API may name (root certFile/keyFile, kubeconfig); repeatable; default none")
 	f.Bool("allow-exec-plugins", false, "let kubeconfigs run exec or auth-provider credential plugins (as the hub's user)")
 	f.Bool("metrics-public", false, "serve /metrics without the token (its series name every cluster)")
+	f.Duration("dashboard-refresh", dashboard.DefaultRefresh, "how often the dashboard refreshes while a browser watches")
 
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		get := flagGetter(cmd, v)
@@ -79,6 +85,10 @@ SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`
 			interval = -1 // ServerOptions: negative disables the loop
 		}
 		grace, err := get.duration("grace-period")
+		if err != nil {
+			return err
+		}
+		refresh, err := get.duration("dashboard-refresh")
 		if err != nil {
 			return err
 		}
@@ -120,6 +130,8 @@ SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`
 			SANs:          get.strings("tls-san"),
 			Logger:        log,
 			MetricsPublic: get.boolean("metrics-public"),
+
+			DashboardRefresh: refresh,
 		})
 		if err != nil {
 			return err

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/server/dashboard"
 	"github.com/flotillamesh/flotilla/server/spec"
 	"github.com/flotillamesh/flotilla/server/state"
 )
@@ -72,6 +73,9 @@ type ServerOptions struct {
 	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
 	// MetricsPublic serves /metrics without the token.
 	MetricsPublic bool
+	// DashboardRefresh is how often the dashboard refreshes what it shows
+	// while a browser watches (dashboard.DefaultRefresh when zero).
+	DashboardRefresh time.Duration
 }
 
 // Server is the long-running hub: the HTTP API over TLS, the reconcile loop,
@@ -96,6 +100,8 @@ type Server struct {
 
 	mu      sync.Mutex
 	lastErr error // the last reconcile's hard failure, for /readyz
+
+	dash *dashboard.Dashboard // the web UI at /, over the API's handlers
 }
 
 // NewServer binds the listen address and prepares TLS (writing the CA file
@@ -170,6 +176,7 @@ func (s *Server) CAPEM() []byte { return s.caPEM }
 func (s *Server) Run(ctx context.Context) error {
 	defer s.cancelWork()
 	srv := s.httpServer()
+	srv.RegisterOnShutdown(s.dash.Close) // its event streams would hold Shutdown for the grace period
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(s.ln) }()
 	s.log.Info("hub serving", "address", s.ln.Addr().String(), "interval", s.opts.Interval.String())
@@ -230,12 +237,17 @@ func (s *Server) Handler() http.Handler {
 	api.HandleFunc("POST /api/v1/apply", clusterCall(s.handleApply(false)))
 	api.HandleFunc("POST /api/v1/plan", clusterCall(s.handleApply(true)))
 	api.HandleFunc("GET /api/v1/journal", s.handleJournal)
+	api.HandleFunc("GET /api/v1/trust", s.handleTrust)
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.handleHealth)
 	mux.HandleFunc("GET /readyz", s.handleReady)
 	mux.Handle("GET /metrics", s.metricsHandler())
 	mux.Handle("/api/", s.authenticate(api))
+	if s.dash == nil {
+		s.dash = dashboard.New(dashboard.Options{Token: s.opts.Token, API: api, Refresh: s.opts.DashboardRefresh, Log: s.log, Now: s.hub.now})
+	}
+	mux.Handle("/", s.dash)
 	return s.logRequests(mux)
 }
 
@@ -270,6 +282,10 @@ type statusRecorder struct {
 	http.ResponseWriter
 	code int
 }
+
+// Unwrap lets http.ResponseController reach the connection (the
+// dashboard's event stream flushes).
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 func (r *statusRecorder) WriteHeader(code int) {
 	r.code = code

@@ -151,7 +151,7 @@ func (h *Hub) RotateRoot(ctx context.Context, m *spec.Mesh) (*RootRotation, erro
 		return nil, fmt.Errorf("root rotation: state: %w", err)
 	}
 	h.progressf("", "root rotation: %s (signing root %s)", out.Phase, short(out.SigningRoot))
-	if out.Apply, err = h.Apply(ctx, m, ApplyOptions{}); err != nil {
+	if out.Apply, err = h.Apply(ctx, m, ApplyOptions{Source: "rotation"}); err != nil {
 		return out, fmt.Errorf("root rotation: %s is recorded; rolling it out failed (run flotilla apply): %w", out.Phase, err)
 	}
 	return out, nil

@@ -395,12 +395,16 @@ func (t *Tx) SetClusterStatus(cluster string, status json.RawMessage, observedAt
 }
 
 // SetReaderToken records a token minted for cluster's reader and held by
-// tok.ReadBy, replacing the previous one that cluster held.
+// tok.ReadBy, replacing the previous one that cluster held. The same token
+// recorded again (every apply does) keeps the time it was first recorded.
 func (t *Tx) SetReaderToken(cluster string, tok ReaderToken) error {
 	return t.modifyCluster(cluster, func(r *ClusterRecord) error {
 		tok.IssuedAt, tok.ExpiresAt = tok.IssuedAt.UTC(), tok.ExpiresAt.UTC()
 		for i := range r.ReaderTokens {
 			if r.ReaderTokens[i].ReadBy == tok.ReadBy {
+				if r.ReaderTokens[i].ExpiresAt.Equal(tok.ExpiresAt) {
+					tok.IssuedAt = r.ReaderTokens[i].IssuedAt
+				}
 				r.ReaderTokens[i] = tok
 				return nil
 			}
@@ -422,7 +426,8 @@ type ApplyRecord struct {
 	// Kind is KindApply (a person's apply, from the CLI or the API) or
 	// KindReconcile (the hub's loop); each kind has its own retention.
 	Kind string `json:"kind,omitempty"`
-	// Source says where an apply came from: cli, api or reconcile.
+	// Source says where an apply came from: cli, api, reconcile or
+	// rotation; empty in entries written before it was recorded.
 	Source string `json:"source,omitempty"`
 	// Result summarizes the apply (set by FinishApply), e.g. "succeeded".
 	Result string       `json:"result,omitempty"`
