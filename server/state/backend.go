@@ -33,6 +33,8 @@ type bucket interface {
 	ForEach(fn func(k, v []byte) error) error
 	Cursor() cursor
 	NextSequence() (uint64, error)
+	Sequence() uint64
+	SetSequence(v uint64) error
 }
 
 // cursor is the subset of *bolt.Cursor the records use.
@@ -75,3 +77,22 @@ func (b boltBackend) lock(ctx context.Context, name string) (func(), error) {
 }
 
 func (b boltBackend) close() error { return nil }
+
+// tryLocalFence is TryFence on bbolt: a named in-process lock, never lost.
+func (s *Store) tryLocalFence(name string) (Fence, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fences == nil {
+		s.fences = map[string]bool{}
+	}
+	if s.fences[name] {
+		return Fence{}, false, nil
+	}
+	s.fences[name] = true
+	release := func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.fences, name)
+	}
+	return Fence{Release: release, Lost: make(chan struct{})}, true, nil
+}

@@ -91,6 +91,7 @@ type Store struct {
 	be       backend
 	// applyLock serialises Lock holders within this process (bbolt).
 	applyLock chan struct{}
+	fences    map[string]bool // TryFence holders (bbolt), under mu
 
 	mu     sync.Mutex
 	db     *bolt.DB
@@ -114,6 +115,9 @@ func OpenReadOnly(ctx context.Context, path string, opts Options) (*Store, error
 func open(ctx context.Context, path string, opts Options, readOnly bool) (*Store, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if IsEtcd(path) {
+		return openEtcdStore(ctx, path, opts, readOnly)
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
