@@ -28,5 +28,5 @@ func extraCommands(g *globals) []*cobra.Command {
 		// nil progress: the server logs each step as a debug line.
 		return g.openHub(ctx, nil, true)
 	}
-	return []*cobra.Command{newCSRAgentCommand(g), newServerCommand(open, g.v), newVerifyCommand(g)}
+	return []*cobra.Command{newCSRAgentCommand(g), newServerCommand(open, g.v), newVerifyCommand(g), newHubCommand(g)}
 }

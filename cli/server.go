@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/flotillamesh/flotilla/server"
+	"github.com/flotillamesh/flotilla/server/ring"
 )
 
 // hubOpener opens the local state as a hub for the server; the returned
@@ -53,6 +54,11 @@ SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`
 	f.String("tls-ca-out", "", "write the generated certificate's CA here, for clients to pin")
 	f.StringSlice("tls-san", nil, "extra DNS names or IPs for the generated certificate")
 	f.String("log-level", "info", "log level: debug, info, warn or error")
+	f.String("gossip", "", "gossip address host:port: run as one replica of several sharing an etcd --state")
+	f.String("gossip-advertise", "", "gossip address the other replicas reach this one at (default: --gossip)")
+	f.StringSlice("join", nil, "gossip addresses of other replicas, host:port,...")
+	f.String("gossip-key-file", "", "key that encrypts gossip (base64 of 32 bytes; make one with flotilla state keygen --out FILE)")
+	f.String("name", "", "this replica's name in the ring (default: the host name)")
 
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		get := flagGetter(cmd, v)
@@ -92,6 +98,14 @@ SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`
 			return err
 		}
 		defer closeState()
+		rg, err := joinRing(get, hub, get.str("listen"))
+		if err != nil {
+			return err
+		}
+		if rg != nil {
+			defer rg.Leave(5 * time.Second)
+			log.Info("joined the hub ring", "name", rg.Name(), "gossip", get.str("gossip"), "members", rg.Live())
+		}
 		srv, err := server.NewServer(ctx, hub, server.ServerOptions{
 			Listen:      get.str("listen"),
 			Token:       token,
@@ -102,6 +116,7 @@ SIGTERM or SIGINT stops it; an apply in progress gets --grace-period to finish.`
 			CAOut:       get.str("tls-ca-out"),
 			SANs:        get.strings("tls-san"),
 			Logger:      log,
+			Ring:        rg,
 		})
 		if err != nil {
 			return err
@@ -144,4 +159,30 @@ func (g serverFlags) duration(name string) (time.Duration, error) {
 		return d, nil
 	}
 	return g.cmd.Flags().GetDuration(name)
+}
+
+// joinRing joins the replicas' gossip ring when --gossip is given. Replicas
+// share their state, so the state must be etcd: bbolt files are per machine.
+func joinRing(get serverFlags, hub *server.Hub, listen string) (*ring.Ring, error) {
+	addr := get.str("gossip")
+	if addr == "" {
+		return nil, nil
+	}
+	if hub.Store.Backend() != "etcd" {
+		return nil, fmt.Errorf("--gossip: replicas share one state, and %s is a bbolt file: give --state etcd://...", hub.Store.Path())
+	}
+	if get.str("gossip-key-file") == "" {
+		return nil, fmt.Errorf("--gossip needs --gossip-key-file: gossip is always encrypted")
+	}
+	key, err := ring.ReadKeyFile(get.str("gossip-key-file"))
+	if err != nil {
+		return nil, err
+	}
+	name := get.str("name")
+	if name == "" {
+		if name, err = os.Hostname(); err != nil {
+			return nil, fmt.Errorf("--name: %w", err)
+		}
+	}
+	return ring.Join(ring.Config{Name: name, Bind: addr, Advertise: get.str("gossip-advertise"), Join: get.strings("join"), Key: key, API: "https://" + listen, RetryJoin: true})
 }

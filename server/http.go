@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/server/ring"
 	"github.com/flotillamesh/flotilla/server/spec"
 	"github.com/flotillamesh/flotilla/server/state"
 )
@@ -70,6 +71,9 @@ type ServerOptions struct {
 	CAOut string
 	// Logger receives structured logs; nil logs JSON to stderr.
 	Logger *slog.Logger
+	// Ring, when set, makes this hub one replica of several sharing an etcd
+	// state: the ring's owner of the mesh runs the reconcile pass.
+	Ring *ring.Ring
 }
 
 // Server is the long-running hub: the HTTP API over TLS, the reconcile loop,
@@ -82,6 +86,7 @@ type Server struct {
 	ln       net.Listener
 	caPEM    []byte
 	metrics  *metrics
+	replica  *replicaMetrics
 
 	// sem serializes applies (API and reconcile loop): a channel rather
 	// than a mutex so that waiting for it respects contexts.
@@ -121,6 +126,7 @@ func NewServer(ctx context.Context, hub *Hub, o ServerOptions) (*Server, error) 
 		return nil, errors.New("server: give both a TLS certificate and key, or neither")
 	}
 	s := &Server{hub: hub, log: o.Logger, opts: o, tokenSum: sha256.Sum256([]byte(o.Token)), metrics: newMetrics(), sem: make(chan struct{}, 1)}
+	s.replica = newReplicaMetrics(s.metrics.registry, hub.Store)
 	s.work, s.cancelWork = context.WithCancel(context.Background())
 	if hub.Progress == nil {
 		hub.Progress = &logWriter{log: s.log}
@@ -232,6 +238,7 @@ func (s *Server) Handler() http.Handler {
 	api.HandleFunc("POST /api/v1/apply", s.handleApply(false))
 	api.HandleFunc("POST /api/v1/plan", s.handleApply(true))
 	api.HandleFunc("GET /api/v1/journal", s.handleJournal)
+	api.HandleFunc("GET /api/v1/members", s.handleMembers)
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
@@ -297,6 +304,12 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	if err := s.hub.Store.View(r.Context(), func(*state.Tx) error { return nil }); err != nil {
+		http.Error(w, "state: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	// On etcd a read may come from one member's copy: readiness needs a
+	// majority, since without one nothing can be written.
+	if err := s.hub.Store.Ping(r.Context()); err != nil {
 		http.Error(w, "state: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}

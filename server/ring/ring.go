@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -34,6 +35,9 @@ type Config struct {
 	API string
 	// LogOutput receives memberlist's own log lines; nil discards them.
 	LogOutput io.Writer
+	// RetryJoin keeps trying cfg.Join in the background when nobody answers
+	// at start (replicas of a StatefulSet start together), instead of failing.
+	RetryJoin bool
 }
 
 // Member is one replica as this replica sees it.
@@ -41,15 +45,16 @@ type Member struct {
 	Name   string    `json:"name"`
 	Addr   string    `json:"gossip"`
 	API    string    `json:"api,omitempty"`
-	State  string    `json:"state"` // alive, suspect, dead, left
+	State  string    `json:"state"` // alive, suspect, or gone (left or declared dead)
 	Since  time.Time `json:"since"`
 	IsSelf bool      `json:"self,omitempty"`
 }
 
 // Ring is a replica's membership in the ring.
 type Ring struct {
-	ml   *memberlist.Memberlist
-	name string
+	ml      *memberlist.Memberlist
+	name    string
+	stopped atomic.Bool
 
 	mu      sync.Mutex
 	members map[string]*Member
@@ -99,11 +104,30 @@ func Join(cfg Config) (*Ring, error) {
 	r.ml = ml
 	if len(cfg.Join) > 0 {
 		if _, err := ml.Join(cfg.Join); err != nil {
-			ml.Shutdown()
-			return nil, fmt.Errorf("ring: join %s: %w", strings.Join(cfg.Join, ","), err)
+			if !cfg.RetryJoin {
+				ml.Shutdown()
+				return nil, fmt.Errorf("ring: join %s: %w", strings.Join(cfg.Join, ","), err)
+			}
+			go r.retryJoin(cfg.Join)
 		}
 	}
 	return r, nil
+}
+
+// retryJoin joins the others once one of them answers, or until shutdown.
+func (r *Ring) retryJoin(addrs []string) {
+	for {
+		time.Sleep(2 * time.Second)
+		if r.ml.NumMembers() > 1 {
+			return // someone joined us
+		}
+		if r.stopped.Load() {
+			return
+		}
+		if _, err := r.ml.Join(addrs); err == nil {
+			return
+		}
+	}
 }
 
 func splitHostPort(addr string) (string, int, error) {
@@ -169,12 +193,16 @@ func (r *Ring) Changed() <-chan struct{} {
 // Leave tells the others this replica is going (its keys move at once,
 // without waiting for failure detection), then stops gossip.
 func (r *Ring) Leave(timeout time.Duration) error {
+	r.stopped.Store(true)
 	err := r.ml.Leave(timeout)
 	return errors.Join(err, r.ml.Shutdown())
 }
 
 // Shutdown stops gossip without a word, as a crash would.
-func (r *Ring) Shutdown() error { return r.ml.Shutdown() }
+func (r *Ring) Shutdown() error {
+	r.stopped.Store(true)
+	return r.ml.Shutdown()
+}
 
 func stateName(s memberlist.NodeStateType) string {
 	switch s {
@@ -182,10 +210,8 @@ func stateName(s memberlist.NodeStateType) string {
 		return "alive"
 	case memberlist.StateSuspect:
 		return "suspect"
-	case memberlist.StateLeft:
-		return "left"
 	default:
-		return "dead"
+		return "gone"
 	}
 }
 
@@ -201,8 +227,10 @@ func (r *Ring) note(n *memberlist.Node, state string) {
 
 type events struct{ r *Ring }
 
-func (e *events) NotifyJoin(n *memberlist.Node)   { e.r.note(n, "alive") }
-func (e *events) NotifyLeave(n *memberlist.Node)  { e.r.note(n, stateName(n.State)) }
+func (e *events) NotifyJoin(n *memberlist.Node) { e.r.note(n, "alive") }
+
+// NotifyLeave: memberlist does not say whether the member left or died.
+func (e *events) NotifyLeave(n *memberlist.Node)  { e.r.note(n, "gone") }
 func (e *events) NotifyUpdate(n *memberlist.Node) { e.r.note(n, stateName(n.State)) }
 
 type delegate struct{ meta []byte }

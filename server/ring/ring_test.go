@@ -179,4 +179,9 @@ func TestRingOnLoopback(t *testing.T) {
 	if len(ms) != 3 {
 		t.Fatalf("members %+v, want three", ms)
 	}
+	for _, m := range ms {
+		if m.State != "alive" {
+			t.Errorf("member %s: %s, want alive after the return", m.Name, m.State)
+		}
+	}
 }

@@ -261,8 +261,7 @@ func (b *etcdBackend) run(ctx context.Context, writable, serializable bool, fn f
 func (b *etcdBackend) lock(ctx context.Context, name string) (func(), error) {
 	// A session per hold: its lease is what frees the lock when this
 	// process dies, and closing it revokes the lease at once on release.
-	sess, err := concurrency.NewSession(b.cli, concurrency.WithTTL(etcdLockTTL), concurrency.WithContext(context.WithoutCancel(ctx)))
-	b.roundTrips.Add(1)
+	sess, err := b.session(ctx, etcdLockTTL)
 	if err != nil {
 		return nil, b.wrapErr("lock "+name+": session", err)
 	}
@@ -282,8 +281,7 @@ func (b *etcdBackend) lock(ctx context.Context, name string) (func(), error) {
 
 // tryLock takes the lock only if it is free; held reports whether it did.
 func (b *etcdBackend) tryLock(ctx context.Context, name string, ttl int) (unlock func(), lost <-chan struct{}, held bool, err error) {
-	sess, err := concurrency.NewSession(b.cli, concurrency.WithTTL(ttl), concurrency.WithContext(context.WithoutCancel(ctx)))
-	b.roundTrips.Add(1)
+	sess, err := b.session(ctx, ttl)
 	if err != nil {
 		return nil, nil, false, b.wrapErr("lock "+name+": session", err)
 	}
@@ -302,6 +300,31 @@ func (b *etcdBackend) tryLock(ctx context.Context, name string, ttl int) (unlock
 		m.Unlock(ctx)
 		sess.Close()
 	}, sess.Done(), true, nil
+}
+
+// session grants a lease of ttl seconds and keeps it alive until Close. The
+// session's context must outlive ctx (the lease lives as long as the hold),
+// yet the grant must not wait forever on a cluster without quorum.
+func (b *etcdBackend) session(ctx context.Context, ttl int) (*concurrency.Session, error) {
+	b.roundTrips.Add(1)
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	timedOut := atomic.Bool{}
+	timer := time.AfterFunc(etcdRequestTimeout, func() { timedOut.Store(true); cancel() })
+	stop := context.AfterFunc(ctx, cancel)
+	sess, err := concurrency.NewSession(b.cli, concurrency.WithTTL(ttl), concurrency.WithContext(sctx))
+	timer.Stop()
+	stop()
+	if err != nil {
+		cancel()
+		if timedOut.Load() {
+			return nil, fmt.Errorf("lease grant: %w", context.DeadlineExceeded)
+		}
+		return nil, err
+	}
+	// The session's keep-alive ends on Close (which revokes the lease) or
+	// when the lease is lost; its context goes with it.
+	go func() { <-sess.Done(); cancel() }()
+	return sess, nil
 }
 
 func (b *etcdBackend) ping(ctx context.Context) error {

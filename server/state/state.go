@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -92,6 +93,8 @@ type Store struct {
 	// applyLock serialises Lock holders within this process (bbolt).
 	applyLock chan struct{}
 	fences    map[string]bool // TryFence holders (bbolt), under mu
+	lockWait  atomic.Int64    // nanoseconds spent in Lock
+	lockWaits atomic.Uint64
 
 	mu     sync.Mutex
 	db     *bolt.DB
@@ -265,8 +268,19 @@ func (s *Store) Lock(ctx context.Context, name string) (unlock func(), err error
 	if s.readOnly {
 		return nil, ErrReadOnly
 	}
+	start := time.Now()
+	defer func() {
+		s.lockWait.Add(int64(time.Since(start)))
+		s.lockWaits.Add(1)
+	}()
 	return s.be.lock(ctx, name)
 }
+
+// LockWait is the time spent waiting in Lock so far; LockWaits counts the calls.
+func (s *Store) LockWait() time.Duration { return time.Duration(s.lockWait.Load()) }
+
+// LockWaits counts the calls to Lock.
+func (s *Store) LockWaits() uint64 { return s.lockWaits.Load() }
 
 func (s *Store) wrap(t txn) *Tx { return &Tx{tx: t, s: s} }
 
