@@ -27,5 +27,5 @@ func extraCommands(g *globals) []*cobra.Command {
 		// nil progress: the server logs each step as a debug line.
 		return g.openHub(ctx, nil, true)
 	}
-	return []*cobra.Command{newCSRAgentCommand(g), newServerCommand(open, g.v, g.secrets.getenv), newVerifyCommand(g), newHistoryCommand(g)}
+	return []*cobra.Command{newCSRAgentCommand(g), newServerCommand(open, g.v, g.secrets.getenv), newVerifyCommand(g), newHistoryCommand(g), newHubCommand(g)}
 }

@@ -62,7 +62,7 @@ The state key itself can be given as FLOTILLA_STATE_KEY.`,
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&configFile, "config", "", "config file (default ~/.config/flotilla/config.yaml when it exists)")
-	pf.String("state", defaultStatePath(), "state file (bbolt)")
+	pf.String("state", defaultStatePath(), "state: a bbolt file, or etcd://host:2379,...?prefix=P[&cacert=F&cert=F&key=F] shared by hub replicas")
 	pf.String("state-key-file", "", "file holding the key that seals secrets in the state (else $FLOTILLA_STATE_KEY)")
 	pf.String("kubeconfig", "", "kubeconfig (default $KUBECONFIG or ~/.kube/config)")
 	pf.String("hub", "", "URL of a running hub (flotilla server); default: work on the local state")
@@ -147,7 +147,7 @@ func (g *globals) readEngine(ctx context.Context, progress io.Writer) (server.En
 func (g *globals) openHubMode(ctx context.Context, progress io.Writer, needKey, readOnly bool) (*server.Hub, func(), error) {
 	if !needKey {
 		// Reading commands never create a state.
-		if _, err := os.Stat(g.statePath()); err != nil {
+		if err := stateExists(ctx, g.statePath()); err != nil {
 			return nil, nil, fmt.Errorf("no state at %s: run flotilla apply -f mesh.yaml first, or name the state with --state", g.statePath())
 		}
 	}
@@ -187,4 +187,17 @@ func loadSpec(path string) (*spec.Mesh, error) {
 		return nil, nil
 	}
 	return spec.LoadFile(path)
+}
+
+// stateExists: the file is there, or etcd holds a state under the prefix.
+func stateExists(ctx context.Context, path string) error {
+	if !state.IsEtcd(path) {
+		_, err := os.Stat(path)
+		return err
+	}
+	st, err := state.OpenReadOnly(ctx, path, state.Options{KeyOptional: true})
+	if err != nil {
+		return err
+	}
+	return st.Close()
 }

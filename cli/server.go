@@ -15,6 +15,7 @@ import (
 
 	"github.com/flotillamesh/flotilla/server"
 	"github.com/flotillamesh/flotilla/server/dashboard"
+	"github.com/flotillamesh/flotilla/server/ring"
 )
 
 // hubOpener opens the local state as a hub for the server; the returned
@@ -70,6 +71,11 @@ browser keeps a session cookie. While a browser watches, it refreshes every
 	f.Bool("allow-exec-plugins", false, "let kubeconfigs run exec or auth-provider credential plugins (as the hub's user)")
 	f.Bool("metrics-public", false, "serve /metrics without the token (its series name every cluster)")
 	f.Duration("dashboard-refresh", dashboard.DefaultRefresh, "how often the dashboard refreshes while a browser watches")
+	f.String("gossip", "", "gossip address host:port: run as one replica of several sharing an etcd --state")
+	f.String("gossip-advertise", "", "gossip address the other replicas reach this one at (default: --gossip)")
+	f.StringSlice("join", nil, "gossip addresses of other replicas, host:port,...")
+	f.String("gossip-key-file", "", "key that encrypts gossip (base64 of 32 bytes; make one with flotilla state keygen --out FILE)")
+	f.String("name", "", "this replica's name in the ring (default: the host name)")
 
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		get := flagGetter(cmd, v)
@@ -113,6 +119,14 @@ browser keeps a session cookie. While a browser watches, it refreshes every
 			return err
 		}
 		defer closeState()
+		rg, err := joinRing(get, hub, get.str("listen"))
+		if err != nil {
+			return err
+		}
+		if rg != nil {
+			defer rg.Leave(5 * time.Second)
+			log.Info("joined the hub ring", "name", rg.Name(), "gossip", get.str("gossip"), "members", rg.Live())
+		}
 		// The hub acts for API callers with its own rights: what a spec
 		// may make it read is bounded.
 		hub.Inputs.Confined = true
@@ -132,6 +146,7 @@ browser keeps a session cookie. While a browser watches, it refreshes every
 			MetricsPublic: get.boolean("metrics-public"),
 
 			DashboardRefresh: refresh,
+			Ring:             rg,
 		})
 		if err != nil {
 			return err
@@ -190,4 +205,30 @@ func (g serverFlags) duration(name string) (time.Duration, error) {
 		return d, nil
 	}
 	return g.cmd.Flags().GetDuration(name)
+}
+
+// joinRing joins the replicas' gossip ring when --gossip is given. Replicas
+// share their state, so the state must be etcd: bbolt files are per machine.
+func joinRing(get serverFlags, hub *server.Hub, listen string) (*ring.Ring, error) {
+	addr := get.str("gossip")
+	if addr == "" {
+		return nil, nil
+	}
+	if hub.Store.Backend() != "etcd" {
+		return nil, fmt.Errorf("--gossip: replicas share one state, and %s is a bbolt file: give --state etcd://...", hub.Store.Path())
+	}
+	if get.str("gossip-key-file") == "" {
+		return nil, fmt.Errorf("--gossip needs --gossip-key-file: gossip is always encrypted")
+	}
+	key, err := ring.ReadKeyFile(get.str("gossip-key-file"))
+	if err != nil {
+		return nil, err
+	}
+	name := get.str("name")
+	if name == "" {
+		if name, err = os.Hostname(); err != nil {
+			return nil, fmt.Errorf("--name: %w", err)
+		}
+	}
+	return ring.Join(ring.Config{Name: name, Bind: addr, Advertise: get.str("gossip-advertise"), Join: get.strings("join"), Key: key, API: "https://" + listen, RetryJoin: true})
 }

@@ -172,6 +172,16 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 	if err := h.checkRootFiles(ctx, m); err != nil {
 		return nil, err
 	}
+	if !o.DryRun {
+		// Hubs that share a state (replicas on etcd) take turns: an apply
+		// starts from what the previous one recorded, and the root is
+		// generated once.
+		unlock, err := h.Store.Lock(ctx, "apply")
+		if err != nil {
+			return nil, fmt.Errorf("state: apply lock: %w", err)
+		}
+		defer unlock()
+	}
 	rep := &ApplyReport{DryRun: o.DryRun, SpecHash: m.Hash()}
 	rec := &recorder{h: h, dryRun: o.DryRun}
 	prev, err := h.StoredMesh(ctx)

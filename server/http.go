@@ -22,6 +22,7 @@ import (
 
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/server/dashboard"
+	"github.com/flotillamesh/flotilla/server/ring"
 	"github.com/flotillamesh/flotilla/server/spec"
 	"github.com/flotillamesh/flotilla/server/state"
 )
@@ -76,6 +77,9 @@ type ServerOptions struct {
 	// DashboardRefresh is how often the dashboard refreshes what it shows
 	// while a browser watches (dashboard.DefaultRefresh when zero).
 	DashboardRefresh time.Duration
+	// Ring, when set, makes this hub one replica of several sharing an etcd
+	// state: the ring's owner of the mesh runs the reconcile pass.
+	Ring *ring.Ring
 }
 
 // Server is the long-running hub: the HTTP API over TLS, the reconcile loop,
@@ -88,6 +92,7 @@ type Server struct {
 	ln       net.Listener
 	caPEM    []byte
 	metrics  *metrics
+	replica  *replicaMetrics
 
 	// sem serializes applies (API and reconcile loop): a channel rather
 	// than a mutex so that waiting for it respects contexts.
@@ -129,6 +134,7 @@ func NewServer(ctx context.Context, hub *Hub, o ServerOptions) (*Server, error) 
 		return nil, errors.New("server: give both a TLS certificate and key, or neither")
 	}
 	s := &Server{hub: hub, log: o.Logger, opts: o, tokenSum: sha256.Sum256([]byte(o.Token)), metrics: newMetrics(), sem: make(chan struct{}, 1)}
+	s.replica = newReplicaMetrics(s.metrics.registry, hub.Store)
 	s.work, s.cancelWork = context.WithCancel(context.Background())
 	if hub.Progress == nil {
 		hub.Progress = &logWriter{log: s.log}
@@ -238,6 +244,7 @@ func (s *Server) Handler() http.Handler {
 	api.HandleFunc("POST /api/v1/plan", clusterCall(s.handleApply(true)))
 	api.HandleFunc("GET /api/v1/journal", s.handleJournal)
 	api.HandleFunc("GET /api/v1/trust", s.handleTrust)
+	api.HandleFunc("GET /api/v1/members", s.handleMembers)
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.handleHealth)

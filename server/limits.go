@@ -85,6 +85,10 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	detail := ""
 	if err := s.hub.Store.View(r.Context(), func(*state.Tx) error { return nil }); err != nil {
 		detail = "state: " + err.Error()
+	} else if err := s.hub.Store.Ping(r.Context()); err != nil {
+		// On etcd a read may come from one member's copy: readiness needs a
+		// majority, since without one nothing can be written.
+		detail = "state: " + err.Error()
 	} else {
 		s.mu.Lock()
 		lastErr := s.lastErr

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 var (
@@ -56,7 +54,7 @@ var ErrCAExists = errors.New("state already has a CA")
 // Tx is a transaction on the state. It is valid only inside the View or
 // Update callback that received it; do not nest transactions.
 type Tx struct {
-	tx *bolt.Tx
+	tx txn
 	s  *Store
 }
 
