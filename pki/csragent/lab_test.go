@@ -41,6 +41,7 @@ import (
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/pki/certmanager"
 	"github.com/flotillamesh/flotilla/pki/csragent"
+	"github.com/flotillamesh/flotilla/pki/issuer"
 	"github.com/flotillamesh/flotilla/scenarios/lab"
 )
 
@@ -96,9 +97,13 @@ func setup(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := certmanager.Apply(ctx, kc, certmanager.Config{Cluster: "east", Namespace: ns}, root); err != nil {
+	if _, err := certmanager.Apply(ctx, kc, certmanager.Config{Cluster: "east", Namespace: ns}); err != nil {
 		t.Fatal(err)
 	}
+	// The hub's issuer signs the intermediate; workloads are then signed
+	// in the cluster by the intermediate's CA issuer.
+	hub := &issuer.Controller{Cluster: kc, Signer: issuer.Signer{Cluster: "east", Namespace: ns, Root: root}}
+	go hub.Run(ctx)
 	if _, err := certmanager.WaitReady(ctx, kc, ns, nil); err != nil {
 		t.Fatal(err)
 	}

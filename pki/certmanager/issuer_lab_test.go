@@ -1,0 +1,124 @@
+package certmanager_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/pem"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+
+	"github.com/flotillamesh/flotilla/deploy/kube"
+	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/pki/certmanager"
+	"github.com/flotillamesh/flotilla/pki/issuer/v1alpha1"
+)
+
+// writeLegacyRoot writes what earlier versions of flotilla wrote in
+// cert-manager mode: the root key as a Secret behind a CA Issuer.
+func writeLegacyRoot(t *testing.T, ctx context.Context, c *kube.Cluster, root *pki.Root) {
+	t.Helper()
+	if _, err := c.Kube.CoreV1().Namespaces().Apply(ctx, corev1ac.Namespace(ns), c.ApplyOptions()); err != nil {
+		t.Fatal(err)
+	}
+	labels := map[string]string{pki.ManagedByLabel: pki.ManagedByValue}
+	sec := corev1ac.Secret(certmanager.RootSecretName, ns).WithLabels(labels).WithType(corev1.SecretTypeTLS).
+		WithData(map[string][]byte{"tls.crt": root.CertPEM, "tls.key": root.Key.Reveal(), "ca.crt": root.CertPEM})
+	if _, err := c.Kube.CoreV1().Secrets(ns).Apply(ctx, sec, c.ApplyOptions()); err != nil {
+		t.Fatal(err)
+	}
+	iss := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "cert-manager.io/v1", "kind": "Issuer",
+		"metadata": map[string]any{"name": certmanager.RootIssuerName, "namespace": ns, "labels": map[string]any{pki.ManagedByLabel: pki.ManagedByValue}},
+		"spec":     map[string]any{"ca": map[string]any{"secretName": certmanager.RootSecretName}},
+	}}
+	if _, err := c.Apply(ctx, iss); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var crGVR = schema.GroupVersionResource{Group: "cert-manager.io", Version: "v1", Resource: "certificaterequests"}
+
+// testRefusals: raw CertificateRequests against east's MeshIssuer that
+// are not east's intermediate end Failed, each with the hub's reason.
+func testRefusals(t *testing.T, ctx context.Context, c *kube.Cluster) {
+	p256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	rsa1024, _ := rsa.GenerateKey(rand.Reader, 1024)
+	subject := func(cluster string) pkix.Name {
+		return pkix.Name{Organization: []string{"Istio"}, CommonName: "Intermediate CA", Locality: []string{cluster}}
+	}
+	for _, tc := range []struct {
+		name, namespace string
+		key             crypto.Signer
+		subject         pkix.Name
+		dns             []string
+		says            string
+	}{
+		{"another cluster's intermediate", ns, p256, subject("west"), []string{"istiod.istio-system.svc"}, "L=east"},
+		{"from another namespace", "default", p256, subject("east"), []string{"istiod.istio-system.svc"}, "namespace default"},
+		{"a SAN outside the profile", ns, p256, subject("east"), []string{"istiod.istio-system.svc", "evil.example"}, "evil.example"},
+		{"a weak key", ns, rsa1024, subject("east"), []string{"istiod.istio-system.svc"}, "1024 bits"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: tc.subject, DNSNames: tc.dns}, tc.key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			name := "refuse-" + strings.ToLower(strings.ReplaceAll(tc.name, " ", "-"))
+			name = strings.ReplaceAll(name, "'", "")
+			cr := &unstructured.Unstructured{Object: map[string]any{
+				"apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
+				"metadata": map[string]any{"name": name, "namespace": tc.namespace},
+				"spec": map[string]any{
+					"request":   base64.StdEncoding.EncodeToString(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
+					"isCA":      true,
+					"usages":    []any{"digital signature", "cert sign"},
+					"issuerRef": map[string]any{"group": v1alpha1.Group, "kind": v1alpha1.MeshIssuerKind, "name": certmanager.MeshIssuerName},
+				},
+			}}
+			if _, err := c.Apply(ctx, cr); err != nil {
+				t.Fatal(err)
+			}
+			var last string
+			err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+				u, err := c.Dynamic.Resource(crGVR).Namespace(tc.namespace).Get(ctx, name, metav1.GetOptions{})
+				if err != nil {
+					return false, nil
+				}
+				conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+				for _, cond := range conds {
+					m, _ := cond.(map[string]any)
+					if m["type"] == "Ready" {
+						last = m["status"].(string) + " " + m["reason"].(string) + ": " + m["message"].(string)
+						return m["reason"] == "Failed", nil
+					}
+				}
+				return false, nil
+			})
+			if err != nil {
+				t.Fatalf("never Failed (last Ready: %q): %v", last, err)
+			}
+			if !strings.Contains(last, tc.says) {
+				t.Errorf("reason %q does not say %q", last, tc.says)
+			}
+			u, _ := c.Dynamic.Resource(crGVR).Namespace(tc.namespace).Get(ctx, name, metav1.GetOptions{})
+			if cert, _, _ := unstructured.NestedString(u.Object, "status", "certificate"); cert != "" {
+				t.Error("a refused request carries a certificate")
+			}
+		})
+	}
+}
