@@ -395,8 +395,13 @@ func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Clust
 	if cm := m.Spec.PKI.CertManager; cm != nil && cm.IssuerRef != nil {
 		cfg.RootIssuer = &certmanager.IssuerRef{Name: cm.IssuerRef.Name, Kind: cm.IssuerRef.Kind}
 	}
-	if err := certmanager.Apply(ctx, kc, cfg, root); err != nil {
+	cfg.Mesh = m.Metadata.Name
+	cmRes, err := certmanager.Apply(ctx, kc, cfg)
+	if err != nil {
 		return err
+	}
+	if cmRes.RemovedLegacyRoot {
+		rec.add(ctx, Step{Cluster: kc.Name, Step: "root key " + ns + "/" + certmanager.RootSecretName, Action: "deleted", Detail: "the hub signs as MeshIssuer " + certmanager.MeshIssuerName})
 	}
 	if o.DryRun {
 		rec.add(ctx, Step{Cluster: kc.Name, Step: "cert-manager intermediate", Action: "validated"})
@@ -404,6 +409,9 @@ func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Clust
 	}
 	wctx, cancel := context.WithTimeout(ctx, certManagerIssueTimeout)
 	defer cancel()
+	if err := h.signWhileWaiting(ctx, wctx, h.meshIssuer(m, kc, ns, root)); err != nil {
+		return err
+	}
 	issued, err := certmanager.WaitReady(wctx, kc, ns, nil)
 	if err != nil {
 		return fmt.Errorf("%s: waiting for cert-manager to issue the intermediate in %s: %w", kc.Name, ns, err)
