@@ -10,10 +10,14 @@ import (
 )
 
 // loop reconciles at start and then every interval after the previous
-// reconcile ended, until ctx is done.
+// reconcile ended, until ctx is done. In cert-manager mode it keeps the
+// hub's issuer and the cacerts projection watching between reconciles.
 func (s *Server) loop(ctx context.Context) {
+	watch := newCMWatch(s)
+	defer watch.stop()
 	for ctx.Err() == nil {
 		s.Reconcile(ctx)
+		watch.sync(ctx)
 		t := time.NewTimer(s.opts.Interval)
 		select {
 		case <-ctx.Done():
