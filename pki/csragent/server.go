@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/pki/csrpolicy"
 )
 
 // Server implements IstioCertificateService. Create it with New, start its
@@ -244,9 +245,10 @@ func serviceAccount(user string) (ns, name string, ok bool) {
 	return ns, name, ok && ns != "" && name != "" && !strings.Contains(name, ":")
 }
 
-// checkCSR accepts a signed PKCS#10 request whose only SAN is id's URI,
-// which asks for no CA, and returns it re-encoded (nothing after the PEM
-// block travels on).
+// checkCSR accepts a signed PKCS#10 request whose only SAN is id's URI
+// (read from the raw extension: no otherName or directoryName slips by),
+// with an allowed key, istio-agent's subject and no CA request, and
+// returns it re-encoded (nothing after the PEM block travels on).
 func checkCSR(in string, id pki.SPIFFEID) ([]byte, error) {
 	b, _ := pem.Decode([]byte(in))
 	if b == nil || (b.Type != "CERTIFICATE REQUEST" && b.Type != "NEW CERTIFICATE REQUEST") {
@@ -256,7 +258,7 @@ func checkCSR(in string, id pki.SPIFFEID) ([]byte, error) {
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "csr: %v", err)
 	}
-	if err := csr.CheckSignature(); err != nil {
+	if err := (csrpolicy.Signature{}).Valid(csr); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "csr signature: %v", err)
 	}
 	if len(csr.URIs) != 1 {
@@ -265,15 +267,8 @@ func checkCSR(in string, id pki.SPIFFEID) ([]byte, error) {
 	if got := csr.URIs[0].String(); got != id.String() {
 		return nil, status.Errorf(codes.PermissionDenied, "csr asks for %s, the token is for %s", got, id)
 	}
-	if len(csr.DNSNames)+len(csr.IPAddresses)+len(csr.EmailAddresses) > 0 {
-		return nil, status.Error(codes.PermissionDenied, "csr asks for DNS, IP or email SANs; workloads get their SPIFFE ID only")
-	}
-	for _, e := range csr.Extensions {
-		if e.Id.Equal(oidBasicConstraints) {
-			if isCA, err := basicConstraintsCA(e.Value); err != nil || isCA {
-				return nil, status.Error(codes.PermissionDenied, "csr asks for a CA certificate")
-			}
-		}
+	if err := workloadPolicy(id).Valid(csr); err != nil {
+		return nil, status.Error(codes.PermissionDenied, err.Error())
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw}), nil
 }

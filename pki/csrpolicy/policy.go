@@ -278,3 +278,27 @@ func (b BasicConstraints) Valid(csr *x509.CertificateRequest) error {
 	}
 	return nil
 }
+
+// IstioAgentSubject accepts what istio-agent puts in a workload CSR's
+// subject (security/pkg/pki/util GenCSRTemplate): one organization
+// attribute whose value is empty, or nothing at all. Workload identity is
+// the SPIFFE URI; any other attribute is something a signer might copy.
+type IstioAgentSubject struct{}
+
+func (IstioAgentSubject) Name() string { return "subject" }
+func (IstioAgentSubject) Valid(csr *x509.CertificateRequest) error {
+	var rdns pkix.RDNSequence
+	if rest, err := asn1.Unmarshal(csr.RawSubject, &rdns); err != nil || len(rest) > 0 {
+		return errors.New("malformed subject")
+	}
+	n := 0
+	for _, rdn := range rdns {
+		for _, atv := range rdn {
+			n++
+			if v, _ := atv.Value.(string); !atv.Type.Equal(oidO) || v != "" || n > 1 {
+				return fmt.Errorf("subject %q, want none beyond istio-agent's empty O", csr.Subject.String())
+			}
+		}
+	}
+	return nil
+}

@@ -143,6 +143,14 @@ func TestValidators(t *testing.T) {
 		{"subject: missing L", csrpolicy.Subject{Organization: "Istio", CommonName: "Intermediate CA", Locality: "east"}, k.p256,
 			&x509.CertificateRequest{Subject: pkix.Name{Organization: []string{"Istio"}, CommonName: "Intermediate CA"}}, "want"},
 
+		{"istio-agent subject: empty O", csrpolicy.IstioAgentSubject{}, k.p256,
+			&x509.CertificateRequest{Subject: pkix.Name{Organization: []string{""}}}, ""},
+		{"istio-agent subject: none", csrpolicy.IstioAgentSubject{}, k.p256, &x509.CertificateRequest{}, ""},
+		{"istio-agent subject: a CN", csrpolicy.IstioAgentSubject{}, k.p256,
+			&x509.CertificateRequest{Subject: pkix.Name{CommonName: "admin"}}, "CN=admin"},
+		{"istio-agent subject: O=Istio", csrpolicy.IstioAgentSubject{}, k.p256,
+			&x509.CertificateRequest{Subject: pkix.Name{Organization: []string{"Istio"}}}, "O=Istio"},
+
 		{"leaf: no basicConstraints", csrpolicy.BasicConstraints{CA: false}, k.p256, &x509.CertificateRequest{}, ""},
 		{"leaf: asks for a CA", csrpolicy.BasicConstraints{CA: false}, k.p256,
 			&x509.CertificateRequest{ExtraExtensions: []pkix.Extension{basicConstraints(t, true)}}, "CA certificate"},
