@@ -40,6 +40,8 @@ type Server struct {
 	gvr     schema.GroupVersionResource
 	metrics *metrics
 
+	reviews, requests *limiter
+
 	mu      sync.Mutex
 	waiters map[string]chan *cmapi.CertificateRequest
 	synced  cache.InformerSynced
@@ -55,7 +57,12 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: csr-agent metrics: %w", opts.Cluster.Name, err)
 	}
-	return &Server{opts: opts, metrics: m, waiters: map[string]chan *cmapi.CertificateRequest{}}, nil
+	l := opts.Limits
+	return &Server{
+		opts: opts, metrics: m, waiters: map[string]chan *cmapi.CertificateRequest{},
+		reviews:  newLimiter("token reviews", l.TokenReviewsPerToken, l.TokenReviews, l.Unlimited),
+		requests: newLimiter("certificate requests", l.RequestsPerIdentity, l.Requests, l.Unlimited),
+	}, nil
 }
 
 // Start watches the agent's CertificateRequests until ctx ends, and waits
@@ -146,12 +153,18 @@ func (s *Server) CreateCertificate(ctx context.Context, req *securityv1alpha1.Is
 	if err != nil {
 		return nil, err
 	}
+	if err := s.reviews.allow(tokenKey(token), time.Now()); err != nil {
+		return nil, err
+	}
 	id, err := s.authenticate(ctx, token)
 	if err != nil {
 		return nil, err
 	}
 	csrPEM, err := checkCSR(req.GetCsr(), id)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.requests.allow(id.String(), time.Now()); err != nil {
 		return nil, err
 	}
 	chain, err := s.sign(ctx, id, csrPEM, ttl)
