@@ -200,16 +200,19 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 	h.removeClusters(ctx, m, leaving, o, rec)
 
 	var wg sync.WaitGroup
-	// PKI is independent of gateways and federation: run beside them.
+	// PKI runs beside gateways and federation; only each cluster's Istio
+	// resource waits for its cacerts.
+	gate := newCACertsGate(slices.Collect(maps.Keys(conns)))
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		h.applyPKI(ctx, m, conns, o, rec)
+		defer gate.doneAll(errors.New("the PKI step ended without it"))
+		h.applyPKI(ctx, m, conns, o, rec, gate)
 	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		h.applyControlPlanes(ctx, m, conns, rec)
+		h.applyControlPlanes(ctx, m, conns, rec, gate)
 		// Remote secrets after the namespaces exist (the control planes made them).
 		h.applyFederation(ctx, m, conns, o, rec)
 	}()
@@ -343,10 +346,11 @@ func needsRenewal(notBefore, notAfter, now time.Time) bool {
 	return notAfter.Sub(now) < life/renewWhenLeft
 }
 
-func (h *Hub) applyPKI(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder) {
+func (h *Hub) applyPKI(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder, gate *cacertsGate) {
 	root, bundle, err := h.ensureCA(ctx, m, o.DryRun, rec)
 	if err != nil {
 		rec.fail(ctx, "", "root CA", err)
+		gate.doneAll(err)
 		return
 	}
 	var wg sync.WaitGroup
@@ -354,12 +358,14 @@ func (h *Hub) applyPKI(ctx context.Context, m *spec.Mesh, conns map[string]*kube
 		kc := conns[c.Name]
 		ns, ok := caNamespace(m, c.Name)
 		if kc == nil || !ok {
+			gate.done(c.Name, nil) // no cacerts of its own (data plane)
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			var err error
+			defer func() { gate.done(c.Name, err) }()
 			switch m.Spec.PKI.Mode {
 			case spec.PKICertManager:
 				err = h.applyCertManager(ctx, m, kc, ns, root, bundle, o, rec)
@@ -550,7 +556,7 @@ func DeployOptions(m *spec.Mesh) deploy.Options {
 	return o
 }
 
-func (h *Hub) applyControlPlanes(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, rec *recorder) {
+func (h *Hub) applyControlPlanes(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, rec *recorder, gate *cacertsGate) {
 	if len(conns) != len(m.Spec.Clusters) {
 		rec.add(ctx, Step{Step: "control planes", Action: "skipped", Error: "not every cluster is reachable; gateways and Istio resources need them all"})
 		return
@@ -561,6 +567,7 @@ func (h *Hub) applyControlPlanes(ctx context.Context, m *spec.Mesh, conns map[st
 		dry = dry || c.DryRun
 	}
 	opts.AllowPendingAddress = dry
+	opts.BeforeControlPlane = gate.wait
 	res, err := deploy.ApplyMesh(ctx, conns, m.Spec.Topology, m.Members(), opts, func(line string) { h.progressf("", "%s", line) })
 	if res != nil {
 		names := make([]string, 0, len(res.Applied))
