@@ -25,6 +25,7 @@ import (
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/pki/certmanager"
+	"github.com/flotillamesh/flotilla/pki/issuer"
 	"github.com/flotillamesh/flotilla/pki/issuer/v1alpha1"
 )
 
@@ -120,5 +121,49 @@ func testRefusals(t *testing.T, ctx context.Context, c *kube.Cluster) {
 				t.Error("a refused request carries a certificate")
 			}
 		})
+	}
+}
+
+// TestLabRemove: a cluster leaving the mesh keeps none of the cert-manager
+// objects flotilla made, nor their secrets and requests.
+func TestLabRemove(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	west := connect(t, "west")
+	const leaving = "istio-leaving"
+	root, err := pki.NewRoot(pki.Config{KeyAlgorithm: pki.ECDSAP256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := certmanager.Apply(ctx, west, certmanager.Config{Cluster: "west", Namespace: leaving}); err != nil {
+		t.Fatal(err)
+	}
+	hub := &issuer.Controller{Cluster: west, Signer: issuer.Signer{Cluster: "west", Namespace: leaving, Root: root}}
+	hctx, stop := context.WithCancel(ctx)
+	go hub.Run(hctx)
+	if _, err := certmanager.WaitReady(ctx, west, leaving, nil); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	removed, err := certmanager.Remove(ctx, west, leaving)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("removed %v", removed)
+	for _, gvk := range []schema.GroupVersionKind{certmanager.CertificateGVK, certmanager.CertificateRequestGVK, certmanager.IssuerGVK, v1alpha1.MeshIssuerGVK} {
+		gvr, _, err := west.Resource(gvk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		list, err := west.Dynamic.Resource(gvr).Namespace(leaving).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range list.Items {
+			t.Errorf("%s %s/%s left behind", gvk.Kind, leaving, o.GetName())
+		}
+	}
+	if _, err := west.Kube.CoreV1().Secrets(leaving).Get(ctx, certmanager.IntermediateSecretName, metav1.GetOptions{}); err == nil {
+		t.Errorf("secret %s/%s left behind", leaving, certmanager.IntermediateSecretName)
 	}
 }
