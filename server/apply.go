@@ -415,12 +415,17 @@ func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Clust
 	}
 	wctx, cancel := context.WithTimeout(ctx, certManagerIssueTimeout)
 	defer cancel()
-	if err := h.signWhileWaiting(ctx, wctx, h.meshIssuer(m, kc, ns, root)); err != nil {
+	hub := h.meshIssuer(m, kc, ns, root)
+	if err := h.signWhileWaiting(ctx, wctx, hub); err != nil {
 		return err
 	}
 	issued, err := certmanager.WaitReady(wctx, kc, ns, nil)
 	if err != nil {
 		return fmt.Errorf("%s: waiting for cert-manager to issue the intermediate in %s: %w", kc.Name, ns, err)
+	}
+	// A root rotation's new signing root: the intermediate is re-issued under it.
+	if issued, _, err = h.reissueUnderRoot(ctx, wctx, hub, ns, root, issued); err != nil {
+		return err
 	}
 	res, err := certmanager.Project(ctx, kc, ns, bundle, o.CACertsPolicy)
 	if err != nil {
@@ -853,6 +858,12 @@ func (h *Hub) removeClusters(ctx context.Context, m *spec.Mesh, leaving map[stri
 			continue
 		}
 		detail := fmt.Sprintf("%d secret(s) deleted, %d account(s) revoked", len(res.Secrets), len(res.Revoked))
+		if n, err := h.removeCertManager(ctx, &was, conns[name]); err != nil {
+			rec.fail(ctx, name, "remove from mesh", fmt.Errorf("%w (retried by the next apply)", err))
+			continue
+		} else if n > 0 {
+			detail += fmt.Sprintf(", %d cert-manager object(s) deleted", n)
+		}
 		err = h.Store.Update(ctx, func(tx *state.Tx) error {
 			pending := map[string]spec.Cluster{}
 			if _, err := tx.Value(pendingRemovalsKey, &pending); err != nil {

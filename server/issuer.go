@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"fmt"
+	"time"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/pki"
@@ -40,4 +42,75 @@ func (h *Hub) signWhileWaiting(ctx, wait context.Context, hub *issuer.Controller
 	}
 	go hub.Run(wait)
 	return nil
+}
+
+// removeCertManager deletes the cert-manager objects flotilla made in a
+// leaving cluster, in cert-manager mode; it returns how many went.
+func (h *Hub) removeCertManager(ctx context.Context, was *spec.Mesh, kc *kube.Cluster) (int, error) {
+	if was.Spec.PKI.Mode != spec.PKICertManager || kc == nil {
+		return 0, nil
+	}
+	ns, ok := caNamespace(was, kc.Name)
+	if !ok {
+		return 0, nil
+	}
+	removed, err := certmanager.Remove(ctx, kc, ns)
+	return len(removed), err
+}
+
+// reissueUnderRoot has cert-manager re-issue an intermediate that the
+// signing root did not sign (a root rotation's sign-with-new step): the
+// hub's issuer, running until wait ends, signs the renewal with the
+// current root. Without the hub's issuer (a user's root issuer) the
+// intermediate is what that issuer made and stays.
+func (h *Hub) reissueUnderRoot(ctx, wait context.Context, hub *issuer.Controller, ns string, root *pki.Root, in *certmanager.Issued) (*certmanager.Issued, bool, error) {
+	if hub == nil || root == nil || in == nil || in.Cert.CheckSignatureFrom(root.Cert) == nil {
+		return in, false, nil
+	}
+	kc := hub.Cluster
+	if err := certmanager.Renew(ctx, kc, ns); err != nil {
+		return nil, false, err
+	}
+	next, err := certmanager.WaitReady(wait, kc, ns, in.Cert)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: re-issue the intermediate under root %s: %w", kc.Name, pki.Fingerprint(root.Cert), err)
+	}
+	return next, true, nil
+}
+
+// rotateCertManagerIntermediate is `ca rotate intermediate` in
+// cert-manager mode: cert-manager re-issues the intermediate (a new key:
+// rotationPolicy Always), the hub's issuer signs it, cacerts follows.
+func (h *Hub) rotateCertManagerIntermediate(ctx context.Context, m *spec.Mesh, sc spec.Cluster, ns string) (*Step, error) {
+	root, bundle, _, err := h.loadCA(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("state: %w", err)
+	}
+	conns, errs := h.connect(&spec.Mesh{Spec: spec.MeshSpec{Clusters: []spec.Cluster{sc}}}, false)
+	if err := errs[sc.Name]; err != nil {
+		return nil, err
+	}
+	kc := conns[sc.Name]
+	old, err := certmanager.ReadIssued(ctx, kc, ns)
+	if err != nil {
+		return nil, err
+	}
+	if err := certmanager.Renew(ctx, kc, ns); err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, certManagerIssueTimeout)
+	defer cancel()
+	if err := h.signWhileWaiting(ctx, wctx, h.meshIssuer(m, kc, ns, root)); err != nil {
+		return nil, err
+	}
+	in, err := certmanager.WaitReady(wctx, kc, ns, old.Cert)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", sc.Name, err)
+	}
+	res, err := certmanager.Project(ctx, kc, ns, bundle, pki.Refuse)
+	if err != nil {
+		return nil, err
+	}
+	return &Step{Cluster: sc.Name, Step: "cacerts " + ns + "/" + pki.SecretName, Action: string(res.Action),
+		Detail: fmt.Sprintf("intermediate re-issued by cert-manager, serial %s, expires %s", pki.Describe(in.Cert).Serial, in.Cert.NotAfter.UTC().Format(time.DateOnly))}, nil
 }
