@@ -407,7 +407,11 @@ func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Clust
 		return err
 	}
 	if cmRes.RemovedLegacyRoot {
-		rec.add(ctx, Step{Cluster: kc.Name, Step: "root key " + ns + "/" + certmanager.RootSecretName, Action: "deleted", Detail: "the hub signs as MeshIssuer " + certmanager.MeshIssuerName})
+		action := "deleted"
+		if o.DryRun {
+			action = "would delete"
+		}
+		rec.add(ctx, Step{Cluster: kc.Name, Step: "root key " + ns + "/" + certmanager.RootSecretName, Action: action, Detail: "the hub signs as MeshIssuer " + certmanager.MeshIssuerName})
 	}
 	if o.DryRun {
 		rec.add(ctx, Step{Cluster: kc.Name, Step: "cert-manager intermediate", Action: "validated"})
