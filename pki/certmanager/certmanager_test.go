@@ -134,3 +134,21 @@ func TestCACertsPinned(t *testing.T) {
 		t.Errorf("intermediate outside the pinned bundle: %v, want ErrUntrusted", err)
 	}
 }
+
+// TestObjectsCarryNoKey: nothing flotilla renders or applies in
+// cert-manager mode (plan and dry runs included) holds a private key.
+func TestObjectsCarryNoKey(t *testing.T) {
+	objs, err := certmanager.Objects(certmanager.Config{Cluster: "east", Namespace: "istio-system"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		b, err := o.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), "PRIVATE KEY") || o.GetKind() == "Secret" {
+			t.Errorf("%s %s carries key material", o.GetKind(), o.GetName())
+		}
+	}
+}

@@ -31,7 +31,7 @@ func TestMain(m *testing.M) { os.Exit(testLab.Run(m)) }
 
 const ns = "istio-system"
 
-func connect(t *testing.T, name string) *kube.Cluster {
+func connect(t testing.TB, name string) *kube.Cluster {
 	t.Helper()
 	kc, err := testLab.Get(t).Cluster(name).Connect()
 	if err != nil {
