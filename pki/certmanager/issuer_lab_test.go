@@ -167,3 +167,57 @@ func TestLabRemove(t *testing.T) {
 		t.Errorf("secret %s/%s left behind", leaving, certmanager.IntermediateSecretName)
 	}
 }
+
+// TestLabHubOutage: with the hub down, cert-manager's request for the
+// intermediate waits (approved, no Ready condition, nothing failed); once
+// the hub is back it is signed and the Certificate turns Ready.
+func TestLabHubOutage(t *testing.T) {
+	east := connect(t, "east") // starts the lab: before the test's own deadline
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const outage = "istio-outage"
+	root, err := pki.NewRoot(pki.Config{KeyAlgorithm: pki.ECDSAP256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := certmanager.Apply(ctx, east, certmanager.Config{Cluster: "east", Namespace: outage}); err != nil {
+		t.Fatal(err)
+	}
+	var name string
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		list, err := east.Dynamic.Resource(crGVR).Namespace(outage).List(ctx, metav1.ListOptions{})
+		if err != nil || len(list.Items) == 0 {
+			return false, nil
+		}
+		conds, _, _ := unstructured.NestedSlice(list.Items[0].Object, "status", "conditions")
+		for _, c := range conds {
+			if m, _ := c.(map[string]any); m["type"] == "Approved" && m["status"] == "True" {
+				name = list.Items[0].GetName()
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("cert-manager made no approved request for the intermediate: %v", err)
+	}
+	u, err := east.Dynamic.Resource(crGVR).Namespace(outage).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+	for _, c := range conds {
+		if m, _ := c.(map[string]any); m["type"] == "Ready" || m["type"] == "InvalidRequest" {
+			t.Fatalf("with the hub down the request has %v", m)
+		}
+	}
+	hub := &issuer.Controller{Cluster: east, Signer: issuer.Signer{Cluster: "east", Namespace: outage, Root: root}}
+	go hub.Run(ctx)
+	in, err := certmanager.WaitReady(ctx, east, outage, nil)
+	if err != nil {
+		t.Fatalf("after the outage: %v", err)
+	}
+	if err := pki.CheckIntermediate(in.Cert, "east", outage); err != nil {
+		t.Fatal(err)
+	}
+}
