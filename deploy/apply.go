@@ -210,6 +210,11 @@ func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, t federat
 			if isServer(p.Role) != servers {
 				continue
 			}
+			if opts.BeforeControlPlane != nil {
+				if err := opts.BeforeControlPlane(ctx, p.Cluster); err != nil {
+					return res, err
+				}
+			}
 			applied, err := ApplyObjects(ctx, clusters[p.Cluster], p.ControlPlane, progress)
 			res.Applied[p.Cluster] = append(res.Applied[p.Cluster], applied...)
 			if err != nil && !(dryRun && onlyRefusals(applied, err)) {

@@ -225,16 +225,19 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 	h.removeClusters(ctx, m, leaving, o, rec)
 
 	var wg sync.WaitGroup
-	// PKI is independent of gateways and federation: run beside them.
+	// PKI runs beside gateways and federation; only each cluster's Istio
+	// resource waits for its cacerts.
+	gate := newCACertsGate(slices.Collect(maps.Keys(conns)))
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		h.applyPKI(ctx, m, conns, o, rec)
+		defer gate.doneAll(errors.New("the PKI step ended without it"))
+		h.applyPKI(ctx, m, conns, o, rec, gate)
 	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		h.applyControlPlanes(ctx, m, conns, rec)
+		h.applyControlPlanes(ctx, m, conns, rec, gate)
 		// Remote secrets after the namespaces exist (the control planes made them).
 		h.applyFederation(ctx, m, conns, o, rec)
 	}()
@@ -368,10 +371,11 @@ func needsRenewal(notBefore, notAfter, now time.Time) bool {
 	return notAfter.Sub(now) < life/renewWhenLeft
 }
 
-func (h *Hub) applyPKI(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder) {
+func (h *Hub) applyPKI(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder, gate *cacertsGate) {
 	root, bundle, err := h.ensureCA(ctx, m, o.DryRun, rec)
 	if err != nil {
 		rec.fail(ctx, "", "root CA", err)
+		gate.doneAll(err)
 		return
 	}
 	var wg sync.WaitGroup
@@ -379,12 +383,14 @@ func (h *Hub) applyPKI(ctx context.Context, m *spec.Mesh, conns map[string]*kube
 		kc := conns[c.Name]
 		ns, ok := caNamespace(m, c.Name)
 		if kc == nil || !ok {
+			gate.done(c.Name, nil) // no cacerts of its own (data plane)
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			var err error
+			defer func() { gate.done(c.Name, err) }()
 			switch m.Spec.PKI.Mode {
 			case spec.PKICertManager:
 				err = h.applyCertManager(ctx, m, kc, ns, root, bundle, o, rec)
@@ -420,8 +426,17 @@ func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Clust
 	if cm := m.Spec.PKI.CertManager; cm != nil && cm.IssuerRef != nil {
 		cfg.RootIssuer = &certmanager.IssuerRef{Name: cm.IssuerRef.Name, Kind: cm.IssuerRef.Kind}
 	}
-	if err := certmanager.Apply(ctx, kc, cfg, root); err != nil {
+	cfg.Mesh = m.Metadata.Name
+	cmRes, err := certmanager.Apply(ctx, kc, cfg)
+	if err != nil {
 		return err
+	}
+	if cmRes.RemovedLegacyRoot {
+		action := "deleted"
+		if o.DryRun {
+			action = "would delete"
+		}
+		rec.add(ctx, Step{Cluster: kc.Name, Step: "root key " + ns + "/" + certmanager.RootSecretName, Action: action, Detail: "the hub signs as MeshIssuer " + certmanager.MeshIssuerName})
 	}
 	if o.DryRun {
 		rec.add(ctx, Step{Cluster: kc.Name, Step: "cert-manager intermediate", Action: "validated"})
@@ -429,9 +444,17 @@ func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Clust
 	}
 	wctx, cancel := context.WithTimeout(ctx, certManagerIssueTimeout)
 	defer cancel()
+	hub := h.meshIssuer(m, kc, ns, root)
+	if err := h.signWhileWaiting(ctx, wctx, hub); err != nil {
+		return err
+	}
 	issued, err := certmanager.WaitReady(wctx, kc, ns, nil)
 	if err != nil {
 		return fmt.Errorf("%s: waiting for cert-manager to issue the intermediate in %s: %w", kc.Name, ns, err)
+	}
+	// A root rotation's new signing root: the intermediate is re-issued under it.
+	if issued, _, err = h.reissueUnderRoot(ctx, wctx, hub, ns, root, issued); err != nil {
+		return err
 	}
 	res, err := certmanager.Project(ctx, kc, ns, bundle, o.CACertsPolicy)
 	if err != nil {
@@ -567,7 +590,7 @@ func DeployOptions(m *spec.Mesh) deploy.Options {
 	return o
 }
 
-func (h *Hub) applyControlPlanes(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, rec *recorder) {
+func (h *Hub) applyControlPlanes(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, rec *recorder, gate *cacertsGate) {
 	if len(conns) != len(m.Spec.Clusters) {
 		rec.add(ctx, Step{Step: "control planes", Action: "skipped", Error: "not every cluster is reachable; gateways and Istio resources need them all"})
 		return
@@ -578,6 +601,7 @@ func (h *Hub) applyControlPlanes(ctx context.Context, m *spec.Mesh, conns map[st
 		dry = dry || c.DryRun
 	}
 	opts.AllowPendingAddress = dry
+	opts.BeforeControlPlane = gate.wait
 	res, err := deploy.ApplyMesh(ctx, conns, m.Spec.Topology, m.Members(), opts, func(line string) { h.progressf("", "%s", line) })
 	if res != nil {
 		names := make([]string, 0, len(res.Applied))
@@ -870,6 +894,12 @@ func (h *Hub) removeClusters(ctx context.Context, m *spec.Mesh, leaving map[stri
 			continue
 		}
 		detail := fmt.Sprintf("%d secret(s) deleted, %d account(s) revoked", len(res.Secrets), len(res.Revoked))
+		if n, err := h.removeCertManager(ctx, &was, conns[name]); err != nil {
+			rec.fail(ctx, name, "remove from mesh", fmt.Errorf("%w (retried by the next apply)", err))
+			continue
+		} else if n > 0 {
+			detail += fmt.Sprintf(", %d cert-manager object(s) deleted", n)
+		}
 		err = h.Store.Update(ctx, func(tx *state.Tx) error {
 			pending := map[string]spec.Cluster{}
 			if _, err := tx.Value(pendingRemovalsKey, &pending); err != nil {

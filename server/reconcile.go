@@ -11,12 +11,16 @@ import (
 )
 
 // loop reconciles at start and then every interval after the previous
-// reconcile ended, until ctx is done.
+// reconcile ended, until ctx is done. In cert-manager mode it keeps the
+// hub's issuer and the cacerts projection watching between reconciles.
 func (s *Server) loop(ctx context.Context) {
+	watch := newCMWatch(s)
+	defer watch.stop()
 	for ctx.Err() == nil {
 		// Taken before the pass, so that a change during it is not missed.
 		changed := s.ringChanged()
 		res := s.Reconcile(ctx)
+		watch.sync(ctx)
 		wait := s.opts.Interval
 		if res.Skipped == "fence" {
 			wait = min(wait, fenceRetry)

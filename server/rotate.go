@@ -53,8 +53,8 @@ func (h *Hub) RotateRoot(ctx context.Context, m *spec.Mesh) (*RootRotation, erro
 		}
 	}
 	switch {
-	case m.Spec.PKI.Mode == spec.PKICertManager:
-		return nil, errors.New("root rotation: the mesh uses cert-manager, whose issuer holds the root: rotate it there")
+	case m.Spec.PKI.Mode == spec.PKICertManager && m.Spec.PKI.CertManager != nil && m.Spec.PKI.CertManager.IssuerRef != nil:
+		return nil, errors.New("root rotation: the mesh's intermediates come from your cert-manager issuer (pki.certManager.issuerRef), which holds the root: rotate it there")
 	case m.Spec.PKI.Root != nil:
 		return nil, errors.New("root rotation: the spec brings its own root (pki.root): flotilla generates a new root only for a root it generated")
 	}
