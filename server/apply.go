@@ -132,6 +132,20 @@ func (r *recorder) add(ctx context.Context, s Step) {
 	})
 }
 
+// failedClusters lists the clusters whose step failed, sorted.
+func (r *recorder) failedClusters(step string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, s := range r.steps {
+		if s.Step == step && s.Error != "" {
+			out = append(out, s.Cluster)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 func (r *recorder) fail(ctx context.Context, cluster, step string, err error) {
 	r.add(ctx, Step{Cluster: cluster, Step: step, Action: "failed", Error: err.Error()})
 }
@@ -199,21 +213,19 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 	}
 	h.removeClusters(ctx, m, leaving, o, rec)
 
-	var wg sync.WaitGroup
-	// PKI is independent of gateways and federation: run beside them.
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		h.applyPKI(ctx, m, conns, o, rec)
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	// cacerts before the control planes: an istiod that starts without its
+	// cacerts runs a self-signed CA and keeps it, so the Istio resources
+	// that start istiod are written only once every cacerts is in place.
+	h.applyPKI(ctx, m, conns, o, rec)
+	if missing := rec.failedClusters("cacerts"); len(missing) > 0 {
+		rec.add(ctx, Step{Step: "control planes", Action: "skipped",
+			Error: fmt.Sprintf("cacerts not written in %s: istiod there would start with a self-signed CA", strings.Join(missing, ", "))})
+	} else {
 		h.applyControlPlanes(ctx, m, conns, rec)
-		// Remote secrets after the namespaces exist (the control planes made them).
-		h.applyFederation(ctx, m, conns, o, rec)
-	}()
-	wg.Wait()
+	}
+	// Remote secrets after the namespaces exist (the control planes or
+	// cacerts made them).
+	h.applyFederation(ctx, m, conns, o, rec)
 
 	rep.Steps = rec.steps
 	sort.SliceStable(rep.Steps, func(i, j int) bool { return rep.Steps[i].Cluster < rep.Steps[j].Cluster })
