@@ -55,6 +55,9 @@ type ClusterStatus struct {
 	// MissingRemoteSecrets are the remote secrets the topology asks this
 	// cluster to hold that it does not, as namespace/name.
 	MissingRemoteSecrets []string `json:"missingRemoteSecrets,omitempty"`
+	// Istiods is what the cluster's running istiods report (none in a
+	// cluster that runs no istiod).
+	Istiods []IstiodView `json:"istiods,omitempty"`
 	// Drift lists what differs from the spec and the state.
 	Drift []string `json:"drift"`
 }
@@ -164,6 +167,11 @@ func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, p
 	}
 
 	cs.Istio = readIstio(ctx, kc, cs.Role)
+	if views, err := readIstiods(ctx, kc); err != nil {
+		cs.Drift = append(cs.Drift, err.Error())
+	} else {
+		cs.Istiods = views
+	}
 
 	secretNS := federationOptions(m).SecretNamespace(m.Spec.Topology)
 	expected := map[string]federation.Link{}
