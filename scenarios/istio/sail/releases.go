@@ -8,9 +8,11 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
 
 	"go.yaml.in/yaml/v3"
 	"helm.sh/helm/v4/pkg/action"
+	"helm.sh/helm/v4/pkg/chart/common"
 	chartv2 "helm.sh/helm/v4/pkg/chart/v2"
 	"helm.sh/helm/v4/pkg/chart/v2/loader"
 	"helm.sh/helm/v4/pkg/kube"
@@ -80,6 +82,13 @@ func (c *Charts) Apply(ctx context.Context, chartDir, namespace, name string, va
 	ch, err := loader.LoadDir(filepath.Join(c.Dir, chartDir))
 	if err != nil {
 		return Release{}, fmt.Errorf("load chart %s: %w", chartDir, err)
+	}
+	if chartDir == ChartBase {
+		// Sail's copy of the base chart has no CRD templates: the operator
+		// installs Istio's CRDs itself (the lab installs them beforehand).
+		// The chart's base.enableCRDTemplates cannot be turned off through
+		// values: its profile merge drops false over a true default.
+		ch.Templates = slices.DeleteFunc(ch.Templates, func(f *common.File) bool { return f.Name == "templates/crds.yaml" })
 	}
 	cfg, err := c.config(namespace)
 	if err != nil {
