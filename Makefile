@@ -20,7 +20,7 @@ emulator:
 
 lab:
 	$(GO) build -o bin/flotilla-lab ./scenarios/cmd/flotilla-lab
-	./bin/flotilla-lab build >/dev/null
+	./bin/flotilla-lab build --istio >/dev/null
 
 # The lab binaries (kube-apiserver, etcd, ...) come from a cache keyed by
 # their versions; a cold build compiles them from the Go module proxy.
@@ -29,6 +29,7 @@ lab-binaries: lab
 vet:
 	$(GO) vet ./...
 	cd scenarios/upstream && $(GO) vet ./...
+	cd scenarios/istio && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 unit:
 	$(GO) test -short -count=1 ./...

@@ -220,7 +220,12 @@ func (l *layout) plan(m federation.Member, opts Options, addresses map[string]st
 		p.custom(gateways.ExternalIstiodGateway(ext))
 		p.custom(gateways.ExternalIstiodVirtualService(ext, ExternalIstiodName))
 	case l.hasEastWest(m):
-		p.gateway(gateways.EastWest(p.out.Namespace, m.Network, exp))
+		g := gateways.EastWest(p.out.Namespace, m.Network, exp)
+		if m.Role == federation.RoleDataPlane {
+			// Injected by the external istiod's revision, not the default one.
+			g.Revision = ExternalIstiodName
+		}
+		p.gateway(g)
 		if l.multiNetwork {
 			p.custom(gateways.CrossNetworkGateway(p.out.Namespace))
 		}

@@ -61,6 +61,9 @@ type ClusterStatus struct {
 	// MissingTargets are the clusters those missing secrets would read, in
 	// the same order (a config-type secret's name does not say).
 	MissingTargets []string `json:"missingTargets,omitempty"`
+	// Istiods is what the cluster's running istiods report (none in a
+	// cluster that runs no istiod).
+	Istiods []IstiodView `json:"istiods,omitempty"`
 	// Drift lists what differs from the spec and the state.
 	Drift []string `json:"drift"`
 }
@@ -171,6 +174,11 @@ func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, p
 	}
 
 	cs.Istio = readIstio(ctx, kc, cs.Role)
+	if views, err := readIstiods(ctx, kc); err != nil {
+		cs.Drift = append(cs.Drift, err.Error())
+	} else {
+		cs.Istiods = views
+	}
 
 	secretNS := federationOptions(m).SecretNamespace(m.Spec.Topology)
 	expected := map[string]federation.Link{}

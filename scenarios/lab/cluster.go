@@ -74,8 +74,9 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPort)
 	peerURL := fmt.Sprintf("http://127.0.0.1:%d", peerPort)
 
+	extraArgs := map[string][]string{}
 	run := func(name string, args ...string) (*process, error) {
-		p, err := startProcess(name, filepath.Join(bin, name), args, filepath.Join(logDir, name+".log"))
+		p, err := startProcess(name, filepath.Join(bin, name), append(args, extraArgs[name]...), filepath.Join(logDir, name+".log"))
 		if err != nil {
 			return nil, err
 		}
@@ -98,6 +99,13 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 		return fmt.Errorf("etcd: %w", err)
 	}
 
+	if c.realIstio {
+		cfg, err := c.startClusterNet(c.dir)
+		if err != nil {
+			return err
+		}
+		extraArgs["kube-apiserver"] = []string{"--egress-selector-config-file=" + cfg}
+	}
 	api, err := run("kube-apiserver",
 		"--etcd-servers="+etcdURL,
 		"--bind-address=127.0.0.1", "--secure-port="+strconv.Itoa(apiPort),
@@ -305,6 +313,10 @@ func (c *Cluster) stop() {
 		c.procs[i].stop(3 * time.Second)
 	}
 	c.procs = nil
+	if c.net != nil {
+		c.net.close()
+		c.net = nil
+	}
 }
 
 // waitHTTP polls url until it answers 200, the process exits, or timeout.

@@ -85,22 +85,35 @@ func newRoot() *cobra.Command {
 				return nil
 			},
 		},
-		&cobra.Command{
-			Use:   "build",
-			Short: "Build (or find cached) the lab binaries and print their directory",
-			Args:  cobra.NoArgs,
-			RunE: func(cmd *cobra.Command, _ []string) error {
-				d, err := lab.EnsureBinaries(cmd.Context(), lab.BuildOptions{Log: os.Stderr})
-				if err != nil {
-					return err
-				}
-				fmt.Println(d)
-				return nil
-			},
-		},
+		buildCommand(),
 		superviseCmd(&dir),
 	)
 	return root
+}
+
+func buildCommand() *cobra.Command {
+	var istio bool
+	cmd := &cobra.Command{
+		Use:   "build",
+		Short: "Build (or find cached) the lab binaries and print their directory",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			d, err := lab.EnsureBinaries(cmd.Context(), lab.BuildOptions{Log: os.Stderr})
+			if err != nil {
+				return err
+			}
+			fmt.Println(d)
+			if istio {
+				if d, err = lab.EnsureIstioBinaries(cmd.Context(), lab.BuildOptions{Log: os.Stderr}); err != nil {
+					return err
+				}
+				fmt.Println(d)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&istio, "istio", false, "also build Istio's parts (istiod, sail-lab, charts) for labs with real Istio")
+	return cmd
 }
 
 // state is what a running lab publishes in its directory.
