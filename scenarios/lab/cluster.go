@@ -133,7 +133,9 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 	if err != nil {
 		return err
 	}
-	if err := waitHTTP(ctx, api, c.Server+"/readyz", c.CAData, c.Token, 90*time.Second); err != nil {
+	// Minutes, not seconds: on a starved machine the API server's start
+	// (OpenAPI, post-start hooks) is CPU-bound.
+	if err := waitHTTP(ctx, api, c.Server+"/readyz", c.CAData, c.Token, 4*time.Minute); err != nil {
 		if bindFailure(api.log) {
 			return errAddrInUse
 		}

@@ -11,6 +11,7 @@ import (
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apiextensions "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -92,8 +93,16 @@ func installCRDs(ctx context.Context, cfg *rest.Config, crds []crd) error {
 	}
 	force := true
 	for _, c := range crds {
-		_, err := cs.ApiextensionsV1().CustomResourceDefinitions().Patch(ctx, c.name, types.ApplyPatchType, c.json,
-			metav1.PatchOptions{FieldManager: "flotilla-lab", Force: &force})
+		// A starved API server answers a CRD apply with its own timeout;
+		// the apply is idempotent, so it is tried again for a while.
+		err := wait.PollUntilContextTimeout(ctx, time.Second, 5*time.Minute, true, func(ctx context.Context) (bool, error) {
+			_, err := cs.ApiextensionsV1().CustomResourceDefinitions().Patch(ctx, c.name, types.ApplyPatchType, c.json,
+				metav1.PatchOptions{FieldManager: "flotilla-lab", Force: &force})
+			if apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err) || apierrors.IsTooManyRequests(err) {
+				return false, nil
+			}
+			return err == nil, err
+		})
 		if err != nil {
 			return fmt.Errorf("apply CRD %s: %w", c.name, err)
 		}
