@@ -65,7 +65,7 @@ func TestBadCSRs(t *testing.T) {
 		{"another identity", "Bearer kube-system/admin", good, 0, codes.PermissionDenied, "spiffe://cluster.local/ns/kube-system/sa/admin"},
 		{"two identities", "Bearer default/sleep", fuzzCSR(t, id, "spiffe://cluster.local/ns/a/sa/b"), 0, codes.InvalidArgument, "2 URI SANs"},
 		{"no identity", "Bearer default/sleep", fuzzCSR(t), 0, codes.InvalidArgument, "0 URI SANs"},
-		{"DNS SAN", "Bearer default/sleep", csrWith(t, &x509.CertificateRequest{DNSNames: []string{"evil.example"}}, id), 0, codes.PermissionDenied, "DNS, IP or email"},
+		{"DNS SAN", "Bearer default/sleep", csrWith(t, &x509.CertificateRequest{DNSNames: []string{"evil.example"}}, id), 0, codes.PermissionDenied, "SANs [DNS:evil.example"},
 		{"asks for a CA", "Bearer default/sleep", caReq, 0, codes.PermissionDenied, "CA certificate"},
 		{"negative lifetime", "Bearer default/sleep", good, -1, codes.InvalidArgument, "validity_duration -1"},
 		{"lifetime too long", "Bearer default/sleep", good, 1 << 40, codes.InvalidArgument, "validity_duration"},
