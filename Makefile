@@ -7,7 +7,7 @@ LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 TEST_TIMEOUT ?= 75m
 LAB_DIR ?= $(or $(FLOTILLA_LAB_DIR),/tmp/flotilla-lab-demo)
 
-.PHONY: all build emulator lab lab-binaries test unit vet demo clean
+.PHONY: all build emulator lab lab-binaries test unit vet demo clean fuzz
 
 all: build
 
@@ -20,7 +20,7 @@ emulator:
 
 lab:
 	$(GO) build -o bin/flotilla-lab ./scenarios/cmd/flotilla-lab
-	./bin/flotilla-lab build >/dev/null
+	./bin/flotilla-lab build --istio >/dev/null
 
 # The lab binaries (kube-apiserver, etcd, ...) come from a cache keyed by
 # their versions; a cold build compiles them from the Go module proxy.
@@ -29,12 +29,31 @@ lab-binaries: lab
 vet:
 	$(GO) vet ./...
 	cd scenarios/upstream && $(GO) vet ./...
+	cd scenarios/istio && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 unit:
 	$(GO) test -short -count=1 ./...
 
 test: lab vet build
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# Fuzz targets, one at a time (the machine is shared), each for FUZZTIME.
+# Plain `go test` (make test, make unit) runs only their seed corpora and the
+# inputs kept in each package's testdata/fuzz.
+FUZZTIME ?= 1m
+FUZZ_TARGETS := \
+	./server/spec:FuzzParse \
+	./pki:FuzzParseBundle ./pki:FuzzImportRoot ./pki:FuzzCSR ./pki:FuzzAcceptIntermediate \
+	./federation:FuzzKubeconfig \
+	./server:FuzzAPIRequest \
+	./pki/csragent:FuzzCreateCertificate
+
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "== $$pkg $$name ($(FUZZTIME))"; \
+		$(GO) test $$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -parallel 1; \
+	done
 
 demo: build lab emulator
 	@FLOTILLA_LAB_DIR=$(LAB_DIR) scenarios/demo.sh

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/gateways"
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/server"
@@ -45,7 +46,7 @@ func newApplyCommand(g *globals, plan bool) *cobra.Command {
 			if adopt && replace {
 				return fmt.Errorf("--adopt-cacerts and --replace-cacerts exclude each other")
 			}
-			opts := server.ApplyOptions{DryRun: dryRun || plan}
+			opts := server.ApplyOptions{DryRun: dryRun || plan, Source: "cli"}
 			switch {
 			case adopt:
 				opts.CACertsPolicy = pki.Adopt
@@ -60,7 +61,7 @@ func newApplyCommand(g *globals, plan bool) *cobra.Command {
 			if output == "json" {
 				progress = io.Discard
 			}
-			eng, done, err := g.engine(cmd.Context(), progress, !opts.DryRun)
+			eng, done, err := g.applyEngine(cmd.Context(), progress, opts.DryRun)
 			if err != nil {
 				return err
 			}
@@ -83,7 +84,9 @@ func newApplyCommand(g *globals, plan bool) *cobra.Command {
 	f.StringVarP(&output, "output", "o", "table", "output: table or json")
 	if !plan {
 		f.BoolVar(&dryRun, "dry-run", false, "server-side dry run: the API servers validate everything, nothing persists")
-		f.StringVar(&render, "render", "", "write every object as YAML, one file per cluster, into DIR instead of applying (Secrets are left out: they carry keys and tokens)")
+		f.StringVar(&render, "render", "", "write DIR/<cluster>.yaml instead of applying, contacting no cluster and no state: the control-plane namespace with its network labels, "+
+			"the east-west gateway and the Istio resources. Left out: Secrets (cacerts, remote secrets: keys and tokens), the reader and config-cluster RBAC, "+
+			"cert-manager and csr-agent objects. A gateway address not known without asking the cluster is written as "+deploy.PendingAddress+", with a WARNING line in the file's header")
 		f.BoolVar(&adopt, "adopt-cacerts", false, "take over an existing cacerts that chains to the mesh root")
 		f.BoolVar(&replace, "replace-cacerts", false, "overwrite an existing cacerts flotilla did not write")
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -26,7 +27,7 @@ func newCACommand(g *globals) *cobra.Command {
 		Short: "List the root and every cluster's intermediate: subject, serial, fingerprint, not-after",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			h, done, err := g.openHub(cmd.Context(), io.Discard, false)
+			h, done, err := g.readHub(cmd.Context(), io.Discard)
 			if err != nil {
 				return err
 			}
@@ -150,7 +151,7 @@ Between steps, let istiod and the workloads pick up what the last step wrote
 				}
 				return nil
 			default:
-				return fmt.Errorf("usage: flotilla ca rotate intermediate NAME | flotilla ca rotate root")
+				return fmt.Errorf("ca rotate %s: usage: flotilla ca rotate intermediate NAME | flotilla ca rotate root", strings.Join(args, " "))
 			}
 			h, done, err := g.openHub(cmd.Context(), cmd.ErrOrStderr(), true)
 			if err != nil {

@@ -1,14 +1,15 @@
 package cli_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,6 +17,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/flotillamesh/flotilla/cli"
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/scenarios/lab"
 )
@@ -169,42 +171,68 @@ func assertConverged(t *testing.T, l *lab.Lab, e env) {
 	}
 }
 
-// TestKilledApplyConverges kills `flotilla apply` with SIGKILL at ten
-// different points (after the Nth progress line it prints), then re-runs it:
-// each time the end state is the same, with one root.
+// TestKilledApplyConverges kills `flotilla apply` with SIGKILL at 30 points
+// of its own steps (server.Hub.Hook: progress lines and journal entries,
+// through FLOTILLA_TEST_CRASH_AT), spread over the whole apply as a clean
+// run lists them, then re-runs it: each time the end state is the same, with
+// one root. A run that was not killed at its point fails the test.
 func TestKilledApplyConverges(t *testing.T) {
 	l := testLab.Get(t)
-	for i, killAfter := range []int{1, 2, 3, 5, 8, 12, 17, 23, 30, 38} {
-		t.Run(fmt.Sprintf("kill after line %d", killAfter), func(t *testing.T) {
+	points := crashPoints(t, l)
+	const runs = 30
+	if len(points) < runs {
+		t.Fatalf("a clean apply has %d crash points, want at least %d", len(points), runs)
+	}
+	for i := range runs {
+		at := 1 + i*(len(points)-1)/(runs-1) // first to last point, evenly
+		t.Run(fmt.Sprintf("kill at point %d of %d", at, len(points)), func(t *testing.T) {
 			resetClusters(t, l)
 			e := keyedEnv(t)
 			mesh := writeMesh(t, e.dir, l.Kubeconfig)
 			c := e.cmd("apply", "-f", mesh)
-			stderr, err := c.StderrPipe()
-			if err != nil {
-				t.Fatal(err)
+			c.Env = append(c.Env, cli.CrashEnv+"="+strconv.Itoa(at))
+			var stderr bytes.Buffer
+			c.Stderr = &stderr
+			err := c.Run()
+			var ee *exec.ExitError
+			killed := errors.As(err, &ee) && ee.Sys().(syscall.WaitStatus).Signaled() && ee.Sys().(syscall.WaitStatus).Signal() == syscall.SIGKILL
+			if !killed || !strings.Contains(stderr.String(), fmt.Sprintf("crash point %d: ", at)) {
+				t.Fatalf("apply was not killed at point %d (%v):\n%s", at, err, stderr.String())
 			}
-			if err := c.Start(); err != nil {
-				t.Fatal(err)
-			}
-			sc := bufio.NewScanner(stderr)
-			lines, killed := 0, false
-			for sc.Scan() {
-				lines++
-				if lines == killAfter {
-					_ = c.Process.Signal(syscall.SIGKILL)
-					killed = true
-					break
-				}
-			}
-			_ = c.Wait()
-			t.Logf("run %d: killed=%v after %d progress lines", i, killed, lines)
+			t.Logf("killed at point %d: %s", at, lastLine(stderr.String()))
 			if _, stderr, code := e.run(t, "apply", "-f", mesh); code != 0 {
 				t.Fatalf("re-run after the kill: exit %d: %s", code, stderr)
 			}
 			assertConverged(t, l, e)
 		})
 	}
+}
+
+// crashPoints lists the points of a clean apply on reset clusters.
+func crashPoints(t *testing.T, l *lab.Lab) []string {
+	t.Helper()
+	resetClusters(t, l)
+	e := keyedEnv(t)
+	mesh := writeMesh(t, e.dir, l.Kubeconfig)
+	c := e.cmd("apply", "-f", mesh)
+	c.Env = append(c.Env, cli.CrashEnv+"=list")
+	var stderr bytes.Buffer
+	c.Stderr = &stderr
+	if err := c.Run(); err != nil {
+		t.Fatalf("clean apply: %v\n%s", err, stderr.String())
+	}
+	var points []string
+	for line := range strings.Lines(stderr.String()) {
+		if _, p, ok := strings.Cut(line, "crash point "); ok {
+			points = append(points, strings.TrimSpace(p))
+		}
+	}
+	return points
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }
 
 // TestBadFlags: each bad invocation fails with its message and writes nothing.

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 
@@ -12,7 +11,7 @@ import (
 
 // hubClient connects to the running hub at url: the same engine, over its API.
 func (g *globals) hubClient(url string) (server.Engine, func(), error) {
-	token, err := server.ReadToken(g.v.GetString("hub-token-file"), os.Getenv)
+	token, err := server.ReadToken(g.v.GetString("hub-token-file"), g.secrets.getenv)
 	if err != nil {
 		return nil, nil, fmt.Errorf("--hub %s: %w", url, err)
 	}
@@ -28,5 +27,5 @@ func extraCommands(g *globals) []*cobra.Command {
 		// nil progress: the server logs each step as a debug line.
 		return g.openHub(ctx, nil, true)
 	}
-	return []*cobra.Command{newCSRAgentCommand(g), newServerCommand(open, g.v), newVerifyCommand(g)}
+	return []*cobra.Command{newCSRAgentCommand(g), newServerCommand(open, g.v, g.secrets.getenv), newVerifyCommand(g), newHistoryCommand(g), newHubCommand(g)}
 }

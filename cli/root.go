@@ -21,7 +21,8 @@ import (
 // globals are the flags every command shares, resolved through viper: a
 // config file, then FLOTILLA_* environment variables, then flags (which win).
 type globals struct {
-	v *viper.Viper
+	v       *viper.Viper
+	secrets secretEnv
 }
 
 func (g *globals) statePath() string    { return g.v.GetString("state") }
@@ -41,7 +42,7 @@ func defaultStatePath() string {
 
 // NewRoot builds the flotilla command tree.
 func NewRoot(bi BuildInfo) *cobra.Command {
-	g := &globals{v: viper.New()}
+	g := &globals{v: viper.New(), secrets: secretEnv{}}
 	var configFile string
 	root := &cobra.Command{
 		Use:   "flotilla",
@@ -61,12 +62,13 @@ The state key itself can be given as FLOTILLA_STATE_KEY.`,
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&configFile, "config", "", "config file (default ~/.config/flotilla/config.yaml when it exists)")
-	pf.String("state", defaultStatePath(), "state file (bbolt)")
+	pf.String("state", defaultStatePath(), "state: a bbolt file, or etcd://host:2379,...?prefix=P[&cacert=F&cert=F&key=F] shared by hub replicas")
 	pf.String("state-key-file", "", "file holding the key that seals secrets in the state (else $FLOTILLA_STATE_KEY)")
 	pf.String("kubeconfig", "", "kubeconfig (default $KUBECONFIG or ~/.kube/config)")
 	pf.String("hub", "", "URL of a running hub (flotilla server); default: work on the local state")
 	pf.String("hub-token-file", "", "file holding the hub's bearer token (else $FLOTILLA_HUB_TOKEN)")
 	pf.String("hub-ca", "", "CA file the hub's serving certificate chains to")
+	pf.Bool("insecure-skip-tls-verify", false, "accept kubeconfigs that skip TLS verification, for this run only (CA keys and tokens then travel unverified)")
 
 	root.AddCommand(
 		newVersionCommand(bi),
@@ -84,6 +86,7 @@ The state key itself can be given as FLOTILLA_STATE_KEY.`,
 }
 
 func (g *globals) load(cmd *cobra.Command, configFile string) error {
+	g.secrets.take()
 	v := g.v
 	v.SetEnvPrefix("FLOTILLA")
 	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
@@ -122,13 +125,33 @@ func newVersionCommand(bi BuildInfo) *cobra.Command {
 // openHub opens the local state as a hub. needKey: the command reads or
 // writes sealed secrets (apply, ca export...); status and check do not.
 func (g *globals) openHub(ctx context.Context, progress io.Writer, needKey bool) (*server.Hub, func(), error) {
+	return g.openHubMode(ctx, progress, needKey, false)
+}
+
+// readHub opens the local state read-only, for commands that only read it
+// (status, check, ca show): they share the state with a running hub or an
+// apply in progress instead of failing on the writer's lock.
+func (g *globals) readHub(ctx context.Context, progress io.Writer) (*server.Hub, func(), error) {
+	return g.openHubMode(ctx, progress, false, true)
+}
+
+// readEngine is engine for the reading commands: the hub at --hub, or the
+// local state read-only.
+func (g *globals) readEngine(ctx context.Context, progress io.Writer) (server.Engine, func(), error) {
+	if url := g.hubURL(); url != "" {
+		return g.hubClient(url)
+	}
+	return g.readHub(ctx, progress)
+}
+
+func (g *globals) openHubMode(ctx context.Context, progress io.Writer, needKey, readOnly bool) (*server.Hub, func(), error) {
 	if !needKey {
 		// Reading commands never create a state.
-		if _, err := os.Stat(g.statePath()); err != nil {
+		if err := stateExists(ctx, g.statePath()); err != nil {
 			return nil, nil, fmt.Errorf("no state at %s: run flotilla apply -f mesh.yaml first, or name the state with --state", g.statePath())
 		}
 	}
-	key, source, err := state.ResolveKey(g.stateKeyFile(), os.Getenv)
+	key, source, err := state.ResolveKey(g.stateKeyFile(), g.secrets.getenv)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -136,11 +159,17 @@ func (g *globals) openHub(ctx context.Context, progress io.Writer, needKey bool)
 		return nil, nil, fmt.Errorf("no state key: set %s or --state-key-file (make one with: flotilla state keygen --out FILE)", state.KeyEnv)
 	}
 	_ = source // where the key came from matters only for messages state already words
-	st, err := state.Open(ctx, g.statePath(), state.Options{Key: key, KeyOptional: !needKey})
+	open := state.Open
+	if readOnly {
+		open = state.OpenReadOnly
+	}
+	st, err := open(ctx, g.statePath(), state.Options{Key: key, KeyOptional: !needKey})
 	if err != nil {
 		return nil, nil, err
 	}
-	h := &server.Hub{Store: st, Kubeconfig: g.kubeconfig(), Progress: progress}
+	h := &server.Hub{Store: st, Kubeconfig: g.kubeconfig(), Progress: progress,
+		Inputs: server.InputPolicy{InsecureSkipTLSVerify: g.v.GetBool("insecure-skip-tls-verify")},
+		Hook:   crashHook()}
 	return h, func() { st.Close() }, nil
 }
 
@@ -158,4 +187,17 @@ func loadSpec(path string) (*spec.Mesh, error) {
 		return nil, nil
 	}
 	return spec.LoadFile(path)
+}
+
+// stateExists: the file is there, or etcd holds a state under the prefix.
+func stateExists(ctx context.Context, path string) error {
+	if !state.IsEtcd(path) {
+		_, err := os.Stat(path)
+		return err
+	}
+	st, err := state.OpenReadOnly(ctx, path, state.Options{KeyOptional: true})
+	if err != nil {
+		return err
+	}
+	return st.Close()
 }

@@ -50,7 +50,7 @@ func TestServerCommand(t *testing.T) {
 		return &server.Hub{Store: st}, func() { st.Close(); close(closed) }, nil
 	}
 	tokenFile, caFile := filepath.Join(dir, "token"), filepath.Join(dir, "ca.pem")
-	cmd := newServerCommand(open, nil)
+	cmd := newServerCommand(open, nil, nil)
 	logs := &syncBuffer{}
 	cmd.SetErr(logs)
 	cmd.SetArgs([]string{"--listen", "127.0.0.1:0", "--token-file", tokenFile, "--tls-ca-out", caFile, "--interval", "1h"})

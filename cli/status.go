@@ -38,7 +38,7 @@ namespace, target, expected, healthy, error}, missingRemoteSecrets[]
 			if err != nil {
 				return err
 			}
-			eng, done, err := g.engine(cmd.Context(), io.Discard, false)
+			eng, done, err := g.readEngine(cmd.Context(), io.Discard)
 			if err != nil {
 				return err
 			}
@@ -114,7 +114,7 @@ func newCheckCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			eng, done, err := g.engine(cmd.Context(), io.Discard, false)
+			eng, done, err := g.readEngine(cmd.Context(), io.Discard)
 			if err != nil {
 				return err
 			}

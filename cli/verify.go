@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -78,10 +79,15 @@ type VerifyClient struct {
 	Requests int            `json:"requests"`
 	Answers  map[string]int `json:"answers"`
 	Failures int            `json:"failures"`
+	// Errors are the first few distinct failures, in the order they came.
+	Errors []string `json:"errors,omitempty"`
 	// LastFailure is the last request's output or error that was not an answer.
 	LastFailure string   `json:"lastFailure,omitempty"`
 	Missing     []string `json:"missing,omitempty"`
 }
+
+// maxVerifyErrors is how many distinct failures a client reports.
+const maxVerifyErrors = 3
 
 // newVerifyCommand is `flotilla verify`: cross-cluster helloworld traffic.
 func newVerifyCommand(g *globals) *cobra.Command {
@@ -96,15 +102,19 @@ helloworld-v2 on the second and so on, and a curl client in each. The
 namespace gets sidecar injection: istio-injection=enabled, or istio.io/rev
 when the cluster's control plane is a revision.
 
-It waits for the rollouts, runs N requests from each client (exec through the
-API server: curl -s helloworld.sample:5000/hello), and prints per client how
-many answers came from each version. It fails when a client misses a version,
-with a diagnosis: the failing checks of flotilla check, and pods that have no
-sidecar. The sample apps are removed afterwards unless --keep is given.
+It waits for the rollouts, that is for every sample pod to be Ready (with a
+sidecar, Ready includes the proxy's readiness: it has its config), runs N
+requests from each client (exec through the API server: curl -s
+helloworld.sample:5000/hello), and prints per client how many answers came
+from each version. It passes only when every request got an answer and
+every version answered every client; otherwise it fails with the failure
+counts, the first errors and a diagnosis: the failing checks of flotilla
+check, and pods that have no sidecar. The sample apps are removed afterwards
+unless --keep is given.
 
 -o json is stable: versions[], clients[] {cluster, pod, requests, answers
-{version: count}, failures, lastFailure, missing[]}, ok, diagnosis[] (as
-flotilla check -o json), requestMillis.`,
+{version: count}, failures, errors[], lastFailure, missing[]}, ok,
+diagnosis[] (as flotilla check -o json), requestMillis.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(o.output, "table", "json"); err != nil {
@@ -121,7 +131,7 @@ flotilla check -o json), requestMillis.`,
 	f.IntVar(&o.requests, "requests", 10, "requests per client")
 	f.BoolVar(&o.keep, "keep", false, "leave the sample apps in place")
 	f.StringVarP(&o.output, "output", "o", "table", "output: table or json")
-	f.DurationVar(&o.timeout, "timeout", 3*time.Minute, "how long to wait for rollouts")
+	f.DurationVar(&o.timeout, "timeout", 3*time.Minute, "how long to wait for the sample pods to be Ready")
 	return c
 }
 
@@ -188,32 +198,59 @@ func runVerify(ctx context.Context, g *globals, o verifyOptions, stdout, progres
 		res.Versions = append(res.Versions, c.version)
 	}
 	res.Clients, res.RequestMillis = runRequests(ctx, clusters, o.requests, progress)
-	res.OK = true
-	for i := range res.Clients {
-		cl := &res.Clients[i]
-		for _, v := range res.Versions {
-			if cl.Answers[v] == 0 {
-				cl.Missing = append(cl.Missing, v)
-				res.OK = false
-			}
-		}
-	}
+	verdict := judge(res)
+	res.OK = verdict == nil
 	if !res.OK {
 		res.Diagnosis = diagnose(ctx, eng, m, clusters)
 	}
 	if err := printVerify(stdout, res, o.output); err != nil {
 		return err
 	}
-	if !res.OK {
-		var miss []string
-		for _, cl := range res.Clients {
-			if len(cl.Missing) > 0 {
-				miss = append(miss, fmt.Sprintf("%s misses %s", cl.Cluster, strings.Join(cl.Missing, ",")))
+	return verdict
+}
+
+// judge fills in each client's missing versions and returns nil only when
+// every request of every client got an answer and every version answered
+// every client: a mesh that drops some requests is not a working mesh.
+func judge(res *VerifyResult) error {
+	var failed, total int
+	var perClient, miss, first []string
+	for i := range res.Clients {
+		cl := &res.Clients[i]
+		cl.Missing = nil
+		for _, v := range res.Versions {
+			if cl.Answers[v] == 0 {
+				cl.Missing = append(cl.Missing, v)
 			}
 		}
-		return fmt.Errorf("cross-cluster traffic incomplete: %s", strings.Join(miss, "; "))
+		failed += cl.Failures
+		total += cl.Requests
+		perClient = append(perClient, fmt.Sprintf("%s %d/%d", cl.Cluster, cl.Failures, cl.Requests))
+		if len(cl.Missing) > 0 {
+			miss = append(miss, fmt.Sprintf("%s misses %s", cl.Cluster, strings.Join(cl.Missing, ",")))
+		}
+		for _, e := range cl.Errors {
+			first = append(first, cl.Cluster+": "+e)
+		}
 	}
-	return nil
+	var parts []string
+	if failed > 0 {
+		msg := fmt.Sprintf("%d of %d requests failed (%s)", failed, total, strings.Join(perClient, ", "))
+		if len(first) > 0 {
+			if len(first) > maxVerifyErrors {
+				first = first[:maxVerifyErrors]
+			}
+			msg += "; first errors: " + strings.Join(first, "; ")
+		}
+		parts = append(parts, msg)
+	}
+	if len(miss) > 0 {
+		parts = append(parts, "cross-cluster traffic incomplete: "+strings.Join(miss, "; "))
+	}
+	if len(parts) == 0 {
+		return nil
+	}
+	return errors.New("verify: " + strings.Join(parts, "; "))
 }
 
 // injectionLabel selects the cluster's control plane for injection: the
@@ -326,7 +363,21 @@ func waitRollouts(ctx context.Context, clusters []*verifyCluster, progress io.Wr
 			}
 			select {
 			case <-ctx.Done():
-				return fmt.Errorf("%s: rollouts in %s not finished: %w", c.name, sampleNamespace, ctx.Err())
+				// The deadline passed: a short grace to say what is not ready.
+				rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				var why []string
+				for _, n := range names {
+					if d, err := c.kc.Kube.AppsV1().Deployments(sampleNamespace).Get(rctx, n, metav1.GetOptions{}); err == nil && !rolledOut(d) {
+						detail := fmt.Sprintf("deployment %s/%s %s", sampleNamespace, n, rolloutLine(d))
+						if pods := notReady(rctx, c, d.Spec.Template.Labels["app"]); pods != "" {
+							detail += ": " + pods
+						}
+						why = append(why, detail)
+					}
+				}
+				return fmt.Errorf("%s: sample pods not Ready in time (the data plane of each must be ready before verify calls through it): %s: %w",
+					c.name, strings.Join(why, "; "), ctx.Err())
 			case <-time.After(500 * time.Millisecond):
 			}
 		}
@@ -364,7 +415,7 @@ func runRequests(ctx context.Context, clusters []*verifyCluster, n int, progress
 		cl := VerifyClient{Cluster: c.name, Requests: n, Answers: map[string]int{}}
 		pod, err := curlPod(ctx, c)
 		if err != nil {
-			cl.Failures, cl.LastFailure = n, err.Error()
+			cl.Failures, cl.LastFailure, cl.Errors = n, err.Error(), []string{err.Error()}
 			out[i] = cl
 			return nil
 		}
@@ -386,6 +437,9 @@ func runRequests(ctx context.Context, clusters []*verifyCluster, n int, progress
 				cl.LastFailure = "empty answer"
 			default:
 				cl.LastFailure = strings.TrimSpace(stdout)
+			}
+			if len(cl.Errors) < maxVerifyErrors && !slices.Contains(cl.Errors, cl.LastFailure) {
+				cl.Errors = append(cl.Errors, cl.LastFailure)
 			}
 		}
 		mu.Lock()
@@ -414,11 +468,45 @@ func curlPod(ctx context.Context, c *verifyCluster) (string, error) {
 		return "", fmt.Errorf("%s: list pods %s/app=%s: %w", c.name, sampleNamespace, curlName, err)
 	}
 	for _, p := range pods.Items {
-		if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
+		if p.DeletionTimestamp == nil && podReady(&p) {
 			return p.Name, nil
 		}
 	}
-	return "", fmt.Errorf("%s: no running curl pod in %s", c.name, sampleNamespace)
+	return "", fmt.Errorf("%s: no Ready curl pod in %s", c.name, sampleNamespace)
+}
+
+// podReady: the pod's Ready condition, which with a sidecar includes the
+// proxy's own readiness.
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// notReady names the sample pods of deployment d's app that are not Ready,
+// with the reason their Ready condition gives, for a rollout that timed out.
+func notReady(ctx context.Context, c *verifyCluster, app string) string {
+	pods, err := c.kc.Kube.CoreV1().Pods(sampleNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + app})
+	if err != nil {
+		return ""
+	}
+	var out []string
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp != nil || podReady(&p) {
+			continue
+		}
+		why := string(p.Status.Phase)
+		for _, cond := range p.Status.Conditions {
+			if cond.Type == corev1.PodReady && (cond.Reason != "" || cond.Message != "") {
+				why = strings.TrimSpace(cond.Reason + " " + cond.Message)
+			}
+		}
+		out = append(out, fmt.Sprintf("pod %s/%s not Ready (%s)", sampleNamespace, p.Name, why))
+	}
+	return strings.Join(out, ", ")
 }
 
 // execIn runs cmd in a pod's container through the API server (WebSocket,
@@ -542,9 +630,16 @@ func printVerify(w io.Writer, r *VerifyResult, output string) error {
 		for _, v := range r.Versions {
 			row += fmt.Sprintf("\t%d", c.Answers[v])
 		}
-		result := "ok"
+		var bad []string
 		if len(c.Missing) > 0 {
-			result = "missing " + strings.Join(c.Missing, ",")
+			bad = append(bad, "missing "+strings.Join(c.Missing, ","))
+		}
+		if c.Failures > 0 {
+			bad = append(bad, "requests failed")
+		}
+		result := "ok"
+		if len(bad) > 0 {
+			result = strings.Join(bad, ", ")
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\n", row, c.Failures, result)
 	}
@@ -552,8 +647,15 @@ func printVerify(w io.Writer, r *VerifyResult, output string) error {
 		return err
 	}
 	for _, c := range r.Clients {
-		if c.LastFailure != "" {
-			fmt.Fprintf(w, "%s: last failure: %s\n", c.Cluster, c.LastFailure)
+		if c.Failures == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "%s: %d of %d requests failed\n", c.Cluster, c.Failures, c.Requests)
+		for _, e := range c.Errors {
+			fmt.Fprintf(w, "  %s\n", e)
+		}
+		if c.LastFailure != "" && !slices.Contains(c.Errors, c.LastFailure) {
+			fmt.Fprintf(w, "  last: %s\n", c.LastFailure)
 		}
 	}
 	fmt.Fprintf(w, "%.0f ms per request\n", r.RequestMillis)

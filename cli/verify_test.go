@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 
@@ -144,5 +145,63 @@ func TestPrintVerify(t *testing.T) {
 				t.Errorf("json does not round-trip: %v %+v", err, back)
 			}
 		}
+	}
+}
+
+// TestJudge: verify passes only when every request of every client got an
+// answer and every version answered every client.
+func TestJudge(t *testing.T) {
+	client := func(name string, requests, failures int, answers map[string]int, errs ...string) VerifyClient {
+		return VerifyClient{Cluster: name, Requests: requests, Failures: failures, Answers: answers, Errors: errs}
+	}
+	for _, tc := range []struct {
+		name    string
+		clients []VerifyClient
+		wantErr []string // substrings of the error; none: passes
+		missing map[string][]string
+	}{
+		{"all answered", []VerifyClient{
+			client("east", 4, 0, map[string]int{"v1": 2, "v2": 2}),
+			client("west", 4, 0, map[string]int{"v1": 1, "v2": 3}),
+		}, nil, nil},
+		{"some requests failed though both versions answered", []VerifyClient{
+			client("east", 10, 7, map[string]int{"v1": 2, "v2": 1}, "exec: exit status 7"),
+			client("west", 10, 0, map[string]int{"v1": 5, "v2": 5}),
+		}, []string{"7 of 20 requests failed", "east 7/10", "west 0/10", "first errors: east: exec: exit status 7"}, nil},
+		{"a version missing, no request failed", []VerifyClient{
+			client("east", 4, 0, map[string]int{"v1": 4}),
+			client("west", 4, 0, map[string]int{"v1": 2, "v2": 2}),
+		}, []string{"east misses v2"}, map[string][]string{"east": {"v2"}}},
+		{"first errors capped", []VerifyClient{
+			client("east", 4, 4, map[string]int{}, "a", "b", "c"),
+			client("west", 4, 4, map[string]int{}, "d"),
+		}, []string{"8 of 8 requests failed", "east: a; east: b; east: c", "east misses v1,v2", "west misses v1,v2"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &VerifyResult{Versions: []string{"v1", "v2"}, Clients: tc.clients}
+			err := judge(r)
+			if len(tc.wantErr) == 0 {
+				if err != nil {
+					t.Fatalf("judge: %v, want pass", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("judge passed, want failure")
+			}
+			for _, w := range tc.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "west: d") && len(tc.clients[0].Errors) >= maxVerifyErrors {
+				t.Errorf("error %q lists more than %d first errors", err, maxVerifyErrors)
+			}
+			for _, c := range r.Clients {
+				if want, ok := tc.missing[c.Cluster]; ok && !slices.Equal(c.Missing, want) {
+					t.Errorf("client %s missing %v, want %v", c.Cluster, c.Missing, want)
+				}
+			}
+		})
 	}
 }

@@ -11,6 +11,7 @@
 package deploy
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +32,10 @@ const (
 
 // Options are the mesh-wide settings of a plan.
 type Options struct {
+	// BeforeControlPlane, when set, runs before a cluster's control-plane
+	// objects (the Istio resource that starts istiod) are written; an error
+	// stops the apply. The hub waits there for the cluster's cacerts.
+	BeforeControlPlane func(ctx context.Context, cluster string) error
 	// MeshID is global.meshID.
 	MeshID string
 	// Version is the Istio version, Sail's spec.version ("1.30.3" or "v1.30.3").

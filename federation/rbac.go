@@ -14,8 +14,11 @@ import (
 )
 
 const (
-	// ReaderServiceAccount is the account istiod in other clusters reads this one as.
-	ReaderServiceAccount = "istio-reader-service-account"
+	// ReaderServiceAccount is the account istiod in other clusters reads this
+	// one as. It is flotilla's own, not Istio's istio-reader-service-account:
+	// Istio's charts create that one (and its ClusterRole and binding) in a
+	// Helm release, and Helm refuses to adopt objects another writer made.
+	ReaderServiceAccount = "flotilla-reader"
 	// DefaultIstiodServiceAccount is the account an external istiod uses on
 	// its config cluster when none is configured (istioctl's default for
 	// --type=config; OpenShift Service Mesh names it istiod-<revision>).
@@ -28,8 +31,17 @@ const (
 )
 
 // ReaderClusterRoleName is the name of the reader's ClusterRole and its binding
-// for a control plane in namespace ns, as Istio's charts name them.
-func ReaderClusterRoleName(ns string) string { return "istio-reader-clusterrole-" + ns }
+// for a control plane in namespace ns. Its rules are those of Istio's
+// istio-reader-clusterrole-<ns> (ReaderRules); the name is flotilla's own.
+func ReaderClusterRoleName(ns string) string { return "flotilla-reader-" + ns }
+
+// Names flotilla gave its reader before it had names of its own: Istio's.
+// Objects of these names that carry flotilla's managed-by label are
+// flotilla's leftovers, which block Istio's Helm releases; any other is
+// Istio's own and is never touched.
+const legacyReaderServiceAccount = "istio-reader-service-account"
+
+func legacyReaderClusterRoleName(ns string) string { return "istio-reader-clusterrole-" + ns }
 
 // ConfigClusterRoleName names the ClusterRole flotilla grants an external
 // istiod on its config cluster. It differs from the chart's
@@ -157,6 +169,9 @@ func ApplyAccount(ctx context.Context, c *kube.Cluster, a Account) error {
 			return err
 		}
 	}
+	if !a.Config {
+		return removeLegacyReader(ctx, c, a.Namespace)
+	}
 	return nil
 }
 
@@ -233,5 +248,11 @@ func DeleteAccount(ctx context.Context, c *kube.Cluster, a Account) error {
 	if err := del("clusterrolebinding "+role, c.Kube.RbacV1().ClusterRoleBindings().Delete(ctx, role, opts)); err != nil {
 		return err
 	}
-	return del("clusterrole "+role, c.Kube.RbacV1().ClusterRoles().Delete(ctx, role, opts))
+	if err := del("clusterrole "+role, c.Kube.RbacV1().ClusterRoles().Delete(ctx, role, opts)); err != nil {
+		return err
+	}
+	if !a.Config {
+		return removeLegacyReader(ctx, c, a.Namespace)
+	}
+	return nil
 }

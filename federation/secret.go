@@ -60,6 +60,9 @@ type Endpoint struct {
 // Kubeconfig builds the kubeconfig istiod uses to read cluster: one cluster,
 // user and context, all named after the cluster, as istioctl writes it.
 func Kubeconfig(cluster string, ep Endpoint, token string) ([]byte, error) {
+	if err := checkKubeconfigInputs(cluster, ep, token); err != nil {
+		return nil, err
+	}
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters[cluster] = &clientcmdapi.Cluster{
 		Server:                   ep.Server,

@@ -67,6 +67,11 @@ type TokenOptions struct {
 	LegacyWait time.Duration
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
+	// BeforeMint, when set, records that a token is about to be minted for
+	// the credential's account (Token empty), before it is: a process killed
+	// between minting and storing the token then leaves a record to act on
+	// rather than a valid token nothing tracks. An error stops the mint.
+	BeforeMint func(ctx context.Context, c Credential) error
 }
 
 func (o TokenOptions) lifetime() time.Duration {
@@ -225,6 +230,11 @@ func RenewCredential(ctx context.Context, c *kube.Cluster, a Account, known *Cre
 	if c.DryRun {
 		// A dry run mints nothing; the secrets it previews carry no token.
 		return Credential{Cluster: c.Name, Namespace: a.Namespace, Account: a.Name, Legacy: o.Legacy}, reason, nil
+	}
+	if o.BeforeMint != nil {
+		if err := o.BeforeMint(ctx, Credential{Cluster: c.Name, Namespace: a.Namespace, Account: a.Name, Legacy: o.Legacy}); err != nil {
+			return Credential{}, ReasonNone, fmt.Errorf("%s: record the token for %s before minting it: %w", c.Name, a, err)
+		}
 	}
 	var cred Credential
 	if o.Legacy {

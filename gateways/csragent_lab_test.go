@@ -71,6 +71,7 @@ func TestLabCSRAgentManifests(t *testing.T) {
 		{"write istio-ca-root-cert anywhere", authzv1.ResourceAttributes{Resource: "configmaps", Verb: "patch", Namespace: "apps-1"}, true},
 		{"no certificate requests elsewhere", authzv1.ResourceAttributes{Group: "cert-manager.io", Resource: "certificaterequests", Verb: "create", Namespace: "default"}, false},
 		{"no secrets", authzv1.ResourceAttributes{Resource: "secrets", Verb: "get", Namespace: ns}, false},
+		{"no certificates", authzv1.ResourceAttributes{Group: "cert-manager.io", Resource: "certificates", Verb: "patch", Namespace: ns}, false},
 		{"no approval", authzv1.ResourceAttributes{Group: "cert-manager.io", Resource: "signers", Verb: "approve"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

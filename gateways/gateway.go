@@ -41,6 +41,9 @@ const (
 	ControlPlaneClustersAnnotation = deploy.ControlPlaneClustersAnnotation
 	ManagedByLabel                 = kube.ManagedByLabel
 	ManagedBy                      = kube.ManagedBy
+	// RevisionLabel on a pod or namespace selects the revision whose
+	// injection webhook injects it.
+	RevisionLabel = "istio.io/rev"
 )
 
 // Names of the two gateways flotilla deploys.
@@ -81,7 +84,12 @@ type Gateway struct {
 	Selector string
 	// Network puts the gateway on a network; "" for the external control
 	// plane's ingress, which carries no mesh traffic.
-	Network  string
+	Network string
+	// Revision is the control-plane revision that injects the gateway's
+	// pods; "" for the default revision. A revision other than the default
+	// renders only webhooks that select istio.io/rev=<revision>, and Sail
+	// drops values.defaultRevision, so the pods must name it.
+	Revision string
 	Ports    []Port
 	Exposure Exposure
 	// MinReplicas and MaxReplicas bound the HorizontalPodAutoscaler.
@@ -138,11 +146,15 @@ func (g Gateway) SelectorLabels() map[string]string {
 	return map[string]string{"istio": g.Selector, "app": g.Name}
 }
 
-// PodLabels are the gateway pods' labels: the selector and the network.
+// PodLabels are the gateway pods' labels: the selector, the network and the
+// revision that injects them.
 func (g Gateway) PodLabels() map[string]string {
 	l := g.SelectorLabels()
 	if g.Network != "" {
 		l[NetworkLabel] = g.Network
+	}
+	if g.Revision != "" {
+		l[RevisionLabel] = g.Revision
 	}
 	return l
 }
@@ -150,6 +162,7 @@ func (g Gateway) PodLabels() map[string]string {
 // Labels are the labels of every object of the gateway.
 func (g Gateway) Labels() map[string]string {
 	l := g.PodLabels()
+	delete(l, RevisionLabel) // injection reads it on pods only
 	l[ManagedByLabel] = ManagedBy
 	return l
 }

@@ -83,6 +83,10 @@ func withGateway(p deploy.ClusterPlan) (ClusterPlan, error) {
 		g = ControlPlaneIngress(p.Namespace, p.Exposure)
 	case deploy.EastWestGateway:
 		g = EastWest(p.Namespace, p.Network, p.Exposure)
+		if p.Role == deploy.RoleDataPlane {
+			// Injected by the external istiod's revision, not the default one.
+			g.Revision = deploy.ExternalIstiodName
+		}
 	default:
 		return ClusterPlan{}, fmt.Errorf("%s: unknown gateway kind %q", p.Cluster, p.GatewayKind)
 	}
@@ -206,6 +210,11 @@ func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, t deploy.
 		for _, p := range res.Plans {
 			if isServer(p.Role) != servers {
 				continue
+			}
+			if opts.BeforeControlPlane != nil {
+				if err := opts.BeforeControlPlane(ctx, p.Cluster); err != nil {
+					return res, err
+				}
 			}
 			applied, err := deploy.ApplyObjects(ctx, clusters[p.Cluster], p.ControlPlane, progress)
 			res.Applied[p.Cluster] = append(res.Applied[p.Cluster], applied...)

@@ -234,3 +234,41 @@ func BenchmarkPlan(b *testing.B) {
 		}
 	}
 }
+
+// TestGatewayRevision: the gateway pods name the revision that injects them
+// when it is not the default one. A data-plane cluster's control plane is
+// the external-istiod revision: Sail renders only that revision's
+// webhooks (it drops values.defaultRevision), which select istio.io/rev.
+func TestGatewayRevision(t *testing.T) {
+	tests := []struct {
+		name     string
+		topology deploy.Topology
+		members  []deploy.Member
+		cluster  string
+		want     string
+	}{
+		{"multi-primary", deploy.MultiPrimary, []deploy.Member{member("east", "primary", "n1"), member("west", "primary", "n2")}, "east", ""},
+		{"remote", deploy.PrimaryRemote, []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, "west", ""},
+		{"control-plane ingress", deploy.ExternalControlPlane, []deploy.Member{member("east", "control-plane", "n0"), member("west", "data-plane", "n1"), member("north", "data-plane", "n2")}, "east", ""},
+		{"data plane", deploy.ExternalControlPlane, []deploy.Member{member("east", "control-plane", "n0"), member("west", "data-plane", "n1"), member("north", "data-plane", "n2")}, "north", deploy.ExternalIstiodName},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := PlanCluster(tt.topology, tt.members, tt.cluster, testOpts, map[string]string{"east": "192.0.2.10"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Gateway == nil {
+				t.Fatal("no gateway")
+			}
+			d := p.Gateway.Deployment()
+			got, set := d.Spec.Template.Labels["istio.io/rev"]
+			if got != tt.want || set != (tt.want != "") {
+				t.Errorf("gateway pods' istio.io/rev = %q (set %v), want %q", got, set, tt.want)
+			}
+			if _, onService := p.Gateway.Service().Labels["istio.io/rev"]; onService {
+				t.Error("istio.io/rev on the gateway Service: injection reads it on pods only")
+			}
+		})
+	}
+}

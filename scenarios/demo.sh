@@ -17,7 +17,9 @@ if [ "${KEEP:-0}" != 1 ]; then
 fi
 $lab down >/dev/null 2>&1 || true
 start=$(date +%s)
-eval "$($lab up east west)"
+# An assignment, not eval "$(...)": a lab that fails to start stops the demo here.
+lab_env=$($lab up east west)
+eval "$lab_env"
 # No Envoy or istiod runs in the lab: the emulator plays the data plane from
 # what it finds in the clusters (Istio resources, cacerts, gateways, remote
 # secrets), and kwok runs the curl that verify execs in the client pods.

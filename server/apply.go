@@ -1,9 +1,12 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -21,6 +24,9 @@ type ApplyOptions struct {
 	DryRun bool
 	// CACertsPolicy says what to do with a cacerts flotilla did not write.
 	CACertsPolicy pki.ConflictPolicy
+	// Source is where the apply comes from, for the journal: cli (when
+	// empty), api or reconcile.
+	Source string
 }
 
 // Step is the outcome of one step of an apply, in one cluster or mesh-wide.
@@ -118,6 +124,9 @@ func (r *recorder) add(ctx context.Context, s Step) {
 	_ = r.h.Store.Update(ctx, func(tx *state.Tx) error {
 		return tx.AddApplyStep(r.id, state.StepRecord{Cluster: s.Cluster, Step: s.Step, Result: result, Error: s.Error, End: r.h.now()})
 	})
+	if r.h.Hook != nil {
+		r.h.Hook("journal: " + s.Cluster + " " + s.Step + ": " + result)
+	}
 }
 
 func (r *recorder) fail(ctx context.Context, cluster, step string, err error) {
@@ -142,6 +151,24 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 	}
 	if err := spec.CheckInputs(ctx, m, h.Kubeconfig); err != nil {
 		return nil, err
+	}
+	if h.Connect == nil {
+		if err := h.Inputs.admitKubeconfigs(m, h.Kubeconfig); err != nil {
+			return nil, err
+		}
+	}
+	if err := h.checkRootFiles(ctx, m); err != nil {
+		return nil, err
+	}
+	if !o.DryRun {
+		// Hubs that share a state (replicas on etcd) take turns: an apply
+		// starts from what the previous one recorded, and the root is
+		// generated once.
+		unlock, err := h.Store.Lock(ctx, "apply")
+		if err != nil {
+			return nil, fmt.Errorf("state: apply lock: %w", err)
+		}
+		defer unlock()
 	}
 	rep := &ApplyReport{DryRun: o.DryRun, SpecHash: m.Hash()}
 	rec := &recorder{h: h, dryRun: o.DryRun}
@@ -169,7 +196,7 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 			if err := tx.PutSpec(m.Canonical(), m.Hash()); err != nil {
 				return err
 			}
-			id, err := tx.AppendApply(state.ApplyRecord{Start: start, SpecHash: m.Hash()})
+			id, err := tx.AppendApply(state.ApplyRecord{Start: start, SpecHash: m.Hash(), Kind: journalKind(o.Source), Source: cmp.Or(o.Source, "cli")})
 			rec.id = id
 			return err
 		})
@@ -186,16 +213,19 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 	h.removeClusters(ctx, m, leaving, o, rec)
 
 	var wg sync.WaitGroup
-	// PKI is independent of gateways and federation: run beside them.
+	// PKI runs beside gateways and federation; only each cluster's Istio
+	// resource waits for its cacerts.
+	gate := newCACertsGate(slices.Collect(maps.Keys(conns)))
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		h.applyPKI(ctx, m, conns, o, rec)
+		defer gate.doneAll(errors.New("the PKI step ended without it"))
+		h.applyPKI(ctx, m, conns, o, rec, gate)
 	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		h.applyControlPlanes(ctx, m, conns, rec)
+		h.applyControlPlanes(ctx, m, conns, rec, gate)
 		// Remote secrets after the namespaces exist (the control planes made them).
 		h.applyFederation(ctx, m, conns, o, rec)
 	}()

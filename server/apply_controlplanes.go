@@ -42,7 +42,7 @@ func DeployOptions(m *spec.Mesh) deploy.Options {
 	return o
 }
 
-func (h *Hub) applyControlPlanes(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, rec *recorder) {
+func (h *Hub) applyControlPlanes(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, rec *recorder, gate *cacertsGate) {
 	if len(conns) != len(m.Spec.Clusters) {
 		rec.add(ctx, Step{Step: "control planes", Action: "skipped", Error: "not every cluster is reachable; gateways and Istio resources need them all"})
 		return
@@ -53,6 +53,7 @@ func (h *Hub) applyControlPlanes(ctx context.Context, m *spec.Mesh, conns map[st
 		dry = dry || c.DryRun
 	}
 	opts.AllowPendingAddress = dry
+	opts.BeforeControlPlane = gate.wait
 	res, err := gateways.ApplyMesh(ctx, conns, m.Spec.Topology, m.Members(), opts, func(line string) { h.progressf("", "%s", line) })
 	if res != nil {
 		names := make([]string, 0, len(res.Applied))

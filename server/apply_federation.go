@@ -70,8 +70,15 @@ func (h *Hub) applyFederation(ctx context.Context, m *spec.Mesh, conns map[strin
 		rec.fail(ctx, "", "remote secrets", fmt.Errorf("state: credentials: %w", err))
 		return
 	}
+	if !o.DryRun {
+		h.revokeUntrackedTokens(ctx, conns, rec)
+	}
 	fm := h.federationMesh(m, conns)
-	res, err := federation.Reconcile(ctx, fm, known, federationOptions(m))
+	fo := federationOptions(m)
+	if !o.DryRun {
+		fo.Token.BeforeMint = h.recordTokenIntent
+	}
+	res, err := federation.Reconcile(ctx, fm, known, fo)
 	if err != nil {
 		rec.fail(ctx, "", "remote secrets", err)
 		return
@@ -131,7 +138,7 @@ func (h *Hub) applyFederation(ctx context.Context, m *spec.Mesh, conns map[strin
 				return err
 			}
 		}
-		return nil
+		return clearTokenIntents(tx, res.Credentials)
 	})
 	if err != nil {
 		rec.fail(ctx, "", "remote secrets", fmt.Errorf("state: store credentials: %w", err))

@@ -134,10 +134,11 @@ func needsRenewal(notBefore, notAfter, now time.Time) bool {
 	return notAfter.Sub(now) < life/renewWhenLeft
 }
 
-func (h *Hub) applyPKI(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder) {
+func (h *Hub) applyPKI(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder, gate *cacertsGate) {
 	root, bundle, err := h.ensureCA(ctx, m, o.DryRun, rec)
 	if err != nil {
 		rec.fail(ctx, "", "root CA", err)
+		gate.doneAll(err)
 		return
 	}
 	var wg sync.WaitGroup
@@ -145,12 +146,14 @@ func (h *Hub) applyPKI(ctx context.Context, m *spec.Mesh, conns map[string]*kube
 		kc := conns[c.Name]
 		ns, ok := caNamespace(m, c.Name)
 		if kc == nil || !ok {
+			gate.done(c.Name, nil) // no cacerts of its own (data plane)
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			var err error
+			defer func() { gate.done(c.Name, err) }()
 			switch m.Spec.PKI.Mode {
 			case spec.PKICertManager:
 				err = h.applyCertManager(ctx, m, kc, ns, root, bundle, o, rec)
@@ -186,8 +189,17 @@ func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Clust
 	if cm := m.Spec.PKI.CertManager; cm != nil && cm.IssuerRef != nil {
 		cfg.RootIssuer = &certmanager.IssuerRef{Name: cm.IssuerRef.Name, Kind: cm.IssuerRef.Kind}
 	}
-	if err := certmanager.Apply(ctx, kc, cfg, root); err != nil {
+	cfg.Mesh = m.Metadata.Name
+	cmRes, err := certmanager.Apply(ctx, kc, cfg)
+	if err != nil {
 		return err
+	}
+	if cmRes.RemovedLegacyRoot {
+		action := "deleted"
+		if o.DryRun {
+			action = "would delete"
+		}
+		rec.add(ctx, Step{Cluster: kc.Name, Step: "root key " + ns + "/" + certmanager.RootSecretName, Action: action, Detail: "the hub signs as MeshIssuer " + certmanager.MeshIssuerName})
 	}
 	if o.DryRun {
 		rec.add(ctx, Step{Cluster: kc.Name, Step: "cert-manager intermediate", Action: "validated"})
@@ -195,9 +207,17 @@ func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Clust
 	}
 	wctx, cancel := context.WithTimeout(ctx, certManagerIssueTimeout)
 	defer cancel()
+	hub := h.meshIssuer(m, kc, ns, root)
+	if err := h.signWhileWaiting(ctx, wctx, hub); err != nil {
+		return err
+	}
 	issued, err := certmanager.WaitReady(wctx, kc, ns, nil)
 	if err != nil {
 		return fmt.Errorf("%s: waiting for cert-manager to issue the intermediate in %s: %w", kc.Name, ns, err)
+	}
+	// A root rotation's new signing root: the intermediate is re-issued under it.
+	if issued, _, err = h.reissueUnderRoot(ctx, wctx, hub, ns, root, issued); err != nil {
+		return err
 	}
 	res, err := certmanager.Project(ctx, kc, ns, bundle, o.CACertsPolicy)
 	if err != nil {

@@ -86,6 +86,12 @@ func (h *Hub) removeClusters(ctx context.Context, m *spec.Mesh, leaving map[stri
 			continue
 		}
 		detail := fmt.Sprintf("%d secret(s) deleted, %d account(s) revoked", len(res.Secrets), len(res.Revoked))
+		if n, err := h.removeCertManager(ctx, &was, conns[name]); err != nil {
+			rec.fail(ctx, name, "remove from mesh", fmt.Errorf("%w (retried by the next apply)", err))
+			continue
+		} else if n > 0 {
+			detail += fmt.Sprintf(", %d cert-manager object(s) deleted", n)
+		}
 		err = h.Store.Update(ctx, func(tx *state.Tx) error {
 			pending := map[string]spec.Cluster{}
 			if _, err := tx.Value(pendingRemovalsKey, &pending); err != nil {

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/flotillamesh/flotilla/federation"
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/scenarios/lab"
 	"github.com/flotillamesh/flotilla/server/spec"
@@ -241,13 +242,13 @@ func TestApplyLabRepairsWithoutRewriting(t *testing.T) {
 		{
 			name: "reader cluster role deleted",
 			drift: func(t *testing.T) {
-				if err := east.RbacV1().ClusterRoles().Delete(ctx, "istio-reader-clusterrole-"+ns, metav1.DeleteOptions{}); err != nil {
+				if err := east.RbacV1().ClusterRoles().Delete(ctx, federation.ReaderClusterRoleName(ns), metav1.DeleteOptions{}); err != nil {
 					t.Fatal(err)
 				}
 			},
 			want: map[string]int{"east apply clusterroles": 1},
 			check: func(t *testing.T) {
-				if _, err := east.RbacV1().ClusterRoles().Get(ctx, "istio-reader-clusterrole-"+ns, metav1.GetOptions{}); err != nil {
+				if _, err := east.RbacV1().ClusterRoles().Get(ctx, federation.ReaderClusterRoleName(ns), metav1.GetOptions{}); err != nil {
 					t.Errorf("east: reader cluster role not restored: %v", err)
 				}
 			},

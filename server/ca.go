@@ -126,6 +126,9 @@ func (h *Hub) RotateIntermediate(ctx context.Context, m *spec.Mesh, cluster stri
 	if !holds {
 		return nil, errNoIntermediate(cluster)
 	}
+	if m.Spec.PKI.Mode == spec.PKICertManager {
+		return h.rotateCertManagerIntermediate(ctx, m, *sc, ns)
+	}
 	root, bundle, _, err := h.loadCA(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("state: %w", err)

@@ -121,6 +121,9 @@ func Diagnose(m *spec.Mesh, st *Status, now time.Time) []Check {
 			ic.OK = true
 		}
 		add(ic)
+		if ck := istiodCheck(c); ck != nil {
+			add(*ck)
+		}
 	}
 	if builtin {
 		same := Check{Name: "same root everywhere", OK: len(roots) == 1}

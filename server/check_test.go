@@ -61,3 +61,48 @@ spec:
 		})
 	}
 }
+
+// TestIstiodCheck: istiod's own view passes when it knows every cluster the
+// cluster's remote secrets name, all synced, and fails naming the cluster
+// and status otherwise; a cluster without istiod gets no such check.
+func TestIstiodCheck(t *testing.T) {
+	west := []RemoteSecretStatus{{Name: "istio-remote-secret-west", Namespace: "istio-system", Target: "west", Expected: true, Healthy: true}}
+	view := func(st map[string]string) []IstiodView {
+		return []IstiodView{{Namespace: "istio-system", Pod: "istiod-1", RemoteClusters: st}}
+	}
+	tests := []struct {
+		name    string
+		cluster ClusterStatus
+		want    *bool
+		message string
+	}{
+		{"no istiod", ClusterStatus{RemoteSecrets: west}, nil, ""},
+		{"synced", ClusterStatus{RemoteSecrets: west, Istiods: view(map[string]string{"west": "synced"})}, ptrBool(true), "synced: west"},
+		{"timeout", ClusterStatus{RemoteSecrets: west, Istiods: view(map[string]string{"west": "timeout"})}, ptrBool(false), "cluster west is timeout"},
+		{"unknown to istiod", ClusterStatus{RemoteSecrets: west, Istiods: view(map[string]string{})}, ptrBool(false), "no istiod knows cluster west"},
+		{"unreadable", ClusterStatus{RemoteSecrets: west, Istiods: []IstiodView{{Namespace: "istio-system", Pod: "istiod-1", Error: "east: pod istio-system/istiod-1: /debug/clusterz: forbidden"}}}, ptrBool(false), "forbidden"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.cluster.Name = "east"
+			got := istiodCheck(tc.cluster)
+			if tc.want == nil {
+				if got != nil {
+					t.Fatalf("check %+v for a cluster without istiod", *got)
+				}
+				return
+			}
+			if got == nil {
+				t.Fatal("no check")
+			}
+			if got.OK != *tc.want || !strings.Contains(got.Message, tc.message) {
+				t.Errorf("check = ok %v %q, want ok %v containing %q", got.OK, got.Message, *tc.want, tc.message)
+			}
+			if !got.OK && got.Hint == "" {
+				t.Error("a failed check without a hint")
+			}
+		})
+	}
+}
+
+func ptrBool(b bool) *bool { return &b }

@@ -138,6 +138,16 @@ func (c *Client) Journal(ctx context.Context, limit int) ([]state.ApplyRecord, e
 	return out, nil
 }
 
+// Members lists the hub's replicas, their health and the clusters each
+// reconciles.
+func (c *Client) Members(ctx context.Context) (*Members, error) {
+	var out Members
+	if err := c.do(ctx, http.MethodGet, "/api/v1/members", nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 func methodFor(m *spec.Mesh) string {
 	if m == nil {
 		return http.MethodGet

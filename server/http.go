@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,9 +16,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/server/dashboard"
+	"github.com/flotillamesh/flotilla/server/ring"
 	"github.com/flotillamesh/flotilla/server/spec"
 	"github.com/flotillamesh/flotilla/server/state"
 )
@@ -66,6 +65,17 @@ type ServerOptions struct {
 	CAOut string
 	// Logger receives structured logs; nil logs JSON to stderr.
 	Logger *slog.Logger
+	// ReadTimeout, WriteTimeout and IdleTimeout bound a connection
+	// (DefaultReadTimeout... when zero; see limits.go).
+	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	// MetricsPublic serves /metrics without the token.
+	MetricsPublic bool
+	// DashboardRefresh is how often the dashboard refreshes what it shows
+	// while a browser watches (dashboard.DefaultRefresh when zero).
+	DashboardRefresh time.Duration
+	// Ring, when set, makes this hub one replica of several sharing an etcd
+	// state: the ring's owner of the mesh runs the reconcile pass.
+	Ring *ring.Ring
 }
 
 // Server is the long-running hub: the HTTP API over TLS, the reconcile loop,
@@ -78,6 +88,7 @@ type Server struct {
 	ln       net.Listener
 	caPEM    []byte
 	metrics  *metrics
+	replica  *replicaMetrics
 
 	// sem serializes applies (API and reconcile loop): a channel rather
 	// than a mutex so that waiting for it respects contexts.
@@ -90,6 +101,8 @@ type Server struct {
 
 	mu      sync.Mutex
 	lastErr error // the last reconcile's hard failure, for /readyz
+
+	dash *dashboard.Dashboard // the web UI at /, over the API's handlers
 }
 
 // NewServer binds the listen address and prepares TLS (writing the CA file
@@ -117,6 +130,7 @@ func NewServer(ctx context.Context, hub *Hub, o ServerOptions) (*Server, error) 
 		return nil, errors.New("server: give both a TLS certificate and key, or neither")
 	}
 	s := &Server{hub: hub, log: o.Logger, opts: o, tokenSum: sha256.Sum256([]byte(o.Token)), metrics: newMetrics(), sem: make(chan struct{}, 1)}
+	s.replica = newReplicaMetrics(s.metrics.registry, hub.Store)
 	s.work, s.cancelWork = context.WithCancel(context.Background())
 	if hub.Progress == nil {
 		hub.Progress = &logWriter{log: s.log}
@@ -163,12 +177,8 @@ func (s *Server) CAPEM() []byte { return s.caPEM }
 // unfinished). The caller closes the state after Run returns.
 func (s *Server) Run(ctx context.Context) error {
 	defer s.cancelWork()
-	srv := &http.Server{
-		Handler:           s.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
+	srv := s.httpServer()
+	srv.RegisterOnShutdown(s.dash.Close) // its event streams would hold Shutdown for the grace period
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(s.ln) }()
 	s.log.Info("hub serving", "address", s.ln.Addr().String(), "interval", s.opts.Interval.String())
@@ -217,23 +227,30 @@ func (s *Server) Run(ctx context.Context) error {
 	return errors.Join(serveErr, shutdownErr)
 }
 
-// Handler is the server's HTTP handler: /healthz, /readyz and /metrics in
-// the open, /api/v1/ behind the bearer token.
+// Handler is the server's HTTP handler: /healthz and /readyz in the open
+// (ok or not ok; details with the token), /metrics and /api/v1/ behind the
+// bearer token (/metrics in the open with MetricsPublic).
 func (s *Server) Handler() http.Handler {
 	api := http.NewServeMux()
-	api.HandleFunc("GET /api/v1/status", s.handleStatus)
-	api.HandleFunc("POST /api/v1/status", s.handleStatus)
-	api.HandleFunc("GET /api/v1/check", s.handleCheck)
-	api.HandleFunc("POST /api/v1/check", s.handleCheck)
-	api.HandleFunc("POST /api/v1/apply", s.handleApply(false))
-	api.HandleFunc("POST /api/v1/plan", s.handleApply(true))
+	api.HandleFunc("GET /api/v1/status", clusterCall(s.handleStatus))
+	api.HandleFunc("POST /api/v1/status", clusterCall(s.handleStatus))
+	api.HandleFunc("GET /api/v1/check", clusterCall(s.handleCheck))
+	api.HandleFunc("POST /api/v1/check", clusterCall(s.handleCheck))
+	api.HandleFunc("POST /api/v1/apply", clusterCall(s.handleApply(false)))
+	api.HandleFunc("POST /api/v1/plan", clusterCall(s.handleApply(true)))
 	api.HandleFunc("GET /api/v1/journal", s.handleJournal)
+	api.HandleFunc("GET /api/v1/trust", s.handleTrust)
+	api.HandleFunc("GET /api/v1/members", s.handleMembers)
 
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /healthz", s.handleHealth)
 	mux.HandleFunc("GET /readyz", s.handleReady)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", s.metricsHandler())
 	mux.Handle("/api/", s.authenticate(api))
+	if s.dash == nil {
+		s.dash = dashboard.New(dashboard.Options{Token: s.opts.Token, API: api, Refresh: s.opts.DashboardRefresh, Log: s.log, Now: s.hub.now})
+	}
+	mux.Handle("/", s.dash)
 	return s.logRequests(mux)
 }
 
@@ -242,11 +259,9 @@ func (s *Server) Handler() http.Handler {
 // length of the guess.
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := bearer(r.Header.Get("Authorization"))
-		sum := sha256.Sum256([]byte(got))
-		if !ok || subtle.ConstantTimeCompare(sum[:], s.tokenSum[:]) != 1 {
+		if !s.authorized(r) {
 			reason := "wrong token"
-			if !ok {
+			if _, ok := bearer(r.Header.Get("Authorization")); !ok {
 				reason = "no bearer token"
 			}
 			s.log.Warn("unauthorized request", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "reason", reason)
@@ -271,6 +286,10 @@ type statusRecorder struct {
 	code int
 }
 
+// Unwrap lets http.ResponseController reach the connection (the
+// dashboard's event stream flushes).
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
 func (r *statusRecorder) WriteHeader(code int) {
 	r.code = code
 	r.ResponseWriter.WriteHeader(code)
@@ -291,21 +310,6 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 	})
 }
 
-func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
-	if err := s.hub.Store.View(r.Context(), func(*state.Tx) error { return nil }); err != nil {
-		http.Error(w, "state: "+err.Error(), http.StatusServiceUnavailable)
-		return
-	}
-	s.mu.Lock()
-	lastErr := s.lastErr
-	s.mu.Unlock()
-	if lastErr != nil {
-		http.Error(w, "last reconcile failed: "+lastErr.Error(), http.StatusServiceUnavailable)
-		return
-	}
-	io.WriteString(w, "ok\n")
-}
-
 // requestContext is r's context, also cancelled when the grace period of a
 // shutdown is over.
 func (s *Server) requestContext(r *http.Request) (context.Context, context.CancelFunc) {
@@ -315,7 +319,7 @@ func (s *Server) requestContext(r *http.Request) (context.Context, context.Cance
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
-	m, err := readSpec(w, r)
+	m, err := s.readAdmittedSpec(w, r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -331,7 +335,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleCheck(w http.ResponseWriter, r *http.Request) {
-	m, err := readSpec(w, r)
+	m, err := s.readAdmittedSpec(w, r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -356,7 +360,7 @@ func (s *Server) handleApply(plan bool) http.HandlerFunc {
 			writeError(w, http.StatusBadRequest, err)
 			return
 		}
-		m, err := readSpec(w, r)
+		m, err := s.readAdmittedSpec(w, r)
 		if err != nil {
 			writeError(w, http.StatusBadRequest, err)
 			return
@@ -419,6 +423,7 @@ func (s *Server) apply(wait context.Context, m *spec.Mesh, o ApplyOptions, sourc
 	if s.work.Err() != nil {
 		return nil, errShuttingDown
 	}
+	o.Source = source
 	rep, err := s.hub.Apply(s.work, m, o)
 	if err != nil && s.work.Err() != nil {
 		err = fmt.Errorf("%w: %v", errShuttingDown, err)
@@ -454,12 +459,12 @@ func (s *Server) handleJournal(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	var applies []state.ApplyRecord
-	err := s.hub.Store.View(r.Context(), func(tx *state.Tx) error {
-		var err error
-		applies, err = tx.Applies(limit)
-		return err
-	})
+	kind, err := ParseJournalKind(r.URL.Query().Get("kind"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	applies, err := s.hub.History(r.Context(), limit, kind)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return

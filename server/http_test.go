@@ -108,8 +108,8 @@ func (ts *testServer) do(t *testing.T, method, path string, header map[string]st
 	return resp.StatusCode, string(data)
 }
 
-// TestServerAuth: every /api/v1/ call needs the exact bearer token; health
-// and metrics do not.
+// TestServerAuth: every /api/v1/ call and /metrics need the exact bearer
+// token; health does not.
 func TestServerAuth(t *testing.T) {
 	ts := startServer(t, newHub(t), -1)
 	cases := []struct {
@@ -132,7 +132,8 @@ func TestServerAuth(t *testing.T) {
 		{"right token, no mesh yet", "GET", "/api/v1/status", "Bearer " + testToken, 409},
 		{"healthz without token", "GET", "/healthz", "", 200},
 		{"readyz without token", "GET", "/readyz", "", 200},
-		{"metrics without token", "GET", "/metrics", "", 200},
+		{"metrics without token", "GET", "/metrics", "", 401},
+		{"metrics with the token", "GET", "/metrics", "Bearer " + testToken, 200},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -377,6 +378,10 @@ func TestLoadToken(t *testing.T) {
 	if err := os.WriteFile(empty, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	loose := filepath.Join(dir, "loose")
+	if err := os.WriteFile(loose, []byte("from-the-file-0123456789\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	env := func(v string) func(string) string {
 		return func(k string) string {
 			if k == TokenEnv {
@@ -393,6 +398,7 @@ func TestLoadToken(t *testing.T) {
 		{name: "env without a file", env: " from-env-0123456789 ", want: "from-env-0123456789"},
 		{name: "neither", errContains: TokenEnv},
 		{name: "empty file", file: empty, errContains: "empty"},
+		{name: "file others can read", file: loose, errContains: "chmod 600 " + loose},
 		{name: "missing file is created", file: filepath.Join(dir, "new-token"), created: true},
 	}
 	for _, tc := range cases {

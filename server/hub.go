@@ -33,6 +33,15 @@ type Hub struct {
 	Now func() time.Time
 	// Connect opens a cluster connection; nil uses the kubeconfig.
 	Connect func(c spec.Cluster, kubeconfig string) (*kube.Cluster, error)
+	// Inputs bounds the files and kubeconfigs a spec may make the hub use.
+	Inputs InputPolicy
+	// RequestTimeout bounds each request to a cluster's API server
+	// (DefaultRequestTimeout when zero).
+	RequestTimeout time.Duration
+	// Hook, when set, is called at every step of an apply as it happens:
+	// each progress line, and each journal entry once written. The crash
+	// test kills the process from it, at a point of the apply's own.
+	Hook func(point string)
 
 	mu sync.Mutex // serializes progress lines from parallel steps
 }
@@ -45,7 +54,7 @@ func (h *Hub) now() time.Time {
 }
 
 func (h *Hub) progressf(cluster, format string, args ...any) {
-	if h.Progress == nil {
+	if h.Progress == nil && h.Hook == nil {
 		return
 	}
 	h.mu.Lock()
@@ -54,7 +63,13 @@ func (h *Hub) progressf(cluster, format string, args ...any) {
 	if cluster != "" {
 		prefix = cluster
 	}
-	fmt.Fprintf(h.Progress, "%-10s %s\n", prefix+":", fmt.Sprintf(format, args...))
+	line := fmt.Sprintf(format, args...)
+	if h.Progress != nil {
+		fmt.Fprintf(h.Progress, "%-10s %s\n", prefix+":", line)
+	}
+	if h.Hook != nil {
+		h.Hook(prefix + ": " + line)
+	}
 }
 
 // connect opens a connection to every cluster of the spec; the failures come
@@ -69,6 +84,12 @@ func (h *Hub) connect(m *spec.Mesh, dryRun bool) (map[string]*kube.Cluster, map[
 			kc, err = h.Connect(c, h.Kubeconfig)
 		} else {
 			kc, err = kube.FromKubeconfig(c.Name, c.KubeconfigFor(h.Kubeconfig), c.Context)
+			if err == nil {
+				err = h.Inputs.admitConnection(c, h.Kubeconfig, kc)
+			}
+			if err == nil {
+				kc, err = h.withRequestTimeout(kc)
+			}
 		}
 		if err != nil {
 			errs[c.Name] = err

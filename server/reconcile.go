@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/flotillamesh/flotilla/pki"
@@ -10,16 +11,29 @@ import (
 )
 
 // loop reconciles at start and then every interval after the previous
-// reconcile ended, until ctx is done.
+// reconcile ended, until ctx is done. In cert-manager mode it keeps the
+// hub's issuer and the cacerts projection watching between reconciles.
 func (s *Server) loop(ctx context.Context) {
+	watch := newCMWatch(s)
+	defer watch.stop()
 	for ctx.Err() == nil {
-		s.Reconcile(ctx)
-		t := time.NewTimer(s.opts.Interval)
+		// Taken before the pass, so that a change during it is not missed.
+		changed := s.ringChanged()
+		res := s.Reconcile(ctx)
+		watch.sync(ctx)
+		wait := s.opts.Interval
+		if res.Skipped == "fence" {
+			wait = min(wait, fenceRetry)
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
+		case <-changed:
+			// A replica came or went: the mesh may have just become ours.
+			t.Stop()
 		}
 	}
 }
@@ -27,9 +41,12 @@ func (s *Server) loop(ctx context.Context) {
 // ReconcileResult is what one reconcile did.
 type ReconcileResult struct {
 	// Idle: no mesh has been applied yet, so there was nothing to do.
-	Idle   bool
-	Report *ApplyReport
-	Err    error
+	Idle bool
+	// Skipped names why another replica has the turn: "ring" (it owns the
+	// mesh) or "fence" (it holds the etcd fence).
+	Skipped string
+	Report  *ApplyReport
+	Err     error
 }
 
 // Reconcile applies the stored spec once, the way the loop does: it repairs
@@ -38,6 +55,20 @@ type ReconcileResult struct {
 // fifth of their lifetime left, then records metrics. wait bounds only the
 // wait for an apply in progress.
 func (s *Server) Reconcile(wait context.Context) ReconcileResult {
+	release, skip, err := s.reconcileTurn(wait)
+	if err != nil {
+		s.metrics.reconcileErrors.Inc()
+		s.setLast(err)
+		s.log.Error("reconcile: fence", "error", err.Error())
+		return ReconcileResult{Err: err}
+	}
+	if skip != "" {
+		s.replica.skipped.WithLabelValues(skip).Inc()
+		s.observeReplica(wait, 0, nil)
+		s.log.Debug("reconcile: another replica has the turn", "reason", skip)
+		return ReconcileResult{Skipped: skip}
+	}
+	defer release()
 	rep, err := s.apply(wait, nil, ApplyOptions{}, "reconcile")
 	if errors.Is(err, errNoSpec) {
 		s.log.Debug("reconcile: no mesh has been applied yet")
@@ -65,6 +96,13 @@ func (s *Server) Reconcile(wait context.Context) ReconcileResult {
 		s.log.Info("reconciled", attrs...)
 	}
 	s.observe()
+	var clusters []string
+	for _, st := range rep.Steps {
+		if st.Cluster != "" && !slices.Contains(clusters, st.Cluster) {
+			clusters = append(clusters, st.Cluster)
+		}
+	}
+	s.observeReplica(wait, rep.ID, clusters)
 	return ReconcileResult{Report: rep}
 }
 

@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
+	"github.com/flotillamesh/flotilla/federation"
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/server/spec"
 )
@@ -117,7 +118,7 @@ func TestRemoveUnreachableClusterRetried(t *testing.T) {
 		return err == nil
 	}
 	westReader := func() bool {
-		_, err := l.Cluster("west").Client().CoreV1().ServiceAccounts("istio-system").Get(ctx, "istio-reader-service-account", metav1.GetOptions{})
+		_, err := l.Cluster("west").Client().CoreV1().ServiceAccounts("istio-system").Get(ctx, federation.ReaderServiceAccount, metav1.GetOptions{})
 		return err == nil
 	}
 	removal := func(rep *ApplyReport) (Step, bool) {

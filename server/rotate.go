@@ -53,8 +53,8 @@ func (h *Hub) RotateRoot(ctx context.Context, m *spec.Mesh) (*RootRotation, erro
 		}
 	}
 	switch {
-	case m.Spec.PKI.Mode == spec.PKICertManager:
-		return nil, errors.New("root rotation: the mesh uses cert-manager, whose issuer holds the root: rotate it there")
+	case m.Spec.PKI.Mode == spec.PKICertManager && m.Spec.PKI.CertManager != nil && m.Spec.PKI.CertManager.IssuerRef != nil:
+		return nil, errors.New("root rotation: the mesh's intermediates come from your cert-manager issuer (pki.certManager.issuerRef), which holds the root: rotate it there")
 	case m.Spec.PKI.Root != nil:
 		return nil, errors.New("root rotation: the spec brings its own root (pki.root): flotilla generates a new root only for a root it generated")
 	}
@@ -151,7 +151,7 @@ func (h *Hub) RotateRoot(ctx context.Context, m *spec.Mesh) (*RootRotation, erro
 		return nil, fmt.Errorf("root rotation: state: %w", err)
 	}
 	h.progressf("", "root rotation: %s (signing root %s)", out.Phase, short(out.SigningRoot))
-	if out.Apply, err = h.Apply(ctx, m, ApplyOptions{}); err != nil {
+	if out.Apply, err = h.Apply(ctx, m, ApplyOptions{Source: "rotation"}); err != nil {
 		return out, fmt.Errorf("root rotation: %s is recorded; rolling it out failed (run flotilla apply): %w", out.Phase, err)
 	}
 	return out, nil

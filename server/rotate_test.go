@@ -34,7 +34,8 @@ spec:
 		mesh *spec.Mesh
 		want string
 	}{
-		{"cert-manager", doc("{mode: cert-manager}"), "cert-manager"},
+		{"cert-manager with the user's issuer", doc("{mode: cert-manager, certManager: {issuerRef: {name: corp, kind: ClusterIssuer}}}"), "issuerRef"},
+		{"cert-manager with the hub's issuer joins rotation", doc("{mode: cert-manager}"), "holds no root yet"},
 		{"own root", byo, "brings its own root"},
 		{"no root yet", doc("{keyAlgorithm: ECDSA-P256}"), "holds no root yet"},
 	}

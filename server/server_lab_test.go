@@ -174,7 +174,7 @@ func TestServerLab(t *testing.T) {
 		`flotilla_root_not_after_seconds{cluster="east"} `, `flotilla_root_not_after_seconds{cluster="west"} `,
 	}
 	for {
-		code, text := ts.get(t, "/metrics", nil)
+		code, text := ts.get(t, "/metrics", map[string]string{"Authorization": "Bearer " + testToken})
 		if code != 200 {
 			t.Fatalf("/metrics: %d", code)
 		}

@@ -37,6 +37,9 @@ type ClusterStatus struct {
 	Name    string          `json:"name"`
 	Role    federation.Role `json:"role"`
 	Network string          `json:"network"`
+	// ControlPlane is the cluster whose istiod serves this one: itself for
+	// a primary or control-plane cluster.
+	ControlPlane string `json:"controlPlane,omitempty"`
 	// Reachable is false when the cluster could not be read; Error says why.
 	Reachable bool   `json:"reachable"`
 	Error     string `json:"error,omitempty"`
@@ -55,6 +58,12 @@ type ClusterStatus struct {
 	// MissingRemoteSecrets are the remote secrets the topology asks this
 	// cluster to hold that it does not, as namespace/name.
 	MissingRemoteSecrets []string `json:"missingRemoteSecrets,omitempty"`
+	// MissingTargets are the clusters those missing secrets would read, in
+	// the same order (a config-type secret's name does not say).
+	MissingTargets []string `json:"missingTargets,omitempty"`
+	// Istiods is what the cluster's running istiods report (none in a
+	// cluster that runs no istiod).
+	Istiods []IstiodView `json:"istiods,omitempty"`
 	// Drift lists what differs from the spec and the state.
 	Drift []string `json:"drift"`
 }
@@ -109,6 +118,7 @@ func (h *Hub) Status(ctx context.Context, m *spec.Mesh) (*Status, error) {
 	for i, mem := range members {
 		cs := &st.Clusters[i]
 		*cs = ClusterStatus{Name: mem.Name, Role: mem.Role, Network: mem.Network, RemoteSecrets: []RemoteSecretStatus{}, Drift: []string{}}
+		cs.ControlPlane, _ = deploy.ServedBy(m.Spec.Topology, mem, members) // Validate has refused a mesh where it fails
 		if err := connErrs[mem.Name]; err != nil {
 			cs.Error = err.Error()
 			continue
@@ -162,6 +172,11 @@ func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, p
 	}
 
 	cs.Istio = readIstio(ctx, kc, cs.Role)
+	if views, err := readIstiods(ctx, kc); err != nil {
+		cs.Drift = append(cs.Drift, err.Error())
+	} else {
+		cs.Istiods = views
+	}
 
 	secretNS := federationOptions(m).SecretNamespace(m.Spec.Topology)
 	expected := map[string]federation.Link{}
@@ -200,6 +215,7 @@ func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, p
 	for _, n := range names {
 		if !found[n] {
 			cs.MissingRemoteSecrets = append(cs.MissingRemoteSecrets, secretNS+"/"+n)
+			cs.MissingTargets = append(cs.MissingTargets, expected[n].Target)
 			cs.Drift = append(cs.Drift, fmt.Sprintf("secret %s/%s (reads %s) is missing", secretNS, n, expected[n].Target))
 		}
 	}

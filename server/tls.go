@@ -95,7 +95,23 @@ func (s *Server) loadServingCA(ctx context.Context) (*servingCA, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	err = s.hub.Store.Update(ctx, func(tx *state.Tx) error { return tx.PutSecret(servingCASecret, data) })
+	// Replicas sharing a state may start together: the first CA stored
+	// wins, in the same transaction that would store ours.
+	err = s.hub.Store.Update(ctx, func(tx *state.Tx) error {
+		if cur, ok, err := tx.Secret(servingCASecret); err != nil || ok {
+			var stored servingCA
+			if err == nil && json.Unmarshal(cur, &stored) == nil {
+				if c, perr := parseCertPEM(stored.CertPEM); perr == nil && c.NotAfter.Sub(s.hub.now()) > servingCertLifetime {
+					ca = &stored
+					return nil
+				}
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return tx.PutSecret(servingCASecret, data)
+	})
 	if err != nil {
 		return nil, false, fmt.Errorf("server: store serving CA: %w", err)
 	}

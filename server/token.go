@@ -42,6 +42,9 @@ func ReadToken(file string, getenv func(string) string) (string, error) {
 		}
 		return "", fmt.Errorf("no hub token: name a token file or set %s", TokenEnv)
 	}
+	if err := checkTokenFileMode(file); err != nil {
+		return "", err
+	}
 	data, err := os.ReadFile(file)
 	if err != nil {
 		return "", fmt.Errorf("hub token: %w", err)

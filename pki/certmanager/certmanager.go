@@ -6,18 +6,22 @@
 //
 // Per cluster, in the control-plane namespace:
 //
-//	Secret  flotilla-root-ca        kubernetes.io/tls: the hub's root (only when no RootIssuer is named)
-//	Issuer  flotilla-root           CA issuer on that Secret (or the user's Issuer/ClusterIssuer instead)
+//	MeshIssuer  flotilla-mesh        issuer.flotilla.dev: the hub signs (only when no RootIssuer is named)
 //	Certificate flotilla-intermediate  isCA, the intermediate profile, Secret flotilla-intermediate-ca
 //	Issuer  flotilla-workload       CA issuer on the intermediate, for workload signing (csr-agent)
 //
-// Profile gap: a cert-manager Certificate cannot ask for a path length, so
-// the intermediate carries basicConstraints CA:true (critical) without
-// pathlen:0. cert-manager's CA issuer copies neither a pathlen from the
-// CSR nor from the spec (pki.CertificateTemplateValidateAndOverrideBasicConstraints
-// is called with a nil maxPathLen). Subject (O=Istio, CN=Intermediate CA,
-// L=<cluster>), SAN DNS istiod.<ns>.svc, the four key usages (critical) and
-// the subjectKeyIdentifier match the built-in profile; CheckProfile says so.
+// The root key never enters a member cluster: the hub is a cert-manager
+// external issuer (pki/issuer) and signs the intermediate's
+// CertificateRequest through its connection. Earlier versions wrote the
+// root as Secret flotilla-root-ca behind a CA Issuer flotilla-root; Apply
+// deletes both.
+//
+// Profile gap with a user's RootIssuer only: a cert-manager Certificate
+// cannot ask for a path length, and cert-manager's CA issuer adds none,
+// so such an intermediate lacks pathlen:0. The hub issuer adds it.
+// Subject (O=Istio, CN=Intermediate CA, L=<cluster>), SAN DNS
+// istiod.<ns>.svc, the four key usages (critical) and the
+// subjectKeyIdentifier match the built-in profile; CheckProfile says so.
 package certmanager
 
 import (
@@ -36,10 +40,15 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/pki/issuer/v1alpha1"
 )
 
 // Names of the objects flotilla writes in the control-plane namespace.
 const (
+	// MeshIssuerName is the hub's MeshIssuer.
+	MeshIssuerName = "flotilla-mesh"
+	// RootSecretName and RootIssuerName are what earlier versions wrote
+	// (the root key in the cluster); Apply deletes them.
 	RootSecretName              = "flotilla-root-ca"
 	RootIssuerName              = "flotilla-root"
 	IntermediateCertificateName = "flotilla-intermediate"
@@ -80,6 +89,8 @@ type IssuerRef struct {
 	Name string `json:"name"`
 	// Kind is Issuer (the default) or ClusterIssuer.
 	Kind string `json:"kind,omitempty"`
+	// Group is cert-manager.io ("") or issuer.flotilla.dev (the hub).
+	Group string `json:"group,omitempty"`
 }
 
 func (r IssuerRef) kind() string {
@@ -98,6 +109,9 @@ func (r IssuerRef) validate() error {
 	if r.Name == "" {
 		return errors.New("issuer reference has no name")
 	}
+	if r.Group != "" && r.Group != Group {
+		return fmt.Errorf("issuer %s: group %q: a named root issuer is cert-manager's (%s)", r.Name, r.Group, Group)
+	}
 	if k := r.kind(); k != IssuerKind && k != ClusterIssuerKind {
 		return fmt.Errorf("issuer %s: kind %q is neither %s nor %s", r.Name, k, IssuerKind, ClusterIssuerKind)
 	}
@@ -105,7 +119,11 @@ func (r IssuerRef) validate() error {
 }
 
 func (r IssuerRef) meta() cmmeta.IssuerReference {
-	return cmmeta.IssuerReference{Name: r.Name, Kind: r.kind(), Group: Group}
+	g := r.Group
+	if g == "" {
+		g = Group
+	}
+	return cmmeta.IssuerReference{Name: r.Name, Kind: r.kind(), Group: g}
 }
 
 // Config is one cluster's cert-manager mode.
@@ -123,9 +141,11 @@ type Config struct {
 	// RenewBefore; 0 is DefaultRenewBefore (capped to a third of Lifetime).
 	RenewBefore time.Duration
 	// RootIssuer names an existing Issuer or ClusterIssuer (fronting an
-	// external PKI) that signs the intermediate. nil: the hub's root is
-	// written as Secret flotilla-root-ca behind Issuer flotilla-root.
+	// external PKI) that signs the intermediate. nil: the hub signs, as
+	// MeshIssuer flotilla-mesh.
 	RootIssuer *IssuerRef
+	// Mesh is the mesh's name, for the MeshIssuer's spec.
+	Mesh string
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -162,7 +182,7 @@ func (c Config) rootIssuer() IssuerRef {
 	if c.RootIssuer != nil {
 		return *c.RootIssuer
 	}
-	return IssuerRef{Name: RootIssuerName, Kind: IssuerKind}
+	return IssuerRef{Name: MeshIssuerName, Kind: v1alpha1.MeshIssuerKind, Group: v1alpha1.Group}
 }
 
 // WorkloadIssuer is the issuer that signs workload certificates with the
@@ -222,9 +242,8 @@ func IntermediateCertificate(cfg Config) (*unstructured.Unstructured, error) {
 	return toUnstructured(crt)
 }
 
-// Objects are the cert-manager objects of cfg, in apply order. The root
-// Secret (no RootIssuer named) is not among them: it holds the root key,
-// so Apply writes it through the typed client and it is never rendered.
+// Objects are the cert-manager objects of cfg, in apply order. None holds
+// a private key: the hub's MeshIssuer stands for the root.
 func Objects(cfg Config) ([]*unstructured.Unstructured, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -232,11 +251,7 @@ func Objects(cfg Config) ([]*unstructured.Unstructured, error) {
 	}
 	var out []*unstructured.Unstructured
 	if cfg.RootIssuer == nil {
-		iss, err := caIssuer(RootIssuerName, cfg.Namespace, RootSecretName)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, iss)
+		out = append(out, meshIssuer(cfg))
 	}
 	crt, err := IntermediateCertificate(cfg)
 	if err != nil {
@@ -247,6 +262,23 @@ func Objects(cfg Config) ([]*unstructured.Unstructured, error) {
 		return nil, err
 	}
 	return append(out, crt, wl), nil
+}
+
+// meshIssuer is the MeshIssuer standing for the hub in cfg's namespace.
+func meshIssuer(cfg Config) *unstructured.Unstructured {
+	spec := map[string]any{"cluster": cfg.Cluster}
+	if cfg.Mesh != "" {
+		spec["mesh"] = cfg.Mesh
+	}
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": v1alpha1.SchemeGroupVersion.String(),
+		"kind":       v1alpha1.MeshIssuerKind,
+		"metadata": map[string]any{
+			"name": MeshIssuerName, "namespace": cfg.Namespace,
+			"labels": map[string]any{pki.ManagedByLabel: pki.ManagedByValue},
+		},
+		"spec": spec,
+	}}
 }
 
 func caIssuer(name, namespace, secret string) (*unstructured.Unstructured, error) {

@@ -33,8 +33,8 @@ func TestObjects(t *testing.T) {
 		algorithm  string
 		size       int64
 	}{
-		{"default: hub root behind a CA issuer, ECDSA", certmanager.Config{Cluster: "east", Namespace: "istio-system"},
-			[]string{"Issuer", "Certificate", "Issuer"}, "Issuer", certmanager.RootIssuerName, "ECDSA", 256},
+		{"default: the hub's MeshIssuer, ECDSA", certmanager.Config{Cluster: "east", Namespace: "istio-system"},
+			[]string{"MeshIssuer", "Certificate", "Issuer"}, "MeshIssuer", certmanager.MeshIssuerName, "ECDSA", 256},
 		{"named ClusterIssuer, RSA-4096", certmanager.Config{Cluster: "west", Namespace: "istio-system", KeyAlgorithm: pki.RSA4096,
 			RootIssuer: &certmanager.IssuerRef{Name: "corp", Kind: certmanager.ClusterIssuerKind}},
 			[]string{"Certificate", "Issuer"}, "ClusterIssuer", "corp", "RSA", 4096},
@@ -96,6 +96,7 @@ func TestConfigRejected(t *testing.T) {
 		{"renewBefore not below lifetime", certmanager.Config{Cluster: "east", Namespace: "istio-system", Lifetime: 2 * time.Hour, RenewBefore: 3 * time.Hour}, "renewBefore"},
 		{"issuer of another kind", certmanager.Config{Cluster: "east", Namespace: "istio-system", RootIssuer: &certmanager.IssuerRef{Name: "x", Kind: "Vault"}}, `kind "Vault"`},
 		{"issuer without a name", certmanager.Config{Cluster: "east", Namespace: "istio-system", RootIssuer: &certmanager.IssuerRef{}}, "no name"},
+		{"root issuer of another group", certmanager.Config{Cluster: "east", Namespace: "istio-system", RootIssuer: &certmanager.IssuerRef{Name: "x", Group: "issuer.flotilla.dev"}}, `group "issuer.flotilla.dev"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := certmanager.Objects(tc.cfg)
@@ -131,5 +132,23 @@ func TestCACertsPinned(t *testing.T) {
 	}
 	if _, err := issued.CACerts(pki.NewBundle(other.Cert), time.Now()); !errors.Is(err, pki.ErrUntrusted) {
 		t.Errorf("intermediate outside the pinned bundle: %v, want ErrUntrusted", err)
+	}
+}
+
+// TestObjectsCarryNoKey: nothing flotilla renders or applies in
+// cert-manager mode (plan and dry runs included) holds a private key.
+func TestObjectsCarryNoKey(t *testing.T) {
+	objs, err := certmanager.Objects(certmanager.Config{Cluster: "east", Namespace: "istio-system"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		b, err := o.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), "PRIVATE KEY") || o.GetKind() == "Secret" {
+			t.Errorf("%s %s carries key material", o.GetKind(), o.GetName())
+		}
 	}
 }

@@ -15,13 +15,14 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
-	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/pki/issuer/v1alpha1"
 )
 
 // CheckCRDs fails with ErrCRDsMissing, naming the cluster, when c does not
@@ -69,53 +70,122 @@ func CheckIssuer(ctx context.Context, c *kube.Cluster, namespace string, ref Iss
 	return nil
 }
 
+// Result is what Apply did beyond writing cfg's objects.
+type Result struct {
+	// RemovedLegacyRoot: an earlier version's root Secret or CA Issuer
+	// (the root key in the cluster) was found and deleted.
+	RemovedLegacyRoot bool
+}
+
 // Apply writes cfg's cert-manager objects to c with server-side apply,
 // after checking that c serves cert-manager's CRDs and that a named root
-// issuer exists. root is the hub's root; its key is needed only when no
-// RootIssuer is named (it then goes into Secret flotilla-root-ca, the CA
-// issuer's material: every cluster holds the root key in this setup).
-func Apply(ctx context.Context, c *kube.Cluster, cfg Config, root *pki.Root) error {
+// issuer exists. Without a named root issuer it installs the MeshIssuer
+// CRD and the hub signs (pki/issuer): no private key is written. It
+// deletes the root Secret and CA Issuer earlier versions wrote.
+func Apply(ctx context.Context, c *kube.Cluster, cfg Config) (Result, error) {
+	var res Result
 	cfg, err := cfg.withDefaults()
 	if err != nil {
-		return err
+		return res, err
 	}
 	if err := CheckCRDs(ctx, c); err != nil {
-		return err
+		return res, err
 	}
 	if cfg.RootIssuer != nil {
 		if err := CheckIssuer(ctx, c, cfg.Namespace, *cfg.RootIssuer); err != nil {
-			return err
+			return res, err
 		}
 	}
 	if _, err := kube.EnsureNamespace(ctx, c, cfg.Namespace, nil); err != nil {
-		return err
+		return res, err
 	}
+	served := true
 	if cfg.RootIssuer == nil {
-		if root == nil || !root.HasKey() {
-			return fmt.Errorf("%s: cert-manager root issuer: %w; name an Issuer or ClusterIssuer that holds it (pki.rootIssuer)", c.Name, pki.ErrNoRootKey)
-		}
-		ac := corev1ac.Secret(RootSecretName, cfg.Namespace).
-			WithLabels(map[string]string{pki.ManagedByLabel: pki.ManagedByValue}).
-			WithType(corev1.SecretTypeTLS).
-			WithData(map[string][]byte{
-				corev1.TLSCertKey:       root.CertPEM,
-				corev1.TLSPrivateKeyKey: root.Key.Reveal(),
-				cmmeta.TLSCAKey:         root.CertPEM,
-			})
-		if _, err := c.Kube.CoreV1().Secrets(cfg.Namespace).Apply(ctx, ac, c.ApplyOptions()); err != nil {
-			return fmt.Errorf("%s: write secret %s/%s: %w", c.Name, cfg.Namespace, RootSecretName, err)
+		if served, err = InstallIssuerCRD(ctx, c); err != nil {
+			return res, err
 		}
 	}
 	objs, err := Objects(cfg)
 	if err != nil {
-		return err
+		return res, err
 	}
 	for _, o := range objs {
+		if !served && o.GetKind() == v1alpha1.MeshIssuerKind {
+			continue // a dry run before the CRD exists cannot validate it
+		}
 		if _, err := c.Apply(ctx, o); err != nil {
-			return err
+			return res, err
 		}
 	}
-	return nil
+	if res.RemovedLegacyRoot, err = removeLegacyRoot(ctx, c, cfg.Namespace); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// InstallIssuerCRD applies the MeshIssuer CRD and waits until the API
+// server serves the kind. A dry run reports whether it is served already.
+func InstallIssuerCRD(ctx context.Context, c *kube.Cluster) (served bool, err error) {
+	if _, err := c.Apply(ctx, v1alpha1.CRD()); err != nil {
+		return false, err
+	}
+	if c.DryRun {
+		_, _, err := c.Resource(v1alpha1.MeshIssuerGVK)
+		return err == nil, nil
+	}
+	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		u, err := c.Dynamic.Resource(crdGVR).Get(ctx, v1alpha1.CRDName, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		for _, cond := range conds {
+			m, _ := cond.(map[string]any)
+			if m["type"] == "Established" && m["status"] == "True" {
+				_, _, err := c.Resource(v1alpha1.MeshIssuerGVK)
+				return err == nil, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("%s: CRD %s not established: %w", c.Name, v1alpha1.CRDName, err)
+	}
+	return true, nil
+}
+
+// removeLegacyRoot deletes the root Secret and the CA Issuer on it that
+// earlier versions wrote. Only flotilla's own (managed-by label) go.
+func removeLegacyRoot(ctx context.Context, c *kube.Cluster, ns string) (bool, error) {
+	removed := false
+	s, err := c.Kube.CoreV1().Secrets(ns).Get(ctx, RootSecretName, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return false, fmt.Errorf("%s: read secret %s/%s: %w", c.Name, ns, RootSecretName, err)
+	case s.Labels[pki.ManagedByLabel] == pki.ManagedByValue:
+		if err := c.Kube.CoreV1().Secrets(ns).Delete(ctx, RootSecretName, c.DeleteOptions()); err != nil && !apierrors.IsNotFound(err) {
+			return false, fmt.Errorf("%s: delete secret %s/%s: %w", c.Name, ns, RootSecretName, err)
+		}
+		removed = true
+	}
+	gvr, _, err := c.Resource(IssuerGVK)
+	if err != nil {
+		return removed, err
+	}
+	iss, err := c.Dynamic.Resource(gvr).Namespace(ns).Get(ctx, RootIssuerName, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return removed, fmt.Errorf("%s: read Issuer %s/%s: %w", c.Name, ns, RootIssuerName, err)
+	case iss.GetLabels()[pki.ManagedByLabel] == pki.ManagedByValue:
+		if err := c.Dynamic.Resource(gvr).Namespace(ns).Delete(ctx, RootIssuerName, c.DeleteOptions()); err != nil && !apierrors.IsNotFound(err) {
+			return removed, fmt.Errorf("%s: delete Issuer %s/%s: %w", c.Name, ns, RootIssuerName, err)
+		}
+		removed = true
+	}
+	return removed, nil
 }
 
 // Certificate reads the intermediate's Certificate.

@@ -20,6 +20,7 @@ import (
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/pki/certmanager"
+	"github.com/flotillamesh/flotilla/pki/issuer"
 	"github.com/flotillamesh/flotilla/scenarios/lab"
 )
 
@@ -30,7 +31,7 @@ func TestMain(m *testing.M) { os.Exit(testLab.Run(m)) }
 
 const ns = "istio-system"
 
-func connect(t *testing.T, name string) *kube.Cluster {
+func connect(t testing.TB, name string) *kube.Cluster {
 	t.Helper()
 	kc, err := testLab.Get(t).Cluster(name).Connect()
 	if err != nil {
@@ -51,11 +52,23 @@ func TestLabIntermediatesAndProjection(t *testing.T) {
 	}
 	trust := pki.NewBundle(root.Cert)
 	issued := map[string]*certmanager.Issued{}
+
+	// east has what an earlier version wrote: the root key in the cluster.
+	east := connect(t, "east")
+	writeLegacyRoot(t, ctx, east, root)
+
 	for _, name := range []string{"east", "west"} {
 		kc := connect(t, name)
-		if err := certmanager.Apply(ctx, kc, certmanager.Config{Cluster: name, Namespace: ns}, root); err != nil {
+		res, err := certmanager.Apply(ctx, kc, certmanager.Config{Cluster: name, Namespace: ns})
+		if err != nil {
 			t.Fatal(err)
 		}
+		if res.RemovedLegacyRoot != (name == "east") {
+			t.Errorf("%s: removed a legacy root: %v", name, res.RemovedLegacyRoot)
+		}
+		// The hub signs through its connection, as the server does.
+		hub := &issuer.Controller{Cluster: kc, Signer: issuer.Signer{Cluster: name, Namespace: ns, Root: root}}
+		go hub.Run(ctx)
 		in, err := certmanager.WaitReady(ctx, kc, ns, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -80,14 +93,41 @@ func TestLabIntermediatesAndProjection(t *testing.T) {
 		}
 	})
 
-	t.Run("the one profile gap is pathlen:0", func(t *testing.T) {
-		err := pki.CheckIntermediate(issued["east"].Cert, "east", ns)
-		if err == nil || !strings.HasSuffix(err.Error(), ": pathlen is not 0") {
-			t.Fatalf("built-in profile check: %v, want only the pathlen gap", err)
+	t.Run("the hub issuer closes the pathlen gap", func(t *testing.T) {
+		for name, in := range issued {
+			if err := pki.CheckIntermediate(in.Cert, name, ns); err != nil {
+				t.Errorf("%s: built-in profile check: %v", name, err)
+			}
+			if len(in.Chain) != 0 || string(in.CA) != string(root.CertPEM) {
+				t.Errorf("%s: tls.crt holds %d certificates after the intermediate, ca.crt is not the root", name, len(in.Chain))
+			}
 		}
 	})
 
-	east := connect(t, "east")
+	t.Run("no secret in any cluster holds the root key", func(t *testing.T) {
+		holders, seen, err := testLab.Get(t).SecretsHolding(ctx, root.Cert.PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(holders) > 0 {
+			t.Fatalf("root key found in %v", holders)
+		}
+		if seen < 2 {
+			t.Fatalf("looked at %d private keys: the walk missed the intermediates' secrets", seen)
+		}
+		gvr, _, err := east.Resource(certmanager.IssuerGVK)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := east.Dynamic.Resource(gvr).Namespace(ns).Get(ctx, certmanager.RootIssuerName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("legacy Issuer %s: %v, want it deleted", certmanager.RootIssuerName, err)
+		}
+	})
+
+	t.Run("the hub refuses what is not the cluster's intermediate, saying why", func(t *testing.T) {
+		testRefusals(t, ctx, east)
+	})
+
 	t.Run("cacerts projection matches the intermediate, once", func(t *testing.T) {
 		res, err := certmanager.Project(ctx, east, ns, trust, pki.Refuse)
 		if err != nil {
@@ -173,7 +213,7 @@ func TestLabNamedClusterIssuer(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := certmanager.Config{Cluster: "west", Namespace: "istio-corp", RootIssuer: &certmanager.IssuerRef{Name: "corp-root", Kind: certmanager.ClusterIssuerKind}}
-	if err := certmanager.Apply(ctx, west, cfg, nil); err != nil {
+	if _, err := certmanager.Apply(ctx, west, cfg); err != nil {
 		t.Fatal(err)
 	}
 	in, err := certmanager.WaitReady(ctx, west, cfg.Namespace, nil)
@@ -197,10 +237,6 @@ func TestLabNamedClusterIssuer(t *testing.T) {
 func TestLabBadInput(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	root, err := pki.NewRoot(pki.Config{KeyAlgorithm: pki.ECDSAP256})
-	if err != nil {
-		t.Fatal(err)
-	}
 	bare := connect(t, "bare")
 	removeCertManagerCRDs(t, ctx, testLab.Get(t).Cluster("bare"))
 
@@ -221,7 +257,7 @@ func TestLabBadInput(t *testing.T) {
 			[]string{"east:", "Issuer istio-system/no-such-ca"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := certmanager.Apply(ctx, tc.cluster, tc.cfg, root)
+			_, err := certmanager.Apply(ctx, tc.cluster, tc.cfg)
 			if !errors.Is(err, tc.is) {
 				t.Fatalf("Apply: %v, want %v", err, tc.is)
 			}

@@ -94,6 +94,9 @@ type Options struct {
 	SignTimeout time.Duration
 	// MaxCSRBytes bounds the PEM CSR; 0 is DefaultMaxCSRBytes.
 	MaxCSRBytes int
+	// Limits bound TokenReviews and CertificateRequests per caller and
+	// overall; zero fields are DefaultLimits'.
+	Limits Limits
 
 	// Listen is the gRPC address (":6443").
 	Listen string
@@ -151,6 +154,7 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MaxCSRBytes <= 0 {
 		o.MaxCSRBytes = DefaultMaxCSRBytes
 	}
+	o.Limits = o.Limits.withDefaults()
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}

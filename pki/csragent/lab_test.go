@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
@@ -40,6 +41,7 @@ import (
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/pki/certmanager"
 	"github.com/flotillamesh/flotilla/pki/csragent"
+	"github.com/flotillamesh/flotilla/pki/issuer"
 	"github.com/flotillamesh/flotilla/scenarios/lab"
 )
 
@@ -66,6 +68,8 @@ type env struct {
 	mAddr  string
 	cancel context.CancelFunc
 	done   chan error
+	// serving is the agent's certificate, for agents a test runs itself.
+	serving tls.Certificate
 }
 
 var shared *env
@@ -95,9 +99,13 @@ func setup(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := certmanager.Apply(ctx, kc, certmanager.Config{Cluster: "east", Namespace: ns}, root); err != nil {
+	if _, err := certmanager.Apply(ctx, kc, certmanager.Config{Cluster: "east", Namespace: ns}); err != nil {
 		t.Fatal(err)
 	}
+	// The hub's issuer signs the intermediate; workloads are then signed
+	// in the cluster by the intermediate's CA issuer.
+	hub := &issuer.Controller{Cluster: kc, Signer: issuer.Signer{Cluster: "east", Namespace: ns, Root: root}}
+	go hub.Run(ctx)
 	if _, err := certmanager.WaitReady(ctx, kc, ns, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +136,7 @@ func setup(t testing.TB) *env {
 	}
 	ports := freePorts(t, 2)
 	e := &env{kc: kc, lc: lc, root: root, trust: pki.NewBundle(root.Cert),
-		addr: ports[0], mAddr: ports[1], done: make(chan error, 1)}
+		addr: ports[0], mAddr: ports[1], done: make(chan error, 1), serving: serving}
 	pool := x509.NewCertPool()
 	pool.AddCert(root.Cert)
 	// The client checks the agent as a proxy would: its Service name, the mesh root.
@@ -145,6 +153,9 @@ func setup(t testing.TB) *env {
 			TLS:                &tls.Config{Certificates: []tls.Certificate{serving}, MinVersion: tls.VersionTLS12},
 			RootCertNamespaces: []string{appNS, "apps-2"},
 			Istiod:             true,
+			// The benchmark measures cert-manager, not the limiter;
+			// TestLabFlood runs an agent with limits of its own.
+			Limits: csragent.Limits{Unlimited: true},
 		})
 	}()
 	err = wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
@@ -344,6 +355,9 @@ func TestLabRefused(t *testing.T) {
 		{"CSR without a SPIFFE ID", good, csrFor(t), 3600, codes.InvalidArgument, "0 URI SANs"},
 		{"oversized CSR", good, strings.Repeat("A", 64<<10-64), 3600, codes.InvalidArgument, "exceeds the limit"},
 		{"lifetime above the cap", good, csrFor(t, httpbinID), int64((48 * time.Hour).Seconds()), codes.InvalidArgument, "exceeds the maximum"},
+		{"otherName SAN beside the SPIFFE ID", good, csrWith(t, nil, []pkix.Extension{sanWithOtherName(t, httpbinID)}), 3600, codes.PermissionDenied, "otherName"},
+		{"RSA-1024", good, csrWith(t, rsaKey(t, 1024), nil, httpbinID), 3600, codes.PermissionDenied, "1024 bits"},
+		{"a CA request", good, csrWith(t, nil, []pkix.Extension{caExtension(t)}, httpbinID), 3600, codes.PermissionDenied, "CA certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := call(ctx, c, tc.token, tc.csr, tc.ttl)

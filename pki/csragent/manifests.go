@@ -91,7 +91,6 @@ func Objects(o ManifestOptions) ([]kube.Object, error) {
 	role := rbacv1ac.Role(ServiceName, ns).WithLabels(labels).WithRules(
 		// Server-side apply creates through patch.
 		rbacv1ac.PolicyRule().WithAPIGroups("cert-manager.io").WithResources("certificaterequests").WithVerbs("create", "patch", "get", "list", "watch", "delete"),
-		rbacv1ac.PolicyRule().WithAPIGroups("cert-manager.io").WithResources("certificates").WithVerbs("create", "patch", "get"),
 		rbacv1ac.PolicyRule().WithAPIGroups("").WithResources("events").WithVerbs("create", "patch"),
 	)
 	rb := rbacv1ac.RoleBinding(ServiceName, ns).WithLabels(labels).
@@ -131,6 +130,10 @@ func Objects(o ManifestOptions) ([]kube.Object, error) {
 		}
 	}
 	objs = append(objs, kube.Custom(Certificate(ns)))
+	// istiod's serving Certificate is written here, by the hub, not by the
+	// agent: the agent's Role has no Certificate rights, so that nothing
+	// that can reach it can ask cert-manager for a certificate of its choice.
+	objs = append(objs, kube.Custom(IstiodCertificateObject(ns, o.TrustDomain, certmanager.WorkloadIssuerName)))
 	for _, err := range []error{
 		add(kube.Typed(svc, func(ctx context.Context, c *kube.Cluster, ac *corev1ac.ServiceApplyConfiguration) (metav1.Object, error) {
 			return c.Kube.CoreV1().Services(ns).Apply(ctx, ac, c.ApplyOptions())
@@ -186,7 +189,6 @@ func Args(o ManifestOptions) []string {
 		"--tls-key-file=" + csrAgentCertDir + "/tls.key",
 		"--listen=:" + strconv.Itoa(DefaultPort),
 		"--metrics-listen=:" + strconv.Itoa(DefaultMetricsPort),
-		"--istiod-cert=true",
 	}
 	if o.MaxLifetime > 0 {
 		args = append(args, "--max-lifetime="+o.MaxLifetime.String())

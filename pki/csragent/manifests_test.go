@@ -1,6 +1,7 @@
 package csragent_test
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -20,17 +21,24 @@ func TestCSRAgentObjects(t *testing.T) {
 	for _, o := range objs {
 		kinds = append(kinds, o.Unstructured().GetKind())
 	}
-	want := []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ConfigMap", "Certificate", "Service", "Deployment"}
+	want := []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ConfigMap", "Certificate", "Certificate", "Service", "Deployment"}
 	if !slices.Equal(kinds, want) {
 		t.Fatalf("kinds %v, want %v", kinds, want)
 	}
 	dep := objs[len(objs)-1].Unstructured()
 	args := containerArgs(dep.Object)
 	joined := strings.Join(args, " ")
-	for _, f := range []string{"csr-agent", "--namespace=istio-system", "--issuer-name=flotilla-workload", "--trust-bundle-file=", "--tls-cert-file=", "--root-cert-namespaces=apps-1", "--istiod-cert=true"} {
+	for _, f := range []string{"csr-agent", "--namespace=istio-system", "--issuer-name=flotilla-workload", "--trust-bundle-file=", "--tls-cert-file=", "--root-cert-namespaces=apps-1"} {
 		if !strings.Contains(joined, f) {
 			t.Errorf("deployment args %q lack %s", joined, f)
 		}
+	}
+	if strings.Contains(joined, "--istiod-cert") {
+		t.Errorf("deployment args %q: the agent keeps istiod's Certificate, which its Role no longer allows", joined)
+	}
+	role := objs[3].Unstructured()
+	if strings.Contains(fmt.Sprint(role.Object["rules"]), "certificates ") || strings.Contains(fmt.Sprint(role.Object["rules"]), "certificates]") {
+		t.Errorf("csr-agent Role grants certificates: %v", role.Object["rules"])
 	}
 	for _, tc := range []struct {
 		name string

@@ -1,8 +1,6 @@
 package csragent
 
 import (
-	"encoding/asn1"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -45,19 +43,4 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 	}
 	return m, nil
-}
-
-var oidBasicConstraints = asn1.ObjectIdentifier{2, 5, 29, 19}
-
-// basicConstraintsCA decodes the cA flag of a basicConstraints value.
-func basicConstraintsCA(der []byte) (bool, error) {
-	var bc struct {
-		IsCA       bool `asn1:"optional"`
-		MaxPathLen int  `asn1:"optional,default:-1"`
-	}
-	rest, err := asn1.Unmarshal(der, &bc)
-	if err != nil || len(rest) > 0 {
-		return false, asn1.SyntaxError{Msg: "bad basicConstraints"}
-	}
-	return bc.IsCA, nil
 }

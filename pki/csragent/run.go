@@ -20,8 +20,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/client-go/informers"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
@@ -151,7 +153,8 @@ func (r *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 // KeepRootCerts writes the istio-ca-root-cert ConfigMap (root-cert.pem:
 // the pinned bundle) in each of opts.RootCertNamespaces, or in every
 // namespace, and rewrites it whenever it is changed or deleted, until ctx
-// ends.
+// ends. Namespaces and ConfigMaps are read from informer caches: an event
+// costs no list or get on the API server, only the writes it needs.
 func (s *Server) KeepRootCerts(ctx context.Context) error {
 	c := s.opts.Cluster
 	f := informers.NewSharedInformerFactoryWithOptions(c.Kube, defaultRootCertSync,
@@ -168,19 +171,29 @@ func (s *Server) KeepRootCerts(ctx context.Context) error {
 		}
 	}
 	handler := cache.ResourceEventHandlerFuncs{AddFunc: poke, UpdateFunc: func(_, o any) { poke(o) }, DeleteFunc: poke}
-	if _, err := f.Core().V1().ConfigMaps().Informer().AddEventHandler(handler); err != nil {
+	cms := f.Core().V1().ConfigMaps()
+	if _, err := cms.Informer().AddEventHandler(handler); err != nil {
 		return err
 	}
+	synced := []cache.InformerSynced{cms.Informer().HasSynced}
+	var nsLister corelisters.NamespaceLister
 	if len(s.opts.RootCertNamespaces) == 0 {
 		nsf := informers.NewSharedInformerFactory(c.Kube, defaultRootCertSync)
-		if _, err := nsf.Core().V1().Namespaces().Informer().AddEventHandler(handler); err != nil {
+		nss := nsf.Core().V1().Namespaces()
+		if _, err := nss.Informer().AddEventHandler(handler); err != nil {
 			return err
 		}
+		nsLister = nss.Lister()
+		synced = append(synced, nss.Informer().HasSynced)
 		nsf.Start(ctx.Done())
 		defer nsf.Shutdown()
 	}
 	f.Start(ctx.Done())
 	defer f.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return nil
+	}
+	src := cachedRootCerts{ns: nsLister, cm: cms.Lister()}
 	poke(nil)
 	for {
 		select {
@@ -188,22 +201,66 @@ func (s *Server) KeepRootCerts(ctx context.Context) error {
 			return nil
 		case <-kick:
 		}
-		if err := s.WriteRootCerts(ctx); err != nil && ctx.Err() == nil {
+		if err := s.writeRootCerts(ctx, src); err != nil && ctx.Err() == nil {
 			s.opts.Log.Error("istio-ca-root-cert", "cluster", c.Name, "err", err)
 		}
 	}
 }
 
-// WriteRootCerts writes istio-ca-root-cert where it is missing or stale.
+// rootCertSource reads what writeRootCerts compares against.
+type rootCertSource interface {
+	namespaces(ctx context.Context) ([]*corev1.Namespace, error)
+	configMap(ctx context.Context, ns string) (*corev1.ConfigMap, error)
+}
+
+// liveRootCerts reads from the API server (one-shot writes).
+type liveRootCerts struct{ c *kube.Cluster }
+
+func (l liveRootCerts) namespaces(ctx context.Context) ([]*corev1.Namespace, error) {
+	list, err := l.c.Kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*corev1.Namespace, len(list.Items))
+	for i := range list.Items {
+		out[i] = &list.Items[i]
+	}
+	return out, nil
+}
+
+func (l liveRootCerts) configMap(ctx context.Context, ns string) (*corev1.ConfigMap, error) {
+	return l.c.Kube.CoreV1().ConfigMaps(ns).Get(ctx, RootCertConfigMap, metav1.GetOptions{})
+}
+
+// cachedRootCerts reads from KeepRootCerts' informers.
+type cachedRootCerts struct {
+	ns corelisters.NamespaceLister
+	cm corelisters.ConfigMapLister
+}
+
+func (c cachedRootCerts) namespaces(context.Context) ([]*corev1.Namespace, error) {
+	return c.ns.List(labels.Everything())
+}
+
+func (c cachedRootCerts) configMap(_ context.Context, ns string) (*corev1.ConfigMap, error) {
+	return c.cm.ConfigMaps(ns).Get(RootCertConfigMap)
+}
+
+// WriteRootCerts writes istio-ca-root-cert where it is missing or stale,
+// reading the cluster directly.
 func (s *Server) WriteRootCerts(ctx context.Context) error {
+	return s.writeRootCerts(ctx, liveRootCerts{s.opts.Cluster})
+}
+
+func (s *Server) writeRootCerts(ctx context.Context, src rootCertSource) error {
 	c := s.opts.Cluster
 	nss := s.opts.RootCertNamespaces
 	if len(nss) == 0 {
-		list, err := c.Kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+		list, err := src.namespaces(ctx)
 		if err != nil {
 			return fmt.Errorf("%s: list namespaces: %w", c.Name, err)
 		}
-		for _, n := range list.Items {
+		for _, n := range list {
 			if n.Status.Phase != corev1.NamespaceTerminating {
 				nss = append(nss, n.Name)
 			}
@@ -212,7 +269,7 @@ func (s *Server) WriteRootCerts(ctx context.Context) error {
 	want := s.opts.TrustBundle.PEM()
 	var errs []error
 	for _, ns := range nss {
-		cur, err := c.Kube.CoreV1().ConfigMaps(ns).Get(ctx, RootCertConfigMap, metav1.GetOptions{})
+		cur, err := src.configMap(ctx, ns)
 		if err == nil && cur.Data[RootCertKey] == string(want) {
 			continue
 		}

@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/pki/csrpolicy"
 )
 
 // Server implements IstioCertificateService. Create it with New, start its
@@ -38,6 +39,8 @@ type Server struct {
 	opts    Options
 	gvr     schema.GroupVersionResource
 	metrics *metrics
+
+	reviews, requests *limiter
 
 	mu      sync.Mutex
 	waiters map[string]chan *cmapi.CertificateRequest
@@ -54,7 +57,12 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: csr-agent metrics: %w", opts.Cluster.Name, err)
 	}
-	return &Server{opts: opts, metrics: m, waiters: map[string]chan *cmapi.CertificateRequest{}}, nil
+	l := opts.Limits
+	return &Server{
+		opts: opts, metrics: m, waiters: map[string]chan *cmapi.CertificateRequest{},
+		reviews:  newLimiter("token reviews", l.TokenReviewsPerToken, l.TokenReviews, l.Unlimited),
+		requests: newLimiter("certificate requests", l.RequestsPerIdentity, l.Requests, l.Unlimited),
+	}, nil
 }
 
 // Start watches the agent's CertificateRequests until ctx ends, and waits
@@ -145,12 +153,18 @@ func (s *Server) CreateCertificate(ctx context.Context, req *securityv1alpha1.Is
 	if err != nil {
 		return nil, err
 	}
+	if err := s.reviews.allow(tokenKey(token), time.Now()); err != nil {
+		return nil, err
+	}
 	id, err := s.authenticate(ctx, token)
 	if err != nil {
 		return nil, err
 	}
 	csrPEM, err := checkCSR(req.GetCsr(), id)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.requests.allow(id.String(), time.Now()); err != nil {
 		return nil, err
 	}
 	chain, err := s.sign(ctx, id, csrPEM, ttl)
@@ -244,9 +258,10 @@ func serviceAccount(user string) (ns, name string, ok bool) {
 	return ns, name, ok && ns != "" && name != "" && !strings.Contains(name, ":")
 }
 
-// checkCSR accepts a signed PKCS#10 request whose only SAN is id's URI,
-// which asks for no CA, and returns it re-encoded (nothing after the PEM
-// block travels on).
+// checkCSR accepts a signed PKCS#10 request whose only SAN is id's URI
+// (read from the raw extension: no otherName or directoryName slips by),
+// with an allowed key, istio-agent's subject and no CA request, and
+// returns it re-encoded (nothing after the PEM block travels on).
 func checkCSR(in string, id pki.SPIFFEID) ([]byte, error) {
 	b, _ := pem.Decode([]byte(in))
 	if b == nil || (b.Type != "CERTIFICATE REQUEST" && b.Type != "NEW CERTIFICATE REQUEST") {
@@ -256,7 +271,7 @@ func checkCSR(in string, id pki.SPIFFEID) ([]byte, error) {
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "csr: %v", err)
 	}
-	if err := csr.CheckSignature(); err != nil {
+	if err := (csrpolicy.Signature{}).Valid(csr); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "csr signature: %v", err)
 	}
 	if len(csr.URIs) != 1 {
@@ -265,15 +280,8 @@ func checkCSR(in string, id pki.SPIFFEID) ([]byte, error) {
 	if got := csr.URIs[0].String(); got != id.String() {
 		return nil, status.Errorf(codes.PermissionDenied, "csr asks for %s, the token is for %s", got, id)
 	}
-	if len(csr.DNSNames)+len(csr.IPAddresses)+len(csr.EmailAddresses) > 0 {
-		return nil, status.Error(codes.PermissionDenied, "csr asks for DNS, IP or email SANs; workloads get their SPIFFE ID only")
-	}
-	for _, e := range csr.Extensions {
-		if e.Id.Equal(oidBasicConstraints) {
-			if isCA, err := basicConstraintsCA(e.Value); err != nil || isCA {
-				return nil, status.Error(codes.PermissionDenied, "csr asks for a CA certificate")
-			}
-		}
+	if err := workloadPolicy(id).Valid(csr); err != nil {
+		return nil, status.Error(codes.PermissionDenied, err.Error())
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw}), nil
 }

@@ -46,7 +46,11 @@
 //     the pod locally with that environment, so the emulator knows which pod
 //     calls and makes the call as that pod's sidecar (or, without one,
 //     kube-proxy) would. A pod watch triggers a sync, so the Exec is there
-//     within moments of the pod running.
+//     within moments of the pod running. Once a pod's listeners and Exec
+//     are in place the emulator annotates it lab.DataPlaneAnnotation=ready,
+//     and only then does kwok mark it Ready (the lab's pod stages): a pod
+//     that callers see Ready has its data plane, as a sidecar's readiness
+//     probe guarantees in a real cluster.
 //   - until then kwok uses the lab's ClusterExec, whose http_proxy is the
 //     node's capture address, loopback(nodeIP):15001; a request there is
 //     taken as the cluster's one running curl pod's, and fails when there

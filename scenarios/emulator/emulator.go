@@ -19,6 +19,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
@@ -61,6 +62,9 @@ type Emulator struct {
 	rr        map[string]int              // round-robin position per client and service
 	syncMu    sync.Mutex
 	lastSync  time.Time
+	// firstSeen is when the pod watch first saw a pod running, by UID: the
+	// start of its data plane's lag, logged once the pod is marked ready.
+	firstSeen sync.Map
 	logMu     sync.Mutex
 }
 
@@ -146,7 +150,10 @@ func (e *Emulator) watchPods(ctx context.Context, m *member, kick chan<- struct{
 	for ctx.Err() == nil {
 		w, err := m.kube.CoreV1().Pods("").Watch(ctx, metav1.ListOptions{})
 		if err == nil {
-			for range w.ResultChan() {
+			for ev := range w.ResultChan() {
+				if p, ok := ev.Object.(*corev1.Pod); ok && running(p) && p.Annotations[lab.DataPlaneAnnotation] == "" {
+					e.firstSeen.LoadOrStore(string(p.UID), time.Now())
+				}
 				select {
 				case kick <- struct{}{}:
 				default: // a sync is due anyway
@@ -174,9 +181,22 @@ func (e *Emulator) Sync(ctx context.Context) error {
 		}
 	}()
 	w := &world{views: map[string]*clusterView{}}
+	// Clusters are read side by side: a sync must not take as long as all
+	// of them together, pods wait on it to become Ready.
+	read := make([]*clusterView, len(e.clusters))
+	readErr := make([]error, len(e.clusters))
+	var wg sync.WaitGroup
+	for i, m := range e.clusters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			read[i], readErr[i] = readCluster(ctx, m.name, m.kube, m.dyn)
+		}()
+	}
+	wg.Wait()
 	var errs []error
-	for _, m := range e.clusters {
-		v, err := readCluster(ctx, m.name, m.kube, m.dyn)
+	for i, m := range e.clusters {
+		v, err := read[i], readErr[i]
 		if err != nil {
 			errs = append(errs, err)
 			if old := e.world.Load().views[m.name]; old != nil {
@@ -286,27 +306,71 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 		e.logf("listening on %s (%s)", addr, kinds[addr])
 		go serve(ln, h)
 	}
-	// Only pods whose capture address listens get an Exec pointing there.
-	var pending []podExec
+	// Only pods whose capture address listens get an Exec pointing there;
+	// only pods with their Exec (and every listener of theirs) are Ready.
+	var pending, unready []podExec
 	written := map[string]bool{}
 	for _, x := range execs {
-		key := x.cluster + "/" + x.pod.Namespace + "/" + x.pod.Name + "/" + string(x.pod.UID) + "/" + x.capture
+		key := execKey(x.cluster, x.pod, x.capture)
 		if e.listeners[x.capture] == nil {
 			continue
 		}
 		written[key] = e.execs[key]
-		if !e.execs[key] {
+		switch {
+		case !e.execs[key]:
 			pending = append(pending, x)
+		case x.pod.Annotations[lab.DataPlaneAnnotation] != lab.DataPlaneReady:
+			unready = append(unready, x)
 		}
 	}
 	e.execs = written // forget pods that are gone
 	e.mu.Unlock()
+	var wg sync.WaitGroup
 	for _, x := range pending {
-		if e.writeExec(ctx, x.cluster, x.pod, x.capture) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if !e.writeExec(ctx, x.cluster, x.pod, x.capture) {
+				return
+			}
 			e.mu.Lock()
-			e.execs[x.cluster+"/"+x.pod.Namespace+"/"+x.pod.Name+"/"+string(x.pod.UID)+"/"+x.capture] = true
+			e.execs[execKey(x.cluster, x.pod, x.capture)] = true
 			e.mu.Unlock()
+			e.markDataPlaneReady(ctx, x.cluster, x.pod)
+		}()
+	}
+	for _, x := range unready {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.markDataPlaneReady(ctx, x.cluster, x.pod)
+		}()
+	}
+	wg.Wait()
+}
+
+func execKey(cluster string, p *corev1.Pod, capture string) string {
+	return cluster + "/" + p.Namespace + "/" + p.Name + "/" + string(p.UID) + "/" + capture
+}
+
+// markDataPlaneReady tells kwok that the pod's data plane is in place (its
+// listeners open, its Exec written), so that it may mark the pod Ready, as
+// a kubelet does once a sidecar's readiness probe passes. The pod's UID
+// guards against a pod of the same name that replaced it.
+func (e *Emulator) markDataPlaneReady(ctx context.Context, cluster string, p *corev1.Pod) {
+	m := e.member(cluster)
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{
+		"uid":         p.UID,
+		"annotations": map[string]string{lab.DataPlaneAnnotation: lab.DataPlaneReady},
+	}})
+	if _, err := m.kube.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		if !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			e.logf("%s: mark pod %s/%s data plane ready: %v", cluster, p.Namespace, p.Name, err)
 		}
+		return
+	}
+	if seen, ok := e.firstSeen.LoadAndDelete(string(p.UID)); ok {
+		e.logf("%s: pod %s/%s data plane ready %s after it ran", cluster, p.Namespace, p.Name, time.Since(seen.(time.Time)).Round(time.Millisecond))
 	}
 }
 

@@ -74,8 +74,9 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPort)
 	peerURL := fmt.Sprintf("http://127.0.0.1:%d", peerPort)
 
+	extraArgs := map[string][]string{}
 	run := func(name string, args ...string) (*process, error) {
-		p, err := startProcess(name, filepath.Join(bin, name), args, filepath.Join(logDir, name+".log"))
+		p, err := startProcess(name, filepath.Join(bin, name), append(args, extraArgs[name]...), filepath.Join(logDir, name+".log"))
 		if err != nil {
 			return nil, err
 		}
@@ -98,6 +99,13 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 		return fmt.Errorf("etcd: %w", err)
 	}
 
+	if c.realIstio {
+		cfg, err := c.startClusterNet(c.dir)
+		if err != nil {
+			return err
+		}
+		extraArgs["kube-apiserver"] = []string{"--egress-selector-config-file=" + cfg}
+	}
 	api, err := run("kube-apiserver",
 		"--etcd-servers="+etcdURL,
 		"--bind-address=127.0.0.1", "--secure-port="+strconv.Itoa(apiPort),
@@ -125,7 +133,9 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 	if err != nil {
 		return err
 	}
-	if err := waitHTTP(ctx, api, c.Server+"/readyz", c.CAData, c.Token, 90*time.Second); err != nil {
+	// Minutes, not seconds: on a starved machine the API server's start
+	// (OpenAPI, post-start hooks) is CPU-bound.
+	if err := waitHTTP(ctx, api, c.Server+"/readyz", c.CAData, c.Token, 4*time.Minute); err != nil {
 		if bindFailure(api.log) {
 			return errAddrInUse
 		}
@@ -171,9 +181,17 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 	if err := installCRDs(ctx, c.RESTConfig(), kwokCRD); err != nil {
 		return fmt.Errorf("kwok CRDs: %w", err)
 	}
+	stages, err := labStages(filepath.Join(bin, stagesFile))
+	if err != nil {
+		return err
+	}
+	stagesCfg := filepath.Join(c.dir, stagesFile)
+	if err := os.WriteFile(stagesCfg, stages, 0o644); err != nil {
+		return err
+	}
 	if _, err := run("kwok",
 		"--kubeconfig="+kcfg,
-		"--config="+filepath.Join(bin, stagesFile),
+		"--config="+stagesCfg,
 		"--config="+execCfg,
 		"--enable-crds=Exec",
 		"--node-port="+strconv.Itoa(kwokPort),
@@ -297,6 +315,10 @@ func (c *Cluster) stop() {
 		c.procs[i].stop(3 * time.Second)
 	}
 	c.procs = nil
+	if c.net != nil {
+		c.net.close()
+		c.net = nil
+	}
 }
 
 // waitHTTP polls url until it answers 200, the process exits, or timeout.

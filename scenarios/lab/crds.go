@@ -11,6 +11,7 @@ import (
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apiextensions "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -92,8 +93,16 @@ func installCRDs(ctx context.Context, cfg *rest.Config, crds []crd) error {
 	}
 	force := true
 	for _, c := range crds {
-		_, err := cs.ApiextensionsV1().CustomResourceDefinitions().Patch(ctx, c.name, types.ApplyPatchType, c.json,
-			metav1.PatchOptions{FieldManager: "flotilla-lab", Force: &force})
+		// A starved API server answers a CRD apply with its own timeout;
+		// the apply is idempotent, so it is tried again for a while.
+		err := wait.PollUntilContextTimeout(ctx, time.Second, 5*time.Minute, true, func(ctx context.Context) (bool, error) {
+			_, err := cs.ApiextensionsV1().CustomResourceDefinitions().Patch(ctx, c.name, types.ApplyPatchType, c.json,
+				metav1.PatchOptions{FieldManager: "flotilla-lab", Force: &force})
+			if apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err) || apierrors.IsTooManyRequests(err) {
+				return false, nil
+			}
+			return err == nil, err
+		})
 		if err != nil {
 			return fmt.Errorf("apply CRD %s: %w", c.name, err)
 		}
@@ -102,19 +111,35 @@ func installCRDs(ctx context.Context, cfg *rest.Config, crds []crd) error {
 	for _, c := range crds {
 		want[c.name] = true
 	}
-	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+	// Establishing ~100 CRDs is CPU-bound in the API server (OpenAPI for
+	// each): on a starved machine it takes minutes, not seconds.
+	var missing []string
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 5*time.Minute, true, func(ctx context.Context) (bool, error) {
 		list, err := cs.ApiextensionsV1().CustomResourceDefinitions().List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, nil
 		}
-		n := 0
+		done := map[string]bool{}
 		for _, item := range list.Items {
 			if want[item.Name] && established(&item) {
-				n++
+				done[item.Name] = true
 			}
 		}
-		return n == len(want), nil
+		missing = missing[:0]
+		for _, c := range crds {
+			if !done[c.name] {
+				missing = append(missing, c.name)
+			}
+		}
+		return len(missing) == 0, nil
 	})
+	if err != nil && len(missing) > 0 {
+		if len(missing) > 5 {
+			missing = append(missing[:5], fmt.Sprintf("and %d more", len(missing)-5))
+		}
+		return fmt.Errorf("CRDs not established: %s: %w", strings.Join(missing, ", "), err)
+	}
+	return err
 }
 
 func established(c *apiextensionsv1.CustomResourceDefinition) bool {

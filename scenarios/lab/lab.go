@@ -46,6 +46,11 @@ type Options struct {
 	// CertManager runs cert-manager's own controllers (issuers, certificate
 	// requests with the approver, certificates) against each cluster.
 	CertManager bool
+	// RealIstio runs Istio itself in each cluster: the lab's Sail Operator
+	// installs Istio's own charts for Sail Istio and IstioCNI resources, and
+	// a real istiod runs for every istiod pod they make. Its binaries are
+	// built on first use (EnsureIstioBinaries).
+	RealIstio bool
 }
 
 // Lab is a set of running clusters.
@@ -56,6 +61,8 @@ type Lab struct {
 	Kubeconfig string
 	// BinDir holds the binaries the lab runs (kubectl among them).
 	BinDir string
+	// IstioDir holds Istio's parts (RealIstio): pilot-discovery, sail-lab, charts/.
+	IstioDir string
 
 	clusters []*Cluster
 	net      *netLock
@@ -89,6 +96,9 @@ type Cluster struct {
 	octet       int
 	procs       []*process
 	certManager bool
+	realIstio   bool
+	istiods     *istiodKubelet
+	net         *clusterNet
 }
 
 // Bin returns the path of a lab binary, e.g. Bin("kubectl").
@@ -198,6 +208,15 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 		return l, fmt.Errorf("lab binaries missing in %s", o.BinDir)
 	}
 	l.BinDir = o.BinDir
+	if o.RealIstio {
+		b := o.Build
+		if b.Log == nil {
+			b.Log = logw
+		}
+		if l.IstioDir, err = EnsureIstioBinaries(ctx, b); err != nil {
+			return l, err
+		}
+	}
 	if l.net, err = lockOctet(); err != nil {
 		return l, err
 	}
@@ -219,6 +238,7 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 			dir:              filepath.Join(o.Dir, name),
 			octet:            l.net.octet,
 			certManager:      o.CertManager,
+			realIstio:        o.RealIstio,
 		}
 		l.clusters[i] = c
 		wg.Add(1)
@@ -233,6 +253,11 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 	}
 	if err := l.writeKubeconfig(); err != nil {
 		return l, err
+	}
+	if o.RealIstio {
+		if err := l.startIstio(bg); err != nil {
+			return l, err
+		}
 	}
 	for _, c := range l.clusters {
 		l.wg.Add(1)

@@ -2,6 +2,7 @@ package lab_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -200,6 +202,22 @@ func deployAndExpose(ctx context.Context, t *testing.T, cs kubernetes.Interface,
 	for _, ip := range ips {
 		if !cidr.Contains(net.ParseIP(ip)) {
 			t.Fatalf("pod IP %s is not in the cluster's pod range %s", ip, podCIDR)
+		}
+	}
+	// Running is not Ready: no data plane has said the pod's is in place.
+	pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				t.Errorf("pod %s Ready before its data plane: %+v", p.Name, c)
+			}
+		}
+		patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, lab.DataPlaneAnnotation, lab.DataPlaneReady)
+		if _, err := cs.CoreV1().Pods(ns).Patch(ctx, p.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
 		}
 	}
 	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {

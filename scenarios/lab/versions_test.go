@@ -23,6 +23,8 @@ func TestUpstreamVersionsMatchGoMod(t *testing.T) {
 		{"scenarios/upstream/go.mod", "go.etcd.io/etcd/server/v3", EtcdVersion},
 		{"scenarios/upstream/go.mod", "sigs.k8s.io/kwok", KwokVersion},
 		{"scenarios/certmanager/go.mod", "github.com/cert-manager/cert-manager", CertManagerVersion},
+		{"scenarios/istio/go.mod", "istio.io/istio", IstioVersion},
+		{"scenarios/istio/go.mod", "helm.sh/helm/v4", HelmVersion},
 	} {
 		t.Run(tc.module, func(t *testing.T) {
 			data, err := os.ReadFile(filepath.Join(root, tc.gomod))

@@ -4,6 +4,7 @@ package pkimodes
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -100,6 +101,29 @@ spec:
 	}
 	if len(roots) != 1 {
 		t.Fatalf("%d roots across clusters, want 1", len(roots))
+	}
+	// The hub signed each intermediate (pathlen:0, the full built-in
+	// profile) and no Secret anywhere holds the root's key.
+	var rootCert *x509.Certificate
+	for _, name := range []string{"east", "west"} {
+		kc, _ := l.Cluster(name).Connect()
+		cc, _ := pki.ReadCACerts(ctx, kc, "istio-system")
+		in, err := cc.CACerts.Intermediate(name, "istio-system")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pki.CheckIntermediate(in.Cert, name, "istio-system"); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+		b, _ := cc.CACerts.Roots()
+		rootCert = b.Roots[0]
+	}
+	holders, seen, err := l.SecretsHolding(ctx, rootCert.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(holders) > 0 || seen == 0 {
+		t.Fatalf("root key in %v (%d private keys looked at)", holders, seen)
 	}
 	// istio-csr style: the agent runs in each cluster and istiod points at it.
 	for _, name := range []string{"east", "west"} {

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 var (
@@ -56,7 +54,7 @@ var ErrCAExists = errors.New("state already has a CA")
 // Tx is a transaction on the state. It is valid only inside the View or
 // Update callback that received it; do not nest transactions.
 type Tx struct {
-	tx *bolt.Tx
+	tx txn
 	s  *Store
 }
 
@@ -395,12 +393,16 @@ func (t *Tx) SetClusterStatus(cluster string, status json.RawMessage, observedAt
 }
 
 // SetReaderToken records a token minted for cluster's reader and held by
-// tok.ReadBy, replacing the previous one that cluster held.
+// tok.ReadBy, replacing the previous one that cluster held. The same token
+// recorded again (every apply does) keeps the time it was first recorded.
 func (t *Tx) SetReaderToken(cluster string, tok ReaderToken) error {
 	return t.modifyCluster(cluster, func(r *ClusterRecord) error {
 		tok.IssuedAt, tok.ExpiresAt = tok.IssuedAt.UTC(), tok.ExpiresAt.UTC()
 		for i := range r.ReaderTokens {
 			if r.ReaderTokens[i].ReadBy == tok.ReadBy {
+				if r.ReaderTokens[i].ExpiresAt.Equal(tok.ExpiresAt) {
+					tok.IssuedAt = r.ReaderTokens[i].IssuedAt
+				}
 				r.ReaderTokens[i] = tok
 				return nil
 			}
@@ -419,6 +421,12 @@ type ApplyRecord struct {
 	// End is zero while the apply runs, and stays zero if it was killed.
 	End      time.Time `json:"end,omitzero"`
 	SpecHash string    `json:"specHash"`
+	// Kind is KindApply (a person's apply, from the CLI or the API) or
+	// KindReconcile (the hub's loop); each kind has its own retention.
+	Kind string `json:"kind,omitempty"`
+	// Source says where an apply came from: cli, api, reconcile or
+	// rotation; empty in entries written before it was recorded.
+	Source string `json:"source,omitempty"`
 	// Result summarizes the apply (set by FinishApply), e.g. "succeeded".
 	Result string       `json:"result,omitempty"`
 	Steps  []StepRecord `json:"steps,omitempty"`
@@ -437,7 +445,7 @@ type StepRecord struct {
 func journalKey(id uint64) []byte { return binary.BigEndian.AppendUint64(nil, id) }
 
 // AppendApply adds rec to the journal with a new ID, which it returns, and
-// drops the oldest entries beyond the journal limit.
+// drops the oldest entries of its kind beyond that kind's limit.
 func (t *Tx) AppendApply(rec ApplyRecord) (uint64, error) {
 	b := t.tx.Bucket(bucketJournal)
 	id, err := b.NextSequence()
@@ -448,17 +456,8 @@ func (t *Tx) AppendApply(rec ApplyRecord) (uint64, error) {
 	if err := t.putJSON(bucketJournal, journalKey(id), rec); err != nil {
 		return 0, err
 	}
-	// Stats().KeyN does not see this transaction's writes: count by cursor.
-	n := 0
-	c := b.Cursor()
-	for k, _ := c.First(); k != nil; k, _ = c.Next() {
-		n++
-	}
-	for k, _ := c.First(); k != nil && n > t.s.opts.JournalLimit; k, _ = c.First() {
-		if err := c.Delete(); err != nil {
-			return 0, fmt.Errorf("state: journal trim: %w", err)
-		}
-		n--
+	if err := t.trimJournal(kindOf(rec)); err != nil {
+		return 0, err
 	}
 	return id, nil
 }

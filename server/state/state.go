@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,8 +48,10 @@ type Options struct {
 	KeyOptional bool
 	// Timeout bounds the wait for another process's transaction in flight.
 	Timeout time.Duration
-	// JournalLimit is how many applies the journal keeps (the newest).
-	JournalLimit int
+	// JournalLimit is how many applies by a person the journal keeps (the
+	// newest); ReconcileJournalLimit how many reconcile runs
+	// (DefaultJournalLimit, DefaultReconcileJournalLimit when zero).
+	JournalLimit, ReconcileJournalLimit int
 }
 
 // ErrWrongKey means the key given is not the one the state was sealed with.
@@ -88,6 +91,12 @@ type Store struct {
 	readOnly bool
 	lock     *os.File // the writer lock; nil when read-only
 	sealer   *sealer  // nil without a key
+	be       backend
+	// applyLock serialises Lock holders within this process (bbolt).
+	applyLock chan struct{}
+	fences    map[string]bool // TryFence holders (bbolt), under mu
+	lockWait  atomic.Int64    // nanoseconds spent in Lock
+	lockWaits atomic.Uint64
 
 	mu     sync.Mutex
 	db     *bolt.DB
@@ -112,13 +121,20 @@ func open(ctx context.Context, path string, opts Options, readOnly bool) (*Store
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if IsEtcd(path) {
+		return openEtcdStore(ctx, path, opts, readOnly)
+	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
 	}
 	if opts.JournalLimit <= 0 {
 		opts.JournalLimit = DefaultJournalLimit
 	}
-	s := &Store{path: path, opts: opts, readOnly: readOnly}
+	if opts.ReconcileJournalLimit <= 0 {
+		opts.ReconcileJournalLimit = DefaultReconcileJournalLimit
+	}
+	s := &Store{path: path, opts: opts, readOnly: readOnly, applyLock: make(chan struct{}, 1)}
+	s.be = boltBackend{s}
 	if opts.Key != nil {
 		sl, err := newSealer(opts.Key)
 		if err != nil {
@@ -190,6 +206,25 @@ func (s *Store) init(ctx context.Context) error {
 			return check(tx)
 		})
 	}
+	// A state that has every bucket and its schema is only checked: an open
+	// that writes nothing leaves the file byte for byte as it was, so that
+	// a command refused on bad input changes nothing.
+	complete := false
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
+			if tx.Bucket(b) == nil {
+				return nil
+			}
+		}
+		if tx.Bucket(bucketMeta).Get(keySchema) == nil {
+			return nil
+		}
+		complete = true
+		return check(tx)
+	})
+	if err != nil || complete {
+		return err
+	}
 	return s.update(ctx, func(tx *bolt.Tx) error {
 		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -232,12 +267,13 @@ func (s *Store) Close() error {
 		errs = append(errs, s.lock.Close()) // closing drops the flock
 		s.lock = nil
 	}
+	errs = append(errs, s.be.close())
 	return errors.Join(errs...)
 }
 
 // View runs fn in a read transaction.
 func (s *Store) View(ctx context.Context, fn func(*Tx) error) error {
-	return s.view(ctx, func(btx *bolt.Tx) error { return fn(s.wrap(btx)) })
+	return s.be.view(ctx, func(t txn) error { return fn(s.wrap(t)) })
 }
 
 // Update runs fn in a read-write transaction: everything fn writes is
@@ -246,10 +282,31 @@ func (s *Store) Update(ctx context.Context, fn func(*Tx) error) error {
 	if s.readOnly {
 		return ErrReadOnly
 	}
-	return s.update(ctx, func(btx *bolt.Tx) error { return fn(s.wrap(btx)) })
+	return s.be.update(ctx, func(t txn) error { return fn(s.wrap(t)) })
 }
 
-func (s *Store) wrap(btx *bolt.Tx) *Tx { return &Tx{tx: btx, s: s} }
+// Lock takes the lock called name, shared by every process that uses this
+// state (an etcd lock bound to a lease on etcd, so that a holder that dies
+// frees it), and returns its release. An apply holds "apply".
+func (s *Store) Lock(ctx context.Context, name string) (unlock func(), err error) {
+	if s.readOnly {
+		return nil, ErrReadOnly
+	}
+	start := time.Now()
+	defer func() {
+		s.lockWait.Add(int64(time.Since(start)))
+		s.lockWaits.Add(1)
+	}()
+	return s.be.lock(ctx, name)
+}
+
+// LockWait is the time spent waiting in Lock so far; LockWaits counts the calls.
+func (s *Store) LockWait() time.Duration { return time.Duration(s.lockWait.Load()) }
+
+// LockWaits counts the calls to Lock.
+func (s *Store) LockWaits() uint64 { return s.lockWaits.Load() }
+
+func (s *Store) wrap(t txn) *Tx { return &Tx{tx: t, s: s} }
 
 func (s *Store) view(ctx context.Context, fn func(*bolt.Tx) error) error {
 	db, err := s.acquire(ctx)

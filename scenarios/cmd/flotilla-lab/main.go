@@ -49,12 +49,7 @@ func newRoot() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&dir, "dir", defaultDir(), "lab directory (data, logs, kubeconfig); $FLOTILLA_LAB_DIR")
 	root.AddCommand(
-		&cobra.Command{
-			Use:   "up NAME...",
-			Short: "Start one isolated cluster per name and return when all are ready",
-			Args:  cobra.MinimumNArgs(1),
-			RunE:  func(cmd *cobra.Command, args []string) error { return up(cmd.Context(), dir, args) },
-		},
+		upCmd(&dir),
 		&cobra.Command{
 			Use:   "down",
 			Short: "Stop every process the lab started and remove its data",
@@ -90,27 +85,35 @@ func newRoot() *cobra.Command {
 				return nil
 			},
 		},
-		&cobra.Command{
-			Use:   "build",
-			Short: "Build (or find cached) the lab binaries and print their directory",
-			Args:  cobra.NoArgs,
-			RunE: func(cmd *cobra.Command, _ []string) error {
-				d, err := lab.EnsureBinaries(cmd.Context(), lab.BuildOptions{Log: os.Stderr})
-				if err != nil {
+		buildCommand(),
+		superviseCmd(&dir),
+	)
+	return root
+}
+
+func buildCommand() *cobra.Command {
+	var istio bool
+	cmd := &cobra.Command{
+		Use:   "build",
+		Short: "Build (or find cached) the lab binaries and print their directory",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			d, err := lab.EnsureBinaries(cmd.Context(), lab.BuildOptions{Log: os.Stderr})
+			if err != nil {
+				return err
+			}
+			fmt.Println(d)
+			if istio {
+				if d, err = lab.EnsureIstioBinaries(cmd.Context(), lab.BuildOptions{Log: os.Stderr}); err != nil {
 					return err
 				}
 				fmt.Println(d)
-				return nil
-			},
+			}
+			return nil
 		},
-		&cobra.Command{
-			Use:    "supervise NAME...",
-			Hidden: true,
-			Args:   cobra.MinimumNArgs(1),
-			RunE:   func(cmd *cobra.Command, args []string) error { return supervise(dir, args) },
-		},
-	)
-	return root
+	}
+	cmd.Flags().BoolVar(&istio, "istio", false, "also build Istio's parts (istiod, sail-lab, charts) for labs with real Istio")
+	return cmd
 }
 
 // state is what a running lab publishes in its directory.
@@ -154,7 +157,35 @@ func alive(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
 // up checks everything it can in the foreground (names, dir, binaries),
 // then starts a detached supervisor that owns the clusters, and waits until
 // it reports ready or failed.
-func up(ctx context.Context, dir string, names []string) error {
+// upCmd is `up`; --cert-manager runs cert-manager's own controllers
+// against every cluster, so that cert-manager mode can be tried in the lab.
+func upCmd(dir *string) *cobra.Command {
+	var certManager bool
+	c := &cobra.Command{
+		Use:   "up NAME...",
+		Short: "Start one isolated cluster per name and return when all are ready",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return up(cmd.Context(), *dir, args, certManager)
+		},
+	}
+	c.Flags().BoolVar(&certManager, "cert-manager", false, "run cert-manager's controllers (issuers, approver, CA signer, Certificate lifecycle) against each cluster")
+	return c
+}
+
+func superviseCmd(dir *string) *cobra.Command {
+	var certManager bool
+	c := &cobra.Command{
+		Use:    "supervise NAME...",
+		Hidden: true,
+		Args:   cobra.MinimumNArgs(1),
+		RunE:   func(cmd *cobra.Command, args []string) error { return supervise(*dir, args, certManager) },
+	}
+	c.Flags().BoolVar(&certManager, "cert-manager", false, "")
+	return c
+}
+
+func up(ctx context.Context, dir string, names []string, certManager bool) error {
 	if err := lab.ValidateNames(names); err != nil {
 		return err
 	}
@@ -182,7 +213,11 @@ func up(ctx context.Context, dir string, names []string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(exe, append([]string{"supervise", "--dir", dir}, names...)...)
+	args := []string{"supervise", "--dir", dir}
+	if certManager {
+		args = append(args, "--cert-manager")
+	}
+	cmd := exec.Command(exe, append(args, names...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -226,10 +261,10 @@ func labPID(dir string) int {
 }
 
 // supervise runs in the background for the lab's lifetime.
-func supervise(dir string, names []string) error {
+func supervise(dir string, names []string, certManager bool) error {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
-	l, err := lab.Start(ctx, lab.Options{Clusters: names, Dir: dir, Log: os.Stderr})
+	l, err := lab.Start(ctx, lab.Options{Clusters: names, Dir: dir, Log: os.Stderr, CertManager: certManager})
 	if err != nil {
 		_ = os.WriteFile(filepath.Join(dir, errorFile), []byte(err.Error()+"\n"), 0o600)
 		return err

@@ -1,0 +1,287 @@
+package issuer
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/flotillamesh/flotilla/deploy/kube"
+	"github.com/flotillamesh/flotilla/pki/issuer/v1alpha1"
+)
+
+// FieldManager owns the status fields the issuer writes (the Ready
+// condition, certificate, ca, failureTime); cert-manager's approver owns
+// Approved/Denied beside it.
+const FieldManager = "flotilla-issuer"
+
+var certificateRequests = schema.GroupVersionResource{Group: cmapi.SchemeGroupVersion.Group, Version: cmapi.SchemeGroupVersion.Version, Resource: "certificaterequests"}
+
+// Outcome is what Reconcile did to one request.
+type Outcome string
+
+const (
+	Skipped Outcome = "skipped" // not ours, or already finished
+	Issued  Outcome = "issued"
+	Pending Outcome = "pending"
+	Refused Outcome = "refused"
+)
+
+// Controller signs the requests of one member cluster.
+type Controller struct {
+	Cluster *kube.Cluster
+	Signer  Signer
+	// Log; nil discards.
+	Log *slog.Logger
+	// Now is the clock of conditions; nil is time.Now.
+	Now func() time.Time
+}
+
+func (c *Controller) now() metav1.Time {
+	if c.Now != nil {
+		return metav1.NewTime(c.Now())
+	}
+	return metav1.Now()
+}
+
+func (c *Controller) log() *slog.Logger {
+	if c.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return c.Log
+}
+
+// ours: the request names the group, whatever kind or namespace, so that
+// a request the policy refuses still gets a reason.
+func ours(cr *cmapi.CertificateRequest) bool { return cr.Spec.IssuerRef.Group == v1alpha1.Group }
+
+// finished: a final Ready condition is never revisited; cert-manager
+// creates a new request to retry.
+func finished(cr *cmapi.CertificateRequest) bool {
+	for _, cond := range cr.Status.Conditions {
+		if cond.Type == cmapi.CertificateRequestConditionInvalidRequest && cond.Status == cmmeta.ConditionTrue {
+			return true
+		}
+		if cond.Type != cmapi.CertificateRequestConditionReady {
+			continue
+		}
+		switch {
+		case cond.Status == cmmeta.ConditionTrue:
+			return true
+		case cond.Reason == cmapi.CertificateRequestReasonFailed, cond.Reason == cmapi.CertificateRequestReasonDenied:
+			return true
+		}
+	}
+	return false
+}
+
+func readyCondition(cr *cmapi.CertificateRequest) *cmapi.CertificateRequestCondition {
+	for i, cond := range cr.Status.Conditions {
+		if cond.Type == cmapi.CertificateRequestConditionReady {
+			return &cr.Status.Conditions[i]
+		}
+	}
+	return nil
+}
+
+// Reconcile signs or refuses one request and records why on it.
+func (c *Controller) Reconcile(ctx context.Context, cr *cmapi.CertificateRequest) (Outcome, error) {
+	if !ours(cr) || finished(cr) || c.Cluster.DryRun {
+		return Skipped, nil
+	}
+	where := fmt.Sprintf("%s: CertificateRequest %s/%s", c.Cluster.Name, cr.Namespace, cr.Name)
+	bundle, err := c.Signer.Sign(ctx, cr)
+	status := map[string]any{}
+	cond := map[string]any{"type": string(cmapi.CertificateRequestConditionReady)}
+	var out Outcome
+	var pending *PendingError
+	var permanent *PermanentError
+	switch {
+	case err == nil:
+		out = Issued
+		cond["status"], cond["reason"], cond["message"] = string(cmmeta.ConditionTrue), cmapi.CertificateRequestReasonIssued, "Intermediate signed by the flotilla hub"
+		status["certificate"] = bundle.ChainPEM
+		status["ca"] = bundle.CAPEM
+	case errors.As(err, &permanent):
+		out = Refused
+		cond["status"], cond["reason"], cond["message"] = string(cmmeta.ConditionFalse), permanent.CMReason, "Refused by the flotilla hub: "+permanent.Reason
+		status["failureTime"] = c.now().UTC().Format(time.RFC3339)
+	default:
+		// Pending, or a signing failure that may pass: retried.
+		out = Pending
+		msg := err.Error()
+		if errors.As(err, &pending) {
+			msg = pending.Reason
+		}
+		cond["status"], cond["reason"], cond["message"] = string(cmmeta.ConditionFalse), cmapi.CertificateRequestReasonPending, "Waiting for the flotilla hub: "+msg
+		if prev := readyCondition(cr); prev != nil && prev.Reason == cmapi.CertificateRequestReasonPending && prev.Message == cond["message"] {
+			return Pending, nil // nothing new to say
+		}
+	}
+	cond["lastTransitionTime"] = c.now().UTC().Format(time.RFC3339)
+	status["conditions"] = []any{cond}
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": cmapi.SchemeGroupVersion.String(),
+		"kind":       cmapi.CertificateRequestKind,
+		"metadata":   map[string]any{"name": cr.Name, "namespace": cr.Namespace},
+		"status":     status,
+	}}
+	if b, ok := status["certificate"].([]byte); ok {
+		// Unstructured content is JSON: []byte travels base64-encoded, as the API expects.
+		status["certificate"] = b64(b)
+		status["ca"] = b64(status["ca"].([]byte))
+	}
+	_, werr := c.Cluster.Dynamic.Resource(certificateRequests).Namespace(cr.Namespace).ApplyStatus(ctx, cr.Name, obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
+	if werr != nil {
+		return out, fmt.Errorf("%s: write status: %w", where, werr)
+	}
+	c.log().Info("certificate request", "cluster", c.Cluster.Name, "request", cr.Namespace+"/"+cr.Name, "outcome", string(out), "reason", cond["message"])
+	return out, nil
+}
+
+// SignPending reconciles every request of the group once: what apply runs
+// so that the CLI without a hub signs too.
+func (c *Controller) SignPending(ctx context.Context) (map[Outcome]int, error) {
+	list, err := c.Cluster.Dynamic.Resource(certificateRequests).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("%s: list CertificateRequests: %w", c.Cluster.Name, err)
+	}
+	counts := map[Outcome]int{}
+	var errs []error
+	for i := range list.Items {
+		cr, err := decode(&list.Items[i])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", c.Cluster.Name, err))
+			continue
+		}
+		out, err := c.Reconcile(ctx, cr)
+		counts[out]++
+		errs = append(errs, err)
+	}
+	return counts, errors.Join(errs...)
+}
+
+func decode(u *unstructured.Unstructured) (*cmapi.CertificateRequest, error) {
+	cr := &cmapi.CertificateRequest{}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, cr); err != nil {
+		return nil, fmt.Errorf("decode CertificateRequest %s/%s: %w", u.GetNamespace(), u.GetName(), err)
+	}
+	return cr, nil
+}
+
+// MarkIssuer writes the MeshIssuer's Ready condition from Signer.Check.
+func (c *Controller) MarkIssuer(ctx context.Context, name string) error {
+	if c.Cluster.DryRun {
+		return nil
+	}
+	ri := c.Cluster.Dynamic.Resource(v1alpha1.MeshIssuerGVR).Namespace(c.Signer.Namespace)
+	u, err := ri.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("%s: read MeshIssuer %s/%s: %w", c.Cluster.Name, c.Signer.Namespace, name, err)
+	}
+	iss := &v1alpha1.MeshIssuer{}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, iss); err != nil {
+		return fmt.Errorf("%s: decode MeshIssuer %s/%s: %w", c.Cluster.Name, c.Signer.Namespace, name, err)
+	}
+	status, reason, msg := metav1.ConditionTrue, "Ready", "The flotilla hub signs this cluster's intermediate"
+	if err := c.Signer.Check(ctx, iss); err != nil {
+		status, reason, msg = metav1.ConditionFalse, "NotReady", err.Error()
+	}
+	for _, cond := range iss.Status.Conditions {
+		if cond.Type == v1alpha1.ConditionReady && cond.Status == status && cond.Message == msg && cond.ObservedGeneration == iss.Generation {
+			return nil
+		}
+	}
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": v1alpha1.SchemeGroupVersion.String(),
+		"kind":       v1alpha1.MeshIssuerKind,
+		"metadata":   map[string]any{"name": name, "namespace": c.Signer.Namespace},
+		"status": map[string]any{"conditions": []any{map[string]any{
+			"type": v1alpha1.ConditionReady, "status": string(status), "reason": reason, "message": msg,
+			"lastTransitionTime": c.now().UTC().Format(time.RFC3339), "observedGeneration": iss.Generation,
+		}}},
+	}}
+	if _, err := ri.ApplyStatus(ctx, name, obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: true}); err != nil {
+		return fmt.Errorf("%s: write MeshIssuer %s/%s status: %w", c.Cluster.Name, c.Signer.Namespace, name, err)
+	}
+	return nil
+}
+
+// Run watches the cluster's CertificateRequests until ctx ends and
+// reconciles each one of the group as it appears or changes (an approval
+// is a change). A request that stays pending is retried with backoff; a
+// hub that is down simply leaves requests pending until it is back.
+func (c *Controller) Run(ctx context.Context) error {
+	f := dynamicinformer.NewDynamicSharedInformerFactory(c.Cluster.Dynamic, 10*time.Minute)
+	inf := f.ForResource(certificateRequests).Informer()
+	q := workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, time.Minute))
+	defer q.ShutDown()
+	add := func(obj any) {
+		if key, err := cache.MetaNamespaceKeyFunc(obj); err == nil {
+			q.Add(key)
+		}
+	}
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: add, UpdateFunc: func(_, o any) { add(o) }}); err != nil {
+		return fmt.Errorf("%s: watch CertificateRequests: %w", c.Cluster.Name, err)
+	}
+	f.Start(ctx.Done())
+	defer f.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		return nil
+	}
+	go func() {
+		<-ctx.Done()
+		q.ShutDown()
+	}()
+	for {
+		key, quit := q.Get()
+		if quit {
+			return nil
+		}
+		c.process(ctx, inf.GetStore(), q, key)
+		q.Done(key)
+	}
+}
+
+func (c *Controller) process(ctx context.Context, store cache.Store, q workqueue.TypedRateLimitingInterface[string], key string) {
+	obj, ok, err := store.GetByKey(key)
+	if err != nil || !ok {
+		q.Forget(key)
+		return
+	}
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return
+	}
+	cr, err := decode(u)
+	if err != nil {
+		c.log().Warn("certificate request", "cluster", c.Cluster.Name, "error", err.Error())
+		q.Forget(key)
+		return
+	}
+	out, err := c.Reconcile(ctx, cr)
+	switch {
+	case err != nil && !apierrors.IsNotFound(err):
+		c.log().Warn("certificate request", "cluster", c.Cluster.Name, "error", err.Error())
+		q.AddRateLimited(key)
+	case out == Pending:
+		q.AddRateLimited(key)
+	default:
+		q.Forget(key)
+	}
+}
+
+func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }

@@ -1,0 +1,105 @@
+package server
+
+import (
+	"context"
+	"strings"
+	"sync"
+
+	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/pki/certmanager"
+	"github.com/flotillamesh/flotilla/server/spec"
+)
+
+// cmWatch keeps, between reconciles, every cluster in cert-manager mode
+// served by the hub: its issuer signs requests as cert-manager makes them
+// (a renewal does not wait for the next reconcile) and cacerts follows the
+// intermediate's Secret within seconds. One watch per cluster, restarted
+// when what it depends on (namespace, root, trust bundle, spec) changes.
+type cmWatch struct {
+	s       *Server
+	running map[string]*clusterWatch
+}
+
+type clusterWatch struct {
+	key    string
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+}
+
+func newCMWatch(s *Server) *cmWatch { return &cmWatch{s: s, running: map[string]*clusterWatch{}} }
+
+// sync starts, restarts and stops watches to match the stored spec.
+func (w *cmWatch) sync(ctx context.Context) {
+	want := map[string]bool{}
+	defer func() {
+		for name, cw := range w.running {
+			if !want[name] {
+				cw.stop()
+				delete(w.running, name)
+			}
+		}
+	}()
+	h := w.s.hub
+	m, err := h.StoredMesh(ctx)
+	if err != nil || m.Spec.PKI.Mode != spec.PKICertManager {
+		return
+	}
+	root, bundle, found, err := h.loadCA(ctx)
+	if err != nil || !found || bundle == nil {
+		return
+	}
+	conns, errs := h.connect(m, false)
+	for name, err := range errs {
+		w.s.log.Warn("cert-manager watch: connect", "cluster", name, "error", err.Error())
+	}
+	for _, c := range m.Spec.Clusters {
+		kc := conns[c.Name]
+		ns, ok := caNamespace(m, c.Name)
+		if kc == nil || !ok {
+			continue
+		}
+		want[c.Name] = true
+		key := strings.Join(append([]string{m.Hash(), ns, pki.Fingerprint(root.Cert)}, bundle.Fingerprints()...), "/")
+		if cw := w.running[c.Name]; cw != nil {
+			if cw.key == key {
+				continue
+			}
+			cw.stop()
+		}
+		cctx, cancel := context.WithCancel(ctx)
+		cw := &clusterWatch{key: key, cancel: cancel}
+		if hub := h.meshIssuer(m, kc, ns, root); hub != nil {
+			hub.Log = w.s.log
+			cw.done.Go(func() {
+				if err := hub.Run(cctx); err != nil {
+					w.s.log.Warn("mesh issuer stopped", "cluster", c.Name, "error", err.Error())
+				}
+			})
+		}
+		log := w.s.log
+		cw.done.Go(func() {
+			_ = certmanager.Follow(cctx, kc, ns, bundle, ApplyOptions{}.CACertsPolicy, func(r pki.WriteResult, err error) {
+				switch {
+				case err != nil:
+					log.Warn("cacerts follow", "cluster", c.Name, "error", err.Error())
+				case r.Action != pki.Unchanged:
+					log.Info("cacerts follows cert-manager's intermediate", "cluster", c.Name, "action", string(r.Action))
+				}
+			})
+		})
+		w.running[c.Name] = cw
+	}
+}
+
+func (cw *clusterWatch) stop() {
+	cw.cancel()
+	cw.done.Wait()
+}
+
+// stop ends every watch.
+func (w *cmWatch) stop() {
+	for name, cw := range w.running {
+		cw.stop()
+		delete(w.running, name)
+	}
+}
