@@ -117,7 +117,7 @@ func (p *faultProxy) serve(client net.Conn) {
 }
 
 // faultyHub is an isolated hub whose east connection goes through a proxy,
-// with a short request timeout.
+// with request timeout as the hub's RequestTimeout.
 func faultyHub(ctx context.Context, t *testing.T, prefix string, timeout time.Duration) (*Hub, *spec.Mesh, string, *faultProxy) {
 	l := testLab.Get(t)
 	h, m, ns := isolatedHub(ctx, t, l, prefix)
@@ -126,13 +126,18 @@ func faultyHub(ctx context.Context, t *testing.T, prefix string, timeout time.Du
 		t.Fatal(err)
 	}
 	proxy := startFaultProxy(t, u.Host)
+	h.RequestTimeout = timeout
 	h.Connect = func(c spec.Cluster, _ string) (*kube.Cluster, error) {
 		cfg := l.Cluster(c.Name).RESTConfig()
 		if c.Name == "east" {
 			cfg.Host = "https://" + proxy.addr
 		}
-		cfg.Timeout = timeout
-		return kube.Connect(c.Name, cfg)
+		kc, err := kube.Connect(c.Name, cfg)
+		if err != nil {
+			return nil, err
+		}
+		// The hub's own deadline, read at each apply's connect.
+		return h.withRequestTimeout(kc)
 	}
 	return h, m, ns, proxy
 }
