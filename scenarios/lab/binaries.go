@@ -67,6 +67,28 @@ type BuildOptions struct {
 // first when the cache lacks them. Concurrent callers (parallel test
 // packages) wait for one build instead of racing.
 func EnsureBinaries(ctx context.Context, o BuildOptions) (string, error) {
+	return ensureCached(ctx, o, cacheEntry{
+		key: CacheKey(), what: "lab binaries", module: "scenarios/upstream",
+		complete: complete,
+		source:   func(upstream string) string { return upstream },
+		build:    build,
+	})
+}
+
+// cacheEntry is one directory of built parts in the lab's binary cache.
+type cacheEntry struct {
+	key, what, module string
+	complete          func(dir string) bool
+	// source maps the scenarios/upstream module's directory to the
+	// directory of the module that builds this entry.
+	source func(upstream string) string
+	// build fills dir from the module in src.
+	build func(ctx context.Context, src, dir string, logw io.Writer) error
+}
+
+// ensureCached returns e's directory, building it first under a file lock
+// when it is not complete, so that concurrent callers wait for one build.
+func ensureCached(ctx context.Context, o BuildOptions, e cacheEntry) (string, error) {
 	if o.CacheDir == "" {
 		o.CacheDir = DefaultCacheDir()
 	}
@@ -74,8 +96,8 @@ func EnsureBinaries(ctx context.Context, o BuildOptions) (string, error) {
 	if logw == nil {
 		logw = io.Discard
 	}
-	dir := filepath.Join(o.CacheDir, CacheKey())
-	if complete(dir) {
+	dir := filepath.Join(o.CacheDir, e.key)
+	if e.complete(dir) {
 		return dir, nil
 	}
 	if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {
@@ -93,17 +115,20 @@ func EnsureBinaries(ctx context.Context, o BuildOptions) (string, error) {
 		}
 	}
 	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
-	if complete(dir) {
+	if e.complete(dir) {
 		return dir, nil
 	}
 	src := o.SourceDir
 	if src == "" {
 		src = findUpstreamSource()
 	}
-	if src == "" {
-		return "", fmt.Errorf("lab binaries missing in %s, and the module that builds them (scenarios/upstream) was not found: run from the flotilla checkout or set FLOTILLA_LAB_SOURCE", dir)
+	if src != "" {
+		src = e.source(src)
 	}
-	return dir, build(ctx, src, dir, logw)
+	if src == "" || !fileExists(filepath.Join(src, "go.mod")) {
+		return "", fmt.Errorf("%s missing in %s, and the module that builds them (%s) was not found: run from the flotilla checkout or set FLOTILLA_LAB_SOURCE", e.what, dir, e.module)
+	}
+	return dir, e.build(ctx, src, dir, logw)
 }
 
 func complete(dir string) bool {

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -45,45 +44,13 @@ func IstioCacheKey() string {
 // and charts/, building them first when the cache lacks them (a cold build
 // of istiod takes several minutes). Concurrent callers wait for one build.
 func EnsureIstioBinaries(ctx context.Context, o BuildOptions) (string, error) {
-	if o.CacheDir == "" {
-		o.CacheDir = DefaultCacheDir()
-	}
-	logw := o.Log
-	if logw == nil {
-		logw = io.Discard
-	}
-	dir := filepath.Join(o.CacheDir, IstioCacheKey())
-	if istioComplete(dir) {
-		return dir, nil
-	}
-	if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {
-		return "", fmt.Errorf("lab binary cache %s: %w", o.CacheDir, err)
-	}
-	lock, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return "", fmt.Errorf("lab binary cache %s: %w", o.CacheDir, err)
-	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		fmt.Fprintf(logw, "lab: waiting for another process building %s\n", dir)
-		if err := flockCtx(ctx, lock); err != nil {
-			return "", err
-		}
-	}
-	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
-	if istioComplete(dir) {
-		return dir, nil
-	}
-	src := ""
-	if up := o.SourceDir; up != "" {
-		src = filepath.Join(filepath.Dir(up), "istio")
-	} else if up := findUpstreamSource(); up != "" {
-		src = filepath.Join(filepath.Dir(up), "istio")
-	}
-	if src == "" || !fileExists(filepath.Join(src, "go.mod")) {
-		return "", fmt.Errorf("Istio binaries missing in %s, and the module that builds them (scenarios/istio) was not found: run from the flotilla checkout or set FLOTILLA_LAB_SOURCE", dir)
-	}
-	return dir, buildIstio(ctx, src, dir, logw)
+	return ensureCached(ctx, o, cacheEntry{
+		key: IstioCacheKey(), what: "Istio binaries", module: "scenarios/istio",
+		complete: istioComplete,
+		// scenarios/istio sits beside scenarios/upstream.
+		source: func(upstream string) string { return filepath.Join(filepath.Dir(upstream), "istio") },
+		build:  buildIstio,
+	})
 }
 
 func istioComplete(dir string) bool {
