@@ -82,7 +82,7 @@ type cacheEntry struct {
 	// source maps the scenarios/upstream module's directory to the
 	// directory of the module that builds this entry.
 	source func(upstream string) string
-	// build fills dir from the module in src.
+	// build fills dir (a temporary directory) from the module in src.
 	build func(ctx context.Context, src, dir string, logw io.Writer) error
 }
 
@@ -128,7 +128,40 @@ func ensureCached(ctx context.Context, o BuildOptions, e cacheEntry) (string, er
 	if src == "" || !fileExists(filepath.Join(src, "go.mod")) {
 		return "", fmt.Errorf("%s missing in %s, and the module that builds them (%s) was not found: run from the flotilla checkout or set FLOTILLA_LAB_SOURCE", e.what, dir, e.module)
 	}
-	return dir, e.build(ctx, src, dir, logw)
+	// Built into a temporary directory and renamed into place, so an
+	// interrupted build never leaves a half-filled cache entry.
+	tmp, err := os.MkdirTemp(o.CacheDir, ".build-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	start := time.Now()
+	stop := make(chan struct{})
+	go func() {
+		t := time.NewTicker(30 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				fmt.Fprintf(logw, "lab: still building %s (%s)\n", e.what, time.Since(start).Round(time.Second))
+			}
+		}
+	}()
+	err = e.build(ctx, src, tmp, logw)
+	close(stop)
+	if err != nil {
+		return "", fmt.Errorf("%s missing in %s and building them failed: %w", e.what, dir, err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return "", err
+	}
+	fmt.Fprintf(logw, "lab: built %s in %s\n", e.what, time.Since(start).Round(time.Second))
+	return dir, nil
 }
 
 func complete(dir string) bool {
@@ -151,18 +184,11 @@ func flockCtx(ctx context.Context, f *os.File) error {
 	}
 }
 
-// build compiles every binary into a temporary directory and renames it into
-// place, so an interrupted build never leaves a half-filled cache entry.
+// build compiles every lab binary into dir and writes kwok's stages.
 func build(ctx context.Context, src, dir string, logw io.Writer) error {
-	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".build-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	start := time.Now()
-	fmt.Fprintf(logw, "lab: building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (kubernetes %s), etcd %s, kwok %s and cert-manager %s controllers into %s (a cold build takes several minutes)\n",
-		KubernetesVersion, EtcdVersion, KwokVersion, CertManagerVersion, dir)
-	args := []string{"build", "-trimpath", "-ldflags=-s -w", "-o", tmp + "/",
+	fmt.Fprintf(logw, "lab: building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (kubernetes %s), etcd %s, kwok %s and cert-manager %s controllers (a cold build takes several minutes)\n",
+		KubernetesVersion, EtcdVersion, KwokVersion, CertManagerVersion)
+	args := []string{"build", "-trimpath", "-ldflags=-s -w", "-o", dir + "/",
 		"./cmd/etcd", "./cmd/kwok-stages",
 		"k8s.io/kubernetes/cmd/kube-apiserver",
 		"k8s.io/kubernetes/cmd/kube-controller-manager",
@@ -170,51 +196,34 @@ func build(ctx context.Context, src, dir string, logw io.Writer) error {
 		"k8s.io/kubernetes/cmd/kubectl",
 		"sigs.k8s.io/kwok/cmd/kwok",
 	}
-	cmd := exec.CommandContext(ctx, goTool(), args...)
-	cmd.Dir = src
-	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=readonly", "CGO_ENABLED=0")
+	if err := goBuild(ctx, src, args...); err != nil {
+		return err
+	}
+	// Same flags and environment, so the build cache serves both.
+	if err := goBuild(ctx, filepath.Join(filepath.Dir(src), "certmanager"), "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(dir, certManagerBinary), "."); err != nil {
+		return err
+	}
+	stages, err := exec.CommandContext(ctx, filepath.Join(dir, "kwok-stages")).Output()
+	if err != nil {
+		return fmt.Errorf("print kwok stages: %w", err)
+	}
+	return os.WriteFile(filepath.Join(dir, stagesFile), stages, 0o644)
+}
+
+// goBuildEnv is the environment of every lab build: module versions as
+// go.mod says, static binaries.
+func goBuildEnv() []string {
+	return append(os.Environ(), "GOFLAGS=-mod=readonly", "CGO_ENABLED=0")
+}
+
+// goBuild runs the go command in dir; a failure says why in one line.
+func goBuild(ctx context.Context, dir string, args ...string) error {
 	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	stop := make(chan struct{})
-	go func() {
-		t := time.NewTicker(30 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				fmt.Fprintf(logw, "lab: still building (%s)\n", time.Since(start).Round(time.Second))
-			}
-		}
-	}()
-	err = cmd.Run()
-	if err == nil {
-		// Same flags and environment, so the build cache serves both.
-		cm := exec.CommandContext(ctx, goTool(), "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(tmp, certManagerBinary), ".")
-		cm.Dir = filepath.Join(filepath.Dir(src), "certmanager")
-		cm.Env = cmd.Env
-		cm.Stdout, cm.Stderr = &out, &out
-		err = cm.Run()
+	cmd := exec.CommandContext(ctx, goTool(), args...)
+	cmd.Dir, cmd.Env, cmd.Stdout, cmd.Stderr = dir, goBuildEnv(), &out, &out
+	if err := cmd.Run(); err != nil {
+		return errors.New(buildFailure(out.String(), err))
 	}
-	close(stop)
-	if err != nil {
-		return fmt.Errorf("lab binaries missing in %s and building them failed: %s", dir, buildFailure(out.String(), err))
-	}
-	stages, err := exec.CommandContext(ctx, filepath.Join(tmp, "kwok-stages")).Output()
-	if err != nil {
-		return fmt.Errorf("lab: print kwok stages: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(tmp, stagesFile), stages, 0o644); err != nil {
-		return err
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		return err
-	}
-	fmt.Fprintf(logw, "lab: built in %s\n", time.Since(start).Round(time.Second))
 	return nil
 }
 

@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"time"
 )
 
 // Versions of Istio's parts the lab runs when Options.RealIstio is set, built
@@ -62,56 +60,24 @@ func istioComplete(dir string) bool {
 	return true
 }
 
-// buildIstio compiles istiod and sail-lab and copies the module's charts
-// into a temporary directory, then renames it into place.
+// buildIstio compiles istiod and sail-lab into dir and copies the module's
+// charts beside them.
 func buildIstio(ctx context.Context, src, dir string, logw io.Writer) error {
-	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".build-istio-")
-	if err != nil {
+	fmt.Fprintf(logw, "lab: building istiod (istio.io/istio %s) and sail-lab (helm %s) (a cold build of istiod takes about 10 minutes)\n", IstioVersion, HelmVersion)
+	if err := goBuild(ctx, src, "build", "-trimpath", "-ldflags=-s -w", "-o", dir+"/",
+		"istio.io/istio/pilot/cmd/pilot-discovery", "./cmd/sail-lab"); err != nil {
 		return err
-	}
-	defer os.RemoveAll(tmp)
-	start := time.Now()
-	fmt.Fprintf(logw, "lab: building istiod (istio.io/istio %s) and sail-lab (helm %s) into %s (a cold build of istiod takes about 10 minutes)\n", IstioVersion, HelmVersion, dir)
-	env := append(os.Environ(), "GOFLAGS=-mod=readonly", "CGO_ENABLED=0")
-	var out bytes.Buffer
-	cmd := exec.CommandContext(ctx, goTool(), "build", "-trimpath", "-ldflags=-s -w", "-o", tmp+"/",
-		"istio.io/istio/pilot/cmd/pilot-discovery", "./cmd/sail-lab")
-	cmd.Dir, cmd.Env, cmd.Stdout, cmd.Stderr = src, env, &out, &out
-	stop := make(chan struct{})
-	go func() {
-		t := time.NewTicker(30 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				fmt.Fprintf(logw, "lab: still building istiod (%s)\n", time.Since(start).Round(time.Second))
-			}
-		}
-	}()
-	err = cmd.Run()
-	close(stop)
-	if err != nil {
-		return fmt.Errorf("Istio binaries missing in %s and building them failed: %s", dir, buildFailure(out.String(), err))
 	}
 	// The charts come from the same module version istiod was built from.
 	list := exec.CommandContext(ctx, goTool(), "list", "-m", "-f", "{{.Dir}}", "istio.io/istio")
-	list.Dir, list.Env = src, env
+	list.Dir, list.Env = src, goBuildEnv()
 	modDir, err := list.Output()
 	if err != nil {
 		return fmt.Errorf("find the istio.io/istio module directory: %w", err)
 	}
 	charts := filepath.Join(strings.TrimSpace(string(modDir)), "manifests", "charts")
-	if err := os.CopyFS(filepath.Join(tmp, istioChartsDir), os.DirFS(charts)); err != nil {
+	if err := os.CopyFS(filepath.Join(dir, istioChartsDir), os.DirFS(charts)); err != nil {
 		return fmt.Errorf("copy Istio's charts from %s: %w", charts, err)
 	}
-	if err := os.RemoveAll(dir); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		return err
-	}
-	fmt.Fprintf(logw, "lab: built Istio's parts in %s\n", time.Since(start).Round(time.Second))
 	return nil
 }
