@@ -127,6 +127,26 @@ func (c *Client) Check(ctx context.Context, m *spec.Mesh) ([]Check, error) {
 	return checks, nil
 }
 
+// Verify asks the hub to run the helloworld check on m (nil: the stored
+// spec); the hub deploys the sample and sends the requests.
+func (c *Client) Verify(ctx context.Context, m *spec.Mesh, o VerifyOptions) (*VerifyResult, error) {
+	q := url.Values{}
+	if o.Requests != 0 {
+		q.Set("requests", strconv.Itoa(o.Requests))
+	}
+	if o.Keep {
+		q.Set("keep", "true")
+	}
+	if o.Timeout != 0 {
+		q.Set("timeout", o.Timeout.String())
+	}
+	var res VerifyResult
+	if err := c.do(ctx, http.MethodPost, "/api/v1/verify", q, m, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
 // Journal returns up to limit applies from the hub's journal, newest first
 // (0: all).
 func (c *Client) Journal(ctx context.Context, limit int) ([]state.ApplyRecord, error) {

@@ -93,6 +93,9 @@ type Server struct {
 	// sem serializes applies (API and reconcile loop): a channel rather
 	// than a mutex so that waiting for it respects contexts.
 	sem chan struct{}
+	// verifying holds the one verify that runs: they share namespace
+	// sample in every cluster.
+	verifying chan struct{}
 	// work is the context applies and reconciles run under: cancelled only
 	// when the shutdown grace period is over.
 	work       context.Context
@@ -129,7 +132,7 @@ func NewServer(ctx context.Context, hub *Hub, o ServerOptions) (*Server, error) 
 	if (o.TLSCertFile == "") != (o.TLSKeyFile == "") {
 		return nil, errors.New("server: give both a TLS certificate and key, or neither")
 	}
-	s := &Server{hub: hub, log: o.Logger, opts: o, tokenSum: sha256.Sum256([]byte(o.Token)), metrics: newMetrics(), sem: make(chan struct{}, 1)}
+	s := &Server{hub: hub, log: o.Logger, opts: o, tokenSum: sha256.Sum256([]byte(o.Token)), metrics: newMetrics(), sem: make(chan struct{}, 1), verifying: make(chan struct{}, 1)}
 	s.replica = newReplicaMetrics(s.metrics.registry, hub.Store)
 	s.work, s.cancelWork = context.WithCancel(context.Background())
 	if hub.Progress == nil {
@@ -238,6 +241,7 @@ func (s *Server) Handler() http.Handler {
 	api.HandleFunc("POST /api/v1/check", clusterCall(s.handleCheck))
 	api.HandleFunc("POST /api/v1/apply", clusterCall(s.handleApply(false)))
 	api.HandleFunc("POST /api/v1/plan", clusterCall(s.handleApply(true)))
+	api.HandleFunc("POST /api/v1/verify", clusterCall(s.handleVerify))
 	api.HandleFunc("GET /api/v1/journal", s.handleJournal)
 	api.HandleFunc("GET /api/v1/trust", s.handleTrust)
 	api.HandleFunc("GET /api/v1/members", s.handleMembers)
@@ -351,6 +355,61 @@ func (s *Server) handleCheck(w http.ResponseWriter, r *http.Request) {
 		checks = []Check{}
 	}
 	writeJSON(w, http.StatusOK, checks)
+}
+
+func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
+	o, err := verifyOptions(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	m, err := s.readAdmittedSpec(w, r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	ctx, cancel := s.requestContext(r)
+	defer cancel()
+	select {
+	case s.verifying <- struct{}{}:
+		defer func() { <-s.verifying }()
+	case <-ctx.Done():
+		writeError(w, errorStatus(ctx.Err()), ctx.Err())
+		return
+	}
+	res, err := s.hub.Verify(ctx, m, o)
+	if err != nil {
+		writeError(w, errorStatus(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func verifyOptions(r *http.Request) (VerifyOptions, error) {
+	var o VerifyOptions
+	q := r.URL.Query()
+	if v := q.Get("requests"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return o, fmt.Errorf("requests %q: %w", v, err)
+		}
+		o.Requests = n
+	}
+	if v := q.Get("keep"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return o, fmt.Errorf("keep %q: %w", v, err)
+		}
+		o.Keep = b
+	}
+	if v := q.Get("timeout"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return o, fmt.Errorf("timeout %q: %w", v, err)
+		}
+		o.Timeout = d
+	}
+	return o, o.Validate()
 }
 
 func (s *Server) handleApply(plan bool) http.HandlerFunc {

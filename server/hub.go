@@ -114,6 +114,7 @@ type Engine interface {
 	Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyReport, error)
 	Status(ctx context.Context, m *spec.Mesh) (*Status, error)
 	Check(ctx context.Context, m *spec.Mesh) ([]Check, error)
+	Verify(ctx context.Context, m *spec.Mesh, o VerifyOptions) (*VerifyResult, error)
 }
 
 var _ Engine = (*Hub)(nil)

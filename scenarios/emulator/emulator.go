@@ -227,6 +227,13 @@ func (e *Emulator) syncIfStale(ctx context.Context, d time.Duration) {
 	}
 }
 
+// freshen syncs a world older than 300 ms, within freshenBudget.
+func (e *Emulator) freshen() {
+	ctx, cancel := context.WithTimeout(context.Background(), freshenBudget)
+	defer cancel()
+	e.syncIfStale(ctx, 300*time.Millisecond)
+}
+
 func (e *Emulator) member(name string) *member {
 	for _, m := range e.clusters {
 		if m.name == name {

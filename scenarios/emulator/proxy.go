@@ -25,8 +25,15 @@ import (
 	"github.com/flotillamesh/flotilla/scenarios/lab"
 )
 
-// callTimeout bounds one emulated request end to end.
+// callTimeout bounds one emulated request end to end, once the world it
+// routes by is fresh.
 const callTimeout = 10 * time.Second
+
+// freshenBudget bounds the sync a request may wait for first. Under load
+// one sync takes seconds; it must not eat the request's own budget (Envoy
+// answers from config it already holds). A sync that does not finish in
+// time leaves the request to the world as last read.
+const freshenBudget = 5 * time.Second
 
 // answer is what the client's side of the data plane returns to the app.
 type answer struct {
@@ -52,6 +59,7 @@ func (e *Emulator) captureHandler(cluster string, caller *podRef) func(net.Conn)
 		if err != nil {
 			return
 		}
+		e.freshen()
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		defer cancel()
 		a := e.call(ctx, cluster, caller, req)
@@ -89,7 +97,6 @@ func callerPod(v *clusterView, caller *podRef) (*corev1.Pod, error) {
 
 // call routes a request from a pod of cluster to a service.
 func (e *Emulator) call(ctx context.Context, cluster string, caller *podRef, req *http.Request) answer {
-	e.syncIfStale(ctx, 300*time.Millisecond)
 	w := e.world.Load()
 	v := w.views[cluster]
 	m := e.member(cluster)
