@@ -224,11 +224,18 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 			Annotations: map[string]string{"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
 		},
 		// Status is kept on create; kwok fills in the rest and keeps these.
-		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
-			{Type: corev1.NodeInternalIP, Address: c.NodeIP},
-			{Type: corev1.NodeHostName, Address: c.Name + "-node"},
-			{Type: corev1.NodeInternalDNS, Address: "127.0.0.1"},
-		}},
+		// The kubelet version is the lab's Kubernetes version, as a real
+		// node reports it: kwok's own ("kwok-v0.8.0") is not a version, and
+		// readers of it decide by it (istiod's injector gives native
+		// sidecars only to nodes it reads as 1.33 or later).
+		Status: corev1.NodeStatus{
+			Addresses: []corev1.NodeAddress{
+				{Type: corev1.NodeInternalIP, Address: c.NodeIP},
+				{Type: corev1.NodeHostName, Address: c.Name + "-node"},
+				{Type: corev1.NodeInternalDNS, Address: "127.0.0.1"},
+			},
+			NodeInfo: corev1.NodeSystemInfo{KubeletVersion: KubernetesVersion},
+		},
 	}
 	if _, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create node: %w", err)
