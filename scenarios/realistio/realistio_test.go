@@ -47,38 +47,7 @@ func TestMultiPrimaryMultiNetwork(t *testing.T) {
 	l := testLab.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	doc := fmt.Sprintf(`apiVersion: flotilla.dev/v1alpha1
-kind: Mesh
-metadata: {name: mesh1}
-spec:
-  meshID: mesh1
-  topology: multi-primary
-  allowLoopbackAPIServers: true
-  pki: {keyAlgorithm: ECDSA-P256}
-  clusters:
-  - {name: east, context: east, network: network1, kubeconfig: %[1]s}
-  - {name: west, context: west, network: network2, kubeconfig: %[1]s}
-`, l.Kubeconfig)
-	m, err := spec.Parse("mesh.yaml", []byte(doc))
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := state.GenerateKey()
-	st, err := state.Open(ctx, filepath.Join(t.TempDir(), "state.db"), state.Options{Key: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	h := &server.Hub{Store: st}
-	start := time.Now()
-	rep, err := h.Apply(ctx, m, server.ApplyOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := rep.Err(); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("apply: %s", time.Since(start).Round(100*time.Millisecond))
+	h, m := applyMultiPrimary(t, ctx, l)
 
 	for _, tc := range []struct{ cluster, other string }{{"east", "west"}, {"west", "east"}} {
 		t.Run(tc.cluster, func(t *testing.T) {
@@ -148,6 +117,46 @@ spec:
 	if !seen["east"] || !seen["west"] {
 		t.Errorf("check read istiod's view in %v, want east and west", seen)
 	}
+}
+
+// applyMultiPrimary applies a multi-primary mesh over two networks (east
+// on network1, west on network2) to the lab and returns the hub and the
+// parsed spec; the apply must succeed in every cluster.
+func applyMultiPrimary(t *testing.T, ctx context.Context, l *lab.Lab) (*server.Hub, *spec.Mesh) {
+	t.Helper()
+	doc := fmt.Sprintf(`apiVersion: flotilla.dev/v1alpha1
+kind: Mesh
+metadata: {name: mesh1}
+spec:
+  meshID: mesh1
+  topology: multi-primary
+  allowLoopbackAPIServers: true
+  pki: {keyAlgorithm: ECDSA-P256}
+  clusters:
+  - {name: east, context: east, network: network1, kubeconfig: %[1]s}
+  - {name: west, context: west, network: network2, kubeconfig: %[1]s}
+`, l.Kubeconfig)
+	m, err := spec.Parse("mesh.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := state.GenerateKey()
+	st, err := state.Open(ctx, filepath.Join(t.TempDir(), "state.db"), state.Options{Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	h := &server.Hub{Store: st}
+	start := time.Now()
+	rep, err := h.Apply(ctx, m, server.ApplyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("apply: %s", time.Since(start).Round(100*time.Millisecond))
+	return h, m
 }
 
 // waitReconciled waits for the lab's Sail Operator to report the Istio

@@ -1,0 +1,296 @@
+package realistio
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/flotillamesh/flotilla/pki"
+)
+
+// sidecarStatusAnnotation is what Istio's injector writes on every pod it
+// injects (the injected containers, volumes and image pull secrets).
+const sidecarStatusAnnotation = "sidecar.istio.io/status"
+
+// TestInjectionWebhook creates pods through the API server of a lab
+// cluster running real Istio and checks that the admission chain, not a
+// model of it, decides their sidecar: the charts' MutatingWebhookConfiguration
+// (its caBundle patched by istiod itself) selects the namespace labelled
+// istio-injection=enabled, the API server calls istiod's /inject through the
+// istiod Service, and the pod comes back with istiod's istio-proxy and its
+// status annotation. The same pod in a namespace without the label is
+// selected by no webhook and comes back as it was sent.
+func TestInjectionWebhook(t *testing.T) {
+	l := testLab.Get(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	applyMultiPrimary(t, ctx, l)
+
+	c := l.Cluster("east")
+	kc, err := c.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReconciled(t, ctx, kc, c, "default")
+	in := waitIstiodReady(t, ctx, c)
+	hooks := waitInjectorCABundle(t, ctx, kc.Kube, c.Name)
+
+	// The caBundle istiod patched in is the root of the CA that signs its
+	// serving certificate: the plug-in CA from cacerts.
+	cc, err := pki.ReadCACerts(ctx, kc, "istio-system")
+	if err != nil || cc == nil {
+		t.Fatalf("east: cacerts: %v", err)
+	}
+	root := bytes.TrimSpace(cc.CACerts.RootCert)
+	for _, h := range hooks {
+		if !bytes.Contains(h.ClientConfig.CABundle, root) {
+			t.Errorf("east: webhook %s: caBundle is not cacerts' root-cert.pem:\n%s", h.Name, h.ClientConfig.CABundle)
+		}
+	}
+	before := injectionCounts(t, ctx, c.Name, in.Address)
+
+	injected := map[string]string{"istio-injection": "enabled"}
+	if names := selectingWebhooks(hooks, injected); len(names) == 0 {
+		t.Fatalf("east: no injection webhook of the charts selects a namespace labelled %v", injected)
+	} else {
+		t.Logf("east: namespace labels %v select %v", injected, names)
+	}
+	if names := selectingWebhooks(hooks, nil); len(names) != 0 {
+		t.Fatalf("east: injection webhooks %v select a namespace without labels", names)
+	}
+
+	pod := createPod(t, ctx, kc.Kube, c.Name, "inject-on", injected)
+	if istioProxy(pod) == "" || pod.Annotations[sidecarStatusAnnotation] == "" {
+		t.Fatalf("east: pod %s/%s in a namespace labelled %v was not injected: containers %v, init containers %v, annotations %v (istiod log %s)",
+			pod.Namespace, pod.Name, injected, containerNames(pod.Spec.Containers), containerNames(pod.Spec.InitContainers), pod.Annotations, in.Log)
+	}
+	t.Logf("east: pod %s/%s injected: containers %v, init containers %v, %s=%s",
+		pod.Namespace, pod.Name, containerNames(pod.Spec.Containers), containerNames(pod.Spec.InitContainers), sidecarStatusAnnotation, pod.Annotations[sidecarStatusAnnotation])
+	// istiod gives native sidecars when every node's kubelet is 1.33 or
+	// later (ENABLE_NATIVE_SIDECARS=auto), as the lab's 1.36 node is.
+	if got := istioProxy(pod); got != nativeSidecar {
+		nodes, _ := kc.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		var versions []string
+		for _, n := range nodes.Items {
+			versions = append(versions, n.Name+"="+n.Status.NodeInfo.KubeletVersion)
+		}
+		t.Errorf("east: pod %s/%s: istio-proxy injected as a %s, want a native sidecar (kubelet versions %v)", pod.Namespace, pod.Name, got, versions)
+	}
+
+	afterOn := injectionCounts(t, ctx, c.Name, in.Address)
+	if afterOn.requests != before.requests+1 || afterOn.success != before.success+1 {
+		t.Errorf("east: istiod's injection counters went from %+v to %+v for one injected pod, want one more request and one more success", before, afterOn)
+	}
+
+	plain := createPod(t, ctx, kc.Kube, c.Name, "inject-off", nil)
+	if istioProxy(plain) != "" || plain.Annotations[sidecarStatusAnnotation] != "" {
+		t.Errorf("east: pod %s/%s in a namespace without the injection label was injected: containers %v, init containers %v, annotations %v",
+			plain.Namespace, plain.Name, containerNames(plain.Spec.Containers), containerNames(plain.Spec.InitContainers), plain.Annotations)
+	}
+	if afterOff := injectionCounts(t, ctx, c.Name, in.Address); afterOff != afterOn {
+		t.Errorf("east: istiod's injection counters went from %+v to %+v for a pod no webhook selects, want no change", afterOn, afterOff)
+	}
+}
+
+// injected counts what istiod's injection webhook served, from its own
+// metrics (sidecar_injection_requests_total, sidecar_injection_success_total);
+// a counter not yet incremented is not exported and counts zero.
+type injected struct{ requests, success float64 }
+
+func injectionCounts(t *testing.T, ctx context.Context, cluster, addr string) injected {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(addr, "15014")+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s: istiod metrics at %s: %v", cluster, addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("%s: istiod metrics at %s: %s", cluster, addr, resp.Status)
+	}
+	var got injected
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		name, rest, ok := strings.Cut(sc.Text(), " ")
+		if !ok || strings.HasPrefix(name, "#") {
+			continue
+		}
+		name, _, _ = strings.Cut(name, "{")
+		if i := strings.LastIndexByte(rest, '}'); i >= 0 {
+			rest = rest[i+1:]
+		}
+		fields := strings.Fields(rest)
+		if len(fields) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
+			continue
+		}
+		switch name {
+		case "sidecar_injection_requests_total":
+			got.requests += v
+		case "sidecar_injection_success_total":
+			got.success += v
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatalf("%s: istiod metrics at %s: %v", cluster, addr, err)
+	}
+	return got
+}
+
+// waitInjectorCABundle waits for the sidecar injector webhooks the charts
+// rendered for the default revision to carry a caBundle: the chart leaves
+// it empty and istiod's webhook controller patches in the CA that signs
+// its serving certificate. It returns those webhooks.
+func waitInjectorCABundle(t *testing.T, ctx context.Context, cs kubernetes.Interface, cluster string) []admissionregistrationv1.MutatingWebhook {
+	t.Helper()
+	var hooks []admissionregistrationv1.MutatingWebhook
+	var missing, caWriters []string
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		list, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().List(ctx, metav1.ListOptions{LabelSelector: "app=sidecar-injector"})
+		if err != nil {
+			return false, nil
+		}
+		hooks, missing, caWriters = nil, nil, nil
+		for _, mwc := range list.Items {
+			for _, mf := range mwc.ManagedFields {
+				if mf.FieldsV1 != nil && bytes.Contains(mf.FieldsV1.Raw, []byte(`"f:caBundle"`)) {
+					caWriters = append(caWriters, mwc.Name+": "+mf.Manager)
+				}
+			}
+			for _, h := range mwc.Webhooks {
+				hooks = append(hooks, h)
+				if len(h.ClientConfig.CABundle) == 0 {
+					missing = append(missing, mwc.Name+"/"+h.Name)
+				}
+			}
+		}
+		return len(hooks) > 0 && len(missing) == 0, nil
+	})
+	if err != nil {
+		t.Fatalf("%s: sidecar injector webhooks (app=sidecar-injector): %d found, without caBundle %v: %v", cluster, len(hooks), missing, err)
+	}
+	// The chart renders no caBundle: the field's only owner is istiod
+	// (field manager pilot-discovery), whose webhook controller patched it.
+	for _, w := range caWriters {
+		if _, manager, _ := strings.Cut(w, ": "); manager != "pilot-discovery" {
+			t.Errorf("%s: caBundle of sidecar injector webhook configuration %s, want pilot-discovery only", cluster, w)
+		}
+	}
+	if len(caWriters) == 0 {
+		t.Errorf("%s: no field manager owns the sidecar injector webhooks' caBundle", cluster)
+	}
+	t.Logf("%s: sidecar injector caBundle written by %v", cluster, caWriters)
+	return hooks
+}
+
+// selectingWebhooks names the webhooks whose namespace selector matches a
+// namespace with these labels (and whose object selector matches a pod
+// without labels), as the API server decides which webhooks to call.
+func selectingWebhooks(hooks []admissionregistrationv1.MutatingWebhook, nsLabels map[string]string) []string {
+	var out []string
+	for _, h := range hooks {
+		if matches(h.NamespaceSelector, nsLabels) && matches(h.ObjectSelector, nil) {
+			out = append(out, h.Name)
+		}
+	}
+	return out
+}
+
+func matches(ls *metav1.LabelSelector, set map[string]string) bool {
+	if ls == nil {
+		return true
+	}
+	sel, err := metav1.LabelSelectorAsSelector(ls)
+	return err == nil && sel.Matches(labels.Set(set))
+}
+
+// createPod creates namespace ns with the given labels and a plain pod in
+// it, and returns the pod as the API server stored it.
+func createPod(t *testing.T, ctx context.Context, cs kubernetes.Interface, cluster, ns string, nsLabels map[string]string) *corev1.Pod {
+	t.Helper()
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: nsLabels}}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("%s: create namespace %s: %v", cluster, ns, err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "sleep", Namespace: ns, Labels: map[string]string{"app": "sleep"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+			Name: "sleep", Image: "docker.io/curlimages/curl:8.16.0", Command: []string{"/bin/sleep", "infinity"},
+		}}},
+	}
+	var got *corev1.Pod
+	var last error
+	// The namespace's default service account comes from the controller
+	// manager; until it exists the API server refuses the pod.
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+		if err == nil {
+			got = p
+			return true, nil
+		}
+		last = err
+		if apierrors.IsForbidden(err) && strings.Contains(err.Error(), "serviceaccount") {
+			return false, nil
+		}
+		return false, err
+	})
+	if err != nil {
+		if last != nil && !errors.Is(err, last) {
+			err = fmt.Errorf("%w (last: %v)", err, last)
+		}
+		t.Fatalf("%s: create pod %s/%s: %v", cluster, ns, pod.Name, err)
+	}
+	return got
+}
+
+// How the injected proxy runs: as a plain container, or as a native
+// sidecar (an init container that restarts always).
+const (
+	plainContainer = "container"
+	nativeSidecar  = "native sidecar"
+)
+
+// istioProxy says how pod carries the istio-proxy container, "" if not at all.
+func istioProxy(p *corev1.Pod) string {
+	for _, c := range p.Spec.Containers {
+		if c.Name == "istio-proxy" {
+			return plainContainer
+		}
+	}
+	for _, c := range p.Spec.InitContainers {
+		if c.Name == "istio-proxy" && c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			return nativeSidecar
+		}
+	}
+	return ""
+}
+
+func containerNames(cs []corev1.Container) []string {
+	out := make([]string, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, c.Name)
+	}
+	return out
+}
