@@ -30,12 +30,22 @@ const sidecarStatusAnnotation = "sidecar.istio.io/status"
 
 // TestInjectionWebhook creates pods through the API server of a lab
 // cluster running real Istio and checks that the admission chain, not a
-// model of it, decides their sidecar: the charts' MutatingWebhookConfiguration
-// (its caBundle patched by istiod itself) selects the namespace labelled
-// istio-injection=enabled, the API server calls istiod's /inject through the
-// istiod Service, and the pod comes back with istiod's istio-proxy and its
-// status annotation. The same pod in a namespace without the label is
-// selected by no webhook and comes back as it was sent.
+// model of it, decides their sidecar. The charts render the
+// MutatingWebhookConfiguration istio-sidecar-injector (service
+// istio-system/istiod port 443, path /inject, failurePolicy Fail, no
+// caBundle); istiod's webhook controller patches its caBundle with the root
+// of its CA, here the plug-in root from cacerts. The API server resolves the
+// Service to its ClusterIP and dials it through its "cluster" egress
+// selector, the lab's CONNECT proxy, which forwards to a ready endpoint of
+// the Service (istiod's pod) at target port 15017, on the pod's loopback
+// stand-in where the lab bound istiod's --httpsAddr.
+//
+// Each case's namespace and pod labels are matched against the charts'
+// webhooks as the API server matches them; a selected pod must come back
+// injected by istiod (istio-proxy, status annotation of the default
+// revision) and count one injection request in istiod's own metrics, an
+// unselected one must come back as it was sent and cost istiod nothing.
+// The negative control is the pod in a namespace without the injection label.
 func TestInjectionWebhook(t *testing.T) {
 	l := testLab.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -55,56 +65,77 @@ func TestInjectionWebhook(t *testing.T) {
 	// serving certificate: the plug-in CA from cacerts.
 	cc, err := pki.ReadCACerts(ctx, kc, "istio-system")
 	if err != nil || cc == nil {
-		t.Fatalf("east: cacerts: %v", err)
+		t.Fatalf("%s: cacerts: %v", c.Name, err)
 	}
 	root := bytes.TrimSpace(cc.CACerts.RootCert)
 	for _, h := range hooks {
 		if !bytes.Contains(h.ClientConfig.CABundle, root) {
-			t.Errorf("east: webhook %s: caBundle is not cacerts' root-cert.pem:\n%s", h.Name, h.ClientConfig.CABundle)
+			t.Errorf("%s: webhook %s: caBundle is not cacerts' root-cert.pem:\n%s", c.Name, h.Name, h.ClientConfig.CABundle)
 		}
 	}
-	before := injectionCounts(t, ctx, c.Name, in.Address)
 
-	injected := map[string]string{"istio-injection": "enabled"}
-	if names := selectingWebhooks(hooks, injected); len(names) == 0 {
-		t.Fatalf("east: no injection webhook of the charts selects a namespace labelled %v", injected)
-	} else {
-		t.Logf("east: namespace labels %v select %v", injected, names)
-	}
-	if names := selectingWebhooks(hooks, nil); len(names) != 0 {
-		t.Fatalf("east: injection webhooks %v select a namespace without labels", names)
-	}
-
-	pod := createPod(t, ctx, kc.Kube, c.Name, "inject-on", injected)
-	if istioProxy(pod) == "" || pod.Annotations[sidecarStatusAnnotation] == "" {
-		t.Fatalf("east: pod %s/%s in a namespace labelled %v was not injected: containers %v, init containers %v, annotations %v (istiod log %s)",
-			pod.Namespace, pod.Name, injected, containerNames(pod.Spec.Containers), containerNames(pod.Spec.InitContainers), pod.Annotations, in.Log)
-	}
-	t.Logf("east: pod %s/%s injected: containers %v, init containers %v, %s=%s",
-		pod.Namespace, pod.Name, containerNames(pod.Spec.Containers), containerNames(pod.Spec.InitContainers), sidecarStatusAnnotation, pod.Annotations[sidecarStatusAnnotation])
-	// istiod gives native sidecars when every node's kubelet is 1.33 or
-	// later (ENABLE_NATIVE_SIDECARS=auto), as the lab's 1.36 node is.
-	if got := istioProxy(pod); got != nativeSidecar {
-		nodes, _ := kc.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-		var versions []string
-		for _, n := range nodes.Items {
-			versions = append(versions, n.Name+"="+n.Status.NodeInfo.KubeletVersion)
-		}
-		t.Errorf("east: pod %s/%s: istio-proxy injected as a %s, want a native sidecar (kubelet versions %v)", pod.Namespace, pod.Name, got, versions)
-	}
-
-	afterOn := injectionCounts(t, ctx, c.Name, in.Address)
-	if afterOn.requests != before.requests+1 || afterOn.success != before.success+1 {
-		t.Errorf("east: istiod's injection counters went from %+v to %+v for one injected pod, want one more request and one more success", before, afterOn)
-	}
-
-	plain := createPod(t, ctx, kc.Kube, c.Name, "inject-off", nil)
-	if istioProxy(plain) != "" || plain.Annotations[sidecarStatusAnnotation] != "" {
-		t.Errorf("east: pod %s/%s in a namespace without the injection label was injected: containers %v, init containers %v, annotations %v",
-			plain.Namespace, plain.Name, containerNames(plain.Spec.Containers), containerNames(plain.Spec.InitContainers), plain.Annotations)
-	}
-	if afterOff := injectionCounts(t, ctx, c.Name, in.Address); afterOff != afterOn {
-		t.Errorf("east: istiod's injection counters went from %+v to %+v for a pod no webhook selects, want no change", afterOn, afterOff)
+	for _, tc := range []struct {
+		ns        string
+		nsLabels  map[string]string
+		podLabels map[string]string
+		// webhook is the charts' webhook that selects the pod, "" for none.
+		webhook string
+	}{
+		{ns: "inject-label", nsLabels: map[string]string{"istio-injection": "enabled"}, webhook: "namespace.sidecar-injector.istio.io"},
+		{ns: "inject-rev", nsLabels: map[string]string{"istio.io/rev": "default"}, webhook: "rev.namespace.sidecar-injector.istio.io"},
+		{ns: "inject-pod-rev", podLabels: map[string]string{"istio.io/rev": "default"}, webhook: "rev.object.sidecar-injector.istio.io"},
+		{ns: "inject-opt-out", nsLabels: map[string]string{"istio-injection": "enabled"}, podLabels: map[string]string{"sidecar.istio.io/inject": "false"}},
+		{ns: "inject-none"}, // the negative control: no injection label
+	} {
+		t.Run(tc.ns, func(t *testing.T) {
+			podLabels := map[string]string{"app": "sleep"}
+			for k, v := range tc.podLabels {
+				podLabels[k] = v
+			}
+			names := selectingWebhooks(hooks, tc.nsLabels, podLabels)
+			want := []string{}
+			if tc.webhook != "" {
+				want = []string{tc.webhook}
+			}
+			if strings.Join(names, ",") != strings.Join(want, ",") {
+				t.Fatalf("%s: namespace labels %v, pod labels %v: selected by webhooks %v, want %v", c.Name, tc.nsLabels, tc.podLabels, names, want)
+			}
+			before := injectionCounts(t, ctx, c.Name, in.Address)
+			pod := createPod(t, ctx, kc.Kube, c.Name, tc.ns, tc.nsLabels, podLabels)
+			after := injectionCounts(t, ctx, c.Name, in.Address)
+			desc := fmt.Sprintf("%s: pod %s/%s (namespace labels %v, pod labels %v): containers %v, init containers %v, annotations %v",
+				c.Name, pod.Namespace, pod.Name, tc.nsLabels, tc.podLabels,
+				containerNames(pod.Spec.Containers), containerNames(pod.Spec.InitContainers), pod.Annotations)
+			if tc.webhook == "" {
+				if istioProxy(pod) != "" || pod.Annotations[sidecarStatusAnnotation] != "" {
+					t.Errorf("%s: injected, want no sidecar", desc)
+				}
+				if after != before {
+					t.Errorf("%s: istiod's injection counters went from %+v to %+v, want no call", desc, before, after)
+				}
+				t.Logf("not injected: %s", desc)
+				return
+			}
+			status := pod.Annotations[sidecarStatusAnnotation]
+			if istioProxy(pod) == "" || !strings.Contains(status, `"revision":"default"`) {
+				t.Fatalf("%s: not injected by the default revision (istiod log %s)", desc, in.Log)
+			}
+			if after.requests != before.requests+1 || after.success != before.success+1 {
+				t.Errorf("%s: istiod's injection counters went from %+v to %+v, want one more request and one more success", desc, before, after)
+			}
+			// istiod gives native sidecars when every node's kubelet is
+			// 1.33 or later (ENABLE_NATIVE_SIDECARS=auto), as the lab's
+			// 1.36 node is.
+			if got := istioProxy(pod); got != nativeSidecar {
+				nodes, _ := kc.Kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+				var versions []string
+				for _, n := range nodes.Items {
+					versions = append(versions, n.Name+"="+n.Status.NodeInfo.KubeletVersion)
+				}
+				t.Errorf("%s: istio-proxy injected as a %s, want a native sidecar (kubelet versions %v)", desc, got, versions)
+			}
+			t.Logf("injected by %s: %s", tc.webhook, desc)
+		})
 	}
 }
 
@@ -207,12 +238,12 @@ func waitInjectorCABundle(t *testing.T, ctx context.Context, cs kubernetes.Inter
 }
 
 // selectingWebhooks names the webhooks whose namespace selector matches a
-// namespace with these labels (and whose object selector matches a pod
-// without labels), as the API server decides which webhooks to call.
-func selectingWebhooks(hooks []admissionregistrationv1.MutatingWebhook, nsLabels map[string]string) []string {
-	var out []string
+// namespace with these labels and whose object selector matches a pod with
+// these, as the API server decides which webhooks to call.
+func selectingWebhooks(hooks []admissionregistrationv1.MutatingWebhook, nsLabels, podLabels map[string]string) []string {
+	out := []string{}
 	for _, h := range hooks {
-		if matches(h.NamespaceSelector, nsLabels) && matches(h.ObjectSelector, nil) {
+		if matches(h.NamespaceSelector, nsLabels) && matches(h.ObjectSelector, podLabels) {
 			out = append(out, h.Name)
 		}
 	}
@@ -227,15 +258,15 @@ func matches(ls *metav1.LabelSelector, set map[string]string) bool {
 	return err == nil && sel.Matches(labels.Set(set))
 }
 
-// createPod creates namespace ns with the given labels and a plain pod in
-// it, and returns the pod as the API server stored it.
-func createPod(t *testing.T, ctx context.Context, cs kubernetes.Interface, cluster, ns string, nsLabels map[string]string) *corev1.Pod {
+// createPod creates namespace ns with the given labels and a plain pod with
+// podLabels in it, and returns the pod as the API server stored it.
+func createPod(t *testing.T, ctx context.Context, cs kubernetes.Interface, cluster, ns string, nsLabels, podLabels map[string]string) *corev1.Pod {
 	t.Helper()
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: nsLabels}}, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("%s: create namespace %s: %v", cluster, ns, err)
 	}
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "sleep", Namespace: ns, Labels: map[string]string{"app": "sleep"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "sleep", Namespace: ns, Labels: podLabels},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{
 			Name: "sleep", Image: "docker.io/curlimages/curl:8.16.0", Command: []string{"/bin/sleep", "infinity"},
 		}}},
