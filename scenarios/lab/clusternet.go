@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -119,12 +120,12 @@ func (n *clusterNet) handle(conn net.Conn) {
 	target, err := n.resolve(ctx, req.Host)
 	cancel()
 	if err != nil {
-		fmt.Fprintf(conn, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nX-Lab-Error: %s\r\n\r\n", err)
+		badGateway(conn, fmt.Errorf("%s: %s: %w", n.c.Name, req.Host, err))
 		return
 	}
 	up, err := net.DialTimeout("tcp", target, 10*time.Second)
 	if err != nil {
-		fmt.Fprintf(conn, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+		badGateway(conn, fmt.Errorf("%s: %s via %s: %w", n.c.Name, req.Host, target, err))
 		return
 	}
 	defer up.Close()
@@ -149,6 +150,20 @@ func (n *clusterNet) handle(conn net.Conn) {
 	}()
 	<-done
 	<-done
+}
+
+// badGateway refuses a CONNECT with the reason in the status line: the API
+// server quotes the status line in its error ("proxy error from ... while
+// dialing ..., code 502: ..."), so a webhook call or pod proxy request that
+// cannot be connected names the Service or pod that is not there.
+func badGateway(conn net.Conn, err error) {
+	reason := strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, err.Error())
+	fmt.Fprintf(conn, "HTTP/1.1 502 Bad Gateway (%s)\r\nContent-Length: 0\r\n\r\n", reason)
 }
 
 // resolve maps a destination host:port as the cluster network would.
