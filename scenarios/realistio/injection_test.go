@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,13 +16,17 @@ import (
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/scenarios/lab"
 )
 
 // sidecarStatusAnnotation is what Istio's injector writes on every pod it
@@ -30,22 +35,24 @@ const sidecarStatusAnnotation = "sidecar.istio.io/status"
 
 // TestInjectionWebhook creates pods through the API server of a lab
 // cluster running real Istio and checks that the admission chain, not a
-// model of it, decides their sidecar. The charts render the
-// MutatingWebhookConfiguration istio-sidecar-injector (service
-// istio-system/istiod port 443, path /inject, failurePolicy Fail, no
-// caBundle); istiod's webhook controller patches its caBundle with the root
-// of its CA, here the plug-in root from cacerts. The API server resolves the
-// Service to its ClusterIP and dials it through its "cluster" egress
-// selector, the lab's CONNECT proxy, which forwards to a ready endpoint of
-// the Service (istiod's pod) at target port 15017, on the pod's loopback
-// stand-in where the lab bound istiod's --httpsAddr.
+// model of it, decides their sidecar. The charts render a
+// MutatingWebhookConfiguration per revision (istio-sidecar-injector, and
+// istio-sidecar-injector-<rev> for another revision: service
+// istio-system/istiod[-<rev>] port 443, path /inject, failurePolicy Fail,
+// no caBundle); each revision's istiod patches its configuration's caBundle
+// with the root of its CA, here the plug-in root from cacerts. The API
+// server resolves the Service to its ClusterIP and dials it through its
+// "cluster" egress selector, the lab's CONNECT proxy, which forwards to a
+// ready endpoint of the Service (istiod's pod) at target port 15017, on the
+// pod's loopback stand-in where the lab bound istiod's --httpsAddr.
 //
 // Each case's namespace and pod labels are matched against the charts'
 // webhooks as the API server matches them; a selected pod must come back
-// injected by istiod (istio-proxy, status annotation of the default
-// revision) and count one injection request in istiod's own metrics, an
-// unselected one must come back as it was sent and cost istiod nothing.
-// The negative control is the pod in a namespace without the injection label.
+// injected by its revision's istiod (istio-proxy, status annotation naming
+// the revision) and count one injection request in that istiod's own
+// metrics and none in any other; an unselected one must come back as it
+// was sent and cost every istiod nothing. The negative control is the pod
+// in a namespace without the injection label.
 func TestInjectionWebhook(t *testing.T) {
 	l := testLab.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -58,70 +65,173 @@ func TestInjectionWebhook(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitReconciled(t, ctx, kc, c, "default")
-	in := waitIstiodReady(t, ctx, c)
-	hooks := waitInjectorCABundle(t, ctx, kc.Kube, c.Name)
-
-	// The caBundle istiod patched in is the root of the CA that signs its
-	// serving certificate: the plug-in CA from cacerts.
+	waitIstiodReady(t, ctx, c)
 	cc, err := pki.ReadCACerts(ctx, kc, "istio-system")
 	if err != nil || cc == nil {
 		t.Fatalf("%s: cacerts: %v", c.Name, err)
 	}
-	root := bytes.TrimSpace(cc.CACerts.RootCert)
-	for _, h := range hooks {
-		if !bytes.Contains(h.ClientConfig.CABundle, root) {
-			t.Errorf("%s: webhook %s: caBundle is not cacerts' root-cert.pem:\n%s", c.Name, h.Name, h.ClientConfig.CABundle)
+	inj := &injection{c: c, kc: kc, root: bytes.TrimSpace(cc.CACerts.RootCert)}
+
+	t.Run("default", func(t *testing.T) {
+		inj.refresh(t, ctx, 1)
+		inj.run(t, ctx, []injectCase{
+			{ns: "inject-label", nsLabels: map[string]string{"istio-injection": "enabled"}, webhook: "istio-sidecar-injector/namespace.sidecar-injector.istio.io", revision: "default"},
+			{ns: "inject-rev", nsLabels: map[string]string{"istio.io/rev": "default"}, webhook: "istio-sidecar-injector/rev.namespace.sidecar-injector.istio.io", revision: "default"},
+			{ns: "inject-pod-rev", podLabels: map[string]string{"istio.io/rev": "default"}, webhook: "istio-sidecar-injector/rev.object.sidecar-injector.istio.io", revision: "default"},
+			{ns: "inject-opt-out", nsLabels: map[string]string{"istio-injection": "enabled"}, podLabels: map[string]string{"sidecar.istio.io/inject": "false"}},
+			{ns: "inject-none"}, // the negative control: no injection label
+		})
+	})
+
+	// A second revision beside the default one, as a canary upgrade has:
+	// the Istio resource's spec copied under another name. Its webhooks
+	// select only istio.io/rev=canary; istio-injection=enabled stays with
+	// the default revision.
+	t.Run("canary", func(t *testing.T) {
+		def, err := kc.Dynamic.Resource(istioGVR).Get(ctx, "default", metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("%s: Istio default: %v", c.Name, err)
+		}
+		canary := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": def.GetAPIVersion(), "kind": def.GetKind(),
+			"metadata": map[string]any{"name": "canary"},
+			"spec":     def.Object["spec"],
+		}}
+		if _, err := kc.Dynamic.Resource(istioGVR).Create(ctx, canary, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("%s: create Istio canary: %v", c.Name, err)
+		}
+		t.Cleanup(func() { removeIstio(t, kc, c, "canary") })
+		waitReconciled(t, ctx, kc, c, "canary")
+		inj.refresh(t, ctx, 2)
+		inj.run(t, ctx, []injectCase{
+			{ns: "canary-rev", nsLabels: map[string]string{"istio.io/rev": "canary"}, webhook: "istio-sidecar-injector-canary/rev.namespace.sidecar-injector.istio.io", revision: "canary"},
+			{ns: "canary-pod-rev", podLabels: map[string]string{"istio.io/rev": "canary"}, webhook: "istio-sidecar-injector-canary/rev.object.sidecar-injector.istio.io", revision: "canary"},
+			{ns: "canary-label", nsLabels: map[string]string{"istio-injection": "enabled"}, webhook: "istio-sidecar-injector/namespace.sidecar-injector.istio.io", revision: "default"},
+			{ns: "canary-none"},
+		})
+	})
+}
+
+// injectCase is one pod to create: its namespace's and its own labels, and
+// the webhook (configuration/name) and revision that must inject it; ""
+// for a pod no webhook selects.
+type injectCase struct {
+	ns                  string
+	nsLabels, podLabels map[string]string
+	webhook, revision   string
+}
+
+// injection is what the cases check against: the cluster's injector
+// webhooks and its istiods by revision.
+type injection struct {
+	c       *lab.Cluster
+	kc      *kube.Cluster
+	root    []byte
+	hooks   []namedWebhook
+	istiods map[string]lab.IstiodInfo
+}
+
+type namedWebhook struct {
+	name string // configuration/webhook
+	admissionregistrationv1.MutatingWebhook
+}
+
+// refresh waits for n ready istiods and for every injector webhook to
+// carry the mesh root as its caBundle, patched by istiod.
+func (inj *injection) refresh(t *testing.T, ctx context.Context, n int) {
+	t.Helper()
+	inj.istiods = waitIstiodRevisions(t, ctx, inj.kc, inj.c, n)
+	inj.hooks = waitInjectorCABundle(t, ctx, inj.kc.Kube, inj.c.Name)
+	services := map[string]bool{}
+	for _, h := range inj.hooks {
+		if !bytes.Contains(h.ClientConfig.CABundle, inj.root) {
+			t.Errorf("%s: webhook %s: caBundle is not cacerts' root-cert.pem:\n%s", inj.c.Name, h.name, h.ClientConfig.CABundle)
+		}
+		if svc := h.ClientConfig.Service; svc != nil && !services[svc.Namespace+"/"+svc.Name] {
+			services[svc.Namespace+"/"+svc.Name] = true
+			waitServiceEndpoint(t, ctx, inj.kc.Kube, inj.c.Name, svc.Namespace, svc.Name)
 		}
 	}
+}
 
-	for _, tc := range []struct {
-		ns        string
-		nsLabels  map[string]string
-		podLabels map[string]string
-		// webhook is the charts' webhook that selects the pod, "" for none.
-		webhook string
-	}{
-		{ns: "inject-label", nsLabels: map[string]string{"istio-injection": "enabled"}, webhook: "namespace.sidecar-injector.istio.io"},
-		{ns: "inject-rev", nsLabels: map[string]string{"istio.io/rev": "default"}, webhook: "rev.namespace.sidecar-injector.istio.io"},
-		{ns: "inject-pod-rev", podLabels: map[string]string{"istio.io/rev": "default"}, webhook: "rev.object.sidecar-injector.istio.io"},
-		{ns: "inject-opt-out", nsLabels: map[string]string{"istio-injection": "enabled"}, podLabels: map[string]string{"sidecar.istio.io/inject": "false"}},
-		{ns: "inject-none"}, // the negative control: no injection label
-	} {
+// waitServiceEndpoint waits for a Service to have a ready endpoint: until
+// the endpointslice controller has seen istiod's pod Ready, the API server
+// has nowhere to send a webhook call (in a real cluster as in the lab) and,
+// the charts' failurePolicy being Fail, refuses the pod.
+func waitServiceEndpoint(t *testing.T, ctx context.Context, cs kubernetes.Interface, cluster, ns, name string) {
+	t.Helper()
+	start := time.Now()
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		slices, err := cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + name})
+		if err != nil {
+			return false, nil
+		}
+		for _, es := range slices.Items {
+			for _, ep := range es.Endpoints {
+				if ep.Conditions.Ready == nil || *ep.Conditions.Ready {
+					return len(ep.Addresses) > 0, nil
+				}
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("%s: service %s/%s has no ready endpoint: %v", cluster, ns, name, err)
+	}
+	t.Logf("%s: service %s/%s has a ready endpoint (waited %s)", cluster, ns, name, time.Since(start).Round(10*time.Millisecond))
+}
+
+func (inj *injection) counts(t *testing.T, ctx context.Context) map[string]injected {
+	t.Helper()
+	out := map[string]injected{}
+	for rev, in := range inj.istiods {
+		out[rev] = injectionCounts(t, ctx, inj.c.Name, in.Address)
+	}
+	return out
+}
+
+func (inj *injection) run(t *testing.T, ctx context.Context, cases []injectCase) {
+	t.Helper()
+	c, kc := inj.c, inj.kc
+	for _, tc := range cases {
 		t.Run(tc.ns, func(t *testing.T) {
 			podLabels := map[string]string{"app": "sleep"}
 			for k, v := range tc.podLabels {
 				podLabels[k] = v
 			}
-			names := selectingWebhooks(hooks, tc.nsLabels, podLabels)
+			names := selectingWebhooks(inj.hooks, tc.nsLabels, podLabels)
 			want := []string{}
 			if tc.webhook != "" {
 				want = []string{tc.webhook}
 			}
 			if strings.Join(names, ",") != strings.Join(want, ",") {
-				t.Fatalf("%s: namespace labels %v, pod labels %v: selected by webhooks %v, want %v", c.Name, tc.nsLabels, tc.podLabels, names, want)
+				t.Fatalf("%s: namespace labels %v, pod labels %v: selected by webhooks %v, want %v", c.Name, tc.nsLabels, podLabels, names, want)
 			}
-			before := injectionCounts(t, ctx, c.Name, in.Address)
+			before := inj.counts(t, ctx)
 			pod := createPod(t, ctx, kc.Kube, c.Name, tc.ns, tc.nsLabels, podLabels)
-			after := injectionCounts(t, ctx, c.Name, in.Address)
+			after := inj.counts(t, ctx)
 			desc := fmt.Sprintf("%s: pod %s/%s (namespace labels %v, pod labels %v): containers %v, init containers %v, annotations %v",
-				c.Name, pod.Namespace, pod.Name, tc.nsLabels, tc.podLabels,
+				c.Name, pod.Namespace, pod.Name, tc.nsLabels, podLabels,
 				containerNames(pod.Spec.Containers), containerNames(pod.Spec.InitContainers), pod.Annotations)
+			for rev, b := range before {
+				a, w := after[rev], b
+				if rev == tc.revision {
+					w = injected{requests: b.requests + 1, success: b.success + 1}
+				}
+				if a != w {
+					t.Errorf("%s: istiod %s (revision %s) injection counters went from %+v to %+v, want %+v", desc, inj.istiods[rev].Pod, rev, b, a, w)
+				}
+			}
 			if tc.webhook == "" {
 				if istioProxy(pod) != "" || pod.Annotations[sidecarStatusAnnotation] != "" {
 					t.Errorf("%s: injected, want no sidecar", desc)
-				}
-				if after != before {
-					t.Errorf("%s: istiod's injection counters went from %+v to %+v, want no call", desc, before, after)
 				}
 				t.Logf("not injected: %s", desc)
 				return
 			}
 			status := pod.Annotations[sidecarStatusAnnotation]
-			if istioProxy(pod) == "" || !strings.Contains(status, `"revision":"default"`) {
-				t.Fatalf("%s: not injected by the default revision (istiod log %s)", desc, in.Log)
-			}
-			if after.requests != before.requests+1 || after.success != before.success+1 {
-				t.Errorf("%s: istiod's injection counters went from %+v to %+v, want one more request and one more success", desc, before, after)
+			if istioProxy(pod) == "" || !strings.Contains(status, fmt.Sprintf(`"revision":%q`, tc.revision)) {
+				t.Fatalf("%s: not injected by revision %s (istiod log %s)", desc, tc.revision, inj.istiods[tc.revision].Log)
 			}
 			// istiod gives native sidecars when every node's kubelet is
 			// 1.33 or later (ENABLE_NATIVE_SIDECARS=auto), as the lab's
@@ -136,6 +246,53 @@ func TestInjectionWebhook(t *testing.T) {
 			}
 			t.Logf("injected by %s: %s", tc.webhook, desc)
 		})
+	}
+}
+
+// waitIstiodRevisions waits for n ready istiods in the cluster and returns
+// them by their pod's revision label (istio.io/rev).
+func waitIstiodRevisions(t *testing.T, ctx context.Context, kc *kube.Cluster, c *lab.Cluster, n int) map[string]lab.IstiodInfo {
+	t.Helper()
+	var got []lab.IstiodInfo
+	out := map[string]lab.IstiodInfo{}
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		got = c.Istiods()
+		clear(out)
+		for _, in := range got {
+			if in.Ready.IsZero() {
+				return false, nil
+			}
+			pod, err := kc.Kube.CoreV1().Pods(in.Namespace).Get(ctx, in.Pod, metav1.GetOptions{})
+			if err != nil {
+				return false, nil
+			}
+			out[pod.Labels["istio.io/rev"]] = in
+		}
+		return len(got) == n && len(out) == n, nil
+	})
+	if err != nil {
+		t.Fatalf("%s: want %d ready istiods of distinct revisions, have %+v (logs in %s)", c.Name, n, got, filepath.Dir(c.Log("sail-lab")))
+	}
+	return out
+}
+
+// removeIstio deletes an Istio resource and waits for the lab's Sail
+// Operator to uninstall its release and for its istiod to stop, so that the
+// shared lab is left with the default revision alone.
+func removeIstio(t *testing.T, kc *kube.Cluster, c *lab.Cluster, name string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := kc.Dynamic.Resource(istioGVR).Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		t.Errorf("%s: delete Istio %s: %v", c.Name, name, err)
+		return
+	}
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := kc.Dynamic.Resource(istioGVR).Get(ctx, name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err) && len(c.Istiods()) == 1, nil
+	})
+	if err != nil {
+		t.Errorf("%s: Istio %s not removed (istiods %+v): %v", c.Name, name, c.Istiods(), err)
 	}
 }
 
@@ -192,12 +349,12 @@ func injectionCounts(t *testing.T, ctx context.Context, cluster, addr string) in
 }
 
 // waitInjectorCABundle waits for the sidecar injector webhooks the charts
-// rendered for the default revision to carry a caBundle: the chart leaves
-// it empty and istiod's webhook controller patches in the CA that signs
-// its serving certificate. It returns those webhooks.
-func waitInjectorCABundle(t *testing.T, ctx context.Context, cs kubernetes.Interface, cluster string) []admissionregistrationv1.MutatingWebhook {
+// rendered for every revision to carry a caBundle: the chart leaves it
+// empty and the revision's istiod patches in the CA that signs its serving
+// certificate. It returns those webhooks, named configuration/webhook.
+func waitInjectorCABundle(t *testing.T, ctx context.Context, cs kubernetes.Interface, cluster string) []namedWebhook {
 	t.Helper()
-	var hooks []admissionregistrationv1.MutatingWebhook
+	var hooks []namedWebhook
 	var missing, caWriters []string
 	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		list, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().List(ctx, metav1.ListOptions{LabelSelector: "app=sidecar-injector"})
@@ -212,7 +369,7 @@ func waitInjectorCABundle(t *testing.T, ctx context.Context, cs kubernetes.Inter
 				}
 			}
 			for _, h := range mwc.Webhooks {
-				hooks = append(hooks, h)
+				hooks = append(hooks, namedWebhook{name: mwc.Name + "/" + h.Name, MutatingWebhook: h})
 				if len(h.ClientConfig.CABundle) == 0 {
 					missing = append(missing, mwc.Name+"/"+h.Name)
 				}
@@ -240,11 +397,11 @@ func waitInjectorCABundle(t *testing.T, ctx context.Context, cs kubernetes.Inter
 // selectingWebhooks names the webhooks whose namespace selector matches a
 // namespace with these labels and whose object selector matches a pod with
 // these, as the API server decides which webhooks to call.
-func selectingWebhooks(hooks []admissionregistrationv1.MutatingWebhook, nsLabels, podLabels map[string]string) []string {
+func selectingWebhooks(hooks []namedWebhook, nsLabels, podLabels map[string]string) []string {
 	out := []string{}
 	for _, h := range hooks {
 		if matches(h.NamespaceSelector, nsLabels) && matches(h.ObjectSelector, podLabels) {
-			out = append(out, h.Name)
+			out = append(out, h.name)
 		}
 	}
 	return out

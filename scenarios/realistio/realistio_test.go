@@ -7,8 +7,10 @@ package realistio
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -140,8 +142,25 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, _ := state.GenerateKey()
-	st, err := state.Open(ctx, filepath.Join(t.TempDir(), "state.db"), state.Options{Key: key})
+	// The hub's state lives with the lab, not the test: every test of the
+	// package applies to the same clusters, as an operator runs apply again
+	// with the same state. A fresh state would make a new mesh root, and
+	// flotilla rightly refuses to overwrite cacerts that chain to another.
+	keyFile := filepath.Join(l.Dir, "flotilla-state.key")
+	if _, err := os.Stat(keyFile); errors.Is(err, fs.ErrNotExist) {
+		k, err := state.GenerateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := state.WriteKeyFile(keyFile, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	key, err := state.ReadKeyFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := state.Open(ctx, filepath.Join(l.Dir, "flotilla-state.db"), state.Options{Key: key})
 	if err != nil {
 		t.Fatal(err)
 	}
