@@ -415,13 +415,25 @@ func matches(ls *metav1.LabelSelector, set map[string]string) bool {
 	return err == nil && sel.Matches(labels.Set(set))
 }
 
-// createPod creates namespace ns with the given labels and a plain pod with
-// podLabels in it, and returns the pod as the API server stored it.
+// createPod creates a namespace named after ns (a generated suffix keeps a
+// rerun in the same lab clear of the last run's terminating namespaces)
+// with the given labels and a plain pod with podLabels in it, and returns
+// the pod as the API server stored it. The namespace is deleted at the end
+// of the test.
 func createPod(t *testing.T, ctx context.Context, cs kubernetes.Interface, cluster, ns string, nsLabels, podLabels map[string]string) *corev1.Pod {
 	t.Helper()
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: nsLabels}}, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("%s: create namespace %s: %v", cluster, ns, err)
+	created, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: ns + "-", Labels: nsLabels}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("%s: create namespace %s-*: %v", cluster, ns, err)
 	}
+	ns = created.Name
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := cs.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			t.Errorf("%s: delete namespace %s: %v", cluster, ns, err)
+		}
+	})
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "sleep", Namespace: ns, Labels: podLabels},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{
@@ -432,7 +444,7 @@ func createPod(t *testing.T, ctx context.Context, cs kubernetes.Interface, clust
 	var last error
 	// The namespace's default service account comes from the controller
 	// manager; until it exists the API server refuses the pod.
-	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		p, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
 		if err == nil {
 			got = p
