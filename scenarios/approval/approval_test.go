@@ -238,6 +238,14 @@ func decode(t *testing.T, u *unstructured.Unstructured) *cmapi.CertificateReques
 	return cr
 }
 
+// decodeMap is decode for a goroutine: a request that does not decode is
+// an empty one.
+func decodeMap(obj map[string]any) *cmapi.CertificateRequest {
+	cr := &cmapi.CertificateRequest{}
+	_ = runtime.DefaultUnstructuredConverter.FromUnstructured(obj, cr)
+	return cr
+}
+
 func waitFor(t *testing.T, ctx context.Context, c *kube.Cluster, name string, done func(*cmapi.CertificateRequest) bool) *cmapi.CertificateRequest {
 	t.Helper()
 	var cr *cmapi.CertificateRequest
