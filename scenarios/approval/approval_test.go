@@ -33,6 +33,7 @@ import (
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/pki/certmanager"
+	"github.com/flotillamesh/flotilla/pki/csragent"
 	"github.com/flotillamesh/flotilla/pki/issuer"
 	"github.com/flotillamesh/flotilla/pki/issuer/v1alpha1"
 	"github.com/flotillamesh/flotilla/scenarios/lab"
@@ -49,13 +50,15 @@ var crGVR = schema.GroupVersionResource{Group: "cert-manager.io", Version: "v1",
 
 const ns = "istio-system"
 
-// TestHubApprovesIntermediates: with nothing approving by default, an
+// TestHubApproves: with nothing approving by default, an
 // apply in cert-manager mode still gets each cluster's intermediate, the
 // hub having approved exactly its request (Approved, reason
-// issuer.flotilla.dev) before signing it; a request outside the policy
+// issuer.flotilla.dev) before signing it, and the serving Certificates it
+// keeps for the csr-agent and istiod are issued, their requests approved
+// by the hub (hub.flotilla.dev); a request outside the policy
 // is refused with its reason and never approved; a workload request,
 // which the hub's policy does not cover, is not approved by anyone.
-func TestHubApprovesIntermediates(t *testing.T) {
+func TestHubApproves(t *testing.T) {
 	l := testLab.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -65,7 +68,7 @@ metadata: {name: mesh-approval}
 spec:
   topology: multi-primary
   allowLoopbackAPIServers: true
-  pki: {mode: cert-manager, keyAlgorithm: ECDSA-P256}
+  pki: {mode: cert-manager, keyAlgorithm: ECDSA-P256, certManager: {csrAgent: {image: flotilla:test}}}
   clusters:
   - {name: east, context: east, network: network1, kubeconfig: %[1]s}
   - {name: west, context: west, network: network2, kubeconfig: %[1]s}
@@ -126,6 +129,23 @@ spec:
 				t.Errorf("%s: CertificateRequest %s/%s: Approved %+v, want reason %s", name, ns, cr.Name, c, issuer.ApprovedReason)
 			}
 		}
+		// The serving Certificates the hub keeps for the agent and istiod
+		// are issued too, their requests approved by the hub.
+		for _, crt := range []string{csragent.ServiceName, csragent.IstiodCertificate} {
+			err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+				got, err := certificate(ctx, kc, crt)
+				return err == nil && certmanager.Ready(got), nil
+			})
+			if err != nil {
+				got, gerr := certificate(ctx, kc, crt)
+				t.Fatalf("%s: Certificate %s/%s never Ready: %v (%+v, %v)", name, ns, crt, err, got, gerr)
+			}
+			for _, cr := range requests(t, ctx, kc, func(cr *cmapi.CertificateRequest) bool { return cr.Annotations[cmapi.CertificateNameKey] == crt }) {
+				if c := condition(cr, cmapi.CertificateRequestConditionApproved); c == nil || c.Reason != csragent.HubApprovedReason {
+					t.Errorf("%s: CertificateRequest %s/%s: Approved %+v, want reason %s", name, ns, cr.Name, c, csragent.HubApprovedReason)
+				}
+			}
+		}
 	}
 
 	// Outside the policy: refused with the reason, never approved.
@@ -161,6 +181,15 @@ spec:
 	if c := condition(left, cmapi.CertificateRequestConditionApproved); c != nil || len(left.Status.Certificate) > 0 {
 		t.Errorf("east: CertificateRequest %s/%s nobody approved: Approved %+v, certificate %d bytes", ns, alone, c, len(left.Status.Certificate))
 	}
+}
+
+func certificate(ctx context.Context, c *kube.Cluster, name string) (*cmapi.Certificate, error) {
+	u, err := c.Dynamic.Resource(schema.GroupVersionResource{Group: "cert-manager.io", Version: "v1", Resource: "certificates"}).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	crt := &cmapi.Certificate{}
+	return crt, runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, crt)
 }
 
 func connect(t *testing.T, l *lab.Lab, name string) *kube.Cluster {
