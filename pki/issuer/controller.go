@@ -188,12 +188,20 @@ func (c *Controller) approve(ctx context.Context, cr *cmapi.CertificateRequest) 
 			"reason": ApprovedReason, "message": msg, "lastTransitionTime": c.now().UTC().Format(time.RFC3339),
 		}}},
 	}}
-	// Not forced: another approver's decision in the meantime wins.
-	u, err := c.Cluster.Dynamic.Resource(certificateRequests).Namespace(cr.Namespace).ApplyStatus(ctx, cr.Name, obj, metav1.ApplyOptions{FieldManager: ApproverFieldManager})
-	if err != nil {
+	// Not forced: another approver's decision in the meantime wins (a
+	// conflict: it wrote Approved first), and is read back.
+	ri := c.Cluster.Dynamic.Resource(certificateRequests).Namespace(cr.Namespace)
+	u, err := ri.ApplyStatus(ctx, cr.Name, obj, metav1.ApplyOptions{FieldManager: ApproverFieldManager})
+	switch {
+	case apierrors.IsConflict(err):
+		if u, err = ri.Get(ctx, cr.Name, metav1.GetOptions{}); err != nil {
+			return fmt.Errorf("read after another approver's decision: %w", err)
+		}
+	case err != nil:
 		return fmt.Errorf("approve: %w", err)
+	default:
+		c.log().Info("certificate request approved", "cluster", c.Cluster.Name, "request", cr.Namespace+"/"+cr.Name)
 	}
-	c.log().Info("certificate request approved", "cluster", c.Cluster.Name, "request", cr.Namespace+"/"+cr.Name)
 	// The server's conditions, a Denied written meanwhile among them.
 	fresh, err := decode(u)
 	if err != nil {

@@ -214,6 +214,11 @@ func csr(t *testing.T, key *ecdsa.PrivateKey, tmpl *x509.CertificateRequest) []b
 // and returns its name.
 func create(t *testing.T, ctx context.Context, c *kube.Cluster, name string, csrPEM []byte, isCA bool, ref cmmeta.IssuerReference) string {
 	t.Helper()
+	return createIn(t, ctx, c, ns, name, csrPEM, isCA, ref)
+}
+
+func createIn(t *testing.T, ctx context.Context, c *kube.Cluster, ns, name string, csrPEM []byte, isCA bool, ref cmmeta.IssuerReference) string {
+	t.Helper()
 	obj := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
 		"metadata": map[string]any{"name": name, "namespace": ns},
@@ -236,6 +241,11 @@ func create(t *testing.T, ctx context.Context, c *kube.Cluster, name string, csr
 // approve writes the Approved condition as an approver would.
 func approve(t *testing.T, ctx context.Context, c *kube.Cluster, name string) {
 	t.Helper()
+	approveIn(t, ctx, c, ns, name)
+}
+
+func approveIn(t *testing.T, ctx context.Context, c *kube.Cluster, ns, name string) {
+	t.Helper()
 	obj := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
 		"metadata": map[string]any{"name": name, "namespace": ns},
@@ -250,6 +260,11 @@ func approve(t *testing.T, ctx context.Context, c *kube.Cluster, name string) {
 }
 
 func get(t *testing.T, ctx context.Context, c *kube.Cluster, name string) *cmapi.CertificateRequest {
+	t.Helper()
+	return getIn(t, ctx, c, ns, name)
+}
+
+func getIn(t *testing.T, ctx context.Context, c *kube.Cluster, ns, name string) *cmapi.CertificateRequest {
 	t.Helper()
 	u, err := c.Dynamic.Resource(crGVR).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
