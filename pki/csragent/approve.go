@@ -96,6 +96,11 @@ func (a *CertificateApprover) Reconcile(ctx context.Context, cr *cmapi.Certifica
 	switch {
 	case apierrors.IsConflict(err):
 		return false, nil
+	case apierrors.IsForbidden(err):
+		// cert-manager's webhook checks `approve` on the signer: without
+		// it the hub leaves approval to the cluster's approver.
+		a.log().Warn("certificate request: the hub may not approve; waiting for the cluster's approver", "cluster", a.Cluster.Name, "request", cr.Namespace+"/"+cr.Name, "error", err.Error())
+		return false, nil
 	case err != nil:
 		return false, fmt.Errorf("%s: approve CertificateRequest %s/%s: %w", a.Cluster.Name, cr.Namespace, cr.Name, err)
 	}

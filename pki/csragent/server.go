@@ -380,7 +380,14 @@ func (s *Server) approve(ctx context.Context, name string) error {
 		}}},
 	}}
 	_, err := c.Dynamic.Resource(s.gvr).Namespace(s.opts.Namespace).ApplyStatus(ctx, name, obj, metav1.ApplyOptions{FieldManager: approverFieldManager})
-	if apierrors.IsConflict(err) {
+	switch {
+	case apierrors.IsConflict(err):
+		return nil
+	case apierrors.IsForbidden(err):
+		// An issuer other than the one its Role names (cert-manager's
+		// webhook checks `approve` on the signer): approval is the
+		// cluster's approver's, and the request waits for it.
+		s.opts.Log.Warn("csr-agent may not approve for its issuer; waiting for the cluster's approver", "cluster", c.Name, "issuer", s.opts.Issuer.String(), "name", name, "err", err)
 		return nil
 	}
 	return err

@@ -18,8 +18,10 @@ import (
 	securityv1alpha1 "istio.io/api/security/v1alpha1"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/deploy/kube"
@@ -34,7 +36,9 @@ import (
 // manifests give it, approves the request it makes for a workload whose
 // token and CSR its policy admitted, and cert-manager's CA issuer signs
 // it: the workload gets its certificate, and the request carried the
-// agent's Approved condition.
+// agent's Approved condition. An agent whose identity may not approve
+// leaves the request to the cluster's approver (here the test) and the
+// workload still gets its certificate.
 func TestCSRAgentApprovesItsOwn(t *testing.T) {
 	l := testLab.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -88,31 +92,79 @@ func TestCSRAgentApprovesItsOwn(t *testing.T) {
 		_ = admin.Kube.RbacV1().ClusterRoleBindings().Delete(context.Background(), name, metav1.DeleteOptions{})
 		_ = admin.Kube.RbacV1().ClusterRoles().Delete(context.Background(), name, metav1.DeleteOptions{})
 	})
-	cfg := l.Cluster("east").RESTConfig()
-	cfg.BearerToken = token(t, ctx, admin, agentNS, csragent.ServiceName)
-	agentKC, err := kube.Connect("east", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agent, err := csragent.New(csragent.Options{Cluster: agentKC, Namespace: agentNS, TrustBundle: trust, SignTimeout: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := agent.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	// An identity like the agent's but without the right to write its
+	// Approved condition: as an agent configured for an issuer its Role
+	// does not name (cert-manager's webhook would refuse the approval).
+	const restricted = "agent-no-approval"
+	restrictedRBAC(t, ctx, admin, agentNS, restricted)
 
-	// Watch the agent's requests as they come and go (it deletes each
-	// once answered), to see who approved them.
-	reasons := make(chan string, 8)
-	wctx, wstop := context.WithCancel(ctx)
-	defer wstop()
+	id := fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/%s", appNS, appSA)
+	for _, tc := range []struct {
+		name, sa string
+		// approvedBy is the Approved reason expected: the agent's own, or
+		// "test" where the test stands in for the cluster's approver.
+		approvedBy string
+	}{
+		{"its own identity approves", csragent.ServiceName, csragent.ApprovedReason},
+		{"an identity that may not approve waits for the cluster's approver", restricted, "test"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := l.Cluster("east").RESTConfig()
+			cfg.BearerToken = token(t, ctx, admin, agentNS, tc.sa)
+			agentKC, err := kube.Connect("east", cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			agent, err := csragent.New(csragent.Options{Cluster: agentKC, Namespace: agentNS, TrustBundle: trust, SignTimeout: time.Minute})
+			if err != nil {
+				t.Fatal(err)
+			}
+			actx, astop := context.WithCancel(ctx)
+			defer astop()
+			if err := agent.Start(actx); err != nil {
+				t.Fatal(err)
+			}
+			reasons := watchWorkloadRequests(t, actx, admin, agentNS, tc.approvedBy == "test")
+
+			key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			u, _ := url.Parse(id)
+			csrPEM := csr(t, key, &x509.CertificateRequest{URIs: []*url.URL{u}})
+			ictx := metadata.NewIncomingContext(ctx, metadata.Pairs("authorization", "Bearer "+token(t, ctx, admin, appNS, appSA, csragent.DefaultAudience)))
+			resp, err := agent.CreateCertificate(ictx, &securityv1alpha1.IstioCertificateRequest{Csr: string(csrPEM), ValidityDuration: 3600})
+			if err != nil {
+				t.Fatalf("east: csr-agent as %s/%s: CreateCertificate for %s: %v", agentNS, tc.sa, id, err)
+			}
+			b, _ := pem.Decode([]byte(resp.CertChain[0]))
+			leaf, err := x509.ParseCertificate(b.Bytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id {
+				t.Errorf("east: issued certificate names %v, want %s", leaf.URIs, id)
+			}
+			select {
+			case r := <-reasons:
+				if r != tc.approvedBy {
+					t.Errorf("east: the request of %s was approved with reason %q, want %q", tc.sa, r, tc.approvedBy)
+				}
+			case <-ctx.Done():
+				t.Fatal("east: never saw the agent's request approved and signed")
+			}
+		})
+	}
+}
+
+// watchWorkloadRequests reports the Approved reason of the first workload
+// request seen signed in ns (the agent deletes each once answered, hence
+// a watch). approve: the watcher stands in for the cluster's approver and
+// approves each unapproved workload request it sees.
+func watchWorkloadRequests(t *testing.T, ctx context.Context, admin *kube.Cluster, ns string, approve bool) <-chan string {
+	reasons := make(chan string, 1)
+	w, err := admin.Dynamic.Resource(crGVR).Namespace(ns).Watch(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatalf("%s: watch CertificateRequests in %s: %v", admin.Name, ns, err)
+	}
 	go func() {
-		w, err := admin.Dynamic.Resource(crGVR).Namespace(agentNS).Watch(wctx, metav1.ListOptions{})
-		if err != nil {
-			reasons <- "watch: " + err.Error()
-			return
-		}
 		defer w.Stop()
 		for ev := range w.ResultChan() {
 			u, ok := ev.Object.(interface{ UnstructuredContent() map[string]any })
@@ -123,38 +175,54 @@ func TestCSRAgentApprovesItsOwn(t *testing.T) {
 			if cr.Spec.IssuerRef.Name != certmanager.WorkloadIssuerName {
 				continue // the intermediate's, approved by the hub
 			}
-			if c := condition(cr, "Approved"); c != nil && len(cr.Status.Certificate) > 0 {
+			c := condition(cr, "Approved")
+			switch {
+			case c != nil && len(cr.Status.Certificate) > 0:
 				reasons <- c.Reason
 				return
+			case c == nil && approve && cr.Name != "":
+				obj := &unstructured.Unstructured{Object: map[string]any{
+					"apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
+					"metadata": map[string]any{"name": cr.Name, "namespace": ns},
+					"status": map[string]any{"conditions": []any{map[string]any{
+						"type": "Approved", "status": "True", "reason": "test", "message": "approved by the test",
+						"lastTransitionTime": time.Now().UTC().Format(time.RFC3339),
+					}}},
+				}}
+				// An error shows as the request never signed.
+				_, _ = admin.Dynamic.Resource(crGVR).Namespace(ns).ApplyStatus(ctx, cr.Name, obj, metav1.ApplyOptions{FieldManager: "approval-test"})
 			}
 		}
 	}()
+	return reasons
+}
 
-	id := fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/%s", appNS, appSA)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	u, _ := url.Parse(id)
-	csrPEM := csr(t, key, &x509.CertificateRequest{URIs: []*url.URL{u}})
-	ictx := metadata.NewIncomingContext(ctx, metadata.Pairs("authorization", "Bearer "+token(t, ctx, admin, appNS, appSA, csragent.DefaultAudience)))
-	resp, err := agent.CreateCertificate(ictx, &securityv1alpha1.IstioCertificateRequest{Csr: string(csrPEM), ValidityDuration: 3600})
+// restrictedRBAC gives ns/sa the agent's rights but the Approved
+// condition's: its requests, and TokenReviews.
+func restrictedRBAC(t *testing.T, ctx context.Context, admin *kube.Cluster, ns, sa string) {
+	t.Helper()
+	rbac := admin.Kube.RbacV1()
+	_, err := admin.Kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
+	if err == nil {
+		_, err = rbac.Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: sa}, Rules: []rbacv1.PolicyRule{{
+			APIGroups: []string{"cert-manager.io"}, Resources: []string{"certificaterequests"},
+			Verbs: []string{"create", "patch", "get", "list", "watch", "delete"},
+		}}}, metav1.CreateOptions{})
+	}
+	subject := []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: ns}}
+	if err == nil {
+		_, err = rbac.RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: sa}, Subjects: subject,
+			RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: sa}}, metav1.CreateOptions{})
+	}
+	reviews := sa + "-" + ns
+	if err == nil {
+		_, err = rbac.ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: reviews}, Subjects: subject,
+			RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: csragent.ServiceName + "-" + ns}}, metav1.CreateOptions{})
+	}
 	if err != nil {
-		t.Fatalf("east: csr-agent in %s: CreateCertificate for %s: %v", agentNS, id, err)
+		t.Fatalf("%s: RBAC of %s/%s: %v", admin.Name, ns, sa, err)
 	}
-	b, _ := pem.Decode([]byte(resp.CertChain[0]))
-	leaf, err := x509.ParseCertificate(b.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id {
-		t.Errorf("east: issued certificate names %v, want %s", leaf.URIs, id)
-	}
-	select {
-	case r := <-reasons:
-		if r != csragent.ApprovedReason {
-			t.Errorf("east: the agent's request was approved with reason %q, want %q", r, csragent.ApprovedReason)
-		}
-	case <-ctx.Done():
-		t.Fatal("east: never saw the agent's request approved and signed")
-	}
+	t.Cleanup(func() { _ = rbac.ClusterRoleBindings().Delete(context.Background(), reviews, metav1.DeleteOptions{}) })
 }
 
 // token is a TokenRequest token of ns/sa.
