@@ -119,6 +119,23 @@ func (c *Controller) Reconcile(ctx context.Context, cr *cmapi.CertificateRequest
 		return Skipped, nil
 	}
 	where := fmt.Sprintf("%s: CertificateRequest %s/%s", c.Cluster.Name, cr.Namespace, cr.Name)
+	// The copy in hand (an informer's) may predate this controller's own
+	// last writes: its approval's event comes back before its signature's,
+	// and a stale copy would be signed twice, each time with a new
+	// certificate. The request as the API server has it decides.
+	u, err := c.Cluster.Dynamic.Resource(certificateRequests).Namespace(cr.Namespace).Get(ctx, cr.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return Skipped, nil
+	case err != nil:
+		return Pending, fmt.Errorf("%s: read: %w", where, err)
+	}
+	if cr, err = decode(u); err != nil {
+		return Pending, fmt.Errorf("%s: %w", c.Cluster.Name, err)
+	}
+	if finished(cr) {
+		return Skipped, nil
+	}
 	if c.Approve && !decided(cr) {
 		if _, err := c.Signer.Admit(cr); err == nil {
 			if err := c.approve(ctx, cr); err != nil {

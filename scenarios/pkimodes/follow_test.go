@@ -106,8 +106,6 @@ type signalHandler struct {
 	pre  []slog.Attr
 }
 
-var reconcileOutcomes = map[string]bool{"reconciled": true, "reconciled with failures": true, "reconcile failed": true}
-
 func (h *signalHandler) Enabled(context.Context, slog.Level) bool { return true }
 
 func (h *signalHandler) Handle(_ context.Context, r slog.Record) error {
@@ -117,7 +115,8 @@ func (h *signalHandler) Handle(_ context.Context, r slog.Record) error {
 	}
 	r.Attrs(func(a slog.Attr) bool { b.WriteString(" " + a.String()); return true })
 	h.t.Logf("hub %s %s%s", r.Level, r.Message, b.String())
-	if reconcileOutcomes[r.Message] {
+	switch r.Message {
+	case "reconciled", "reconciled with failures", "reconcile failed":
 		select {
 		case h.seen <- r.Message:
 		default:
