@@ -237,6 +237,12 @@ func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Clust
 		}
 		rec.add(ctx, Step{Cluster: kc.Name, Step: "csr-agent " + ns + "/" + csragent.ServiceName, Action: h.controlPlaneAction(ctx, kc.Name+"/csr-agent", applied, false),
 			Detail: fmt.Sprintf("%d objects, global.caAddress %s", len(applied), csragent.Address(ns))})
+		if !kc.DryRun {
+			approver := &csragent.CertificateApprover{Cluster: kc, Namespace: ns}
+			if _, err := approver.ApprovePending(ctx); err != nil {
+				return err
+			}
+		}
 	}
 	detail := "issued by cert-manager"
 	if issued != nil && issued.Cert != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/pki/certmanager"
+	"github.com/flotillamesh/flotilla/pki/csragent"
 	"github.com/flotillamesh/flotilla/server/spec"
 )
 
@@ -73,6 +74,17 @@ func (w *cmWatch) sync(ctx context.Context) {
 			cw.done.Go(func() {
 				if err := hub.Run(cctx); err != nil {
 					w.s.log.Warn("mesh issuer stopped", "cluster", c.Name, "error", err.Error())
+				}
+			})
+		}
+		if csrAgentOf(m) != nil {
+			// The serving Certificates the hub keeps for the agent and
+			// istiod, approved by the hub where cert-manager's default
+			// approver is off.
+			approver := &csragent.CertificateApprover{Cluster: kc, Namespace: ns, Log: w.s.log}
+			cw.done.Go(func() {
+				if err := approver.Run(cctx); err != nil {
+					w.s.log.Warn("certificate approver stopped", "cluster", c.Name, "error", err.Error())
 				}
 			})
 		}

@@ -23,6 +23,10 @@ func (h *Hub) meshIssuer(m *spec.Mesh, kc *kube.Cluster, ns string, root *pki.Ro
 		Cluster: kc,
 		Signer:  issuer.Signer{Cluster: kc.Name, Namespace: ns, Root: root, MaxLifetime: m.Spec.PKI.IntermediateTTL.Duration},
 		Now:     h.Now,
+		// The hub approves its own issuer's requests by the signing
+		// policy, so that a cert-manager without its default approver
+		// (approval by policy) still gets its intermediate.
+		Approve: true,
 	}
 }
 

@@ -84,6 +84,10 @@ func Objects(o ManifestOptions) ([]kube.Object, error) {
 		rbacv1ac.PolicyRule().WithAPIGroups("authentication.k8s.io").WithResources("tokenreviews").WithVerbs("create"),
 		rbacv1ac.PolicyRule().WithAPIGroups("").WithResources("configmaps").WithVerbs("get", "list", "watch", "create", "patch"),
 		rbacv1ac.PolicyRule().WithAPIGroups("").WithResources("namespaces").WithVerbs("get", "list", "watch"),
+		// The agent approves its own requests, for its own signer only
+		// (cert-manager's webhook checks this verb on approval).
+		rbacv1ac.PolicyRule().WithAPIGroups("cert-manager.io").WithResources("signers").WithVerbs("approve").
+			WithResourceNames(SignerName(ns, certmanager.WorkloadIssuer())),
 	)
 	crb := rbacv1ac.ClusterRoleBinding(ServiceName + "-" + ns).WithLabels(labels).
 		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("ClusterRole").WithName(ServiceName + "-" + ns)).
@@ -91,6 +95,8 @@ func Objects(o ManifestOptions) ([]kube.Object, error) {
 	role := rbacv1ac.Role(ServiceName, ns).WithLabels(labels).WithRules(
 		// Server-side apply creates through patch.
 		rbacv1ac.PolicyRule().WithAPIGroups("cert-manager.io").WithResources("certificaterequests").WithVerbs("create", "patch", "get", "list", "watch", "delete"),
+		// Its Approved condition, on the requests it made.
+		rbacv1ac.PolicyRule().WithAPIGroups("cert-manager.io").WithResources("certificaterequests/status").WithVerbs("patch"),
 		rbacv1ac.PolicyRule().WithAPIGroups("").WithResources("events").WithVerbs("create", "patch"),
 	)
 	rb := rbacv1ac.RoleBinding(ServiceName, ns).WithLabels(labels).

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/flotillamesh/flotilla/pki/certmanager"
 	"github.com/flotillamesh/flotilla/pki/csragent"
 )
 
@@ -40,6 +41,14 @@ func TestCSRAgentObjects(t *testing.T) {
 	if strings.Contains(fmt.Sprint(role.Object["rules"]), "certificates ") || strings.Contains(fmt.Sprint(role.Object["rules"]), "certificates]") {
 		t.Errorf("csr-agent Role grants certificates: %v", role.Object["rules"])
 	}
+	// Approval is explicit: the agent may approve for its own signer only.
+	clusterRole := fmt.Sprint(objs[1].Unstructured().Object["rules"])
+	if !strings.Contains(clusterRole, "resourceNames:[issuers.cert-manager.io/istio-system.flotilla-workload]") || !strings.Contains(clusterRole, "resources:[signers] verbs:[approve]") {
+		t.Errorf("csr-agent ClusterRole does not grant approve on its own signer alone: %v", clusterRole)
+	}
+	if !strings.Contains(fmt.Sprint(role.Object["rules"]), "certificaterequests/status") {
+		t.Errorf("csr-agent Role cannot write its Approved condition: %v", role.Object["rules"])
+	}
 	for _, tc := range []struct {
 		name string
 		o    csragent.ManifestOptions
@@ -61,4 +70,19 @@ func containerArgs(obj map[string]any) []string {
 		out = append(out, a.(string))
 	}
 	return out
+}
+
+func TestSignerName(t *testing.T) {
+	for _, tc := range []struct {
+		issuer certmanager.IssuerRef
+		want   string
+	}{
+		{certmanager.WorkloadIssuer(), "issuers.cert-manager.io/istio-system.flotilla-workload"},
+		{certmanager.IssuerRef{Name: "corp"}, "issuers.cert-manager.io/istio-system.corp"},
+		{certmanager.IssuerRef{Name: "corp", Kind: "ClusterIssuer"}, "clusterissuers.cert-manager.io/corp"},
+	} {
+		if got := csragent.SignerName("istio-system", tc.issuer); got != tc.want {
+			t.Errorf("SignerName(%v) = %q, want %q", tc.issuer, got, tc.want)
+		}
+	}
 }

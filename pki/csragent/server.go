@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/pki/certmanager"
 	"github.com/flotillamesh/flotilla/pki/csrpolicy"
 )
 
@@ -333,6 +334,10 @@ func (s *Server) sign(ctx context.Context, id pki.SPIFFEID, csrPEM []byte, ttl t
 		s.opts.Log.Error("create CertificateRequest", "cluster", c.Name, "err", err)
 		return nil, status.Errorf(codes.Unavailable, "create CertificateRequest: %v", err)
 	}
+	if err := s.approve(wctx, name); err != nil {
+		s.opts.Log.Error("approve CertificateRequest", "cluster", c.Name, "name", name, "err", err)
+		return nil, status.Errorf(codes.Unavailable, "approve CertificateRequest %s/%s: %v", s.opts.Namespace, name, err)
+	}
 	var done *cmapi.CertificateRequest
 	select {
 	case done = <-ch:
@@ -346,6 +351,57 @@ func (s *Server) sign(ctx context.Context, id pki.SPIFFEID, csrPEM []byte, ttl t
 		return nil, status.Errorf(codes.Internal, "cert-manager refused CertificateRequest %s/%s: %s", s.opts.Namespace, name, reason(done))
 	}
 	return s.chain(done.Status.Certificate, id)
+}
+
+// ApprovedReason is the reason of the agent's Approved condition, named
+// after the approver as cert-manager's own ("cert-manager.io") is.
+const ApprovedReason = "csr-agent.flotilla.dev"
+
+// approverFieldManager owns the agent's Approved condition.
+const approverFieldManager = "flotilla-csr-agent-approver"
+
+// approve approves the request the agent just made: its policy has passed
+// (the token's identity, the CSR's one SPIFFE SAN, key and subject, the
+// rate), and the request names the agent's own issuer, the one signer its
+// Role lets it approve for (SignerName). Approval is explicit so that a
+// cert-manager without its default approver signs the agent's requests
+// and nothing else unapproved. A decision another approver wrote first
+// stands (the apply is not forced; its conflict is no error).
+func (s *Server) approve(ctx context.Context, name string) error {
+	c := s.opts.Cluster
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": cmapi.SchemeGroupVersion.String(),
+		"kind":       cmapi.CertificateRequestKind,
+		"metadata":   map[string]any{"name": name, "namespace": s.opts.Namespace},
+		"status": map[string]any{"conditions": []any{map[string]any{
+			"type": string(cmapi.CertificateRequestConditionApproved), "status": string(cmmeta.ConditionTrue),
+			"reason": ApprovedReason, "message": "Approved by the flotilla csr-agent: the caller's own workload identity, as its policy admits",
+			"lastTransitionTime": time.Now().UTC().Format(time.RFC3339),
+		}}},
+	}}
+	_, err := c.Dynamic.Resource(s.gvr).Namespace(s.opts.Namespace).ApplyStatus(ctx, name, obj, metav1.ApplyOptions{FieldManager: approverFieldManager})
+	switch {
+	case apierrors.IsConflict(err):
+		return nil
+	case apierrors.IsForbidden(err):
+		// An issuer other than the one its Role names (cert-manager's
+		// webhook checks `approve` on the signer): approval is the
+		// cluster's approver's, and the request waits for it.
+		s.opts.Log.Warn("csr-agent may not approve for its issuer; waiting for the cluster's approver", "cluster", c.Name, "issuer", s.opts.Issuer.String(), "name", name, "err", err)
+		return nil
+	}
+	return err
+}
+
+// SignerName is cert-manager's name of the signer behind issuer, the
+// resource name of the `approve` verb on `signers` that its approval
+// checks: issuers.cert-manager.io/<namespace>.<name> for an Issuer,
+// clusterissuers.cert-manager.io/<name> for a ClusterIssuer.
+func SignerName(namespace string, issuer certmanager.IssuerRef) string {
+	if issuerKind(issuer.Kind) == "ClusterIssuer" {
+		return "clusterissuers.cert-manager.io/" + issuer.Name
+	}
+	return "issuers.cert-manager.io/" + namespace + "." + issuer.Name
 }
 
 // chain verifies what cert-manager returned against the pinned bundle and

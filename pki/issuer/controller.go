@@ -28,6 +28,15 @@ import (
 // Approved/Denied beside it.
 const FieldManager = "flotilla-issuer"
 
+// ApproverFieldManager owns the Approved condition the hub writes
+// (Controller.Approve): a manager apart from the issuer's, as approving
+// and signing are apart in cert-manager's API.
+const ApproverFieldManager = "flotilla-approver"
+
+// ApprovedReason is the reason of the hub's Approved condition, named
+// after the approver as cert-manager's own ("cert-manager.io") is.
+const ApprovedReason = "issuer.flotilla.dev"
+
 var certificateRequests = schema.GroupVersionResource{Group: cmapi.SchemeGroupVersion.Group, Version: cmapi.SchemeGroupVersion.Version, Resource: "certificaterequests"}
 
 // Outcome is what Reconcile did to one request.
@@ -48,6 +57,13 @@ type Controller struct {
 	Log *slog.Logger
 	// Now is the clock of conditions; nil is time.Now.
 	Now func() time.Time
+	// Approve makes the hub the approver of its own issuer's requests, for
+	// clusters whose cert-manager runs without its default approver: a
+	// request neither approved nor denied that the signing policy admits
+	// (exactly the cluster's intermediate) is approved, then signed. It
+	// never overrides a decision, and never denies: what the policy does
+	// not admit is refused (Failed) with the policy's reason instead.
+	Approve bool
 }
 
 func (c *Controller) now() metav1.Time {
@@ -103,6 +119,30 @@ func (c *Controller) Reconcile(ctx context.Context, cr *cmapi.CertificateRequest
 		return Skipped, nil
 	}
 	where := fmt.Sprintf("%s: CertificateRequest %s/%s", c.Cluster.Name, cr.Namespace, cr.Name)
+	// The copy in hand (an informer's) may predate this controller's own
+	// last writes: its approval's event comes back before its signature's,
+	// and a stale copy would be signed twice, each time with a new
+	// certificate. The request as the API server has it decides.
+	u, err := c.Cluster.Dynamic.Resource(certificateRequests).Namespace(cr.Namespace).Get(ctx, cr.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return Skipped, nil
+	case err != nil:
+		return Pending, fmt.Errorf("%s: read: %w", where, err)
+	}
+	if cr, err = decode(u); err != nil {
+		return Pending, fmt.Errorf("%s: %w", c.Cluster.Name, err)
+	}
+	if finished(cr) {
+		return Skipped, nil
+	}
+	if c.Approve && !decided(cr) {
+		if _, err := c.Signer.Admit(cr); err == nil {
+			if err := c.approve(ctx, cr); err != nil {
+				return Pending, fmt.Errorf("%s: %w", where, err)
+			}
+		}
+	}
 	bundle, err := c.Signer.Sign(ctx, cr)
 	status := map[string]any{}
 	cond := map[string]any{"type": string(cmapi.CertificateRequestConditionReady)}
@@ -150,6 +190,47 @@ func (c *Controller) Reconcile(ctx context.Context, cr *cmapi.CertificateRequest
 	}
 	c.log().Info("certificate request", "cluster", c.Cluster.Name, "request", cr.Namespace+"/"+cr.Name, "outcome", string(out), "reason", cond["message"])
 	return out, nil
+}
+
+// approve writes the Approved condition on cr, and on the copy in hand so
+// that signing follows at once.
+func (c *Controller) approve(ctx context.Context, cr *cmapi.CertificateRequest) error {
+	const msg = "Approved by the flotilla hub: the cluster's intermediate, as the mesh issuer's policy admits"
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": cmapi.SchemeGroupVersion.String(),
+		"kind":       cmapi.CertificateRequestKind,
+		"metadata":   map[string]any{"name": cr.Name, "namespace": cr.Namespace},
+		"status": map[string]any{"conditions": []any{map[string]any{
+			"type": string(cmapi.CertificateRequestConditionApproved), "status": string(cmmeta.ConditionTrue),
+			"reason": ApprovedReason, "message": msg, "lastTransitionTime": c.now().UTC().Format(time.RFC3339),
+		}}},
+	}}
+	// Not forced: another approver's decision in the meantime wins (a
+	// conflict: it wrote Approved first), and is read back.
+	ri := c.Cluster.Dynamic.Resource(certificateRequests).Namespace(cr.Namespace)
+	u, err := ri.ApplyStatus(ctx, cr.Name, obj, metav1.ApplyOptions{FieldManager: ApproverFieldManager})
+	switch {
+	case apierrors.IsConflict(err):
+		if u, err = ri.Get(ctx, cr.Name, metav1.GetOptions{}); err != nil {
+			return fmt.Errorf("read after another approver's decision: %w", err)
+		}
+	case apierrors.IsForbidden(err):
+		// cert-manager's webhook checks `approve` on the signer: without
+		// it the hub leaves approval to the cluster's approver.
+		c.log().Warn("certificate request: the hub may not approve; waiting for the cluster's approver", "cluster", c.Cluster.Name, "request", cr.Namespace+"/"+cr.Name, "error", err.Error())
+		return nil
+	case err != nil:
+		return fmt.Errorf("approve: %w", err)
+	default:
+		c.log().Info("certificate request approved", "cluster", c.Cluster.Name, "request", cr.Namespace+"/"+cr.Name)
+	}
+	// The server's conditions, a Denied written meanwhile among them.
+	fresh, err := decode(u)
+	if err != nil {
+		return err
+	}
+	cr.Status.Conditions = fresh.Status.Conditions
+	return nil
 }
 
 // SignPending reconciles every request of the group once: what apply runs

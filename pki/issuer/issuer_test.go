@@ -82,6 +82,10 @@ func TestSign(t *testing.T) {
 		{"the cluster's intermediate", request(ns, good, true, approved()), false, "", ""},
 		{"unapproved", request(ns, good, true, nil), true, "", "approved"},
 		{"denied", request(ns, good, true, denied), false, cmapi.CertificateRequestReasonDenied, "denied"},
+		// Refused before any approver decides: the reason shows at once.
+		{"unapproved, another cluster's intermediate", request(ns, csrPEM(t, p256, intermediateSubject("west"), "istiod.istio-system.svc"), true, nil),
+			false, cmapi.CertificateRequestReasonFailed, "L=east"},
+		{"denied, another namespace", request("default", good, true, denied), false, cmapi.CertificateRequestReasonDenied, "denied"},
 		{"another namespace", request("default", good, true, approved()), false, cmapi.CertificateRequestReasonFailed, "namespace default"},
 		{"not a CA", request(ns, good, false, approved()), false, cmapi.CertificateRequestReasonFailed, "isCA"},
 		{"another cluster's intermediate", request(ns, csrPEM(t, p256, intermediateSubject("west"), "istiod.istio-system.svc"), true, approved()),

@@ -53,7 +53,8 @@ type RequestValidator interface {
 }
 
 // Approval: signed only once Approved, never when Denied. cert-manager's
-// approver (or approver-policy) decides; the hub only obeys.
+// approver, approver-policy or the hub's own approval (Controller.Approve)
+// decides; signing only obeys.
 type Approval struct{}
 
 func (Approval) Name() string { return "approval" }
@@ -109,9 +110,30 @@ func (IsCA) Valid(cr *cmapi.CertificateRequest) error {
 	return nil
 }
 
-// Requests is the object-level chain of cluster's intermediate requests.
+// Requests is the object-level chain of cluster's intermediate requests,
+// approval aside: what the hub approves by and signs by.
 func Requests(namespace string) []RequestValidator {
-	return []RequestValidator{IssuerRef{}, Approval{}, Namespace{Want: namespace}, IsCA{}}
+	return []RequestValidator{IssuerRef{}, Namespace{Want: namespace}, IsCA{}}
+}
+
+// denied is the Denied refusal when cr carries the Denied condition.
+func denied(cr *cmapi.CertificateRequest) error {
+	for _, c := range cr.Status.Conditions {
+		if c.Type == cmapi.CertificateRequestConditionDenied && c.Status == cmmeta.ConditionTrue {
+			return &PermanentError{CMReason: cmapi.CertificateRequestReasonDenied, Reason: "the request was denied: " + c.Message}
+		}
+	}
+	return nil
+}
+
+// decided: an approver has approved or denied cr.
+func decided(cr *cmapi.CertificateRequest) bool {
+	for _, c := range cr.Status.Conditions {
+		if (c.Type == cmapi.CertificateRequestConditionApproved || c.Type == cmapi.CertificateRequestConditionDenied) && c.Status == cmmeta.ConditionTrue {
+			return true
+		}
+	}
+	return false
 }
 
 // Intermediate is the CSR chain of cluster's intermediate: the built-in

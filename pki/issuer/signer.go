@@ -44,24 +44,43 @@ func (s Signer) Check(_ context.Context, iss *v1alpha1.MeshIssuer) error {
 	return nil
 }
 
-// Sign runs the policy over cr and, when it allows, signs the CSR with the
-// built-in intermediate profile (pathlen:0, the four key usages).
-func (s Signer) Sign(_ context.Context, cr *cmapi.CertificateRequest) (PEMBundle, error) {
+// Admit runs the policy over cr, approval aside: nil when cr is exactly
+// the cluster's intermediate, which the hub approves and signs.
+func (s Signer) Admit(cr *cmapi.CertificateRequest) (*x509.CertificateRequest, error) {
 	for _, v := range Requests(s.Namespace) {
 		if err := v.Valid(cr); err != nil {
-			return PEMBundle{}, err
+			return nil, err
 		}
 	}
 	b, _ := pem.Decode(cr.Spec.Request)
 	if b == nil || b.Type != "CERTIFICATE REQUEST" {
-		return PEMBundle{}, failed("spec.request is not a PEM CERTIFICATE REQUEST")
+		return nil, failed("spec.request is not a PEM CERTIFICATE REQUEST")
 	}
 	csr, err := x509.ParseCertificateRequest(b.Bytes)
 	if err != nil {
-		return PEMBundle{}, failed("spec.request: %v", err)
+		return nil, failed("spec.request: %v", err)
 	}
 	if err := Intermediate(s.Cluster, s.Namespace).Valid(csr); err != nil {
-		return PEMBundle{}, asPermanent(err)
+		return nil, asPermanent(err)
+	}
+	return csr, nil
+}
+
+// Sign runs the policy over cr and, when it allows and the request is
+// approved, signs the CSR with the built-in intermediate profile
+// (pathlen:0, the four key usages). A request outside the policy is
+// refused even before an approver decides, so that its reason shows at
+// once; a denied one is refused as Denied whatever it asks.
+func (s Signer) Sign(_ context.Context, cr *cmapi.CertificateRequest) (PEMBundle, error) {
+	if err := denied(cr); err != nil {
+		return PEMBundle{}, err
+	}
+	csr, err := s.Admit(cr)
+	if err != nil {
+		return PEMBundle{}, err
+	}
+	if err := (Approval{}).Valid(cr); err != nil {
+		return PEMBundle{}, err
 	}
 	if s.Root == nil || !s.Root.HasKey() {
 		return PEMBundle{}, &PendingError{Reason: "the hub does not hold the mesh root's key (offline root)"}

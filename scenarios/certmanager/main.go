@@ -43,9 +43,10 @@ import (
 	_ "github.com/cert-manager/cert-manager/pkg/issuer/selfsigned"
 )
 
-// controllers are the ones started, by their registered names; upstream's
-// default list lives in an internal package of the controller binary.
-var controllers = []string{
+// defaultControllers are the ones started unless --controllers says
+// otherwise, by their registered names; upstream's default list lives in
+// an internal package of the controller binary.
+var defaultControllers = []string{
 	"issuers", "clusterissuers",
 	"certificaterequests-approver", "certificaterequests-issuer-ca", "certificaterequests-issuer-selfsigned",
 	"certificates-trigger", "certificates-key-manager", "certificates-request-manager",
@@ -56,15 +57,48 @@ func main() {
 	kubeconfig := flag.String("kubeconfig", "", "kubeconfig of the cluster")
 	clusterNS := flag.String("cluster-resource-namespace", "cert-manager", "namespace of the Secrets ClusterIssuers refer to")
 	workers := flag.Int("workers", 5, "workers per controller")
+	selection := flag.String("controllers", "*", "controllers to run, as upstream's flag: '*' is the default set, 'name' adds one, '-name' removes one (e.g. '*,-certificaterequests-approver')")
 	klog.InitFlags(flag.CommandLine)
 	flag.Parse()
-	if err := run(*kubeconfig, *clusterNS, *workers); err != nil {
+	controllers, err := selectControllers(*selection)
+	if err == nil {
+		err = run(controllers, *kubeconfig, *clusterNS, *workers)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "Error:", err)
 		os.Exit(1)
 	}
 }
 
-func run(kubeconfig, clusterNS string, workers int) error {
+// selectControllers reads --controllers the way upstream's controller
+// binary does, over the lab's default set.
+func selectControllers(flagValue string) ([]string, error) {
+	var out []string
+	for _, item := range strings.Split(flagValue, ",") {
+		switch name, remove := strings.CutPrefix(strings.TrimSpace(item), "-"); {
+		case name == "":
+		case name == "*" && !remove:
+			for _, d := range defaultControllers {
+				if !slices.Contains(out, d) {
+					out = append(out, d)
+				}
+			}
+		case remove:
+			if !slices.Contains(defaultControllers, name) {
+				return nil, fmt.Errorf("--controllers: %q is not one of the default controllers %s", name, strings.Join(defaultControllers, ", "))
+			}
+			out = slices.DeleteFunc(out, func(c string) bool { return c == name })
+		case !slices.Contains(out, name):
+			out = append(out, name)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("--controllers=%q selects no controller", flagValue)
+	}
+	return out, nil
+}
+
+func run(controllers []string, kubeconfig, clusterNS string, workers int) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	ctx = logf.NewContext(ctx, klog.Background(), "cert-manager")

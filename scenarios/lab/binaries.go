@@ -24,8 +24,9 @@ const (
 	KwokVersion       = "v0.8.0"
 	// CertManagerVersion is the cert-manager module scenarios/certmanager builds.
 	CertManagerVersion = "v1.21.2"
-	// buildRecipe changes when the set of binaries or their build flags change.
-	buildRecipe = "3"
+	// buildRecipe changes when the set of binaries, their build flags or the
+	// flags of a main the lab builds (scenarios/certmanager) change.
+	buildRecipe = "4"
 )
 
 // Binaries the lab runs, built from scenarios/upstream, and cert-manager's

@@ -46,6 +46,11 @@ type Options struct {
 	// CertManager runs cert-manager's own controllers (issuers, certificate
 	// requests with the approver, certificates) against each cluster.
 	CertManager bool
+	// CertManagerWithoutApprover runs cert-manager without its default
+	// approver (upstream's --controllers=*,-certificaterequests-approver),
+	// as a cluster whose requests are approved by policy: a request stays
+	// unapproved until something approves it.
+	CertManagerWithoutApprover bool
 	// RealIstio runs Istio itself in each cluster: the lab's Sail Operator
 	// installs Istio's own charts for Sail Istio and IstioCNI resources, and
 	// a real istiod runs for every istiod pod they make. Its binaries are
@@ -96,6 +101,7 @@ type Cluster struct {
 	octet       int
 	procs       []*process
 	certManager bool
+	noApprover  bool
 	realIstio   bool
 	istiods     *istiodKubelet
 	net         *clusterNet
@@ -238,6 +244,7 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 			dir:              filepath.Join(o.Dir, name),
 			octet:            l.net.octet,
 			certManager:      o.CertManager,
+			noApprover:       o.CertManagerWithoutApprover,
 			realIstio:        o.RealIstio,
 		}
 		l.clusters[i] = c

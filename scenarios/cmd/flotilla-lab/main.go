@@ -158,34 +158,55 @@ func alive(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
 // then starts a detached supervisor that owns the clusters, and waits until
 // it reports ready or failed.
 // upCmd is `up`; --cert-manager runs cert-manager's own controllers
-// against every cluster, so that cert-manager mode can be tried in the lab.
+// against every cluster, so that cert-manager mode can be tried in the lab,
+// and --without-approver leaves out its default approver (approval by
+// policy, flotilla's).
 func upCmd(dir *string) *cobra.Command {
-	var certManager bool
+	var cm certManagerFlags
 	c := &cobra.Command{
 		Use:   "up NAME...",
 		Short: "Start one isolated cluster per name and return when all are ready",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return up(cmd.Context(), *dir, args, certManager)
+			return up(cmd.Context(), *dir, args, cm)
 		},
 	}
-	c.Flags().BoolVar(&certManager, "cert-manager", false, "run cert-manager's controllers (issuers, approver, CA signer, Certificate lifecycle) against each cluster")
+	c.Flags().BoolVar(&cm.on, "cert-manager", false, "run cert-manager's controllers (issuers, approver, CA signer, Certificate lifecycle) against each cluster")
+	c.Flags().BoolVar(&cm.withoutApprover, "without-approver", false, "with --cert-manager: leave out cert-manager's default approver, so that requests wait for an explicit approval (flotilla approves its own)")
 	return c
 }
 
+// certManagerFlags are up's and supervise's cert-manager flags.
+type certManagerFlags struct{ on, withoutApprover bool }
+
+func (f certManagerFlags) args() []string {
+	var out []string
+	if f.on {
+		out = append(out, "--cert-manager")
+	}
+	if f.withoutApprover {
+		out = append(out, "--without-approver")
+	}
+	return out
+}
+
 func superviseCmd(dir *string) *cobra.Command {
-	var certManager bool
+	var cm certManagerFlags
 	c := &cobra.Command{
 		Use:    "supervise NAME...",
 		Hidden: true,
 		Args:   cobra.MinimumNArgs(1),
-		RunE:   func(cmd *cobra.Command, args []string) error { return supervise(*dir, args, certManager) },
+		RunE:   func(cmd *cobra.Command, args []string) error { return supervise(*dir, args, cm) },
 	}
-	c.Flags().BoolVar(&certManager, "cert-manager", false, "")
+	c.Flags().BoolVar(&cm.on, "cert-manager", false, "")
+	c.Flags().BoolVar(&cm.withoutApprover, "without-approver", false, "")
 	return c
 }
 
-func up(ctx context.Context, dir string, names []string, certManager bool) error {
+func up(ctx context.Context, dir string, names []string, cm certManagerFlags) error {
+	if cm.withoutApprover && !cm.on {
+		return errors.New("--without-approver needs --cert-manager")
+	}
 	if err := lab.ValidateNames(names); err != nil {
 		return err
 	}
@@ -213,10 +234,7 @@ func up(ctx context.Context, dir string, names []string, certManager bool) error
 	if err != nil {
 		return err
 	}
-	args := []string{"supervise", "--dir", dir}
-	if certManager {
-		args = append(args, "--cert-manager")
-	}
+	args := append([]string{"supervise", "--dir", dir}, cm.args()...)
 	cmd := exec.Command(exe, append(args, names...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -261,10 +279,10 @@ func labPID(dir string) int {
 }
 
 // supervise runs in the background for the lab's lifetime.
-func supervise(dir string, names []string, certManager bool) error {
+func supervise(dir string, names []string, cm certManagerFlags) error {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
-	l, err := lab.Start(ctx, lab.Options{Clusters: names, Dir: dir, Log: os.Stderr, CertManager: certManager})
+	l, err := lab.Start(ctx, lab.Options{Clusters: names, Dir: dir, Log: os.Stderr, CertManager: cm.on, CertManagerWithoutApprover: cm.withoutApprover})
 	if err != nil {
 		_ = os.WriteFile(filepath.Join(dir, errorFile), []byte(err.Error()+"\n"), 0o600)
 		return err

@@ -55,6 +55,7 @@ func TestBadInput(t *testing.T) {
 		{"name not a DNS-1123 label", nil, []string{"up", "East_1"}, `cluster name "East_1" is not a DNS-1123 label`},
 		{"duplicate names", nil, []string{"up", "east", "east"}, `cluster name "east" given twice`},
 		{"no names", nil, []string{"up"}, "requires at least 1 arg"},
+		{"an approver left out of no cert-manager", nil, []string{"up", "east", "--without-approver"}, "--without-approver needs --cert-manager"},
 		{"missing binaries without module proxy", []string{
 			"FLOTILLA_LAB_CACHE=" + t.TempDir(), "GOMODCACHE=" + t.TempDir(), "GOPROXY=off",
 		}, []string{"up", "east"}, "cannot get Go modules (is the Go module proxy reachable?)"},
