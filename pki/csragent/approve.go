@@ -16,9 +16,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/pki/certmanager"
@@ -225,55 +222,22 @@ func (a *CertificateApprover) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	f := dynamicinformer.NewFilteredDynamicSharedInformerFactory(a.Cluster.Dynamic, 10*time.Minute, a.Namespace, nil)
-	inf := f.ForResource(gvr).Informer()
-	q := workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, time.Minute))
-	defer q.ShutDown()
-	add := func(obj any) {
-		if key, err := cache.MetaNamespaceKeyFunc(obj); err == nil {
-			q.Add(key)
-		}
-	}
-	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: add, UpdateFunc: func(_, o any) { add(o) }}); err != nil {
-		return fmt.Errorf("%s: watch CertificateRequests in %s: %w", a.Cluster.Name, a.Namespace, err)
-	}
-	f.Start(ctx.Done())
-	defer f.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-		return nil
-	}
-	go func() {
-		<-ctx.Done()
-		q.ShutDown()
-	}()
-	for {
-		key, quit := q.Get()
-		if quit {
-			return nil
-		}
-		if err := a.process(ctx, inf.GetStore(), key); err != nil {
-			a.log().Warn("certificate request approval", "cluster", a.Cluster.Name, "error", err.Error())
-			q.AddRateLimited(key)
-		} else {
-			q.Forget(key)
-		}
-		q.Done(key)
-	}
+	return a.Cluster.Watch(ctx, gvr, a.Namespace, a.handle)
 }
 
-func (a *CertificateApprover) process(ctx context.Context, store cache.Store, key string) error {
-	obj, ok, err := store.GetByKey(key)
-	if err != nil || !ok {
-		return nil
-	}
-	u, ok := obj.(*unstructured.Unstructured)
-	if !ok {
-		return nil
-	}
+// handle approves one CertificateRequest the watch saw, when it is a
+// serving Certificate's; it asks to see it again when that failed.
+func (a *CertificateApprover) handle(ctx context.Context, u *unstructured.Unstructured) (retry bool) {
 	cr := &cmapi.CertificateRequest{}
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, cr); err != nil {
-		return fmt.Errorf("%s: decode CertificateRequest %s: %w", a.Cluster.Name, key, err)
+	err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, cr)
+	if err != nil {
+		err = fmt.Errorf("%s: decode CertificateRequest %s/%s: %w", a.Cluster.Name, u.GetNamespace(), u.GetName(), err)
+	} else {
+		_, err = a.Reconcile(ctx, cr)
 	}
-	_, err = a.Reconcile(ctx, cr)
-	return err
+	if err != nil {
+		a.log().Warn("certificate request approval", "cluster", a.Cluster.Name, "error", err.Error())
+		return true
+	}
+	return false
 }

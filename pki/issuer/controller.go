@@ -15,9 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/pki/issuer/v1alpha1"
@@ -306,63 +303,26 @@ func (c *Controller) MarkIssuer(ctx context.Context, name string) error {
 // is a change). A request that stays pending is retried with backoff; a
 // hub that is down simply leaves requests pending until it is back.
 func (c *Controller) Run(ctx context.Context) error {
-	f := dynamicinformer.NewDynamicSharedInformerFactory(c.Cluster.Dynamic, 10*time.Minute)
-	inf := f.ForResource(certificateRequests).Informer()
-	q := workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, time.Minute))
-	defer q.ShutDown()
-	add := func(obj any) {
-		if key, err := cache.MetaNamespaceKeyFunc(obj); err == nil {
-			q.Add(key)
-		}
-	}
-	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: add, UpdateFunc: func(_, o any) { add(o) }}); err != nil {
-		return fmt.Errorf("%s: watch CertificateRequests: %w", c.Cluster.Name, err)
-	}
-	f.Start(ctx.Done())
-	defer f.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-		return nil
-	}
-	go func() {
-		<-ctx.Done()
-		q.ShutDown()
-	}()
-	for {
-		key, quit := q.Get()
-		if quit {
-			return nil
-		}
-		c.process(ctx, inf.GetStore(), q, key)
-		q.Done(key)
-	}
+	return c.Cluster.Watch(ctx, certificateRequests, "", c.handle)
 }
 
-func (c *Controller) process(ctx context.Context, store cache.Store, q workqueue.TypedRateLimitingInterface[string], key string) {
-	obj, ok, err := store.GetByKey(key)
-	if err != nil || !ok {
-		q.Forget(key)
-		return
-	}
-	u, ok := obj.(*unstructured.Unstructured)
-	if !ok {
-		return
-	}
+// handle reconciles one CertificateRequest the watch saw; it asks to see it
+// again while it is pending or the hub failed it.
+func (c *Controller) handle(ctx context.Context, u *unstructured.Unstructured) (retry bool) {
 	cr, err := decode(u)
 	if err != nil {
 		c.log().Warn("certificate request", "cluster", c.Cluster.Name, "error", err.Error())
-		q.Forget(key)
-		return
+		return false
 	}
 	out, err := c.Reconcile(ctx, cr)
 	switch {
 	case err != nil && !apierrors.IsNotFound(err):
 		c.log().Warn("certificate request", "cluster", c.Cluster.Name, "error", err.Error())
-		q.AddRateLimited(key)
+		return true
 	case out == Pending:
-		q.AddRateLimited(key)
-	default:
-		q.Forget(key)
+		return true
 	}
+	return false
 }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
