@@ -27,39 +27,36 @@ func (s *Server) requestContext(r *http.Request) (context.Context, context.Cance
 	return ctx, func() { stop(); cancel() }
 }
 
-func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
-	m, err := s.readAdmittedSpec(w, r)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err)
-		return
+// meshCall serves a read of the mesh: the request's spec (none: the stored
+// one), call's answer as JSON, or its error with the status it calls for.
+func meshCall[T any](s *Server, call func(context.Context, *spec.Mesh) (T, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		m, err := s.readAdmittedSpec(w, r)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		ctx, cancel := s.requestContext(r)
+		defer cancel()
+		out, err := call(ctx, m)
+		if err != nil {
+			writeError(w, errorStatus(err), err)
+			return
+		}
+		writeJSON(w, http.StatusOK, out)
 	}
-	ctx, cancel := s.requestContext(r)
-	defer cancel()
-	st, err := s.hub.Status(ctx, m)
-	if err != nil {
-		writeError(w, errorStatus(err), err)
-		return
-	}
-	writeJSON(w, http.StatusOK, st)
 }
 
-func (s *Server) handleCheck(w http.ResponseWriter, r *http.Request) {
-	m, err := s.readAdmittedSpec(w, r)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err)
-		return
-	}
-	ctx, cancel := s.requestContext(r)
-	defer cancel()
-	checks, err := s.hub.Check(ctx, m)
-	if err != nil {
-		writeError(w, errorStatus(err), err)
-		return
-	}
-	if checks == nil {
-		checks = []Check{}
-	}
-	writeJSON(w, http.StatusOK, checks)
+func (s *Server) handleStatus() http.HandlerFunc { return meshCall(s, s.hub.Status) }
+
+func (s *Server) handleCheck() http.HandlerFunc {
+	return meshCall(s, func(ctx context.Context, m *spec.Mesh) ([]Check, error) {
+		checks, err := s.hub.Check(ctx, m)
+		if checks == nil && err == nil {
+			checks = []Check{} // [] rather than null
+		}
+		return checks, err
+	})
 }
 
 func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {

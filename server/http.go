@@ -229,10 +229,10 @@ func (s *Server) Run(ctx context.Context) error {
 // bearer token (/metrics in the open with MetricsPublic).
 func (s *Server) Handler() http.Handler {
 	api := http.NewServeMux()
-	api.HandleFunc("GET /api/v1/status", clusterCall(s.handleStatus))
-	api.HandleFunc("POST /api/v1/status", clusterCall(s.handleStatus))
-	api.HandleFunc("GET /api/v1/check", clusterCall(s.handleCheck))
-	api.HandleFunc("POST /api/v1/check", clusterCall(s.handleCheck))
+	api.HandleFunc("GET /api/v1/status", clusterCall(s.handleStatus()))
+	api.HandleFunc("POST /api/v1/status", clusterCall(s.handleStatus()))
+	api.HandleFunc("GET /api/v1/check", clusterCall(s.handleCheck()))
+	api.HandleFunc("POST /api/v1/check", clusterCall(s.handleCheck()))
 	api.HandleFunc("POST /api/v1/apply", clusterCall(s.handleApply(false)))
 	api.HandleFunc("POST /api/v1/plan", clusterCall(s.handleApply(true)))
 	api.HandleFunc("POST /api/v1/verify", clusterCall(s.handleVerify))
