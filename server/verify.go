@@ -124,7 +124,7 @@ func (h *Hub) Verify(ctx context.Context, m *spec.Mesh, o VerifyOptions) (*Verif
 			continue // runs istiod for others, no workloads
 		}
 		if err := errs[mem.Name]; err != nil {
-			return nil, fmt.Errorf("%s: %w", mem.Name, err)
+			return nil, err // names the cluster
 		}
 		clusters = append(clusters, &verifyCluster{name: mem.Name, kc: conns[mem.Name], version: fmt.Sprintf("v%d", len(clusters)+1)})
 	}
