@@ -2,7 +2,6 @@ package cli_test
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"syscall"
 	"testing"
@@ -17,17 +16,7 @@ import (
 // killed apply's lock is freed by its lease; the re-run waits for that.
 func TestKilledApplyConvergesOnEtcd(t *testing.T) {
 	l := testLab.Get(t)
-	bin, err := lab.EtcdBinary()
-	if err != nil {
-		t.Skip(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	ec, err := lab.StartEtcdCluster(ctx, bin, t.TempDir(), 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ec.Close)
+	ec := lab.StartTestEtcd(t, 3)
 	for i, killAfter := range []int{1, 3, 8, 17, 30} {
 		t.Run(fmt.Sprintf("kill after line %d", killAfter), func(t *testing.T) {
 			resetClusters(t, l)

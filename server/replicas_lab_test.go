@@ -29,17 +29,9 @@ import (
 // state in it under prefix, each with a client of its own, as replicas have.
 func etcdHubs(t *testing.T, n int, prefix string) ([]*Hub, *lab.EtcdCluster) {
 	t.Helper()
-	bin, err := lab.EtcdBinary()
-	if err != nil {
-		t.Skip(err)
-	}
+	ec := lab.StartTestEtcd(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	ec, err := lab.StartEtcdCluster(ctx, bin, t.TempDir(), 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ec.Close)
 	key, err := state.GenerateKey()
 	if err != nil {
 		t.Fatal(err)

@@ -30,15 +30,6 @@ type etcdMember struct {
 	proc                 *process
 }
 
-// EtcdBinary is the lab's cached etcd, or an error saying how to build it.
-func EtcdBinary() (string, error) {
-	bin := filepath.Join(DefaultCacheDir(), CacheKey(), "etcd")
-	if !fileExists(bin) {
-		return "", fmt.Errorf("no lab etcd at %s: run a lab test once to build the lab binaries", bin)
-	}
-	return bin, nil
-}
-
 // StartEtcdCluster starts n members in dir and waits until every one answers.
 func StartEtcdCluster(ctx context.Context, bin, dir string, n int) (*EtcdCluster, error) {
 	ports, err := freePorts(2 * n)

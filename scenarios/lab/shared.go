@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -90,4 +91,25 @@ func (s *Shared) stop() {
 			fmt.Fprintf(os.Stderr, "lab: stop: %v\n", err)
 		}
 	}
+}
+
+// StartTestEtcd starts an n-member etcd cluster from the lab's etcd (built
+// first when the cache lacks it, as a lab is) for one test, closed at its
+// end. A test that needs etcd fails without it rather than skipping.
+func StartTestEtcd(t testing.TB, n int) *EtcdCluster {
+	t.Helper()
+	bctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	bin, err := EnsureBinaries(bctx, BuildOptions{Log: os.Stderr})
+	if err != nil {
+		t.Fatalf("lab etcd: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := StartEtcdCluster(ctx, filepath.Join(bin, "etcd"), t.TempDir(), n)
+	if err != nil {
+		t.Fatalf("lab etcd: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
 }

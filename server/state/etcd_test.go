@@ -15,24 +15,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// startEtcd starts a three-member etcd cluster from the lab's binary; tests
-// that need one skip when the lab binaries were never built.
-func startEtcd(t *testing.T) *lab.EtcdCluster {
-	t.Helper()
-	bin, err := lab.EtcdBinary()
-	if err != nil {
-		t.Skip(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	c, err := lab.StartEtcdCluster(ctx, bin, t.TempDir(), 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	return c
-}
-
 func openEtcdStoreT(t *testing.T, url string, opts Options) *Store {
 	t.Helper()
 	s, err := Open(context.Background(), url, opts)
@@ -171,7 +153,7 @@ func exercise(t *testing.T, s *Store) string {
 // TestBackendsAgree: the records read back the same from bbolt and etcd,
 // with a journal limit that trims.
 func TestBackendsAgree(t *testing.T) {
-	c := startEtcd(t)
+	c := lab.StartTestEtcd(t, 3)
 	key := newKey(t)
 	opts := Options{Key: key, JournalLimit: 3}
 	got := map[string]string{}
@@ -190,7 +172,7 @@ func TestBackendsAgree(t *testing.T) {
 // TestEtcdSealsAndChecksTheKey: secrets are sealed in etcd, a wrong key is
 // refused, a missing key too unless optional.
 func TestEtcdSealsAndChecksTheKey(t *testing.T) {
-	c := startEtcd(t)
+	c := lab.StartTestEtcd(t, 3)
 	url := c.StateURL("/keys")
 	s := openEtcdStoreT(t, url, Options{Key: newKey(t)})
 	exercise(t, s)
@@ -230,7 +212,7 @@ func TestEtcdSealsAndChecksTheKey(t *testing.T) {
 // TestEtcdReplicasWriteConcurrently: two stores (two replicas) append to
 // one journal at once; every entry lands once with its own ID.
 func TestEtcdReplicasWriteConcurrently(t *testing.T) {
-	c := startEtcd(t)
+	c := lab.StartTestEtcd(t, 3)
 	url := c.StateURL("/concurrent")
 	stores := []*Store{openEtcdStoreT(t, url, Options{}), openEtcdStoreT(t, url, Options{})}
 	const per = 15
@@ -272,7 +254,7 @@ func TestEtcdReplicasWriteConcurrently(t *testing.T) {
 // TestEtcdApplyLock: the apply lock is held by one store at a time across
 // processes' clients; a fence taken is refused to the next until released.
 func TestEtcdApplyLock(t *testing.T) {
-	c := startEtcd(t)
+	c := lab.StartTestEtcd(t, 3)
 	url := c.StateURL("/lock")
 	a, b := openEtcdStoreT(t, url, Options{}), openEtcdStoreT(t, url, Options{})
 	ctx := context.Background()
@@ -317,7 +299,7 @@ func TestEtcdApplyLock(t *testing.T) {
 // fails naming the quorum loss and writes nothing, reads still answer;
 // members back, writes resume.
 func TestEtcdQuorumLoss(t *testing.T) {
-	c := startEtcd(t)
+	c := lab.StartTestEtcd(t, 3)
 	s := openEtcdStoreT(t, c.StateURL("/quorum"), Options{Key: newKey(t)})
 	ctx := context.Background()
 	exercise(t, s)
@@ -395,7 +377,7 @@ func TestEtcdQuorumLoss(t *testing.T) {
 
 // TestMigrate: bbolt to etcd and back, verified, secrets still open.
 func TestMigrate(t *testing.T) {
-	c := startEtcd(t)
+	c := lab.StartTestEtcd(t, 3)
 	key := newKey(t)
 	ctx := context.Background()
 	src := openEtcdStoreT(t, filepath.Join(t.TempDir(), "src.db"), Options{Key: key})
