@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/flotillamesh/flotilla/federation"
 )
 
 // TestPlanEmptyState: plan before the first apply shows the root to
@@ -45,7 +47,7 @@ func TestRenderLeavesOut(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, absent := range []string{"kind: Secret", "istio-reader-service-account", "istio-reader-clusterrole", "kind: Certificate", "kind: Issuer", "csr-agent"} {
+		for _, absent := range []string{"kind: Secret", federation.ReaderServiceAccount, federation.ReaderClusterRoleName(""), "kind: Certificate", "kind: Issuer", "csr-agent"} {
 			if strings.Contains(string(data), absent) {
 				t.Errorf("%s.yaml holds %q, which --render says it leaves out", c, absent)
 			}
