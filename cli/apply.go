@@ -127,9 +127,7 @@ func printReport(w io.Writer, rep *server.ApplyReport, output string, plan bool)
 // renderMesh writes the control-plane objects of every cluster without
 // contacting any: addresses not known yet are rendered as pending.
 func renderMesh(w io.Writer, m *spec.Mesh, dir string) error {
-	opts := server.DeployOptions(m)
-	opts.AllowPendingAddress = true
-	plans, err := gateways.Plan(m.Spec.Topology, m.Members(), opts, nil)
+	plans, err := server.PlanControlPlanes(m)
 	if err != nil {
 		return err
 	}

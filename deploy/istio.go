@@ -80,7 +80,7 @@ func (p *planner) primaryValues() map[string]any {
 	if p.m.Network != "" {
 		global["network"] = p.m.Network
 	}
-	if p.l.exposesIstiod(p.m) {
+	if exposesIstiod(p.m) {
 		global["externalIstiod"] = true
 	}
 	return map[string]any{"global": global}
@@ -116,7 +116,7 @@ func injectionPath(cluster, network string) string {
 // (OpenShift Service Mesh 3 installation guide, chapter 8). The config
 // cluster also holds the mesh configuration the external istiod reads.
 func (p *planner) dataPlaneValues(pilotAddress string, configCluster bool) map[string]any {
-	ns := p.opts.ExternalIstiodNamespace()
+	ns := p.l.Namespaces.External
 	global := map[string]any{
 		"istioNamespace":     ns,
 		"remotePilotAddress": pilotAddress,
@@ -136,8 +136,8 @@ func (p *planner) dataPlaneValues(pilotAddress string, configCluster bool) map[s
 // externalIstiodValues: the external istiod on the control-plane cluster,
 // serving configCluster, reached at address through the ingress gateway.
 func (p *planner) externalIstiodValues(address string, configCluster string) map[string]any {
-	ns := p.opts.ExternalIstiodNamespace()
-	dp := p.l.byName[configCluster]
+	ns := p.l.Namespaces.External
+	dp, _ := p.l.Cluster(configCluster)
 	xds := fmt.Sprintf("%s:%d", address, PortIstiod)
 	global := map[string]any{
 		"caAddress":              xds,

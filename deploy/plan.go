@@ -1,7 +1,9 @@
 // Package deploy is the floor every flotilla subsystem stands on. It owns
-// the topology vocabulary (Topology, Role, Member, ServedBy), the mesh plan
-// compiled from it (per cluster: role, control-plane namespace, who serves
-// it, which gateway it runs and what that gateway exposes), the Istio
+// the topology vocabulary (Topology, Role, Member, ServedBy), the mesh's
+// Layout compiled once from it (per cluster: role, who serves it, its
+// control-plane, CA and remote-secret namespaces, whom it reads and is read
+// by, which gateway it runs and what that gateway exposes), the plan of
+// objects per cluster built from the layout, the Istio
 // control-plane objects each role needs (Sail Operator Istio and IstioCNI,
 // or Helm values), the namespaces that carry the network label, and the
 // write path (ApplyObjects over deploy/kube's connections and server-side
@@ -65,6 +67,12 @@ type Options struct {
 	AllowPendingAddress bool
 	// AddressTimeout bounds each wait for a gateway address; 0 is 2m.
 	AddressTimeout time.Duration
+}
+
+// Namespaces are the namespaces of o, which the mesh's layout is compiled
+// with (Compile); plans read them from the layout.
+func (o Options) Namespaces() Namespaces {
+	return Namespaces{ControlPlane: o.Namespace, External: o.ExternalNamespace}
 }
 
 func (o Options) ControlPlaneNamespace() string { return or(o.Namespace, DefaultNamespace) }
@@ -158,14 +166,10 @@ func (e *AddressNeededError) Error() string {
 // addresses holds the known gateway addresses by cluster (from
 // WaitForAddress or LookupAddress); a fixed Exposure.Address of a non-
 // LoadBalancer gateway needs no entry.
-func Plan(t Topology, members []Member, opts Options, addresses map[string]string) ([]ClusterPlan, error) {
-	l, err := newLayout(t, members)
-	if err != nil {
-		return nil, err
-	}
-	plans := make([]ClusterPlan, 0, len(l.members))
+func Plan(l *Layout, opts Options, addresses map[string]string) ([]ClusterPlan, error) {
+	plans := make([]ClusterPlan, 0, len(l.Clusters))
 	var errs []error
-	for _, m := range l.members {
+	for _, m := range l.Clusters {
 		p, err := l.plan(m, opts, addresses)
 		if err != nil {
 			errs = append(errs, err)
@@ -177,12 +181,8 @@ func Plan(t Topology, members []Member, opts Options, addresses map[string]strin
 }
 
 // PlanCluster returns the plan of the named cluster.
-func PlanCluster(t Topology, members []Member, cluster string, opts Options, addresses map[string]string) (ClusterPlan, error) {
-	l, err := newLayout(t, members)
-	if err != nil {
-		return ClusterPlan{}, err
-	}
-	m, ok := l.byName[cluster]
+func PlanCluster(l *Layout, cluster string, opts Options, addresses map[string]string) (ClusterPlan, error) {
+	m, ok := l.Cluster(cluster)
 	if !ok {
 		return ClusterPlan{}, fmt.Errorf("cluster %s is not a member of the mesh", cluster)
 	}
@@ -190,14 +190,14 @@ func PlanCluster(t Topology, members []Member, cluster string, opts Options, add
 }
 
 type planner struct {
-	l    *layout
-	m    Member
+	l    *Layout
+	m    Placement
 	opts Options
 	out  ClusterPlan
 	err  error
 }
 
-func (l *layout) plan(m Member, opts Options, addresses map[string]string) (ClusterPlan, error) {
+func (l *Layout) plan(m Placement, opts Options, addresses map[string]string) (ClusterPlan, error) {
 	if opts.MeshID == "" {
 		return ClusterPlan{}, errors.New("no mesh ID")
 	}
@@ -205,11 +205,9 @@ func (l *layout) plan(m Member, opts Options, addresses map[string]string) (Clus
 		return ClusterPlan{}, errors.New("no Istio version")
 	}
 	p := &planner{l: l, m: m, opts: opts}
-	p.out = ClusterPlan{Cluster: m.Name, Role: m.Role, Network: m.Network, Namespace: opts.ControlPlaneNamespace(),
-		ExternalNamespace: opts.ExternalIstiodNamespace(), Exposure: opts.Exposure[m.Name]}
-	if m.Role == RoleDataPlane {
-		p.out.Namespace = opts.ExternalIstiodNamespace()
-	}
+	p.out = ClusterPlan{Cluster: m.Name, Role: m.Role, Network: m.Network, Namespace: m.Namespace,
+		ExternalNamespace: l.Namespaces.External, Exposure: opts.Exposure[m.Name],
+		GatewayKind: m.GatewayKind, CrossNetwork: m.CrossNetwork, ExposesIstiod: m.ExposesIstiod}
 	if err := opts.Exposure[m.Name].Validate(); err != nil {
 		return ClusterPlan{}, fmt.Errorf("%s: gateway: %w", m.Name, err)
 	}
@@ -218,30 +216,20 @@ func (l *layout) plan(m Member, opts Options, addresses map[string]string) (Clus
 	// remote's also names its primary.
 	var annotations map[string]string
 	if m.Role == RoleRemote {
-		annotations = map[string]string{ControlPlaneClustersAnnotation: l.servedBy[m.Name]}
+		annotations = map[string]string{ControlPlaneClustersAnnotation: m.ServedBy}
 	}
 	// An external istiod takes its config cluster's name as its cluster ID
 	// and manages the other data-plane clusters whose namespace names it.
-	if cfg := l.configCluster(l.servedBy[m.Name]); m.Role == RoleDataPlane && cfg != m.Name {
-		annotations = map[string]string{ControlPlaneClustersAnnotation: cfg}
+	if m.Role == RoleDataPlane && m.ConfigCluster != m.Name {
+		annotations = map[string]string{ControlPlaneClustersAnnotation: m.ConfigCluster}
 	}
 	p.setup(NamespaceObject(p.out.Namespace, m.Network, annotations))
 	if m.Role == RoleControlPlane {
-		p.setup(NamespaceObject(opts.ExternalIstiodNamespace(), "", nil))
+		p.setup(NamespaceObject(l.Namespaces.External, "", nil))
 	}
 	cni := !opts.NoCNI && m.Role != RoleControlPlane
 	if cni {
 		p.setup(NamespaceObject(opts.cniNamespace(), "", nil))
-	}
-
-	// Gateway: package gateways builds it from these.
-	switch {
-	case m.Role == RoleControlPlane:
-		p.out.GatewayKind = IngressGateway
-	case l.hasEastWest(m):
-		p.out.GatewayKind = EastWestGateway
-		p.out.CrossNetwork = l.multiNetwork
-		p.out.ExposesIstiod = l.exposesIstiod(m)
 	}
 
 	// Control plane.
@@ -252,7 +240,7 @@ func (l *layout) plan(m Member, opts Options, addresses map[string]string) (Clus
 	case RolePrimary:
 		p.controlPlane(p.istio(IstioName, p.out.Namespace, "", p.primaryValues()))
 	case RoleRemote:
-		addr := p.address(l.servedBy[m.Name], addresses)
+		addr := p.address(m.ServedBy, addresses)
 		p.controlPlane(p.istio(IstioName, p.out.Namespace, "remote", p.remoteValues(addr)))
 	case RoleControlPlane:
 		// The control-plane cluster's own control plane injects and
@@ -263,11 +251,10 @@ func (l *layout) plan(m Member, opts Options, addresses map[string]string) (Clus
 		}
 		p.controlPlane(p.istio(IstioName, p.out.Namespace, "", values))
 		addr := p.address(m.Name, addresses)
-		p.controlPlane(p.istio(ExternalIstiodName, opts.ExternalIstiodNamespace(), "empty", p.externalIstiodValues(addr, l.configCluster(m.Name))))
+		p.controlPlane(p.istio(ExternalIstiodName, l.Namespaces.External, "empty", p.externalIstiodValues(addr, m.ConfigCluster)))
 	case RoleDataPlane:
-		cp := l.servedBy[m.Name]
-		addr := p.address(cp, addresses)
-		p.controlPlane(p.istio(ExternalIstiodName, p.out.Namespace, "remote", p.dataPlaneValues(addr, l.configCluster(cp) == m.Name)))
+		addr := p.address(m.ServedBy, addresses)
+		p.controlPlane(p.istio(ExternalIstiodName, p.out.Namespace, "remote", p.dataPlaneValues(addr, m.ConfigCluster == m.Name)))
 	}
 	if p.err != nil {
 		return ClusterPlan{}, p.err

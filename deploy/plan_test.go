@@ -184,7 +184,7 @@ func TestIstioValues(t *testing.T) {
 			if opts.MeshID == "" {
 				opts = testOpts
 			}
-			p, err := PlanCluster(tt.topology, tt.members, tt.cluster, opts, addrs)
+			p, err := planCluster(tt.topology, tt.members, tt.cluster, opts, addrs)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -218,7 +218,7 @@ func TestAddresses(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			opts := tt.opts
 			opts.MeshID, opts.Version, opts.NoCNI = "mesh1", "1.30.3", true
-			p, err := PlanCluster(PrimaryRemote, pr, "west", opts, tt.addrs)
+			p, err := planCluster(PrimaryRemote, pr, "west", opts, tt.addrs)
 			if tt.wantErr {
 				var need *AddressNeededError
 				if !errors.As(err, &need) || need.Cluster != "west" || need.Of != "east" {
@@ -258,7 +258,7 @@ func TestNamespaceLabels(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := PlanCluster(tt.topology, tt.members, tt.cluster, testOpts, map[string]string{"east": "192.0.2.10"})
+			p, err := planCluster(tt.topology, tt.members, tt.cluster, testOpts, map[string]string{"east": "192.0.2.10"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -286,4 +286,13 @@ func TestMergeValues(t *testing.T) {
 	if base["global"].(map[string]any)["network"] != "n1" {
 		t.Error("merge modified its input")
 	}
+}
+
+// planCluster compiles the topology and plans one cluster of it.
+func planCluster(topology Topology, members []Member, cluster string, opts Options, addrs map[string]string) (ClusterPlan, error) {
+	l, err := Compile(topology, members, Namespaces{})
+	if err != nil {
+		return ClusterPlan{}, err
+	}
+	return PlanCluster(l, cluster, opts, addrs)
 }

@@ -1,34 +1,21 @@
 package federation
 
 import (
-	"fmt"
 	"sort"
 
 	"github.com/flotillamesh/flotilla/deploy"
-	"k8s.io/apimachinery/pkg/util/validation"
 )
 
-// LinkKind is the type of secret a link installs, as istioctl's
-// create-remote-secret --type names them.
-type LinkKind string
+// The links of a mesh are compiled with its layout (deploy.Layout.Links).
+type (
+	LinkKind = deploy.LinkKind
+	Link     = deploy.Link
+)
 
 const (
-	// LinkRemote is an istio-remote-secret-<cluster>: istiod discovers the
-	// target's services and endpoints through the target's reader account.
-	LinkRemote LinkKind = "remote"
-	// LinkConfig is the istio-kubeconfig secret of an external istiod: the
-	// target is its config cluster, read and written with istiod's own account.
-	LinkConfig LinkKind = "config"
+	LinkRemote = deploy.LinkRemote
+	LinkConfig = deploy.LinkConfig
 )
-
-// Link says that istiod in Reader reads Target through a secret of Kind held in Reader.
-type Link struct {
-	Reader string
-	Target string
-	Kind   LinkKind
-}
-
-func (l Link) String() string { return fmt.Sprintf("%s -> %s (%s)", l.Reader, l.Target, l.Kind) }
 
 // Plan is where the secrets of a mesh go.
 type Plan struct {
@@ -67,74 +54,17 @@ func (p Plan) LinksFrom(reader string) []Link {
 	return out
 }
 
-// NewPlan decides which cluster holds a secret for which other cluster:
-//   - multi-primary and primary-remote: every primary reads every other
-//     cluster of the mesh (with one primary, that is one secret per remote;
-//     with several, each also needs the others' endpoints); each remote's
-//     namespace names the primary that serves it (ServedBy);
-//   - external control plane: each control-plane cluster holds a config
-//     secret for the first data-plane cluster it serves (its config cluster,
-//     in spec order) and a remote secret for every further one, which is how
-//     istioctl attaches additional remotes to one external istiod.
-//
-// The same plan holds for single and multi network meshes: networks change
-// gateways, not who reads whom.
-func NewPlan(t Topology, members []Member) (Plan, error) {
-	if !t.Valid() {
-		return Plan{}, fmt.Errorf("unknown topology %q (want one of %v)", t, deploy.Topologies())
-	}
-	members = normalize(members)
-	if err := validateMembers(t, members); err != nil {
-		return Plan{}, err
-	}
-	p := Plan{Topology: t, ControlPlaneClusters: map[string]string{}}
-	switch t {
-	case MultiPrimary, PrimaryRemote:
-		for _, r := range members {
-			if r.Role != RolePrimary {
-				continue
-			}
-			for _, o := range members {
-				if o.Name != r.Name {
-					p.Links = append(p.Links, Link{Reader: r.Name, Target: o.Name, Kind: LinkRemote})
-				}
-			}
-		}
-		for _, m := range members {
-			if m.Role != RoleRemote {
-				continue
-			}
-			cp, err := deploy.ServedBy(t, m, members)
-			if err != nil {
-				return Plan{}, err
-			}
-			p.ControlPlaneClusters[m.Name] = cp
-		}
-	case ExternalControlPlane:
-		hasConfig := map[string]bool{}
-		for _, m := range members {
-			if m.Role != RoleDataPlane {
-				continue
-			}
-			cp, err := deploy.ServedBy(t, m, members)
-			if err != nil {
-				return Plan{}, err
-			}
-			kind := LinkRemote
-			if !hasConfig[cp] {
-				hasConfig[cp], kind = true, LinkConfig
-			}
-			p.Links = append(p.Links, Link{Reader: cp, Target: m.Name, Kind: kind})
+// NewPlan is where the secrets of the mesh laid out by l go: its links
+// (deploy.Layout.Links says who reads whom), and for each remote the primary
+// its namespace names.
+func NewPlan(l *deploy.Layout) Plan {
+	p := Plan{Topology: l.Topology, Links: l.Links(), ControlPlaneClusters: map[string]string{}}
+	for _, c := range l.Clusters {
+		if c.Role == RoleRemote {
+			p.ControlPlaneClusters[c.Name] = c.ServedBy
 		}
 	}
-	sort.SliceStable(p.Links, func(i, j int) bool {
-		a, b := p.Links[i], p.Links[j]
-		if a.Reader != b.Reader {
-			return a.Reader < b.Reader
-		}
-		return a.Target < b.Target
-	})
-	return p, nil
+	return p
 }
 
 // normalize gives clusters without a role the default one, primary.
@@ -147,49 +77,4 @@ func normalize(members []Member) []Member {
 		out[i] = m
 	}
 	return out
-}
-
-func validateMembers(t Topology, members []Member) error {
-	if len(members) == 0 {
-		return fmt.Errorf("topology %s: no clusters", t)
-	}
-	seen := map[string]bool{}
-	roles := map[Role]int{}
-	for _, m := range members {
-		if m.Name == "" {
-			return fmt.Errorf("topology %s: a cluster has no name", t)
-		}
-		// The name becomes part of a Secret name and a kubeconfig key.
-		if errs := validation.IsDNS1123Label(m.Name); len(errs) > 0 {
-			return fmt.Errorf("cluster %q: name is not a DNS-1123 label: %v", m.Name, errs)
-		}
-		if seen[m.Name] {
-			return fmt.Errorf("cluster %s: listed twice", m.Name)
-		}
-		seen[m.Name] = true
-		if !allows(t, m.Role) {
-			return fmt.Errorf("cluster %s: role %q is not one of topology %s's roles %v", m.Name, m.Role, t, t.Roles())
-		}
-		roles[m.Role]++
-	}
-	switch t {
-	case MultiPrimary, PrimaryRemote:
-		if roles[RolePrimary] == 0 {
-			return fmt.Errorf("topology %s: no %s cluster", t, RolePrimary)
-		}
-	case ExternalControlPlane:
-		if roles[RoleControlPlane] == 0 {
-			return fmt.Errorf("topology %s: no %s cluster", t, RoleControlPlane)
-		}
-	}
-	return nil
-}
-
-func allows(t Topology, r Role) bool {
-	for _, a := range t.Roles() {
-		if a == r {
-			return true
-		}
-	}
-	return false
 }

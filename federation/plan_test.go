@@ -4,11 +4,15 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/flotillamesh/flotilla/deploy"
 )
 
 func TestNewPlan(t *testing.T) {
 	p := func(name string) Member { return Member{Name: name, Role: RolePrimary, Network: "n-" + name} }
-	r := func(name, cp string) Member { return Member{Name: name, Role: RoleRemote, ControlPlane: cp} }
+	r := func(name, cp string) Member {
+		return Member{Name: name, Role: RoleRemote, Network: "n-" + name, ControlPlane: cp}
+	}
 	cp := func(name string) Member { return Member{Name: name, Role: RoleControlPlane} }
 	dp := func(name, cp string) Member { return Member{Name: name, Role: RoleDataPlane, ControlPlane: cp} }
 	rl := func(reader, target string) Link { return Link{Reader: reader, Target: target, Kind: LinkRemote} }
@@ -72,7 +76,7 @@ func TestNewPlan(t *testing.T) {
 		},
 		{
 			name: "role foreign to the topology", topology: MultiPrimary,
-			members: []Member{p("east"), r("west", "")}, err: `role "remote" is not one of`,
+			members: []Member{p("east"), r("west", "")}, err: `role "remote" is not part of topology multi-primary`,
 		},
 		{
 			name: "remote naming a cluster that is not a primary", topology: PrimaryRemote,
@@ -84,7 +88,7 @@ func TestNewPlan(t *testing.T) {
 		},
 		{
 			name: "name that cannot be a secret name", topology: MultiPrimary,
-			members: []Member{p("East_1")}, err: "not a DNS-1123 label",
+			members: []Member{p("East_1")}, err: `cluster "East_1": invalid name`,
 		},
 		{
 			name: "no clusters", topology: MultiPrimary, err: "no clusters",
@@ -95,7 +99,7 @@ func TestNewPlan(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := NewPlan(tc.topology, tc.members)
+			l, err := deploy.Compile(tc.topology, tc.members, deploy.Namespaces{})
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("err = %v, want it to contain %q", err, tc.err)
@@ -105,6 +109,7 @@ func TestNewPlan(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			got := NewPlan(l)
 			if !reflect.DeepEqual(got.Links, tc.links) {
 				t.Errorf("links = %v, want %v", got.Links, tc.links)
 			}
@@ -120,12 +125,16 @@ func TestNewPlan(t *testing.T) {
 
 func TestNewPlanIsDeterministic(t *testing.T) {
 	members := []Member{{Name: "c", Role: RolePrimary}, {Name: "a", Role: RolePrimary}, {Name: "b", Role: RolePrimary}}
-	first, err := NewPlan(MultiPrimary, members)
-	if err != nil {
-		t.Fatal(err)
+	compile := func() Plan {
+		l, err := deploy.Compile(MultiPrimary, members, deploy.Namespaces{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return NewPlan(l)
 	}
+	first := compile()
 	for range 20 {
-		again, _ := NewPlan(MultiPrimary, members)
+		again := compile()
 		if !reflect.DeepEqual(first, again) {
 			t.Fatalf("plan changed between runs: %v then %v", first.Links, again.Links)
 		}
@@ -141,13 +150,13 @@ func TestAccountFor(t *testing.T) {
 		role     Role
 		want     Account
 	}{
-		{"multi-primary reader", MultiPrimary, Link{"a", "b", LinkRemote}, RolePrimary,
+		{"multi-primary reader", MultiPrimary, Link{Reader: "a", Target: "b", Kind: LinkRemote}, RolePrimary,
 			Account{Namespace: "istio-system", Name: ReaderServiceAccount}},
-		{"remote reader may write root certs and webhooks", PrimaryRemote, Link{"a", "b", LinkRemote}, RoleRemote,
+		{"remote reader may write root certs and webhooks", PrimaryRemote, Link{Reader: "a", Target: "b", Kind: LinkRemote}, RoleRemote,
 			Account{Namespace: "istio-system", Name: ReaderServiceAccount, Writer: true}},
-		{"config link uses istiod's account in the external namespace", ExternalControlPlane, Link{"a", "b", LinkConfig}, RoleDataPlane,
+		{"config link uses istiod's account in the external namespace", ExternalControlPlane, Link{Reader: "a", Target: "b", Kind: LinkConfig}, RoleDataPlane,
 			Account{Namespace: "external-istiod", Name: "istiod", Config: true}},
-		{"further data plane uses the reader in the external namespace", ExternalControlPlane, Link{"a", "c", LinkRemote}, RoleDataPlane,
+		{"further data plane uses the reader in the external namespace", ExternalControlPlane, Link{Reader: "a", Target: "c", Kind: LinkRemote}, RoleDataPlane,
 			Account{Namespace: "external-istiod", Name: ReaderServiceAccount, Writer: true}},
 	}
 	for _, tc := range tests {

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/deploy/kube"
 )
 
@@ -43,6 +44,22 @@ type Cluster struct {
 type Mesh struct {
 	Topology Topology
 	Clusters []Cluster
+	// Layout is the mesh's compiled topology (the hub compiles it once per
+	// request); nil compiles Topology over the clusters' members.
+	Layout *deploy.Layout
+}
+
+// layout returns m's compiled topology, and o with its namespaces.
+func (m Mesh) layout(o Options) (*deploy.Layout, Options, error) {
+	l := m.Layout
+	if l == nil {
+		var err error
+		if l, err = deploy.Compile(m.Topology, m.members(), deploy.Namespaces{ControlPlane: o.Namespace, External: o.ExternalNamespace}); err != nil {
+			return nil, o, err
+		}
+	}
+	o.Namespace, o.ExternalNamespace = l.Namespaces.ControlPlane, l.Namespaces.External
+	return l, o, nil
 }
 
 func (m Mesh) members() []Member {
@@ -180,11 +197,11 @@ var errTargetFailed = errors.New("target cluster not ready")
 // credentials stored by the previous run: a valid one is reused, so a second
 // run writes nothing.
 func Reconcile(ctx context.Context, m Mesh, known []Credential, o Options) (*Result, error) {
-	o = o.withDefaults()
-	plan, err := NewPlan(m.Topology, m.members())
+	layout, o, err := m.layout(o.withDefaults())
 	if err != nil {
 		return nil, err
 	}
+	plan := NewPlan(layout)
 	byName := map[string]*Cluster{}
 	for i := range m.Clusters {
 		byName[m.Clusters[i].Name] = &m.Clusters[i]
@@ -202,7 +219,7 @@ func Reconcile(ctx context.Context, m Mesh, known []Credential, o Options) (*Res
 	forEach(len(targets), o.Parallelism, func(i int) {
 		l := targets[i]
 		spec := byName[l.Target]
-		acct := o.AccountFor(m.Topology, l, normalize([]Member{spec.Member})[0].Role)
+		acct := o.AccountFor(plan.Topology, l, normalize([]Member{spec.Member})[0].Role)
 		tr := TargetResult{Cluster: l.Target, Account: acct}
 		cred, err := prepareTarget(ctx, spec, conns[l.Target], acct, plan.ControlPlaneClusters[l.Target], knownBy, o, &tr)
 		tr.Err = err
@@ -227,18 +244,18 @@ func Reconcile(ctx context.Context, m Mesh, known []Credential, o Options) (*Res
 	// Phase 2, per reading cluster: its secrets, and pruning of stale ones.
 	// Every cluster takes part, since one that reads nothing any more may
 	// still hold secrets to prune.
-	secretNS := o.SecretNamespace(m.Topology)
 	perReader := make([][]LinkResult, len(m.Clusters))
 	forEach(len(m.Clusters), o.Parallelism, func(i int) {
 		r := m.Clusters[i].Name
 		var want []writeLink
 		for _, l := range plan.LinksFrom(r) {
-			w := writeLink{LinkResult: LinkResult{Link: l, Namespace: secretNS, Secret: SecretName(l.Kind, l.Target)}}
+			p, _ := layout.Cluster(l.Reader)
+			w := writeLink{LinkResult: LinkResult{Link: l, Namespace: p.SecretNamespace, Secret: SecretName(l.Kind, l.Target)}}
 			if ti, ok := ready[l.Target]; ok {
 				t, c := res.Targets[ti], creds[ti]
 				w.ep, w.token = t.Endpoint, c.Token
 			} else {
-				w.Action, w.Err = Failed, fmt.Errorf("%s: secret %s/%s: %w: %s", r, secretNS, w.Secret, errTargetFailed, l.Target)
+				w.Action, w.Err = Failed, fmt.Errorf("%s: secret %s/%s: %w: %s", r, w.Namespace, w.Secret, errTargetFailed, l.Target)
 			}
 			want = append(want, w)
 		}

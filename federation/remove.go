@@ -116,7 +116,8 @@ func accountsOf(m Mesh, name string, o Options) []Account {
 			out = append(out, a)
 		}
 	}
-	if plan, err := NewPlan(m.Topology, m.members()); err == nil {
+	if layout, o, err := m.layout(o); err == nil {
+		plan := NewPlan(layout)
 		for _, l := range plan.Targets() {
 			if l.Target == name {
 				add(o.AccountFor(m.Topology, l, ""))

@@ -54,7 +54,7 @@ func TestHelmReleases(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := PlanCluster(tt.topology, tt.members, tt.cluster, deploy.Options{MeshID: "mesh1", Version: "1.30.3"}, map[string]string{"east": "192.0.2.10"})
+			p, err := planCluster(tt.topology, tt.members, tt.cluster, deploy.Options{MeshID: "mesh1", Version: "1.30.3"}, map[string]string{"east": "192.0.2.10"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -78,7 +78,7 @@ func TestHelmReleases(t *testing.T) {
 }
 
 func TestRenderHelm(t *testing.T) {
-	plans, err := Plan(deploy.PrimaryRemote, []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, deploy.Options{MeshID: "mesh1", Version: "1.30.3", NoCNI: true}, map[string]string{"east": "192.0.2.10"})
+	plans, err := planMesh(deploy.PrimaryRemote, []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, deploy.Options{MeshID: "mesh1", Version: "1.30.3", NoCNI: true}, map[string]string{"east": "192.0.2.10"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,8 +41,8 @@ func (p ClusterPlan) Objects() []kube.Object {
 // added. addresses holds the known gateway addresses by cluster (from
 // WaitForAddress or LookupAddress); a fixed Exposure.Address of a non-
 // LoadBalancer gateway needs no entry.
-func Plan(t deploy.Topology, members []deploy.Member, opts deploy.Options, addresses map[string]string) ([]ClusterPlan, error) {
-	plans, err := deploy.Plan(t, members, opts, addresses)
+func Plan(l *deploy.Layout, opts deploy.Options, addresses map[string]string) ([]ClusterPlan, error) {
+	plans, err := deploy.Plan(l, opts, addresses)
 	out := make([]ClusterPlan, 0, len(plans))
 	var errs []error
 	if err != nil {
@@ -60,8 +60,8 @@ func Plan(t deploy.Topology, members []deploy.Member, opts deploy.Options, addre
 }
 
 // PlanCluster returns the plan of the named cluster.
-func PlanCluster(t deploy.Topology, members []deploy.Member, cluster string, opts deploy.Options, addresses map[string]string) (ClusterPlan, error) {
-	p, err := deploy.PlanCluster(t, members, cluster, opts, addresses)
+func PlanCluster(l *deploy.Layout, cluster string, opts deploy.Options, addresses map[string]string) (ClusterPlan, error) {
+	p, err := deploy.PlanCluster(l, cluster, opts, addresses)
 	if err != nil {
 		return ClusterPlan{}, err
 	}
@@ -144,9 +144,9 @@ type Result struct {
 //
 // With DryRun connections nothing persists, so no new address can appear:
 // addresses already allocated are used and the others are PendingAddress.
-func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, t deploy.Topology, members []deploy.Member, opts deploy.Options, progress func(string)) (*Result, error) {
+func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, l *deploy.Layout, opts deploy.Options, progress func(string)) (*Result, error) {
 	dryRun := false
-	for _, m := range members {
+	for _, m := range l.Clusters {
 		c := clusters[m.Name]
 		if c == nil {
 			return nil, fmt.Errorf("%s: no connection to the cluster", m.Name)
@@ -155,7 +155,7 @@ func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, t deploy.
 	}
 	first := opts
 	first.AllowPendingAddress = true
-	plans, err := Plan(t, members, first, nil)
+	plans, err := Plan(l, first, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -202,7 +202,7 @@ func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, t deploy.
 	}
 	final := opts
 	final.AllowPendingAddress = opts.AllowPendingAddress || dryRun
-	if res.Plans, err = Plan(t, members, final, addresses); err != nil {
+	if res.Plans, err = Plan(l, final, addresses); err != nil {
 		return res, err
 	}
 	// Control planes first: their istiod serves the others.

@@ -208,7 +208,7 @@ func TestLabTopologies(t *testing.T) {
 			resetSail(t, clusters)
 			opts := prefixed(tt.prefix, deploy.Options{MeshID: "mesh1", Version: "1.30.3"})
 			var lines []string
-			res, err := ApplyMesh(ctx, clusters, tt.topology, tt.members, opts, func(s string) { lines = append(lines, s) })
+			res, err := applyMesh(ctx, clusters, tt.topology, tt.members, opts, func(s string) { lines = append(lines, s) })
 			if err != nil {
 				t.Fatalf("ApplyMesh: %v\n%s", err, strings.Join(lines, "\n"))
 			}
@@ -321,7 +321,7 @@ func TestLabTopologies(t *testing.T) {
 
 			t.Run("a second apply changes nothing", func(t *testing.T) {
 				assertNoChange(ctx, t, clusters, res.Plans, func() (*Result, error) {
-					return ApplyMesh(ctx, clusters, tt.topology, tt.members, opts, nil)
+					return applyMesh(ctx, clusters, tt.topology, tt.members, opts, nil)
 				})
 			})
 		})
@@ -348,7 +348,7 @@ func TestLabDryRun(t *testing.T) {
 
 	t.Run("fresh clusters: nothing persists", func(t *testing.T) {
 		opts := prefixed("dry", deploy.Options{MeshID: "mesh1", Version: "1.30.3"})
-		res, err := ApplyMesh(ctx, dry, deploy.PrimaryRemote, members, opts, nil)
+		res, err := applyMesh(ctx, dry, deploy.PrimaryRemote, members, opts, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -392,14 +392,14 @@ func TestLabDryRun(t *testing.T) {
 
 	t.Run("existing install: a changed spec is validated, not stored", func(t *testing.T) {
 		opts := prefixed("dry2", deploy.Options{MeshID: "mesh1", Version: "1.30.3"})
-		real, err := ApplyMesh(ctx, clusters, deploy.PrimaryRemote, members, opts, nil)
+		real, err := applyMesh(ctx, clusters, deploy.PrimaryRemote, members, opts, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		changed := opts
 		changed.Values = map[string]any{"global": map[string]any{"logging": map[string]any{"level": "default:debug"}}}
 		before := snapshot(ctx, t, clusters, real.Plans)
-		res, err := ApplyMesh(ctx, dry, deploy.PrimaryRemote, members, changed, nil)
+		res, err := applyMesh(ctx, dry, deploy.PrimaryRemote, members, changed, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -425,7 +425,7 @@ func TestLabDryRun(t *testing.T) {
 			}
 		}
 		assertNoChange(ctx, t, clusters, real.Plans, func() (*Result, error) {
-			return ApplyMesh(ctx, clusters, deploy.PrimaryRemote, members, opts, nil)
+			return applyMesh(ctx, clusters, deploy.PrimaryRemote, members, opts, nil)
 		})
 	})
 }
@@ -554,7 +554,7 @@ func TestLabRenderApply(t *testing.T) {
 	opts := prefixed("rnd", deploy.Options{MeshID: "mesh1", Version: "1.30.3"})
 
 	// The flotilla path: apply, and remember every object as stored.
-	res, err := ApplyMesh(ctx, clusters, deploy.PrimaryRemote, members, opts, nil)
+	res, err := applyMesh(ctx, clusters, deploy.PrimaryRemote, members, opts, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -562,7 +562,7 @@ func TestLabRenderApply(t *testing.T) {
 	for k, v := range res.Addresses {
 		addrs[k] = v.Host
 	}
-	plans, err := Plan(deploy.PrimaryRemote, members, opts, addrs)
+	plans, err := planMesh(deploy.PrimaryRemote, members, opts, addrs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -699,7 +699,7 @@ func TestLabBadInput(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ApplyMesh(ctx, clusters, tt.topology, tt.members, tt.opts, nil)
+			_, err := applyMesh(ctx, clusters, tt.topology, tt.members, tt.opts, nil)
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("ApplyMesh() = %v, want error containing %q", err, tt.wantErr)
 			}

@@ -30,7 +30,7 @@ func TestLabPlanActions(t *testing.T) {
 
 	plan := func(t *testing.T, ms []deploy.Member) *Result {
 		t.Helper()
-		res, err := ApplyMesh(ctx, dry, deploy.MultiPrimary, ms, opts, nil)
+		res, err := applyMesh(ctx, dry, deploy.MultiPrimary, ms, opts, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -62,7 +62,7 @@ func TestLabPlanActions(t *testing.T) {
 		every(t, res, "west", deploy.ActionCreate, nil)
 	})
 
-	if _, err := ApplyMesh(ctx, clusters, deploy.MultiPrimary, members, opts, nil); err != nil {
+	if _, err := applyMesh(ctx, clusters, deploy.MultiPrimary, members, opts, nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -73,7 +73,7 @@ func TestLabPlanActions(t *testing.T) {
 	})
 
 	t.Run("west moved to another network: its namespace and Istio update", func(t *testing.T) {
-		res, err := ApplyMesh(ctx, dry, deploy.MultiPrimary, moved, opts, nil)
+		res, err := applyMesh(ctx, dry, deploy.MultiPrimary, moved, opts, nil)
 		if err != nil {
 			// Nothing may be refused: the gateway's Deployment keeps the
 			// network out of its (immutable) selector.

@@ -155,7 +155,7 @@ func TestPlanObjects(t *testing.T) {
 			if opts.MeshID == "" {
 				opts = testOpts
 			}
-			p, err := PlanCluster(tt.topology, tt.members, tt.cluster, opts, map[string]string{"east": "192.0.2.10"})
+			p, err := planCluster(tt.topology, tt.members, tt.cluster, opts, map[string]string{"east": "192.0.2.10"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -174,7 +174,7 @@ func TestPlanObjects(t *testing.T) {
 }
 
 func TestRenderRoundTrip(t *testing.T) {
-	plans, err := Plan(deploy.PrimaryRemote, []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, deploy.Options{MeshID: "mesh1", Version: "1.30.3"}, map[string]string{"east": "192.0.2.10"})
+	plans, err := planMesh(deploy.PrimaryRemote, []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, deploy.Options{MeshID: "mesh1", Version: "1.30.3"}, map[string]string{"east": "192.0.2.10"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +225,7 @@ func BenchmarkPlan(b *testing.B) {
 	opts := deploy.Options{MeshID: "mesh1", Version: "1.30.3"}
 	addrs := map[string]string{"east": "192.0.2.10"}
 	for b.Loop() {
-		plans, err := Plan(deploy.PrimaryRemote, members, opts, addrs)
+		plans, err := planMesh(deploy.PrimaryRemote, members, opts, addrs)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -254,7 +254,7 @@ func TestGatewayRevision(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := PlanCluster(tt.topology, tt.members, tt.cluster, testOpts, map[string]string{"east": "192.0.2.10"})
+			p, err := planCluster(tt.topology, tt.members, tt.cluster, testOpts, map[string]string{"east": "192.0.2.10"})
 			if err != nil {
 				t.Fatal(err)
 			}

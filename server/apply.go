@@ -146,7 +146,8 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 	if err != nil {
 		return nil, err
 	}
-	if err := m.Validate(); err != nil {
+	p, err := compile(m)
+	if err != nil {
 		return nil, err
 	}
 	if err := spec.CheckInputs(ctx, m, h.Kubeconfig); err != nil {
@@ -157,7 +158,7 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 			return nil, err
 		}
 	}
-	if err := h.checkRootFiles(ctx, m); err != nil {
+	if err := h.checkRootFiles(ctx, p.PKI.Root); err != nil {
 		return nil, err
 	}
 	if !o.DryRun {
@@ -170,7 +171,7 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 		}
 		defer unlock()
 	}
-	rep := &ApplyReport{DryRun: o.DryRun, SpecHash: m.Hash()}
+	rep := &ApplyReport{DryRun: o.DryRun, SpecHash: p.Hash}
 	rec := &recorder{h: h, dryRun: o.DryRun}
 	prev, err := h.StoredMesh(ctx)
 	if err != nil && !errors.Is(err, errNoSpec) {
@@ -179,7 +180,7 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 	var leaving map[string]spec.Cluster
 	if o.DryRun {
 		err = h.Store.View(ctx, func(tx *state.Tx) error {
-			leaving, err = pendingRemovals(tx, prev, m)
+			leaving, err = pendingRemovals(tx, prev, p.Clusters)
 			return err
 		})
 	} else {
@@ -187,16 +188,16 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 		// removal that fails, or is killed, is retried by the next apply
 		// although the spec no longer names the cluster.
 		err = h.Store.Update(ctx, func(tx *state.Tx) error {
-			if leaving, err = pendingRemovals(tx, prev, m); err != nil {
+			if leaving, err = pendingRemovals(tx, prev, p.Clusters); err != nil {
 				return err
 			}
 			if err := putPendingRemovals(tx, leaving); err != nil {
 				return err
 			}
-			if err := tx.PutSpec(m.Canonical(), m.Hash()); err != nil {
+			if err := tx.PutSpec(m.Canonical(), p.Hash); err != nil {
 				return err
 			}
-			id, err := tx.AppendApply(state.ApplyRecord{Start: start, SpecHash: m.Hash(), Kind: journalKind(o.Source), Source: cmp.Or(o.Source, "cli")})
+			id, err := tx.AppendApply(state.ApplyRecord{Start: start, SpecHash: p.Hash, Kind: journalKind(o.Source), Source: cmp.Or(o.Source, "cli")})
 			rec.id = id
 			return err
 		})
@@ -206,11 +207,11 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 		return nil, fmt.Errorf("state: record apply: %w", err)
 	}
 
-	conns, connErrs := h.connect(m, o.DryRun)
+	conns, connErrs := h.connect(p.Clusters, o.DryRun)
 	for name, err := range connErrs {
 		rec.fail(ctx, name, "connect", err)
 	}
-	h.removeClusters(ctx, m, leaving, o, rec)
+	h.removeClusters(ctx, p, leaving, o, rec)
 
 	var wg sync.WaitGroup
 	// PKI runs beside gateways and federation; only each cluster's Istio
@@ -220,14 +221,14 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 	go func() {
 		defer wg.Done()
 		defer gate.doneAll(errors.New("the PKI step ended without it"))
-		h.applyPKI(ctx, m, conns, o, rec, gate)
+		h.applyPKI(ctx, p, conns, o, rec, gate)
 	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		h.applyControlPlanes(ctx, m, conns, rec, gate)
+		h.applyControlPlanes(ctx, p, conns, rec, gate)
 		// Remote secrets after the namespaces exist (the control planes made them).
-		h.applyFederation(ctx, m, conns, o, rec)
+		h.applyFederation(ctx, p, conns, o, rec)
 	}()
 	wg.Wait()
 

@@ -15,46 +15,23 @@ import (
 	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/gateways"
-	"github.com/flotillamesh/flotilla/pki/csragent"
 	"github.com/flotillamesh/flotilla/server/spec"
 	"github.com/flotillamesh/flotilla/server/state"
 )
 
-// DeployOptions are the control-plane settings of m (also used to render).
-func DeployOptions(m *spec.Mesh) deploy.Options {
-	o := deploy.Options{
-		MeshID:    m.Spec.MeshID,
-		Version:   istioVersion(m),
-		Namespace: m.Spec.ControlPlaneNamespace,
-		Exposure:  map[string]gateways.Exposure{},
-	}
-	if csrAgentOf(m) != nil {
-		// istiod's own CA off; istiod and the proxies ask the csr-agent.
-		o.Values = csragent.IstioValues(m.Spec.ControlPlaneNamespace)
-	}
-	for _, c := range m.Spec.Clusters {
-		e := gateways.Exposure{Type: coreServiceType(c.Gateway.ServiceType), Address: c.Gateway.Address}
-		if c.Gateway.NodePort != 0 {
-			e.NodePorts = map[string]int32{"tls": c.Gateway.NodePort}
-		}
-		o.Exposure[c.Name] = e
-	}
-	return o
-}
-
-func (h *Hub) applyControlPlanes(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, rec *recorder, gate *cacertsGate) {
-	if len(conns) != len(m.Spec.Clusters) {
+func (h *Hub) applyControlPlanes(ctx context.Context, p *plan, conns map[string]*kube.Cluster, rec *recorder, gate *cacertsGate) {
+	if len(conns) != len(p.Clusters) {
 		rec.add(ctx, Step{Step: "control planes", Action: "skipped", Error: "not every cluster is reachable; gateways and Istio resources need them all"})
 		return
 	}
-	opts := DeployOptions(m)
+	opts := p.Deploy
 	dry := false
 	for _, c := range conns {
 		dry = dry || c.DryRun
 	}
 	opts.AllowPendingAddress = dry
 	opts.BeforeControlPlane = gate.wait
-	res, err := gateways.ApplyMesh(ctx, conns, m.Spec.Topology, m.Members(), opts, func(line string) { h.progressf("", "%s", line) })
+	res, err := gateways.ApplyMesh(ctx, conns, p.Layout, opts, func(line string) { h.progressf("", "%s", line) })
 	if res != nil {
 		names := make([]string, 0, len(res.Applied))
 		for n := range res.Applied {

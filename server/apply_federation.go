@@ -10,9 +10,9 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/federation"
-	"github.com/flotillamesh/flotilla/server/spec"
 	"github.com/flotillamesh/flotilla/server/state"
 )
 
@@ -31,24 +31,12 @@ func (h *Hub) loadCredentials(ctx context.Context) ([]federation.Credential, err
 	return creds, err
 }
 
-func federationOptions(m *spec.Mesh) federation.Options {
-	return federation.Options{
-		Namespace:     m.Spec.ControlPlaneNamespace,
-		AllowLoopback: m.Spec.AllowLoopbackAPIServers,
-		Token: federation.TokenOptions{
-			Lifetime: m.Spec.Federation.TokenTTL.Duration,
-			Legacy:   m.Spec.Federation.LegacyTokenSecret,
-		},
-	}
-}
-
 // federationMesh is m for federation, with the connections in conns. A
 // cluster without one (unreachable) gets its kubeconfig instead: federation
 // reports it per link and completes the others.
-func (h *Hub) federationMesh(m *spec.Mesh, conns map[string]*kube.Cluster) federation.Mesh {
-	fm := federation.Mesh{Topology: m.Spec.Topology}
-	members := m.Members()
-	for i, c := range m.Spec.Clusters {
+func (h *Hub) federationMesh(p *plan, members []deploy.Member, conns map[string]*kube.Cluster) federation.Mesh {
+	fm := federation.Mesh{Topology: p.Topology, Layout: p.Layout}
+	for i, c := range p.Clusters {
 		kubeconfig := c.KubeconfigFor("")
 		if conns[c.Name] == nil {
 			kubeconfig = c.KubeconfigFor(h.Kubeconfig)
@@ -64,7 +52,7 @@ func (h *Hub) federationMesh(m *spec.Mesh, conns map[string]*kube.Cluster) feder
 	return fm
 }
 
-func (h *Hub) applyFederation(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder) {
+func (h *Hub) applyFederation(ctx context.Context, p *plan, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder) {
 	known, err := h.loadCredentials(ctx)
 	if err != nil {
 		rec.fail(ctx, "", "remote secrets", fmt.Errorf("state: credentials: %w", err))
@@ -73,8 +61,8 @@ func (h *Hub) applyFederation(ctx context.Context, m *spec.Mesh, conns map[strin
 	if !o.DryRun {
 		h.revokeUntrackedTokens(ctx, conns, rec)
 	}
-	fm := h.federationMesh(m, conns)
-	fo := federationOptions(m)
+	fm := h.federationMesh(p, p.Layout.Members(), conns)
+	fo := p.Federation
 	if !o.DryRun {
 		fo.Token.BeforeMint = h.recordTokenIntent
 	}
@@ -113,7 +101,7 @@ func (h *Hub) applyFederation(ctx context.Context, m *spec.Mesh, conns map[strin
 		merged[c.Key()] = c
 	}
 	inSpec := map[string]bool{}
-	for _, c := range m.Spec.Clusters {
+	for _, c := range p.Clusters {
 		inSpec[c.Name] = true
 	}
 	var creds []federation.Credential

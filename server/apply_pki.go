@@ -21,14 +21,6 @@ import (
 	"github.com/flotillamesh/flotilla/server/state"
 )
 
-func pkiConfig(m *spec.Mesh) pki.Config {
-	return pki.Config{
-		KeyAlgorithm:         pki.KeyAlgorithm(m.Spec.PKI.KeyAlgorithm),
-		RootLifetime:         m.Spec.PKI.RootTTL.Duration,
-		IntermediateLifetime: m.Spec.PKI.IntermediateTTL.Duration,
-	}
-}
-
 // loadCA returns the stored root (with its key when the state has one) and
 // the trust bundle.
 func (h *Hub) loadCA(ctx context.Context) (*pki.Root, *pki.Bundle, bool, error) {
@@ -61,13 +53,13 @@ func (h *Hub) loadCA(ctx context.Context) (*pki.Root, *pki.Bundle, bool, error) 
 
 // ensureCA returns the mesh's root, creating it (or importing the spec's)
 // only when the state has none.
-func (h *Hub) ensureCA(ctx context.Context, m *spec.Mesh, dryRun bool, rec *recorder) (*pki.Root, *pki.Bundle, error) {
+func (h *Hub) ensureCA(ctx context.Context, p *plan, dryRun bool, rec *recorder) (*pki.Root, *pki.Bundle, error) {
 	root, bundle, found, err := h.loadCA(ctx)
 	if err != nil || found {
 		return root, bundle, err
 	}
 	src := state.CAGenerated
-	if r := m.Spec.PKI.Root; r != nil {
+	if r := p.PKI.Root; r != nil {
 		certPEM, err := os.ReadFile(r.CertFile)
 		if err != nil {
 			return nil, nil, fmt.Errorf("root certificate: %w", err)
@@ -87,11 +79,11 @@ func (h *Hub) ensureCA(ctx context.Context, m *spec.Mesh, dryRun bool, rec *reco
 		src = state.CAImported
 	} else {
 		if dryRun {
-			rec.add(ctx, Step{Step: "root CA", Action: "would generate", Detail: string(m.Spec.PKI.KeyAlgorithm)})
+			rec.add(ctx, Step{Step: "root CA", Action: "would generate", Detail: string(p.PKI.Config.KeyAlgorithm)})
 			return nil, nil, nil
 		}
-		h.progressf("", "generating the mesh root CA (%s)", m.Spec.PKI.KeyAlgorithm)
-		if root, err = pki.NewRoot(pkiConfig(m)); err != nil {
+		h.progressf("", "generating the mesh root CA (%s)", p.PKI.Config.KeyAlgorithm)
+		if root, err = pki.NewRoot(p.PKI.Config); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -134,17 +126,17 @@ func needsRenewal(notBefore, notAfter, now time.Time) bool {
 	return notAfter.Sub(now) < life/renewWhenLeft
 }
 
-func (h *Hub) applyPKI(ctx context.Context, m *spec.Mesh, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder, gate *cacertsGate) {
-	root, bundle, err := h.ensureCA(ctx, m, o.DryRun, rec)
+func (h *Hub) applyPKI(ctx context.Context, p *plan, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder, gate *cacertsGate) {
+	root, bundle, err := h.ensureCA(ctx, p, o.DryRun, rec)
 	if err != nil {
 		rec.fail(ctx, "", "root CA", err)
 		gate.doneAll(err)
 		return
 	}
 	var wg sync.WaitGroup
-	for _, c := range m.Spec.Clusters {
+	for _, c := range p.Clusters {
 		kc := conns[c.Name]
-		ns, ok := caNamespace(m, c.Name)
+		ns, ok := p.caNamespace(c.Name)
 		if kc == nil || !ok {
 			gate.done(c.Name, nil) // no cacerts of its own (data plane)
 			continue
@@ -154,11 +146,11 @@ func (h *Hub) applyPKI(ctx context.Context, m *spec.Mesh, conns map[string]*kube
 			defer wg.Done()
 			var err error
 			defer func() { gate.done(c.Name, err) }()
-			switch m.Spec.PKI.Mode {
+			switch p.PKI.Mode {
 			case spec.PKICertManager:
-				err = h.applyCertManager(ctx, m, kc, ns, root, bundle, o, rec)
+				err = h.applyCertManager(ctx, p, kc, ns, root, bundle, o, rec)
 			default:
-				err = h.applyCACerts(ctx, m, kc, ns, root, bundle, o, rec)
+				err = h.applyCACerts(ctx, p, kc, ns, root, bundle, o, rec)
 			}
 			if err != nil {
 				rec.fail(ctx, c.Name, "cacerts", err)
@@ -175,7 +167,7 @@ const certManagerIssueTimeout = 2 * time.Minute
 // applyCertManager has cert-manager issue the cluster's intermediate under
 // the mesh root (or the user's issuer) and projects it into cacerts, so that
 // istiod keeps signing with a cert-manager-managed intermediate.
-func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Cluster, ns string, root *pki.Root, bundle *pki.Bundle, o ApplyOptions, rec *recorder) error {
+func (h *Hub) applyCertManager(ctx context.Context, p *plan, kc *kube.Cluster, ns string, root *pki.Root, bundle *pki.Bundle, o ApplyOptions, rec *recorder) error {
 	if root == nil {
 		rec.add(ctx, Step{Cluster: kc.Name, Step: "cert-manager intermediate", Action: "would create", Detail: "under the new root"})
 		return nil
@@ -183,13 +175,13 @@ func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Clust
 	cfg := certmanager.Config{
 		Cluster:      kc.Name,
 		Namespace:    ns,
-		KeyAlgorithm: pki.KeyAlgorithm(m.Spec.PKI.KeyAlgorithm),
-		Lifetime:     m.Spec.PKI.IntermediateTTL.Duration,
+		KeyAlgorithm: p.PKI.Config.KeyAlgorithm,
+		Lifetime:     p.PKI.Config.IntermediateLifetime,
+		Mesh:         p.Name,
 	}
-	if cm := m.Spec.PKI.CertManager; cm != nil && cm.IssuerRef != nil {
-		cfg.RootIssuer = &certmanager.IssuerRef{Name: cm.IssuerRef.Name, Kind: cm.IssuerRef.Kind}
+	if ref := p.PKI.IssuerRef; ref != nil {
+		cfg.RootIssuer = &certmanager.IssuerRef{Name: ref.Name, Kind: ref.Kind}
 	}
-	cfg.Mesh = m.Metadata.Name
 	cmRes, err := certmanager.Apply(ctx, kc, cfg)
 	if err != nil {
 		return err
@@ -207,7 +199,7 @@ func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Clust
 	}
 	wctx, cancel := context.WithTimeout(ctx, certManagerIssueTimeout)
 	defer cancel()
-	hub := h.meshIssuer(m, kc, ns, root)
+	hub := h.meshIssuer(p.PKI, kc, ns, root)
 	if err := h.signWhileWaiting(ctx, wctx, hub); err != nil {
 		return err
 	}
@@ -223,10 +215,10 @@ func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Clust
 	if err != nil {
 		return err
 	}
-	if agent := csrAgentOf(m); agent != nil {
+	if agent := p.PKI.CSRAgent; agent != nil {
 		objs, err := csragent.Objects(csragent.ManifestOptions{
 			Cluster: kc.Name, Namespace: ns, Image: agent.Image,
-			TrustDomain: m.Spec.TrustDomain, TrustBundlePEM: bundle.PEM(),
+			TrustDomain: p.TrustDomain, TrustBundlePEM: bundle.PEM(),
 		})
 		if err != nil {
 			return err
@@ -256,7 +248,7 @@ func (h *Hub) applyCertManager(ctx context.Context, m *spec.Mesh, kc *kube.Clust
 // the matching cacerts in the cluster. The intermediate is stored before
 // cacerts is written, so a kill in between leaves nothing the next apply
 // cannot converge.
-func (h *Hub) applyCACerts(ctx context.Context, m *spec.Mesh, kc *kube.Cluster, ns string, root *pki.Root, bundle *pki.Bundle, o ApplyOptions, rec *recorder) error {
+func (h *Hub) applyCACerts(ctx context.Context, p *plan, kc *kube.Cluster, ns string, root *pki.Root, bundle *pki.Bundle, o ApplyOptions, rec *recorder) error {
 	name := kc.Name
 	if root == nil {
 		rec.add(ctx, Step{Cluster: name, Step: "cacerts", Action: "would create", Detail: "intermediate under the new root"})
@@ -288,7 +280,7 @@ func (h *Hub) applyCACerts(ctx context.Context, m *spec.Mesh, kc *kube.Cluster, 
 		if in != nil {
 			reason = "renewal"
 		}
-		if in, err = root.IssueIntermediate(name, ns, pkiConfig(m)); err != nil {
+		if in, err = root.IssueIntermediate(name, ns, p.PKI.Config); err != nil {
 			return err
 		}
 		err = h.Store.Update(ctx, func(tx *state.Tx) error {
@@ -335,12 +327,4 @@ func issuedForOtherNamespace(dnsNames []string, ns string) bool {
 		}
 	}
 	return false
-}
-
-// csrAgentOf returns the csr-agent settings when m runs the istio-csr style signer.
-func csrAgentOf(m *spec.Mesh) *spec.CSRAgent {
-	if m.Spec.PKI.Mode != spec.PKICertManager || m.Spec.PKI.CertManager == nil {
-		return nil
-	}
-	return m.Spec.PKI.CertManager.CSRAgent
 }

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"slices"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/federation"
 	"github.com/flotillamesh/flotilla/server/spec"
 	"github.com/flotillamesh/flotilla/server/state"
@@ -20,9 +21,9 @@ import (
 const pendingRemovalsKey = "pending-removals"
 
 // pendingRemovals are the clusters to take out of the mesh: those still
-// pending from earlier applies and those prev has and m has not, less any
-// that m names again.
-func pendingRemovals(tx *state.Tx, prev, m *spec.Mesh) (map[string]spec.Cluster, error) {
+// pending from earlier applies and those prev has and clusters has not, less any
+// that clusters names again.
+func pendingRemovals(tx *state.Tx, prev *spec.Mesh, clusters []spec.Cluster) (map[string]spec.Cluster, error) {
 	pending := map[string]spec.Cluster{}
 	if _, err := tx.Value(pendingRemovalsKey, &pending); err != nil {
 		return nil, fmt.Errorf("read pending removals: %w", err)
@@ -32,7 +33,7 @@ func pendingRemovals(tx *state.Tx, prev, m *spec.Mesh) (map[string]spec.Cluster,
 			pending[c.Name] = c
 		}
 	}
-	for _, c := range m.Spec.Clusters {
+	for _, c := range clusters {
 		delete(pending, c.Name)
 	}
 	return pending, nil
@@ -49,7 +50,7 @@ func putPendingRemovals(tx *state.Tx, pending map[string]spec.Cluster) error {
 // that reads them is deleted, their reader accounts are deleted (which
 // revokes the tokens handed out), and the state forgets them. A cluster
 // whose removal fails stays pending for the next apply.
-func (h *Hub) removeClusters(ctx context.Context, m *spec.Mesh, leaving map[string]spec.Cluster, o ApplyOptions, rec *recorder) {
+func (h *Hub) removeClusters(ctx context.Context, p *plan, leaving map[string]spec.Cluster, o ApplyOptions, rec *recorder) {
 	if len(leaving) == 0 {
 		return
 	}
@@ -60,24 +61,31 @@ func (h *Hub) removeClusters(ctx context.Context, m *spec.Mesh, leaving map[stri
 		}
 		return
 	}
-	// The mesh as it was: the spec's clusters and the leaving ones.
-	was := *m
-	was.Spec.Clusters = slices.Clone(m.Spec.Clusters)
+	// The mesh as it was: the spec's clusters and the leaving ones. Its
+	// topology may no longer compile (a remote whose primary left too):
+	// federation then works from the clusters as they were listed.
+	was := *p
+	was.Clusters = slices.Clone(p.Clusters)
 	for _, name := range gone {
-		was.Spec.Clusters = append(was.Spec.Clusters, leaving[name])
+		was.Clusters = append(was.Clusters, leaving[name])
 	}
-	conns, connErrs := h.connect(&was, false)
+	var members []deploy.Member
+	for _, c := range was.Clusters {
+		members = append(members, deploy.Member{Name: c.Name, Role: c.Role, Network: c.Network, ControlPlane: c.ControlPlane})
+	}
+	was.Layout, _ = deploy.Compile(p.Topology, members, p.Layout.Namespaces)
+	conns, connErrs := h.connect(was.Clusters, false)
 	for _, name := range gone {
 		if err := connErrs[name]; err != nil {
 			rec.fail(ctx, name, "connect (removal)", err)
 		}
 	}
-	fm := h.federationMesh(&was, conns)
+	fm := h.federationMesh(&was, members, conns)
 	for _, name := range gone {
 		if connErrs[name] != nil {
 			continue
 		}
-		res, err := federation.Remove(ctx, fm, name, federationOptions(&was))
+		res, err := federation.Remove(ctx, fm, name, was.Federation)
 		if err == nil {
 			err = res.Err()
 		}
@@ -86,7 +94,7 @@ func (h *Hub) removeClusters(ctx context.Context, m *spec.Mesh, leaving map[stri
 			continue
 		}
 		detail := fmt.Sprintf("%d secret(s) deleted, %d account(s) revoked", len(res.Secrets), len(res.Revoked))
-		if n, err := h.removeCertManager(ctx, &was, conns[name]); err != nil {
+		if n, err := h.removeCertManager(ctx, p, leaving[name], conns[name]); err != nil {
 			rec.fail(ctx, name, "remove from mesh", fmt.Errorf("%w (retried by the next apply)", err))
 			continue
 		} else if n > 0 {

@@ -313,9 +313,13 @@ func seed(ctx context.Context, t *testing.T, l *lab.Lab, alg, ns string) (time.D
 	m := benchMesh(t, l, alg, ns)
 
 	// Preparation, not timed: the YAML a person would have at hand.
-	opts := DeployOptions(m)
+	mp, err := compile(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := mp.Deploy
 	opts.AllowPendingAddress = true
-	plans, err := gateways.Plan(m.Spec.Topology, m.Members(), opts, nil)
+	plans, err := gateways.Plan(mp.Layout, opts, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"fmt"
-	"sort"
 
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/server/spec"
@@ -109,25 +108,20 @@ func (h *Hub) requireIntermediate(ctx context.Context, cluster, namespace string
 // same root, stores it, and replaces the cluster's cacerts. Workload
 // certificates of the old intermediate stay valid for peers: same root.
 func (h *Hub) RotateIntermediate(ctx context.Context, m *spec.Mesh, cluster string) (*Step, error) {
-	m, err := h.meshOrStored(ctx, m)
+	p, err := h.planOf(ctx, m)
 	if err != nil {
 		return nil, err
 	}
-	sc, ok := m.Cluster(cluster)
-	if !ok {
-		names := make([]string, 0, len(m.Spec.Clusters))
-		for _, c := range m.Spec.Clusters {
-			names = append(names, c.Name)
-		}
-		sort.Strings(names)
-		return nil, fmt.Errorf("cluster %q is not in mesh %s (clusters: %v)", cluster, m.Metadata.Name, names)
+	sc, err := p.clusterOrError(cluster)
+	if err != nil {
+		return nil, err
 	}
-	ns, holds := caNamespace(m, cluster)
+	ns, holds := p.caNamespace(cluster)
 	if !holds {
 		return nil, errNoIntermediate(cluster)
 	}
-	if m.Spec.PKI.Mode == spec.PKICertManager {
-		return h.rotateCertManagerIntermediate(ctx, m, *sc, ns)
+	if p.PKI.Mode == spec.PKICertManager {
+		return h.rotateCertManagerIntermediate(ctx, p.PKI, sc, ns)
 	}
 	root, bundle, _, err := h.loadCA(ctx)
 	if err != nil {
@@ -140,11 +134,11 @@ func (h *Hub) RotateIntermediate(ctx context.Context, m *spec.Mesh, cluster stri
 	if err != nil {
 		return nil, err
 	}
-	in, cc, err := root.RotateIntermediate(old, pkiConfig(m), bundle)
+	in, cc, err := root.RotateIntermediate(old, p.PKI.Config, bundle)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", cluster, err)
 	}
-	conns, errs := h.connect(&spec.Mesh{Spec: spec.MeshSpec{Clusters: []spec.Cluster{*sc}}}, false)
+	conns, errs := h.connect([]spec.Cluster{sc}, false)
 	if err := errs[cluster]; err != nil {
 		return nil, err
 	}

@@ -41,26 +41,26 @@ func (w *cmWatch) sync(ctx context.Context) {
 		}
 	}()
 	h := w.s.hub
-	m, err := h.StoredMesh(ctx)
-	if err != nil || m.Spec.PKI.Mode != spec.PKICertManager {
+	p, err := h.planOf(ctx, nil)
+	if err != nil || p.PKI.Mode != spec.PKICertManager {
 		return
 	}
 	root, bundle, found, err := h.loadCA(ctx)
 	if err != nil || !found || bundle == nil {
 		return
 	}
-	conns, errs := h.connect(m, false)
+	conns, errs := h.connect(p.Clusters, false)
 	for name, err := range errs {
 		w.s.log.Warn("cert-manager watch: connect", "cluster", name, "error", err.Error())
 	}
-	for _, c := range m.Spec.Clusters {
+	for _, c := range p.Clusters {
 		kc := conns[c.Name]
-		ns, ok := caNamespace(m, c.Name)
+		ns, ok := p.caNamespace(c.Name)
 		if kc == nil || !ok {
 			continue
 		}
 		want[c.Name] = true
-		key := strings.Join(append([]string{m.Hash(), ns, pki.Fingerprint(root.Cert)}, bundle.Fingerprints()...), "/")
+		key := strings.Join(append([]string{p.Hash, ns, pki.Fingerprint(root.Cert)}, bundle.Fingerprints()...), "/")
 		if cw := w.running[c.Name]; cw != nil {
 			if cw.key == key {
 				continue
@@ -69,7 +69,7 @@ func (w *cmWatch) sync(ctx context.Context) {
 		}
 		cctx, cancel := context.WithCancel(ctx)
 		cw := &clusterWatch{key: key, cancel: cancel}
-		if hub := h.meshIssuer(m, kc, ns, root); hub != nil {
+		if hub := h.meshIssuer(p.PKI, kc, ns, root); hub != nil {
 			hub.Log = w.s.log
 			cw.done.Go(func() {
 				if err := hub.Run(cctx); err != nil {
@@ -77,7 +77,7 @@ func (w *cmWatch) sync(ctx context.Context) {
 				}
 			})
 		}
-		if csrAgentOf(m) != nil {
+		if p.PKI.CSRAgent != nil {
 			// The serving Certificates the hub keeps for the agent and
 			// istiod, approved by the hub where cert-manager's default
 			// approver is off.

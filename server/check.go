@@ -26,22 +26,34 @@ const expiryWarning = 30 * 24 * time.Hour
 
 // Check diagnoses the mesh: every check runs, each with a fix hint on failure.
 func (h *Hub) Check(ctx context.Context, m *spec.Mesh) ([]Check, error) {
-	m, err := h.meshOrStored(ctx, m)
+	p, err := h.planOf(ctx, m)
 	if err != nil {
 		return nil, err
 	}
-	st, err := h.Status(ctx, m)
-	if err != nil {
-		return nil, err
-	}
-	return Diagnose(m, st, h.now()), nil
+	return h.check(ctx, p)
 }
 
-// Diagnose turns an observed status into named checks.
+func (h *Hub) check(ctx context.Context, p *plan) ([]Check, error) {
+	st, err := h.status(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	return diagnose(p, st, h.now()), nil
+}
+
+// Diagnose turns an observed status of mesh m into named checks.
 func Diagnose(m *spec.Mesh, st *Status, now time.Time) []Check {
+	p, err := compile(m)
+	if err != nil {
+		return []Check{{Name: "mesh spec valid", Message: err.Error(), Hint: "fix the spec: flotilla apply refuses it too"}}
+	}
+	return diagnose(p, st, now)
+}
+
+func diagnose(p *plan, st *Status, now time.Time) []Check {
 	var out []Check
 	add := func(c Check) { out = append(out, c) }
-	plans := planned(m)
+	plans := p.planned()
 	// Both PKI modes end in a cacerts under the mesh root.
 	builtin := true
 
@@ -56,7 +68,7 @@ func Diagnose(m *spec.Mesh, st *Status, now time.Time) []Check {
 		if c.RootFingerprint != "" {
 			roots[c.RootFingerprint] = append(roots[c.RootFingerprint], c.Name)
 		}
-		caNS, holdsCA := caNamespace(m, c.Name)
+		caNS, holdsCA := p.caNamespace(c.Name)
 		if builtin && holdsCA {
 			ck := Check{Name: "intermediate CA valid", Cluster: c.Name}
 			switch {
@@ -111,8 +123,8 @@ func Diagnose(m *spec.Mesh, st *Status, now time.Time) []Check {
 		case c.Istio == nil:
 			ic.Message = "no Sail Istio resource"
 			ic.Hint = "run flotilla apply"
-		case c.Istio.MeshID != "" && c.Istio.MeshID != m.Spec.MeshID:
-			ic.Message = fmt.Sprintf("meshID %q, want %q", c.Istio.MeshID, m.Spec.MeshID)
+		case c.Istio.MeshID != "" && c.Istio.MeshID != p.MeshID:
+			ic.Message = fmt.Sprintf("meshID %q, want %q", c.Istio.MeshID, p.MeshID)
 			ic.Hint = "run flotilla apply"
 		case c.Istio.Network != "" && c.Network != "" && c.Istio.Network != c.Network:
 			ic.Message = fmt.Sprintf("global.network %q, want %q", c.Istio.Network, c.Network)

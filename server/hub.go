@@ -74,10 +74,10 @@ func (h *Hub) progressf(cluster, format string, args ...any) {
 
 // connect opens a connection to every cluster of the spec; the failures come
 // back by cluster so that the others can go on.
-func (h *Hub) connect(m *spec.Mesh, dryRun bool) (map[string]*kube.Cluster, map[string]error) {
+func (h *Hub) connect(clusters []spec.Cluster, dryRun bool) (map[string]*kube.Cluster, map[string]error) {
 	conns := map[string]*kube.Cluster{}
 	errs := map[string]error{}
-	for _, c := range m.Spec.Clusters {
+	for _, c := range clusters {
 		var kc *kube.Cluster
 		var err error
 		if h.Connect != nil {
@@ -99,13 +99,6 @@ func (h *Hub) connect(m *spec.Mesh, dryRun bool) (map[string]*kube.Cluster, map[
 		conns[c.Name] = kc
 	}
 	return conns, errs
-}
-
-func istioVersion(m *spec.Mesh) string {
-	if v := m.Spec.Istio.Version; v != "" {
-		return v
-	}
-	return DefaultIstioVersion
 }
 
 // Engine is what the CLI drives: a Hub on the local state, or a Client of a

@@ -1,10 +1,12 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/pki/certmanager"
@@ -15,13 +17,13 @@ import (
 // meshIssuer is the hub's cert-manager external issuer for one cluster,
 // or nil when the spec names a root issuer of its own (then cert-manager
 // signs without the hub).
-func (h *Hub) meshIssuer(m *spec.Mesh, kc *kube.Cluster, ns string, root *pki.Root) *issuer.Controller {
-	if cm := m.Spec.PKI.CertManager; cm != nil && cm.IssuerRef != nil {
+func (h *Hub) meshIssuer(p pkiPlan, kc *kube.Cluster, ns string, root *pki.Root) *issuer.Controller {
+	if p.IssuerRef != nil {
 		return nil
 	}
 	return &issuer.Controller{
 		Cluster: kc,
-		Signer:  issuer.Signer{Cluster: kc.Name, Namespace: ns, Root: root, MaxLifetime: m.Spec.PKI.IntermediateTTL.Duration},
+		Signer:  issuer.Signer{Cluster: kc.Name, Namespace: ns, Root: root, MaxLifetime: p.Config.IntermediateLifetime},
 		Now:     h.Now,
 		// The hub approves its own issuer's requests by the signing
 		// policy, so that a cert-manager without its default approver
@@ -50,12 +52,12 @@ func (h *Hub) signWhileWaiting(ctx, wait context.Context, hub *issuer.Controller
 
 // removeCertManager deletes the cert-manager objects flotilla made in a
 // leaving cluster, in cert-manager mode; it returns how many went.
-func (h *Hub) removeCertManager(ctx context.Context, was *spec.Mesh, kc *kube.Cluster) (int, error) {
-	if was.Spec.PKI.Mode != spec.PKICertManager || kc == nil {
+func (h *Hub) removeCertManager(ctx context.Context, p *plan, leaving spec.Cluster, kc *kube.Cluster) (int, error) {
+	if p.PKI.Mode != spec.PKICertManager || kc == nil {
 		return 0, nil
 	}
-	ns, ok := caNamespace(was, kc.Name)
-	if !ok {
+	ns := p.Layout.Namespaces.CAOf(cmp.Or(leaving.Role, deploy.RolePrimary))
+	if ns == "" {
 		return 0, nil
 	}
 	removed, err := certmanager.Remove(ctx, kc, ns)
@@ -85,12 +87,12 @@ func (h *Hub) reissueUnderRoot(ctx, wait context.Context, hub *issuer.Controller
 // rotateCertManagerIntermediate is `ca rotate intermediate` in
 // cert-manager mode: cert-manager re-issues the intermediate (a new key:
 // rotationPolicy Always), the hub's issuer signs it, cacerts follows.
-func (h *Hub) rotateCertManagerIntermediate(ctx context.Context, m *spec.Mesh, sc spec.Cluster, ns string) (*Step, error) {
+func (h *Hub) rotateCertManagerIntermediate(ctx context.Context, p pkiPlan, sc spec.Cluster, ns string) (*Step, error) {
 	root, bundle, _, err := h.loadCA(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("state: %w", err)
 	}
-	conns, errs := h.connect(&spec.Mesh{Spec: spec.MeshSpec{Clusters: []spec.Cluster{sc}}}, false)
+	conns, errs := h.connect([]spec.Cluster{sc}, false)
 	if err := errs[sc.Name]; err != nil {
 		return nil, err
 	}
@@ -104,7 +106,7 @@ func (h *Hub) rotateCertManagerIntermediate(ctx context.Context, m *spec.Mesh, s
 	}
 	wctx, cancel := context.WithTimeout(ctx, certManagerIssueTimeout)
 	defer cancel()
-	if err := h.signWhileWaiting(ctx, wctx, h.meshIssuer(m, kc, ns, root)); err != nil {
+	if err := h.signWhileWaiting(ctx, wctx, h.meshIssuer(p, kc, ns, root)); err != nil {
 		return nil, err
 	}
 	in, err := certmanager.WaitReady(wctx, kc, ns, old.Cert)

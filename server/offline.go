@@ -13,13 +13,13 @@ import (
 // yet, a CSR for the offline root to sign. The key of each stays sealed in
 // the state; asking again returns the same pending CSR.
 func (h *Hub) IntermediateCSRs(ctx context.Context, m *spec.Mesh) (map[string][]byte, error) {
-	m, err := h.meshOrStored(ctx, m)
+	p, err := h.planOf(ctx, m)
 	if err != nil {
 		return nil, err
 	}
 	out := map[string][]byte{}
-	for _, c := range m.Spec.Clusters {
-		ns, holds := caNamespace(m, c.Name)
+	for _, c := range p.Clusters {
+		ns, holds := p.caNamespace(c.Name)
 		if !holds {
 			continue // a data-plane cluster: its control plane's intermediate signs for it
 		}
@@ -41,7 +41,7 @@ func (h *Hub) IntermediateCSRs(ctx context.Context, m *spec.Mesh) (map[string][]
 		case pending:
 			out[c.Name] = csr
 		case !have:
-			req, err := pki.NewIntermediateRequest(c.Name, ns, pki.KeyAlgorithm(m.Spec.PKI.KeyAlgorithm))
+			req, err := pki.NewIntermediateRequest(c.Name, ns, p.PKI.Config.KeyAlgorithm)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", c.Name, err)
 			}
@@ -62,14 +62,14 @@ func (h *Hub) IntermediateCSRs(ctx context.Context, m *spec.Mesh) (map[string][]
 // mesh root and have the full intermediate profile. The next apply writes it
 // to the cluster's cacerts.
 func (h *Hub) AcceptIntermediate(ctx context.Context, m *spec.Mesh, cluster string, signedPEM []byte) (*pki.Intermediate, error) {
-	m, err := h.meshOrStored(ctx, m)
+	p, err := h.planOf(ctx, m)
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := m.Cluster(cluster); !ok {
-		return nil, fmt.Errorf("cluster %q is not in mesh %s", cluster, m.Metadata.Name)
+	if _, ok := p.cluster(cluster); !ok {
+		return nil, fmt.Errorf("cluster %q is not in mesh %s", cluster, p.Name)
 	}
-	ns, holds := caNamespace(m, cluster)
+	ns, holds := p.caNamespace(cluster)
 	if !holds {
 		return nil, errNoIntermediate(cluster)
 	}

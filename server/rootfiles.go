@@ -13,8 +13,7 @@ import (
 // the state has none yet, before an apply records anything: a bad PEM file
 // then leaves the state as it was. Errors name the field and the file, never
 // the key's content.
-func (h *Hub) checkRootFiles(ctx context.Context, m *spec.Mesh) error {
-	r := m.Spec.PKI.Root
+func (h *Hub) checkRootFiles(ctx context.Context, r *spec.RootSource) error {
 	if r == nil {
 		return nil
 	}

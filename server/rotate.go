@@ -46,22 +46,25 @@ type RootRotation struct {
 // the workloads must pick up what the last one wrote (istiod reloads its
 // plug-in CA, proxies renew their certificates); Next says what to wait for.
 func (h *Hub) RotateRoot(ctx context.Context, m *spec.Mesh) (*RootRotation, error) {
-	if m == nil {
-		var err error
-		if m, err = h.StoredMesh(ctx); err != nil {
-			return nil, err
-		}
+	m, err := h.meshOrStored(ctx, m)
+	if err != nil {
+		return nil, err
 	}
+	// Refused for what the spec says of its root, before anything else.
 	switch {
 	case m.Spec.PKI.Mode == spec.PKICertManager && m.Spec.PKI.CertManager != nil && m.Spec.PKI.CertManager.IssuerRef != nil:
 		return nil, errors.New("root rotation: the mesh's intermediates come from your cert-manager issuer (pki.certManager.issuerRef), which holds the root: rotate it there")
 	case m.Spec.PKI.Root != nil:
 		return nil, errors.New("root rotation: the spec brings its own root (pki.root): flotilla generates a new root only for a root it generated")
 	}
+	p, err := compile(m)
+	if err != nil {
+		return nil, err
+	}
 	// A step that starts a rotation needs a new root: generated outside the
 	// write transaction (RSA-4096 takes a while).
 	var starts bool
-	err := h.Store.View(ctx, func(tx *state.Tx) error {
+	err = h.Store.View(ctx, func(tx *state.Tx) error {
 		ca, ok, err := tx.CA()
 		if err != nil || !ok {
 			return err
@@ -75,7 +78,7 @@ func (h *Hub) RotateRoot(ctx context.Context, m *spec.Mesh) (*RootRotation, erro
 	}
 	var fresh *pki.Root
 	if starts {
-		if fresh, err = pki.NewRoot(pkiConfig(m)); err != nil {
+		if fresh, err = pki.NewRoot(p.PKI.Config); err != nil {
 			return nil, fmt.Errorf("root rotation: new root: %w", err)
 		}
 	}

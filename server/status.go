@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sort"
@@ -91,34 +92,29 @@ type RemoteSecretStatus struct {
 
 // Status reads every cluster of m and compares it with m and the state.
 func (h *Hub) Status(ctx context.Context, m *spec.Mesh) (*Status, error) {
-	m, err := h.meshOrStored(ctx, m)
+	p, err := h.planOf(ctx, m)
 	if err != nil {
 		return nil, err
 	}
-	if err := m.Validate(); err != nil {
-		return nil, err
-	}
+	return h.status(ctx, p)
+}
+
+func (h *Hub) status(ctx context.Context, p *plan) (*Status, error) {
 	root, _, _, err := h.loadCA(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("state: %w", err)
 	}
-	st := &Status{Mesh: m.Metadata.Name, Topology: m.Spec.Topology, ObservedAt: h.now()}
+	st := &Status{Mesh: p.Name, Topology: p.Topology, ObservedAt: h.now()}
 	if root != nil {
 		st.RootFingerprint = pki.Fingerprint(root.Cert)
 	}
-	plan, err := federation.NewPlan(m.Spec.Topology, m.Members())
-	if err != nil {
-		return nil, err
-	}
-	conns, connErrs := h.connect(m, false)
-	plans := planned(m)
-	members := m.Members()
-	st.Clusters = make([]ClusterStatus, len(members))
+	conns, connErrs := h.connect(p.Clusters, false)
+	plans := p.planned()
+	st.Clusters = make([]ClusterStatus, len(p.Layout.Clusters))
 	var wg sync.WaitGroup
-	for i, mem := range members {
+	for i, mem := range p.Layout.Clusters {
 		cs := &st.Clusters[i]
-		*cs = ClusterStatus{Name: mem.Name, Role: mem.Role, Network: mem.Network, RemoteSecrets: []RemoteSecretStatus{}, Drift: []string{}}
-		cs.ControlPlane, _ = deploy.ServedBy(m.Spec.Topology, mem, members) // Validate has refused a mesh where it fails
+		*cs = ClusterStatus{Name: mem.Name, Role: mem.Role, Network: mem.Network, ControlPlane: mem.ServedBy, RemoteSecrets: []RemoteSecretStatus{}, Drift: []string{}}
 		if err := connErrs[mem.Name]; err != nil {
 			cs.Error = err.Error()
 			continue
@@ -126,14 +122,14 @@ func (h *Hub) Status(ctx context.Context, m *spec.Mesh) (*Status, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			h.observe(ctx, m, plan, plans[mem.Name], conns[mem.Name], root, cs)
+			h.observe(ctx, mem, plans[mem.Name], conns[mem.Name], root, cs)
 		}()
 	}
 	wg.Wait()
 	return st, nil
 }
 
-func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, p gateways.ClusterPlan, kc *kube.Cluster, root *pki.Root, cs *ClusterStatus) {
+func (h *Hub) observe(ctx context.Context, place deploy.Placement, p gateways.ClusterPlan, kc *kube.Cluster, root *pki.Root, cs *ClusterStatus) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	ns := p.Namespace
@@ -159,7 +155,7 @@ func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, p
 
 	// Both PKI modes end in a cacerts: written by flotilla, or projected from
 	// cert-manager's intermediate; a data-plane cluster holds none.
-	if caNS, holds := caNamespace(m, cs.Name); holds {
+	if caNS := place.CANamespace; place.HoldsCA() {
 		cc, err := pki.ReadCACerts(ctx, kc, caNS)
 		switch {
 		case err != nil:
@@ -171,16 +167,17 @@ func (h *Hub) observe(ctx context.Context, m *spec.Mesh, plan federation.Plan, p
 		}
 	}
 
-	cs.Istio = readIstio(ctx, kc, cs.Role)
+	cs.Istio = readIstio(ctx, kc, place.Istio)
 	if views, err := readIstiods(ctx, kc); err != nil {
 		cs.Drift = append(cs.Drift, err.Error())
 	} else {
 		cs.Istiods = views
 	}
 
-	secretNS := federationOptions(m).SecretNamespace(m.Spec.Topology)
+	// A cluster that reads nothing may still hold secrets: look where it would.
+	secretNS := cmp.Or(place.SecretNamespace, p.Namespace)
 	expected := map[string]federation.Link{}
-	for _, l := range plan.LinksFrom(cs.Name) {
+	for _, l := range place.Reads {
 		expected[federation.SecretName(l.Kind, l.Target)] = l
 	}
 	list, err := kc.Kube.CoreV1().Secrets(secretNS).List(ctx, metav1.ListOptions{LabelSelector: federation.MultiClusterLabel + "=true"})
@@ -243,11 +240,7 @@ func (h *Hub) observeCACerts(cc *pki.ClusterCACerts, root *pki.Root, cs *Cluster
 
 var sailIstioGVR = schema.GroupVersionResource{Group: "sailoperator.io", Version: "v1", Resource: "istios"}
 
-func readIstio(ctx context.Context, kc *kube.Cluster, role federation.Role) *IstioStatus {
-	name := deploy.IstioName
-	if role == federation.RoleDataPlane {
-		name = deploy.ExternalIstiodName
-	}
+func readIstio(ctx context.Context, kc *kube.Cluster, name string) *IstioStatus {
 	u, err := kc.Dynamic.Resource(sailIstioGVR).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return nil

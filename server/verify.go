@@ -113,13 +113,13 @@ func (h *Hub) Verify(ctx context.Context, m *spec.Mesh, o VerifyOptions) (*Verif
 		return nil, err
 	}
 	o = o.withDefaults()
-	m, err := h.meshOrStored(ctx, m)
+	p, err := h.planOf(ctx, m)
 	if err != nil {
 		return nil, err
 	}
-	conns, errs := h.connect(m, false)
+	conns, errs := h.connect(p.Clusters, false)
 	var clusters []*verifyCluster
-	for _, mem := range m.Members() {
+	for _, mem := range p.Layout.Clusters {
 		if mem.Role == deploy.RoleControlPlane {
 			continue // runs istiod for others, no workloads
 		}
@@ -129,7 +129,7 @@ func (h *Hub) Verify(ctx context.Context, m *spec.Mesh, o VerifyOptions) (*Verif
 		clusters = append(clusters, &verifyCluster{name: mem.Name, kc: conns[mem.Name], version: fmt.Sprintf("v%d", len(clusters)+1)})
 	}
 	if len(clusters) == 0 {
-		return nil, fmt.Errorf("mesh %s has no cluster that runs workloads", m.Metadata.Name)
+		return nil, fmt.Errorf("mesh %s has no cluster that runs workloads", p.Name)
 	}
 	if !o.Keep {
 		defer func() {
@@ -155,7 +155,7 @@ func (h *Hub) Verify(ctx context.Context, m *spec.Mesh, o VerifyOptions) (*Verif
 	res.Clients, res.RequestMillis = h.runRequests(ctx, clusters, o.Requests)
 	res.OK = judge(res) == nil
 	if !res.OK {
-		res.Diagnosis = h.diagnoseVerify(ctx, m, clusters)
+		res.Diagnosis = h.diagnoseVerify(ctx, p, clusters)
 	}
 	return res, nil
 }

@@ -26,7 +26,6 @@ import (
 	"k8s.io/client-go/tools/remotecommand"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
-	"github.com/flotillamesh/flotilla/server/spec"
 )
 
 // The sample of verify: Istio's helloworld and a curl client in namespace
@@ -320,9 +319,9 @@ func execIn(ctx context.Context, kc *kube.Cluster, ns, pod, container string, cm
 
 // diagnoseVerify names why a version is missing: the checks of flotilla
 // check that fail, and sample pods that run without a sidecar.
-func (h *Hub) diagnoseVerify(ctx context.Context, m *spec.Mesh, clusters []*verifyCluster) []Check {
+func (h *Hub) diagnoseVerify(ctx context.Context, p *plan, clusters []*verifyCluster) []Check {
 	var out []Check
-	checks, err := h.Check(ctx, m)
+	checks, err := h.check(ctx, p)
 	if err != nil {
 		out = append(out, Check{Name: "check", Message: err.Error(), Hint: "run flotilla check"})
 	}

@@ -94,6 +94,7 @@ func Parse(source string, data []byte) (*Mesh, error) {
 		sortProblems(problems)
 		return nil, &Error{Source: source, Problems: problems}
 	}
+	m.validHash = m.Hash()
 	return m, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/federation"
 )
 
@@ -271,9 +272,14 @@ func TestParseAcceptsEveryTopology(t *testing.T) {
 					t.Errorf("member %d: %+v, want %+v", i, got[i], tc.members[i])
 				}
 			}
+			// Who serves whom is the compiled layout's (deploy.Compile).
+			l, err := deploy.Compile(m.Spec.Topology, got, deploy.Namespaces{})
+			if err != nil {
+				t.Fatal(err)
+			}
 			for c, want := range tc.servedBy {
-				if got, err := m.ServedBy(c); err != nil || got != want {
-					t.Errorf("ServedBy(%s) = %q, %v; want %q", c, got, err, want)
+				if p, ok := l.Cluster(c); !ok || p.ServedBy != want {
+					t.Errorf("ServedBy(%s) = %q, %v; want %q", c, p.ServedBy, ok, want)
 				}
 			}
 		})

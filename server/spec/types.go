@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/federation"
 )
 
@@ -45,6 +44,9 @@ type Mesh struct {
 	// lines maps a field path ("spec.clusters[1].name") to the line it was
 	// read from, so that validation problems point into the file.
 	lines map[string]int
+	// validHash is the Hash of the content Parse or Validate last found
+	// valid: a request validates its spec once (ValidatedAs).
+	validHash string
 }
 
 // Metadata names the mesh.
@@ -233,17 +235,6 @@ func (m *Mesh) Members() []federation.Member {
 		out = append(out, federation.Member{Name: c.Name, Role: role, Network: c.Network, ControlPlane: c.ControlPlane})
 	}
 	return out
-}
-
-// ServedBy returns the cluster whose istiod serves the cluster called name.
-func (m *Mesh) ServedBy(name string) (string, error) {
-	all := m.Members()
-	for _, mem := range all {
-		if mem.Name == name {
-			return deploy.ServedBy(m.Spec.Topology, mem, all)
-		}
-	}
-	return "", fmt.Errorf("cluster %s is not in mesh %s", name, m.Metadata.Name)
 }
 
 // Line returns the line a field path was read from, 0 when unknown.

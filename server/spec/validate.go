@@ -69,8 +69,13 @@ func (m *Mesh) Validate() error {
 		sortProblems(ps)
 		return &Error{Problems: ps}
 	}
+	m.validHash = m.Hash()
 	return nil
 }
+
+// ValidatedAs reports whether Parse or Validate found m valid with the
+// content whose Hash is hash, so that it need not be validated again.
+func (m *Mesh) ValidatedAs(hash string) bool { return m.validHash != "" && m.validHash == hash }
 
 type checker struct {
 	m        *Mesh

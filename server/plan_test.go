@@ -45,20 +45,27 @@ spec:
 		{pr, "east", "istio-system", true},
 		{pr, "west", "istio-system", true},
 	}
+	compiled := func(m *spec.Mesh) *plan {
+		p, err := compile(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
 	for _, tc := range tests {
-		ns, holds := caNamespace(tc.mesh, tc.cluster)
+		ns, holds := compiled(tc.mesh).caNamespace(tc.cluster)
 		if ns != tc.ns || holds != tc.holds {
 			t.Errorf("%s: caNamespace = %q, %v; want %q, %v", tc.cluster, ns, holds, tc.ns, tc.holds)
 		}
 	}
-	plans := planned(m)
+	plans := compiled(m).planned()
 	if g := plans["cp"].Gateway; g == nil || g.Namespace != "mesh-system" || g.Name != "istio-ingressgateway" {
 		t.Errorf("cp's planned gateway = %+v, want the ingress in mesh-system", g)
 	}
 	if p := plans["dp"]; p.Gateway != nil || p.Namespace != "external-istiod" {
 		t.Errorf("dp, single network: gateway %+v, labelled namespace %q; want none and external-istiod", p.Gateway, p.Namespace)
 	}
-	if p := planned(pr)["west"]; p.Namespace != "istio-system" || p.Gateway != nil {
+	if p := compiled(pr).planned()["west"]; p.Namespace != "istio-system" || p.Gateway != nil {
 		t.Errorf("remote on the primary's network: gateway %+v, labelled namespace %q; want none and istio-system", p.Gateway, p.Namespace)
 	}
 }
