@@ -172,11 +172,7 @@ Between steps, let istiod and the workloads pick up what the last step wrote
 		Short: "Offline root: write one CSR per cluster without an intermediate (<cluster>.csr.pem) for the root's holder to sign",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := loadSpec(specFile)
-			if err != nil {
-				return err
-			}
-			h, done, err := g.openHub(cmd.Context(), io.Discard, true)
+			m, h, done, err := g.meshHub(cmd.Context(), specFile)
 			if err != nil {
 				return err
 			}
@@ -219,11 +215,7 @@ Between steps, let istiod and the workloads pick up what the last step wrote
 			if err != nil {
 				return err
 			}
-			m, err := loadSpec(specFile)
-			if err != nil {
-				return err
-			}
-			h, done, err := g.openHub(cmd.Context(), io.Discard, true)
+			m, h, done, err := g.meshHub(cmd.Context(), specFile)
 			if err != nil {
 				return err
 			}

@@ -181,6 +181,28 @@ func (g *globals) engine(ctx context.Context, progress io.Writer, needKey bool) 
 	return g.openHub(ctx, progress, needKey)
 }
 
+// readMesh loads -f (nil: the last applied spec) and opens the reading
+// engine that takes it (readEngine).
+func (g *globals) readMesh(ctx context.Context, file string, progress io.Writer) (*spec.Mesh, server.Engine, func(), error) {
+	m, err := loadSpec(file)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	eng, done, err := g.readEngine(ctx, progress)
+	return m, eng, done, err
+}
+
+// meshHub loads -f (nil: the last applied spec) and opens the local state
+// with its key, for the offline-root commands.
+func (g *globals) meshHub(ctx context.Context, file string) (*spec.Mesh, *server.Hub, func(), error) {
+	m, err := loadSpec(file)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	h, done, err := g.openHub(ctx, io.Discard, true)
+	return m, h, done, err
+}
+
 // loadSpec reads -f; "" means the stored spec (nil).
 func loadSpec(path string) (*spec.Mesh, error) {
 	if path == "" {

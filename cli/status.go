@@ -34,11 +34,7 @@ namespace, target, expected, healthy, error}, missingRemoteSecrets[]
 			if err := checkOutput(output, "table", "json", "yaml"); err != nil {
 				return err
 			}
-			m, err := loadSpec(file)
-			if err != nil {
-				return err
-			}
-			eng, done, err := g.readEngine(cmd.Context(), io.Discard)
+			m, eng, done, err := g.readMesh(cmd.Context(), file, io.Discard)
 			if err != nil {
 				return err
 			}
@@ -110,11 +106,7 @@ func newCheckCommand(g *globals) *cobra.Command {
 			if err := checkOutput(output, "table", "json"); err != nil {
 				return err
 			}
-			m, err := loadSpec(file)
-			if err != nil {
-				return err
-			}
-			eng, done, err := g.readEngine(cmd.Context(), io.Discard)
+			m, eng, done, err := g.readMesh(cmd.Context(), file, io.Discard)
 			if err != nil {
 				return err
 			}

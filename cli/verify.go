@@ -69,11 +69,7 @@ kubeconfigs nor a spec file.`,
 }
 
 func runVerify(ctx context.Context, g *globals, file, output string, o server.VerifyOptions, stdout, progress io.Writer) error {
-	m, err := loadSpec(file)
-	if err != nil {
-		return err
-	}
-	eng, done, err := g.readEngine(ctx, progress)
+	m, eng, done, err := g.readMesh(ctx, file, progress)
 	if err != nil {
 		return err
 	}

@@ -31,9 +31,8 @@ func (s *Server) requestContext(r *http.Request) (context.Context, context.Cance
 // one), call's answer as JSON, or its error with the status it calls for.
 func meshCall[T any](s *Server, call func(context.Context, *spec.Mesh) (T, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		m, err := s.readAdmittedSpec(w, r)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, err)
+		_, m, ok := readMeshRequest(s, w, r, func(*http.Request) (struct{}, error) { return struct{}{}, nil })
+		if !ok {
 			return
 		}
 		ctx, cancel := s.requestContext(r)
@@ -59,15 +58,23 @@ func (s *Server) handleCheck() http.HandlerFunc {
 	})
 }
 
-func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
-	o, err := verifyOptions(r)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err)
-		return
+// readMeshRequest reads a request's options (parse) and its admitted spec;
+// when either is bad it answers 400 itself and ok is false.
+func readMeshRequest[O any](s *Server, w http.ResponseWriter, r *http.Request, parse func(*http.Request) (O, error)) (o O, m *spec.Mesh, ok bool) {
+	o, err := parse(r)
+	if err == nil {
+		m, err = s.readAdmittedSpec(w, r)
 	}
-	m, err := s.readAdmittedSpec(w, r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
+		return o, nil, false
+	}
+	return o, m, true
+}
+
+func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
+	o, m, ok := readMeshRequest(s, w, r, verifyOptions)
+	if !ok {
 		return
 	}
 	ctx, cancel := s.requestContext(r)
@@ -116,14 +123,8 @@ func verifyOptions(r *http.Request) (VerifyOptions, error) {
 
 func (s *Server) handleApply(plan bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		o, err := applyOptions(r, plan)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, err)
-			return
-		}
-		m, err := s.readAdmittedSpec(w, r)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, err)
+		o, m, ok := readMeshRequest(s, w, r, func(r *http.Request) (ApplyOptions, error) { return applyOptions(r, plan) })
+		if !ok {
 			return
 		}
 		// An apply once started runs to its end even if the caller goes
