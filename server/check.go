@@ -3,11 +3,15 @@ package server
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
+	"github.com/flotillamesh/flotilla/deploy"
+	"github.com/flotillamesh/flotilla/gateways"
 	"github.com/flotillamesh/flotilla/server/spec"
 )
 
@@ -136,6 +140,12 @@ func diagnose(p *plan, st *Status, now time.Time) []Check {
 		if ck := istiodCheck(c); ck != nil {
 			add(*ck)
 		}
+		if ck := istiodCACheck(c); ck != nil {
+			add(*ck)
+		}
+		if ck := istiodNetworksCheck(c, gatewayNetworks(p, plans, c.Name)); ck != nil {
+			add(*ck)
+		}
 	}
 	if builtin {
 		same := Check{Name: "same root everywhere", OK: len(roots) == 1}
@@ -163,3 +173,28 @@ func diagnose(p *plan, st *Status, now time.Time) []Check {
 }
 
 func isNotFound(err error) bool { return apierrors.IsNotFound(err) }
+
+// gatewayNetworks are the networks whose cross-network gateway the istiod
+// of cluster name must know: its own and those of the clusters it reads,
+// where such a cluster runs one. Sorted.
+func gatewayNetworks(p *plan, plans map[string]gateways.ClusterPlan, name string) []string {
+	c, ok := p.Layout.Cluster(name)
+	if !ok {
+		return nil
+	}
+	seen := map[string]bool{}
+	for _, n := range append([]string{name}, readTargets(c)...) {
+		if cp := plans[n]; cp.GatewayKind == deploy.EastWestGateway && cp.CrossNetwork && cp.Network != "" {
+			seen[cp.Network] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(seen))
+}
+
+func readTargets(c deploy.Placement) []string {
+	out := make([]string, len(c.Reads))
+	for i, l := range c.Reads {
+		out[i] = l.Target
+	}
+	return out
+}

@@ -106,3 +106,78 @@ func TestIstiodCheck(t *testing.T) {
 }
 
 func ptrBool(b bool) *bool { return &b }
+
+// TestIstiodCACheck: an istiod that publishes another root than cacerts'
+// fails, and one that made itself a CA is named as started before cacerts.
+func TestIstiodCACheck(t *testing.T) {
+	const root = "aa:bb:cc:dd:ee:ff:00:11"
+	view := func(roots []string, selfSigned bool) []IstiodView {
+		return []IstiodView{{Namespace: "istio-system", Pod: "istiod-1", Roots: roots, SelfSignedCA: selfSigned}}
+	}
+	tests := []struct {
+		name    string
+		cluster ClusterStatus
+		ok      *bool
+		message string
+	}{
+		{"no istiod", ClusterStatus{RootFingerprint: root}, nil, ""},
+		{"no cacerts", ClusterStatus{Istiods: view(nil, true)}, nil, ""},
+		{"plug-in CA", ClusterStatus{RootFingerprint: root, Istiods: view([]string{"00:00", root}, false)}, ptrBool(true), "signs under root"},
+		{"another root", ClusterStatus{RootFingerprint: root, Istiods: view([]string{"12:34"}, false)}, ptrBool(false), "not cacerts' root"},
+		{"self-signed", ClusterStatus{RootFingerprint: root, Istiods: view([]string{"12:34"}, true)}, ptrBool(false), "started before cacerts existed"},
+		{"unreadable istiod is istiodCheck's", ClusterStatus{RootFingerprint: root, Istiods: []IstiodView{{Namespace: "istio-system", Pod: "istiod-1", Error: "forbidden"}}}, ptrBool(true), ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.cluster.Name = "east"
+			got := istiodCACheck(tc.cluster)
+			if (got == nil) != (tc.ok == nil) {
+				t.Fatalf("check = %+v, want ok %v", got, tc.ok)
+			}
+			if got == nil {
+				return
+			}
+			if got.OK != *tc.ok || !strings.Contains(got.Message, tc.message) {
+				t.Errorf("check = ok %v %q, want ok %v containing %q", got.OK, got.Message, *tc.ok, tc.message)
+			}
+			if !got.OK && !strings.Contains(got.Hint, "delete pod istiod-1") {
+				t.Errorf("hint %q does not say how to restart istiod", got.Hint)
+			}
+		})
+	}
+}
+
+// TestIstiodNetworksCheck: every network a cluster's istiod serves needs a
+// gateway with an address in istiod's networkz; one network needs none.
+func TestIstiodNetworksCheck(t *testing.T) {
+	gw := func(nets ...string) []IstiodView {
+		v := IstiodView{Namespace: "istio-system", Pod: "istiod-1"}
+		for _, n := range nets {
+			v.Gateways = append(v.Gateways, NetworkGateway{Network: n, Addr: "192.0.2.1", Port: 15443})
+		}
+		return []IstiodView{v}
+	}
+	tests := []struct {
+		name    string
+		istiods []IstiodView
+		want    []string
+		ok      *bool
+		message string
+	}{
+		{"single network", gw(), []string{"n1"}, nil, ""},
+		{"both known", gw("n1", "n2"), []string{"n1", "n2"}, ptrBool(true), "gateways of n1, n2"},
+		{"one missing", gw("n1"), []string{"n1", "n2"}, ptrBool(false), "knows no gateway of network n2"},
+		{"no address", []IstiodView{{Namespace: "istio-system", Pod: "istiod-1", Gateways: []NetworkGateway{{Network: "n1", Addr: "192.0.2.1"}, {Network: "n2"}}}}, []string{"n1", "n2"}, ptrBool(false), "network n2"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := istiodNetworksCheck(ClusterStatus{Name: "east", Istiods: tc.istiods}, tc.want)
+			if (got == nil) != (tc.ok == nil) {
+				t.Fatalf("check = %+v, want ok %v", got, tc.ok)
+			}
+			if got != nil && (got.OK != *tc.ok || !strings.Contains(got.Message, tc.message)) {
+				t.Errorf("check = ok %v %q, want ok %v containing %q", got.OK, got.Message, *tc.ok, tc.message)
+			}
+		})
+	}
+}

@@ -4,27 +4,54 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
+	"github.com/flotillamesh/flotilla/pki"
 )
 
 // IstiodView is what one istiod reports of itself, read the way istioctl
-// remote-clusters reads it: /debug/clusterz on istiod's monitoring port,
-// through the API server's pod proxy (pods/proxy on istiod's pods).
+// remote-clusters reads it: /debug/clusterz and /debug/networkz on
+// istiod's monitoring port, through the API server's pod proxy (pods/proxy
+// on istiod's pods); and the CA istiod uses, from what it publishes.
 type IstiodView struct {
 	Namespace string `json:"namespace"`
 	Pod       string `json:"pod"`
 	// RemoteClusters maps each remote cluster istiod knows to its sync
 	// status ("synced", "syncing", "timeout", ...).
 	RemoteClusters map[string]string `json:"remoteClusters,omitempty"`
-	Error          string            `json:"error,omitempty"`
+	// Gateways are the cross-network gateways istiod knows (networkz).
+	Gateways []NetworkGateway `json:"gateways,omitempty"`
+	// Roots are the fingerprints of the roots istiod publishes to its
+	// workloads (ConfigMap istio-ca-root-cert in its namespace): its CA's.
+	Roots []string `json:"roots,omitempty"`
+	// SelfSignedCA: istiod's namespace holds istio-ca-secret, the CA istiod
+	// generates for itself when it starts without cacerts.
+	SelfSignedCA bool   `json:"selfSignedCA,omitempty"`
+	Error        string `json:"error,omitempty"`
 }
+
+// NetworkGateway is one entry of istiod's /debug/networkz.
+type NetworkGateway struct {
+	Network string `json:"network"`
+	Cluster string `json:"cluster"`
+	Addr    string `json:"addr"`
+	Port    uint32 `json:"port"`
+}
+
+// Names of what istiod writes (Istio's security/pkg/pki/ca and
+// PILOT_CA_CERT_CONFIGMAP).
+const (
+	istioRootConfigMap = "istio-ca-root-cert"
+	istioSelfSignedCA  = "istio-ca-secret"
+)
 
 // istiodMonitoringPort is the chart's http-monitoring port, where istiod
 // serves its debug endpoints.
@@ -62,10 +89,55 @@ func readIstiods(ctx context.Context, kc *kube.Cluster) ([]IstiodView, error) {
 		for _, c := range clusters {
 			v.RemoteClusters[c.ID] = c.SyncStatus
 		}
+		if err := readNetworkz(ctx, kc, &p, &v); err != nil {
+			v.Error = err.Error()
+		} else if err := readIstiodCA(ctx, kc, &v); err != nil {
+			v.Error = err.Error()
+		}
 		out = append(out, v)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Namespace+"/"+out[i].Pod < out[j].Namespace+"/"+out[j].Pod })
 	return out, nil
+}
+
+// readNetworkz reads the cross-network gateways istiod knows.
+func readNetworkz(ctx context.Context, kc *kube.Cluster, p *corev1.Pod, v *IstiodView) error {
+	body, err := kc.Kube.CoreV1().Pods(p.Namespace).ProxyGet("http", p.Name, strconv.Itoa(monitoringPort(p)), "/debug/networkz", nil).DoRaw(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: pod %s/%s: /debug/networkz: %w", kc.Name, p.Namespace, p.Name, err)
+	}
+	// An istiod without a network manager answers nothing.
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(body, &v.Gateways); err != nil {
+		return fmt.Errorf("%s: pod %s/%s: /debug/networkz: %w", kc.Name, p.Namespace, p.Name, err)
+	}
+	return nil
+}
+
+// readIstiodCA reads which roots istiod publishes and whether it made
+// itself a CA.
+func readIstiodCA(ctx context.Context, kc *kube.Cluster, v *IstiodView) error {
+	cm, err := kc.Kube.CoreV1().ConfigMaps(v.Namespace).Get(ctx, istioRootConfigMap, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return fmt.Errorf("%s: read configmap %s/%s: %w", kc.Name, v.Namespace, istioRootConfigMap, err)
+	default:
+		if b, err := pki.ParseBundle([]byte(cm.Data["root-cert.pem"])); err == nil {
+			v.Roots = b.Fingerprints()
+		}
+	}
+	// Only the object's presence matters: nothing of it is kept.
+	_, err = kc.Kube.CoreV1().Secrets(v.Namespace).Get(ctx, istioSelfSignedCA, metav1.GetOptions{})
+	switch {
+	case err == nil:
+		v.SelfSignedCA = true
+	case !apierrors.IsNotFound(err):
+		return fmt.Errorf("%s: read secret %s/%s: %w", kc.Name, v.Namespace, istioSelfSignedCA, err)
+	}
+	return nil
 }
 
 func monitoringPort(p *corev1.Pod) int {
@@ -123,4 +195,88 @@ func istiodCheck(c ClusterStatus) *Check {
 	sort.Strings(ids)
 	ck.Message = "synced: " + strings.Join(ids, ", ")
 	return ck
+}
+
+// istiodCACheck says whether the cluster's istiods sign with the plug-in CA
+// flotilla wrote: each publishes the root of the cluster's cacerts. istiod
+// reads cacerts only when it starts; one that started before cacerts
+// existed runs a CA of its own (istio-ca-secret) and keeps it. Nil for a
+// cluster without istiods or without cacerts (another check says so).
+func istiodCACheck(c ClusterStatus) *Check {
+	if len(c.Istiods) == 0 || c.RootFingerprint == "" {
+		return nil
+	}
+	ck := &Check{Name: "istiod uses the mesh CA", Cluster: c.Name}
+	var problems []string
+	var restart []string
+	for _, v := range c.Istiods {
+		if v.Error != "" {
+			continue // istiodCheck reports it
+		}
+		if slices.Contains(v.Roots, c.RootFingerprint) {
+			continue
+		}
+		msg := fmt.Sprintf("istiod %s/%s publishes root %s in %s, not cacerts' root %s", v.Namespace, v.Pod, shortList(v.Roots), istioRootConfigMap, short(c.RootFingerprint))
+		if v.SelfSignedCA {
+			msg += fmt.Sprintf(": it runs a self-signed CA (secret %s/%s), so it started before cacerts existed", v.Namespace, istioSelfSignedCA)
+		}
+		problems = append(problems, msg)
+		restart = append(restart, fmt.Sprintf("kubectl -n %s delete secret %s --ignore-not-found && kubectl -n %s delete pod %s", v.Namespace, istioSelfSignedCA, v.Namespace, v.Pod))
+	}
+	if len(problems) > 0 {
+		sort.Strings(problems)
+		ck.Message = strings.Join(problems, "; ")
+		ck.Hint = "istiod loads cacerts only when it starts: remove its own CA and restart it (" + strings.Join(restart, "; ") + ")"
+		return ck
+	}
+	ck.OK = true
+	ck.Message = "signs under root " + short(c.RootFingerprint)
+	return ck
+}
+
+// istiodNetworksCheck says whether the cluster's istiods know the
+// cross-network gateway of every network they serve endpoints of (want:
+// the networks of this cluster and of the clusters it reads that run one).
+// Nil when there is nothing to know (a single network, or no istiod).
+func istiodNetworksCheck(c ClusterStatus, want []string) *Check {
+	if len(c.Istiods) == 0 || len(want) < 2 {
+		return nil
+	}
+	ck := &Check{Name: "istiod knows every network's gateway", Cluster: c.Name}
+	var problems []string
+	for _, v := range c.Istiods {
+		if v.Error != "" {
+			continue // istiodCheck reports it
+		}
+		known := map[string]bool{}
+		for _, g := range v.Gateways {
+			if g.Addr != "" {
+				known[g.Network] = true
+			}
+		}
+		for _, n := range want {
+			if !known[n] {
+				problems = append(problems, fmt.Sprintf("istiod %s/%s knows no gateway of network %s", v.Namespace, v.Pod, n))
+			}
+		}
+	}
+	if len(problems) > 0 {
+		ck.Message = strings.Join(problems, "; ")
+		ck.Hint = "istiod finds a network's gateway by the topology.istio.io/network label on the east-west gateway's Service in a cluster it reads: run flotilla apply, and check that gateway's Service has an address"
+		return ck
+	}
+	ck.OK = true
+	ck.Message = "gateways of " + strings.Join(want, ", ")
+	return ck
+}
+
+func shortList(fps []string) string {
+	if len(fps) == 0 {
+		return "(none)"
+	}
+	out := make([]string, len(fps))
+	for i, f := range fps {
+		out[i] = short(f)
+	}
+	return strings.Join(out, ",")
 }

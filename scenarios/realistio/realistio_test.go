@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -107,17 +108,22 @@ func TestMultiPrimaryMultiNetwork(t *testing.T) {
 		t.Fatal(err)
 	}
 	seen := map[string]bool{}
+	istiodChecks := []string{"istiod sees remote clusters", "istiod uses the mesh CA", "istiod knows every network's gateway"}
 	for _, c := range checks {
 		if !c.OK {
 			t.Errorf("check %s [%s] failed: %s (hint: %s)", c.Name, c.Cluster, c.Message, c.Hint)
 		}
-		if c.Name == "istiod sees remote clusters" {
-			seen[c.Cluster] = true
+		if slices.Contains(istiodChecks, c.Name) {
+			seen[c.Name+" ["+c.Cluster+"]"] = true
 			t.Logf("check %s [%s]: %s", c.Name, c.Cluster, c.Message)
 		}
 	}
-	if !seen["east"] || !seen["west"] {
-		t.Errorf("check read istiod's view in %v, want east and west", seen)
+	for _, name := range istiodChecks {
+		for _, cluster := range []string{"east", "west"} {
+			if !seen[name+" ["+cluster+"]"] {
+				t.Errorf("check %q did not read istiod's view in %s (read: %v)", name, cluster, seen)
+			}
+		}
 	}
 }
 
