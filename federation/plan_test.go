@@ -2,8 +2,12 @@ package federation
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
+
+	authorizationv1 "k8s.io/api/authorization/v1"
+	rbacv1ac "k8s.io/client-go/applyconfigurations/rbac/v1"
 
 	"github.com/flotillamesh/flotilla/deploy"
 )
@@ -163,6 +167,46 @@ func TestAccountFor(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := o.AccountFor(tc.topology, tc.link, tc.role); got != tc.want {
 				t.Errorf("AccountFor = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestMissingDiscoveryReads: the reader's and the config account's rules
+// grant every read istiod's remote-cluster sync needs; a rule set without
+// endpointslices names exactly what is missing; wildcards grant.
+func TestMissingDiscoveryReads(t *testing.T) {
+	asReview := func(rules []*rbacv1ac.PolicyRuleApplyConfiguration) []authorizationv1.ResourceRule {
+		var out []authorizationv1.ResourceRule
+		for _, r := range rules {
+			out = append(out, authorizationv1.ResourceRule{Verbs: r.Verbs, APIGroups: r.APIGroups, Resources: r.Resources})
+		}
+		return out
+	}
+	var withoutSlices []authorizationv1.ResourceRule
+	for _, r := range asReview(ReaderRules(false)) {
+		if !slices.Contains(r.Resources, "endpointslices") {
+			withoutSlices = append(withoutSlices, r)
+		}
+	}
+	tests := []struct {
+		name  string
+		rules []authorizationv1.ResourceRule
+		want  []string
+	}{
+		{"reader", asReview(ReaderRules(false)), nil},
+		{"writer reader", asReview(ReaderRules(true)), nil},
+		{"external istiod on its config cluster", asReview(ConfigRules()), nil},
+		{"no endpointslices", withoutSlices, []string{"list endpointslices.discovery.k8s.io", "watch endpointslices.discovery.k8s.io"}},
+		{"cluster-admin", []authorizationv1.ResourceRule{{Verbs: []string{"*"}, APIGroups: []string{"*"}, Resources: []string{"*"}}}, nil},
+		{"get only", []authorizationv1.ResourceRule{{Verbs: []string{"get"}, APIGroups: []string{""}, Resources: []string{"services"}}}, []string{
+			"list namespaces", "watch namespaces", "list nodes", "watch nodes", "list pods", "watch pods", "list services", "watch services",
+			"list endpointslices.discovery.k8s.io", "watch endpointslices.discovery.k8s.io"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := MissingDiscoveryReads(tc.rules); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("missing = %v, want %v", got, tc.want)
 			}
 		})
 	}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
@@ -256,3 +258,43 @@ func DeleteAccount(ctx context.Context, c *kube.Cluster, a Account) error {
 	}
 	return nil
 }
+
+// discoveryRead is one resource whose informer istiod's registry of a
+// remote cluster needs filled before it reports the cluster synced.
+type discoveryRead struct{ group, resource string }
+
+// discoveryReads are those resources: without list and watch on any of them
+// the remote cluster never syncs (istiod's clusterz: syncing, then timeout).
+func discoveryReads() []discoveryRead {
+	return []discoveryRead{{"", "namespaces"}, {"", "nodes"}, {"", "pods"}, {"", "services"}, {"discovery.k8s.io", "endpointslices"}}
+}
+
+// MissingDiscoveryReads names the discovery reads (list and watch) that
+// rules, a rules review of a remote secret's identity, do not grant, as
+// "list endpointslices.discovery.k8s.io".
+func MissingDiscoveryReads(rules []authorizationv1.ResourceRule) []string {
+	var missing []string
+	for _, r := range discoveryReads() {
+		for _, verb := range []string{"list", "watch"} {
+			if !grants(rules, r, verb) {
+				name := r.resource
+				if r.group != "" {
+					name += "." + r.group
+				}
+				missing = append(missing, verb+" "+name)
+			}
+		}
+	}
+	return missing
+}
+
+func grants(rules []authorizationv1.ResourceRule, r discoveryRead, verb string) bool {
+	for _, rule := range rules {
+		if matches(rule.APIGroups, r.group) && matches(rule.Resources, r.resource) && matches(rule.Verbs, verb) {
+			return true
+		}
+	}
+	return false
+}
+
+func matches(set []string, v string) bool { return slices.Contains(set, v) || slices.Contains(set, "*") }

@@ -5,9 +5,11 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -272,6 +274,18 @@ func probeKubeconfig(ctx context.Context, data []byte) error {
 	}
 	if _, err := cs.CoreV1().Services("").List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
 		return fmt.Errorf("%s: %w", cfg.Host, err)
+	}
+	// What istiod cannot sync the cluster without: one rules review says
+	// which of those reads the identity lacks. A review that fails says
+	// nothing either way (an authorizer that cannot list rules).
+	rev, err := cs.AuthorizationV1().SelfSubjectRulesReviews().Create(ctx, &authorizationv1.SelfSubjectRulesReview{
+		Spec: authorizationv1.SelfSubjectRulesReviewSpec{Namespace: metav1.NamespaceDefault},
+	}, metav1.CreateOptions{})
+	if err != nil || rev.Status.Incomplete {
+		return nil
+	}
+	if missing := federation.MissingDiscoveryReads(rev.Status.ResourceRules); len(missing) > 0 {
+		return fmt.Errorf("%s: the secret's identity may not %s (istiod cannot sync the cluster without them)", cfg.Host, strings.Join(missing, ", "))
 	}
 	return nil
 }
