@@ -297,4 +297,6 @@ func grants(rules []authorizationv1.ResourceRule, r discoveryRead, verb string) 
 	return false
 }
 
-func matches(set []string, v string) bool { return slices.Contains(set, v) || slices.Contains(set, "*") }
+func matches(set []string, v string) bool {
+	return slices.Contains(set, v) || slices.Contains(set, "*")
+}
