@@ -81,6 +81,7 @@ func TestApplyLabTakesOverLegacyManager(t *testing.T) {
 	if len(old) == 0 {
 		t.Fatal("no object to take over")
 	}
+	t.Logf("%d objects written as the older flotilla did", len(old))
 	for o, was := range old {
 		u := getPath(ctx, t, rec.client(t, o.cluster), o)
 		if kube.Legacy(u) {
@@ -91,6 +92,10 @@ func TestApplyLabTakesOverLegacyManager(t *testing.T) {
 		for _, mf := range u.GetManagedFields() {
 			if mf.Subresource == "" && slices.Contains(kube.Managers(), mf.Manager) {
 				owned = owned.Union(fieldsOf(t, mf))
+				if mf.Operation != metav1.ManagedFieldsOperationApply {
+					// The takeover patch changes managedFields only; it claims no field.
+					t.Errorf("%s: %s has an %s entry", o, mf.Manager, mf.Operation)
+				}
 			}
 		}
 		if orphan := was.legacy.Difference(owned); !orphan.Empty() {
