@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -59,14 +60,22 @@ func isLegacy(mf metav1.ManagedFieldsEntry) bool {
 	return mf.Manager == FieldManager && mf.Subresource == ""
 }
 
+// serverSet are fields the API server sets itself whoever writes the
+// object, so they need no owner: the name label of every namespace, which
+// the creator's entry lists (an older flotilla created namespaces).
+func serverSet() *fieldpath.Set {
+	return fieldpath.NewSet(fieldpath.MakePathOrDie("metadata", "labels", corev1.LabelMetadataName))
+}
+
 // withoutCoveredLegacy returns obj's managedFields without the FieldManager
 // entries whose every field some subsystem manager owns too, and whether
-// it dropped any. An entry with a field no subsystem owns stays: dropping
-// it would leave the field to nobody, and a later apply could neither
-// remove nor claim it knowingly.
+// it dropped any. A map or list an entry lists for itself (an update's
+// ".") is covered by a subsystem owning a field inside it. An entry with a
+// field no subsystem owns stays: dropping it would leave the field to
+// nobody, and a later apply could neither remove nor claim it knowingly.
 func withoutCoveredLegacy(obj metav1.Object) ([]metav1.ManagedFieldsEntry, bool, error) {
 	entries := obj.GetManagedFields()
-	owned := &fieldpath.Set{}
+	owned := serverSet()
 	for _, mf := range entries {
 		if mf.Subresource != "" || !slices.Contains(Managers(), mf.Manager) || mf.FieldsV1 == nil {
 			continue
@@ -77,6 +86,14 @@ func withoutCoveredLegacy(obj metav1.Object) ([]metav1.ManagedFieldsEntry, bool,
 		}
 		owned = owned.Union(s)
 	}
+	// With every owned field, the maps and lists that hold it.
+	holders := &fieldpath.Set{}
+	owned.Iterate(func(p fieldpath.Path) {
+		for i := 1; i < len(p); i++ {
+			holders.Insert(p[:i].Copy())
+		}
+	})
+	owned = owned.Union(holders)
 	out := make([]metav1.ManagedFieldsEntry, 0, len(entries))
 	dropped := false
 	for _, mf := range entries {

@@ -38,6 +38,13 @@ func TestWithoutCoveredLegacy(t *testing.T) {
 			[]string{FieldManager, "kubectl"}, false},
 		{"legacy update entry too, one covered", []metav1.ManagedFieldsEntry{entry(FieldManager, apply, both), entry(FieldManager, update, annot), entry(ManagerControlPlane, apply, both)},
 			[]string{FieldManager, ManagerControlPlane}, true},
+		{"an older flotilla's create: the labels map and the name label the API server sets", []metav1.ManagedFieldsEntry{
+			entry(FieldManager, update, `{"f:metadata":{"f:labels":{".":{},"f:kubernetes.io/metadata.name":{},"f:app.kubernetes.io/managed-by":{}}}}`),
+			entry(ManagerFederation, apply, label)},
+			[]string{ManagerFederation}, true},
+		{"a map no subsystem writes into", []metav1.ManagedFieldsEntry{
+			entry(FieldManager, update, `{"f:metadata":{"f:annotations":{".":{}}}}`), entry(ManagerFederation, apply, label)},
+			[]string{FieldManager, ManagerFederation}, false},
 		{"both legacy entries covered", []metav1.ManagedFieldsEntry{entry(FieldManager, apply, both), entry(FieldManager, update, annot), entry(ManagerControlPlane, apply, both), entry(ManagerFederation, apply, annot)},
 			[]string{ManagerControlPlane, ManagerFederation}, true},
 	}
