@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -28,7 +29,7 @@ import (
 // its one field manager are taken over by the subsystem managers on the
 // next apply. The mesh is applied, then every object the apply wrote is
 // turned into what the older flotilla left: the subsystems' apply entries
-// merged into one entry of kube.FieldManager. The next apply succeeds
+// merged into one entry of kube.FieldManager (and a namespace it created). The next apply succeeds
 // without a conflict, leaves no entry of kube.FieldManager, keeps every
 // field that entry owned with its value and gives it a subsystem owner; the
 // apply after it writes nothing.
@@ -36,9 +37,17 @@ func TestApplyLabTakesOverLegacyManager(t *testing.T) {
 	l := testLab.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	h, m, _ := isolatedHub(ctx, t, l, "to")
+	h, m, ns := isolatedHub(ctx, t, l, "to")
 	rec := &applyRecorder{paths: map[string]map[string]bool{}}
 	h.Connect = rec.connect
+	// An older flotilla created a namespace it needed before applying it
+	// (kube.EnsureNamespace): its update entry lists the labels map and the
+	// name label the API server adds.
+	west := l.Cluster("west").Client()
+	if _, err := west.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: kube.ManagedLabels()}},
+		metav1.CreateOptions{FieldManager: kube.FieldManager}); err != nil {
+		t.Fatal(err)
+	}
 	apply := func(t *testing.T) {
 		t.Helper()
 		rep, err := h.Apply(ctx, m, ApplyOptions{})
@@ -50,6 +59,13 @@ func TestApplyLabTakesOverLegacyManager(t *testing.T) {
 		}
 	}
 	apply(t)
+	got, err := west.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kube.Legacy(got) {
+		t.Errorf("west: namespace %s the older flotilla created is not taken over: %v", ns, managerNames(got))
+	}
 
 	// What the older flotilla left.
 	objects := rec.objects()
@@ -278,7 +294,7 @@ func fieldsOf(t *testing.T, mf metav1.ManagedFieldsEntry) *fieldpath.Set {
 	return s
 }
 
-func managerNames(u *unstructured.Unstructured) []string {
+func managerNames(u metav1.Object) []string {
 	var out []string
 	for _, mf := range u.GetManagedFields() {
 		out = append(out, mf.Manager+"/"+string(mf.Operation))
