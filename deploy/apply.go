@@ -45,8 +45,8 @@ const (
 	ActionInvalid = "invalid"
 )
 
-// ApplyObjects server-side applies objs to c in order and stops at the first
-// error. With c.DryRun the API server validates everything and stores
+// ApplyObjects server-side applies objs to c in order, as c's field manager
+// (Cluster.As), and stops at the first error. With c.DryRun the API server validates everything and stores
 // nothing; objects in namespaces that do not exist yet cannot be validated
 // then and are reported as Skipped. A dry run goes on past an object the API
 // server refuses (ActionInvalid), so that a plan shows every change, and

@@ -139,8 +139,9 @@ type Result struct {
 // network labels, (2) gateways and their Istio resources, (3) the wait for
 // each gateway's address, (4) the Sail resources, those of primaries and
 // control-plane clusters before those of the remotes and data-plane clusters
-// that embed their addresses. clusters maps every member's name to its
-// connection.
+// that embed their addresses. Namespaces and Sail resources are written as
+// kube.ManagerControlPlane, the gateway objects as kube.ManagerGateways.
+// clusters maps every member's name to its connection.
 //
 // With DryRun connections nothing persists, so no new address can appear:
 // addresses already allocated are used and the others are PendingAddress.

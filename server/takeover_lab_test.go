@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"reflect"
 	"slices"
@@ -18,7 +17,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/structured-merge-diff/v6/fieldpath"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
@@ -38,7 +36,7 @@ func TestApplyLabTakesOverLegacyManager(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	h, m, ns := isolatedHub(ctx, t, l, "to")
-	rec := &applyRecorder{paths: map[string]map[string]bool{}}
+	rec := &applyRecorder{paths: map[string]map[string]bool{}, counter: &requestCounter{n: map[string]int{}}}
 	h.Connect = rec.connect
 	// An older flotilla created a namespace it needed before applying it
 	// (kube.EnsureNamespace): its update entry lists the labels map and the
@@ -92,12 +90,11 @@ func TestApplyLabTakesOverLegacyManager(t *testing.T) {
 		old[o] = before{legacy: merged, values: projectFields(u.Object, merged)}
 	}
 
-	rec.reset()
-	apply(t)
 	if len(old) == 0 {
 		t.Fatal("no object to take over")
 	}
 	t.Logf("%d objects written as the older flotilla did", len(old))
+	apply(t)
 	for o, was := range old {
 		u := getPath(ctx, t, rec.client(t, o.cluster), o)
 		if kube.Legacy(u) {
@@ -122,9 +119,9 @@ func TestApplyLabTakesOverLegacyManager(t *testing.T) {
 		}
 	}
 
-	rec.reset()
+	rec.counter.reset()
 	apply(t)
-	if w := rec.writes(); len(w) != 0 {
+	if w := rec.counter.writes(); len(w) != 0 {
 		t.Errorf("apply after the takeover made write calls, want none: %v", w)
 	}
 }
@@ -134,26 +131,19 @@ type objectAt struct{ cluster, path string }
 
 func (o objectAt) String() string { return o.cluster + ": " + o.path }
 
-// applyRecorder connects like the hub does, and records the objects each
-// server-side apply writes and every write call.
+// applyRecorder connects like the hub does, counts requests (counter) and
+// records the objects each server-side apply writes.
 type applyRecorder struct {
+	counter *requestCounter
 	mu      sync.Mutex
 	paths   map[string]map[string]bool
-	written []string
 	conns   map[string]*kube.Cluster
 }
 
 func (r *applyRecorder) connect(c spec.Cluster, kubeconfig string) (*kube.Cluster, error) {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = c.KubeconfigFor(kubeconfig)
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: c.Context}).ClientConfig()
-	if err != nil {
-		return nil, fmt.Errorf("%s: kubeconfig: %w", c.Name, err)
-	}
-	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
-		return recordingTransport{rt: rt, r: r, cluster: c.Name}
+	kc, err := connectWrapped(c, kubeconfig, func(rt http.RoundTripper) http.RoundTripper {
+		return recordingTransport{rt: countingTransport{rt: rt, rc: r.counter, cluster: c.Name}, r: r, cluster: c.Name}
 	})
-	kc, err := kube.Connect(c.Name, cfg)
 	if err == nil {
 		r.mu.Lock()
 		if r.conns == nil {
@@ -174,18 +164,6 @@ func (r *applyRecorder) client(t *testing.T, cluster string) *kube.Cluster {
 		t.Fatalf("%s: no connection", cluster)
 	}
 	return c
-}
-
-func (r *applyRecorder) reset() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.written = nil
-}
-
-func (r *applyRecorder) writes() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.written)
 }
 
 // objects are the objects written by server-side apply, in a stable order.
@@ -209,16 +187,13 @@ type recordingTransport struct {
 }
 
 func (t recordingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.Method != http.MethodGet {
+	// Server-side applies of objects, not of their status.
+	if req.Method == http.MethodPatch && req.Header.Get("Content-Type") == string(types.ApplyPatchType) && !strings.HasSuffix(req.URL.Path, "/status") {
 		t.r.mu.Lock()
-		t.r.written = append(t.r.written, t.cluster+" "+req.Method+" "+req.URL.Path)
-		// Server-side applies of objects, not of their status.
-		if req.Method == http.MethodPatch && req.Header.Get("Content-Type") == string(types.ApplyPatchType) && !strings.HasSuffix(req.URL.Path, "/status") {
-			if t.r.paths[t.cluster] == nil {
-				t.r.paths[t.cluster] = map[string]bool{}
-			}
-			t.r.paths[t.cluster][req.URL.Path] = true
+		if t.r.paths[t.cluster] == nil {
+			t.r.paths[t.cluster] = map[string]bool{}
 		}
+		t.r.paths[t.cluster][req.URL.Path] = true
 		t.r.mu.Unlock()
 	}
 	return t.rt.RoundTrip(req)

@@ -124,13 +124,14 @@ func withoutCoveredLegacy(obj metav1.Object) ([]metav1.ManagedFieldsEntry, bool,
 // writes. Entries not yet covered stay until the subsystem that writes the
 // rest has applied (a namespace several subsystems write); each write
 // calls TakeOver, so the last of them removes the entry. Without a legacy
-// entry it makes no request; a dry run changes nothing.
+// entry it makes no request; a dry run, or a connection that writes as
+// FieldManager itself, changes nothing.
 //
 // The patch replaces metadata.managedFields guarded by a test of the
 // resourceVersion, as "Server-Side Apply: transferring ownership" does;
 // when another writer came first, it reads the object again and retries.
 func (c *Cluster) TakeOver(ctx context.Context, gvr schema.GroupVersionResource, obj metav1.Object) error {
-	if c.DryRun || obj == nil || !Legacy(obj) {
+	if c.DryRun || c.Manager() == FieldManager || obj == nil || !Legacy(obj) {
 		return nil
 	}
 	ri := c.Dynamic.Resource(gvr).Namespace(obj.GetNamespace())

@@ -149,7 +149,7 @@ func (o Object) Apply(ctx context.Context, c *Cluster) (metav1.Object, error) {
 
 // TakeOver is Cluster.TakeOver for the stored object live of o.
 func (o Object) TakeOver(ctx context.Context, c *Cluster, live metav1.Object) error {
-	if c.DryRun || live == nil || !Legacy(live) {
+	if c.DryRun || c.Manager() == FieldManager || live == nil || !Legacy(live) {
 		return nil
 	}
 	gvr, _, err := o.resource(c)
