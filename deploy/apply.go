@@ -21,9 +21,10 @@ import (
 type Applied struct {
 	Ref             string
 	ResourceVersion string
-	// Owned fingerprints flotilla's own managedFields entry (its fields and
-	// the time it last changed them): unchanged by a no-op apply, whatever
-	// controllers write to the object's status meanwhile.
+	// Owned fingerprints the managedFields entry of the manager that
+	// applied it (its fields and the time it last changed them): unchanged
+	// by a no-op apply, whatever controllers write to the object's status
+	// meanwhile.
 	Owned string
 	// Skipped says why a dry run could not validate the object: its
 	// namespace does not exist yet, and a dry run creates none.
@@ -44,8 +45,8 @@ const (
 	ActionInvalid = "invalid"
 )
 
-// ApplyObjects server-side applies objs to c in order and stops at the first
-// error. With c.DryRun the API server validates everything and stores
+// ApplyObjects server-side applies objs to c in order, as c's field manager
+// (Cluster.As), and stops at the first error. With c.DryRun the API server validates everything and stores
 // nothing; objects in namespaces that do not exist yet cannot be validated
 // then and are reported as Skipped. A dry run goes on past an object the API
 // server refuses (ActionInvalid), so that a plan shows every change, and
@@ -80,10 +81,13 @@ func ApplyObjects(ctx context.Context, c *kube.Cluster, objs []kube.Object, prog
 		if err != nil {
 			return out, err
 		}
-		if o.UpToDate(live) {
+		if o.UpToDate(live, c.Manager()) {
 			// Nothing to write: a re-apply of an unchanged spec makes no calls
-			// but reads.
-			a := Applied{Ref: o.Ref(), ResourceVersion: live.GetResourceVersion(), Owned: ownedFingerprint(live)}
+			// but reads (and the takeover from the legacy manager, when due).
+			if err := o.TakeOver(ctx, c, live); err != nil {
+				return out, err
+			}
+			a := Applied{Ref: o.Ref(), ResourceVersion: live.GetResourceVersion(), Owned: ownedFingerprint(live, c.Manager())}
 			if c.DryRun {
 				a.Action = ActionNone
 			}
@@ -101,9 +105,9 @@ func ApplyObjects(ctx context.Context, c *kube.Cluster, objs []kube.Object, prog
 		if err != nil {
 			return out, err
 		}
-		a := Applied{Ref: o.Ref(), ResourceVersion: got.GetResourceVersion(), Owned: ownedFingerprint(got)}
+		a := Applied{Ref: o.Ref(), ResourceVersion: got.GetResourceVersion(), Owned: ownedFingerprint(got, c.Manager())}
 		if c.DryRun {
-			if a.Action, err = dryRunAction(live, got); err != nil {
+			if a.Action, err = dryRunAction(live, got, c.Manager()); err != nil {
 				return out, fmt.Errorf("%s: compare %s: %w", c.Name, a.Ref, err)
 			}
 		}
@@ -118,16 +122,16 @@ func ApplyObjects(ctx context.Context, c *kube.Cluster, objs []kube.Object, prog
 }
 
 // dryRunAction compares the live object with the dry-run result of applying
-// over it. A no-op apply leaves flotilla's managedFields entry (fields and
-// time) as it was; any change flotilla makes moves its time. The time has
+// over it as manager. A no-op apply leaves manager's managedFields entry
+// (fields and time) as it was; any change it makes moves its time. The time has
 // second granularity, so the objects themselves are compared too (without
 // managedFields, resourceVersion and status, which controllers write): a
 // change within the second of the last apply still shows.
-func dryRunAction(live *unstructured.Unstructured, dry metav1.Object) (string, error) {
+func dryRunAction(live *unstructured.Unstructured, dry metav1.Object, manager string) (string, error) {
 	if live == nil {
 		return ActionCreate, nil
 	}
-	if ownedFingerprint(live) != ownedFingerprint(dry) {
+	if ownedFingerprint(live, manager) != ownedFingerprint(dry, manager) {
 		return ActionUpdate, nil
 	}
 	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(dry)
@@ -152,8 +156,8 @@ func withoutVolatile(obj map[string]any) map[string]any {
 	return u.Object
 }
 
-func ownedFingerprint(obj metav1.Object) string {
-	mf := kube.AppliedEntry(obj)
+func ownedFingerprint(obj metav1.Object, manager string) string {
+	mf := kube.AppliedEntry(obj, manager)
 	if mf == nil {
 		return ""
 	}

@@ -154,6 +154,7 @@ func (a Account) String() string { return "serviceaccount " + a.Namespace + "/" 
 // ApplyAccount creates (idempotently) the service account a and the RBAC it
 // needs in cluster c, creating its namespace when missing.
 func ApplyAccount(ctx context.Context, c *kube.Cluster, a Account) error {
+	c = c.As(kube.ManagerFederation)
 	ns, err := kube.EnsureNamespace(ctx, c, a.Namespace, kube.ManagedLabels())
 	if err != nil {
 		return err

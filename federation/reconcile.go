@@ -11,7 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 
 	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/deploy/kube"
@@ -291,10 +291,13 @@ func connectAll(clusters []Cluster) map[string]connection {
 	for _, c := range clusters {
 		switch {
 		case c.Kube != nil:
-			out[c.Name] = connection{kube: c.Kube}
+			out[c.Name] = connection{kube: c.Kube.As(kube.ManagerFederation)}
 		default:
 			// Building clients reads files only; no need for parallelism.
 			k, err := kube.FromKubeconfig(c.Name, c.Kubeconfig, c.Context)
+			if err == nil {
+				k = k.As(kube.ManagerFederation)
+			}
 			out[c.Name] = connection{kube: k, err: err}
 		}
 	}
@@ -339,22 +342,12 @@ func prepareTarget(ctx context.Context, spec *Cluster, conn connection, acct Acc
 }
 
 // annotateControlPlane names the primary that manages a remote on its
-// control-plane namespace. A merge patch, not an apply: the namespace's
-// applied fields belong to the deploy engine under the same field manager.
+// control-plane namespace, applied as federation's manager: the control
+// plane's fields on the namespace (the network label) are its own.
 func annotateControlPlane(ctx context.Context, c *kube.Cluster, ns, primary string) error {
-	got, err := kube.EnsureNamespace(ctx, c, ns, kube.ManagedLabels())
-	if err != nil || got == nil {
-		return err
-	}
-	if got.Annotations[ControlPlaneClustersAnnotation] == primary {
-		return nil
-	}
-	patch := fmt.Appendf(nil, `{"metadata":{"annotations":{%q:%q}}}`, ControlPlaneClustersAnnotation, primary)
-	opts := metav1.PatchOptions{FieldManager: kube.FieldManager}
-	if c.DryRun {
-		opts.DryRun = []string{metav1.DryRunAll}
-	}
-	if _, err := c.Kube.CoreV1().Namespaces().Patch(ctx, ns, types.MergePatchType, patch, opts); err != nil {
+	ac := corev1ac.Namespace(ns).WithLabels(kube.ManagedLabels()).
+		WithAnnotations(map[string]string{ControlPlaneClustersAnnotation: primary})
+	if _, err := kube.ApplyNamespace(ctx, c, ac); err != nil {
 		return fmt.Errorf("%s: annotate namespace %s with %s: %w", c.Name, ns, ControlPlaneClustersAnnotation, err)
 	}
 	return nil
@@ -445,8 +438,14 @@ func writeSecret(ctx context.Context, c *kube.Cluster, w writeLink, existing *co
 		return Failed, fmt.Errorf("%s: secret %s/%s: %w", c.Name, w.Namespace, w.Secret, err)
 	}
 	d := desiredSecret{Namespace: w.Namespace, Name: w.Secret, Key: SecretKey(w.Kind, w.Target), Cluster: w.Target, Kubeconfig: kc}
+	if d.matches(existing) && c.Owns(existing) {
+		return Unchanged, c.TakeOver(ctx, corev1.SchemeGroupVersion.WithResource("secrets"), existing)
+	}
+	// Same content but not applied by this manager: written by a flotilla
+	// of one field manager, and applied again to be taken over.
+	action := Updated
 	if d.matches(existing) {
-		return Unchanged, nil
+		action = Unchanged
 	}
 	if existing == nil && !nsReady[w.Namespace] {
 		ns, err := kube.EnsureNamespace(ctx, c, w.Namespace, kube.ManagedLabels())
@@ -466,13 +465,17 @@ func writeSecret(ctx context.Context, c *kube.Cluster, w writeLink, existing *co
 		}
 		existing = nil
 	}
-	if _, err := c.Kube.CoreV1().Secrets(w.Namespace).Apply(ctx, d.apply(), c.ApplyOptions()); err != nil {
+	got, err := c.Kube.CoreV1().Secrets(w.Namespace).Apply(ctx, d.apply(), c.ApplyOptions())
+	if err != nil {
 		return Failed, fmt.Errorf("%s: write secret %s/%s: %w", c.Name, w.Namespace, w.Secret, err)
+	}
+	if err := c.TakeOver(ctx, corev1.SchemeGroupVersion.WithResource("secrets"), got); err != nil {
+		return Failed, err
 	}
 	if existing == nil {
 		return Created, nil
 	}
-	return Updated, nil
+	return action, nil
 }
 
 func deleteSecret(ctx context.Context, c *kube.Cluster, s *corev1.Secret) error {

@@ -268,6 +268,7 @@ func requestToken(ctx context.Context, c *kube.Cluster, a Account, o TokenOption
 // controller writes into a service-account-token secret, creating the secret
 // first; recreate replaces a secret whose token is no longer accepted.
 func legacyToken(ctx context.Context, c *kube.Cluster, a Account, recreate bool, o TokenOptions) (Credential, error) {
+	c = c.As(kube.ManagerFederation)
 	name := LegacyTokenSecretName(a.Name)
 	ref := a.Namespace + "/" + name
 	secrets := c.Kube.CoreV1().Secrets(a.Namespace)
@@ -284,15 +285,19 @@ func legacyToken(ctx context.Context, c *kube.Cluster, a Account, recreate bool,
 		WithLabels(kube.ManagedLabels()).
 		WithAnnotations(map[string]string{corev1.ServiceAccountNameKey: a.Name}).
 		WithType(corev1.SecretTypeServiceAccountToken)
-	if _, err := secrets.Apply(ctx, ac, c.ApplyOptions()); err != nil {
+	got, err := secrets.Apply(ctx, ac, c.ApplyOptions())
+	if err != nil {
 		return Credential{}, fmt.Errorf("%s: apply token secret %s: %w", c.Name, ref, err)
+	}
+	if err := c.TakeOver(ctx, corev1.SchemeGroupVersion.WithResource("secrets"), got); err != nil {
+		return Credential{}, err
 	}
 	wt := o.LegacyWait
 	if wt == 0 {
 		wt = 30 * time.Second
 	}
 	var token []byte
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, wt, true, func(ctx context.Context) (bool, error) {
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, wt, true, func(ctx context.Context) (bool, error) {
 		s, err := secrets.Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, err

@@ -55,7 +55,7 @@ func TestLabCSRAgentManifests(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !o.UpToDate(live) {
+		if !o.UpToDate(live, c.Manager()) {
 			t.Errorf("%s is not up to date after the apply: a re-apply would write it again", o.Ref())
 		}
 	}

@@ -139,8 +139,9 @@ type Result struct {
 // network labels, (2) gateways and their Istio resources, (3) the wait for
 // each gateway's address, (4) the Sail resources, those of primaries and
 // control-plane clusters before those of the remotes and data-plane clusters
-// that embed their addresses. clusters maps every member's name to its
-// connection.
+// that embed their addresses. Namespaces and Sail resources are written as
+// kube.ManagerControlPlane, the gateway objects as kube.ManagerGateways.
+// clusters maps every member's name to its connection.
 //
 // With DryRun connections nothing persists, so no new address can appear:
 // addresses already allocated are used and the others are PendingAddress.
@@ -165,13 +166,20 @@ func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, l *deploy
 	var refused []error
 	for _, p := range plans {
 		c := clusters[p.Cluster]
-		applied, err := deploy.ApplyObjects(ctx, c, append(append([]kube.Object(nil), p.Setup...), p.Gateways...), progress)
-		res.Applied[p.Cluster] = append(res.Applied[p.Cluster], applied...)
-		if err != nil && !(dryRun && onlyRefusals(applied, err)) {
-			return res, err
-		}
-		if err != nil {
-			refused = append(refused, err)
+		// The namespaces are the control plane's (they carry its network
+		// label), the gateway objects the gateways'.
+		for _, step := range []struct {
+			manager string
+			objs    []kube.Object
+		}{{kube.ManagerControlPlane, p.Setup}, {kube.ManagerGateways, p.Gateways}} {
+			applied, err := deploy.ApplyObjects(ctx, c.As(step.manager), step.objs, progress)
+			res.Applied[p.Cluster] = append(res.Applied[p.Cluster], applied...)
+			if err != nil && !(dryRun && onlyRefusals(applied, err)) {
+				return res, err
+			}
+			if err != nil {
+				refused = append(refused, err)
+			}
 		}
 	}
 	addresses := map[string]string{}
@@ -216,7 +224,7 @@ func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, l *deploy
 					return res, err
 				}
 			}
-			applied, err := deploy.ApplyObjects(ctx, clusters[p.Cluster], p.ControlPlane, progress)
+			applied, err := deploy.ApplyObjects(ctx, clusters[p.Cluster].As(kube.ManagerControlPlane), p.ControlPlane, progress)
 			res.Applied[p.Cluster] = append(res.Applied[p.Cluster], applied...)
 			if err != nil && !(dryRun && onlyRefusals(applied, err)) {
 				return res, err
@@ -259,6 +267,8 @@ func Render(dir string, plans []ClusterPlan) ([]string, error) {
 			return paths, fmt.Errorf("%s: %w", p.Cluster, err)
 		}
 		path := filepath.Join(dir, p.Cluster+".yaml")
+		// Applied by hand under flotilla's one manager of old: the next
+		// flotilla apply hands the fields to its subsystems' managers.
 		header := fmt.Sprintf("# flotilla: cluster %s, role %s. Apply with: kubectl apply --server-side --field-manager=%s -f %s\n",
 			p.Cluster, p.Role, kube.FieldManager, filepath.Base(path))
 		if p.Pending {

@@ -312,7 +312,7 @@ func TestLabTopologies(t *testing.T) {
 						if err != nil {
 							t.Fatal(err)
 						}
-						if !o.UpToDate(live) {
+						if !o.UpToDate(live, managerOf(p, o)) {
 							t.Errorf("%s: %s is not up to date right after the apply: it would be written again", p.Cluster, o.Ref())
 						}
 					}
@@ -444,10 +444,8 @@ func snapshot(ctx context.Context, t *testing.T, clusters map[string]*kube.Clust
 		for _, o := range p.Objects() {
 			got := get(ctx, t, clusters[p.Cluster], o.Unstructured())
 			st := stamp{rv: got.GetResourceVersion()}
-			for _, m := range got.GetManagedFields() {
-				if m.Manager == kube.FieldManager && m.Operation == metav1.ManagedFieldsOperationApply && m.FieldsV1 != nil {
-					st.entry = m.Time.String() + " " + string(m.FieldsV1.Raw)
-				}
+			if m := flotillaEntry(got); m != nil {
+				st.entry = m.Time.String() + " " + string(m.FieldsV1.Raw)
 			}
 			out[p.Cluster+": "+o.Ref()] = st
 		}
@@ -527,12 +525,32 @@ func project(stored, shape any) any {
 // sent, as stored, and the fields the flotilla manager owns.
 func applied(stored, sent *unstructured.Unstructured) map[string]any {
 	owned := ""
-	for _, m := range stored.GetManagedFields() {
-		if m.Manager == kube.FieldManager && m.Operation == metav1.ManagedFieldsOperationApply && m.FieldsV1 != nil {
-			owned = string(m.FieldsV1.Raw)
-		}
+	if m := flotillaEntry(stored); m != nil {
+		owned = string(m.FieldsV1.Raw)
 	}
 	return map[string]any{"fields": project(stored.Object, sent.Object), "owned": owned}
+}
+
+// flotillaEntry is the apply entry of flotilla's manager on u: the one
+// manager of old when it has one (a render applied by hand), else the
+// subsystem's that ApplyMesh writes as.
+func flotillaEntry(u metav1.Object) *metav1.ManagedFieldsEntry {
+	for _, m := range append([]string{kube.FieldManager}, kube.Managers()...) {
+		if e := kube.AppliedEntry(u, m); e != nil && e.FieldsV1 != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// managerOf is the field manager ApplyMesh writes o of p as.
+func managerOf(p ClusterPlan, o kube.Object) string {
+	for _, g := range p.Gateways {
+		if g.Ref() == o.Ref() {
+			return kube.ManagerGateways
+		}
+	}
+	return kube.ManagerControlPlane
 }
 
 func managers(u *unstructured.Unstructured) []string {
@@ -618,8 +636,14 @@ func TestLabRenderApply(t *testing.T) {
 			if a := applied(got, o.Unstructured()); !reflect.DeepEqual(a, want[key]) {
 				t.Errorf("%s differs after kubectl apply of the render:\n got %v\nwant %v", key, a, want[key])
 			}
-			if m := managers(got); !reflect.DeepEqual(m, []string{kube.FieldManager}) {
-				t.Errorf("%s: apply managers %v, want [%s]", key, m, kube.FieldManager)
+			// The namespaces were kept: the control plane's entry stays
+			// beside the hand-applied one, which its next apply takes over.
+			want := []string{kube.FieldManager}
+			if o.Unstructured().GetKind() == "Namespace" {
+				want = []string{kube.FieldManager, kube.ManagerControlPlane}
+			}
+			if m := managers(got); !reflect.DeepEqual(m, want) {
+				t.Errorf("%s: apply managers %v, want %v", key, m, want)
 			}
 		}
 	}

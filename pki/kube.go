@@ -98,6 +98,7 @@ func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
 // write at all. A foreign cacerts, or one chaining to another root, is
 // handled by policy.
 func WriteCACerts(ctx context.Context, c *kube.Cluster, namespace string, cc CACerts, policy ConflictPolicy) (WriteResult, error) {
+	c = c.As(kube.ManagerPKI)
 	ref := fmt.Sprintf("%s: secret %s/%s", c.Name, namespace, SecretName)
 	if err := ValidateNames(c.Name, namespace); err != nil {
 		return WriteResult{}, fmt.Errorf("%s: %w", ref, err)
@@ -135,8 +136,13 @@ func WriteCACerts(ctx context.Context, c *kube.Cluster, namespace string, cc CAC
 	exact := len(cur.Data) == len(CACertsFiles) && cur.Type == corev1.SecretTypeOpaque && parseErr == nil && existing.Equal(cc)
 
 	if managed && ours {
-		if exact {
+		if exact && c.Owns(cur) {
 			return WriteResult{Action: Unchanged, ResourceVersion: cur.ResourceVersion}, nil
+		}
+		if exact {
+			// Written by a flotilla of one field manager: the same content,
+			// applied to be owned by the PKI's manager and taken over.
+			return applySecret(ctx, c, namespace, cc.SecretData(), Unchanged)
 		}
 		return replaceSecret(ctx, c, cur, namespace, cc.SecretData(), Updated)
 	}
@@ -234,6 +240,9 @@ func applySecret(ctx context.Context, c *kube.Cluster, namespace string, data ma
 	if err != nil {
 		// The apiserver's error never echoes Secret data.
 		return WriteResult{}, fmt.Errorf("%s: write secret %s/%s: %w", c.Name, namespace, SecretName, err)
+	}
+	if err := c.TakeOver(ctx, corev1.SchemeGroupVersion.WithResource("secrets"), out); err != nil {
+		return WriteResult{}, err
 	}
 	return WriteResult{Action: action, ResourceVersion: out.ResourceVersion}, nil
 }

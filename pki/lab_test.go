@@ -104,9 +104,9 @@ func TestLabWriteCACerts(t *testing.T) {
 			t.Errorf("%s: keys %v, want the four cacerts keys", c.Name, keys)
 		}
 		if i := slices.IndexFunc(s.ManagedFields, func(f metav1.ManagedFieldsEntry) bool {
-			return f.Manager == kube.FieldManager && f.Operation == metav1.ManagedFieldsOperationApply
+			return f.Manager == kube.ManagerPKI && f.Operation == metav1.ManagedFieldsOperationApply
 		}); i < 0 {
-			t.Errorf("%s: no server-side apply by %q in managedFields", c.Name, kube.FieldManager)
+			t.Errorf("%s: no server-side apply by %q in managedFields", c.Name, kube.ManagerPKI)
 		}
 		got, err := ReadCACerts(ctx, c, ns)
 		if err != nil || got == nil {

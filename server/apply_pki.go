@@ -223,7 +223,7 @@ func (h *Hub) applyCertManager(ctx context.Context, p *plan, kc *kube.Cluster, n
 		if err != nil {
 			return err
 		}
-		applied, err := deploy.ApplyObjects(ctx, kc, objs, nil)
+		applied, err := deploy.ApplyObjects(ctx, kc.As(kube.ManagerPKI), objs, nil)
 		if err != nil {
 			return err
 		}

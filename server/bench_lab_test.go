@@ -191,15 +191,20 @@ type requestCounter struct {
 }
 
 func (rc *requestCounter) connect(c spec.Cluster, kubeconfig string) (*kube.Cluster, error) {
+	return connectWrapped(c, kubeconfig, func(rt http.RoundTripper) http.RoundTripper {
+		return countingTransport{rt: rt, rc: rc, cluster: c.Name}
+	})
+}
+
+// connectWrapped connects to c as the hub does, through wrap's transport.
+func connectWrapped(c spec.Cluster, kubeconfig string, wrap func(http.RoundTripper) http.RoundTripper) (*kube.Cluster, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = c.KubeconfigFor(kubeconfig)
 	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: c.Context}).ClientConfig()
 	if err != nil {
 		return nil, fmt.Errorf("%s: kubeconfig: %w", c.Name, err)
 	}
-	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
-		return countingTransport{rt: rt, rc: rc, cluster: c.Name}
-	})
+	cfg.Wrap(wrap)
 	return kube.Connect(c.Name, cfg)
 }
 

@@ -61,7 +61,7 @@ func (h *Hub) deploySample(ctx context.Context, clusters []*verifyCluster) error
 		key, value := injectionLabel(ctx, c.kc)
 		kc := c.kc.Kube
 		ns := corev1ac.Namespace(sampleNamespace).WithLabels(map[string]string{key: value})
-		if _, err := kc.CoreV1().Namespaces().Apply(ctx, ns, c.kc.ApplyOptions()); err != nil {
+		if _, err := kc.CoreV1().Namespaces().Apply(ctx, ns, c.kc.As(kube.ManagerVerify).ApplyOptions()); err != nil {
 			return fmt.Errorf("%s: write namespace %s: %w", c.name, sampleNamespace, err)
 		}
 		svc := corev1ac.Service(helloService, sampleNamespace).
@@ -69,7 +69,7 @@ func (h *Hub) deploySample(ctx context.Context, clusters []*verifyCluster) error
 			WithSpec(corev1ac.ServiceSpec().
 				WithSelector(map[string]string{"app": helloService}).
 				WithPorts(corev1ac.ServicePort().WithName("http").WithPort(helloPort).WithTargetPort(intstr.FromInt32(helloPort))))
-		if _, err := kc.CoreV1().Services(sampleNamespace).Apply(ctx, svc, c.kc.ApplyOptions()); err != nil {
+		if _, err := kc.CoreV1().Services(sampleNamespace).Apply(ctx, svc, c.kc.As(kube.ManagerVerify).ApplyOptions()); err != nil {
 			return fmt.Errorf("%s: write service %s/%s: %w", c.name, sampleNamespace, helloService, err)
 		}
 		image, env := helloImage(c.version)
@@ -83,11 +83,11 @@ func (h *Hub) deploySample(ctx context.Context, clusters []*verifyCluster) error
 					WithContainers(corev1ac.Container().WithName(helloService).WithImage(image).WithEnv(env...).
 						WithImagePullPolicy(corev1.PullIfNotPresent).
 						WithPorts(corev1ac.ContainerPort().WithContainerPort(helloPort))))))
-		if _, err := kc.AppsV1().Deployments(sampleNamespace).Apply(ctx, hello, c.kc.ApplyOptions()); err != nil {
+		if _, err := kc.AppsV1().Deployments(sampleNamespace).Apply(ctx, hello, c.kc.As(kube.ManagerVerify).ApplyOptions()); err != nil {
 			return fmt.Errorf("%s: write deployment %s/%s-%s: %w", c.name, sampleNamespace, helloService, c.version, err)
 		}
 		sa := corev1ac.ServiceAccount(curlName, sampleNamespace)
-		if _, err := kc.CoreV1().ServiceAccounts(sampleNamespace).Apply(ctx, sa, c.kc.ApplyOptions()); err != nil {
+		if _, err := kc.CoreV1().ServiceAccounts(sampleNamespace).Apply(ctx, sa, c.kc.As(kube.ManagerVerify).ApplyOptions()); err != nil {
 			return fmt.Errorf("%s: write serviceaccount %s/%s: %w", c.name, sampleNamespace, curlName, err)
 		}
 		cl := map[string]string{"app": curlName}
@@ -102,7 +102,7 @@ func (h *Hub) deploySample(ctx context.Context, clusters []*verifyCluster) error
 					WithContainers(corev1ac.Container().WithName(curlName).WithImage(curlImage).
 						WithCommand("/bin/sleep", "infinity").
 						WithImagePullPolicy(corev1.PullIfNotPresent)))))
-		if _, err := kc.AppsV1().Deployments(sampleNamespace).Apply(ctx, curl, c.kc.ApplyOptions()); err != nil {
+		if _, err := kc.AppsV1().Deployments(sampleNamespace).Apply(ctx, curl, c.kc.As(kube.ManagerVerify).ApplyOptions()); err != nil {
 			return fmt.Errorf("%s: write deployment %s/%s: %w", c.name, sampleNamespace, curlName, err)
 		}
 		h.progressf(c.name, "namespace %s (%s=%s), service %s, deployments %s-%s and %s",

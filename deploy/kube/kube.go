@@ -1,6 +1,8 @@
 // Package kube connects flotilla to member clusters and writes to them through
-// server-side apply under one field manager, so that a second apply of the same
-// objects is a no-op and ownership of every field is visible in managedFields.
+// server-side apply, so that a second apply of the same objects is a no-op
+// and ownership of every field is visible in managedFields. Each subsystem
+// writes under a field manager of its own (managers.go), so that a namespace
+// several of them write keeps every subsystem's fields.
 package kube
 
 import (
@@ -21,9 +23,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 )
 
-// FieldManager is the one server-side apply field manager flotilla writes with.
-const FieldManager = "flotilla"
-
 // Cluster is a connection to one member cluster.
 type Cluster struct {
 	// Name is the cluster's name in the mesh spec; every error names it.
@@ -37,7 +36,26 @@ type Cluster struct {
 	// DryRun makes every write a server-side dry run: validated, never persisted.
 	DryRun bool
 
-	mapper *restmapper.DeferredDiscoveryRESTMapper
+	// manager is the field manager of every write; "" is FieldManager.
+	// Subsystems set theirs with As.
+	manager string
+	mapper  *restmapper.DeferredDiscoveryRESTMapper
+}
+
+// As returns a shallow copy of c (same clients) whose writes are made by
+// field manager m, one of the subsystem managers (managers.go).
+func (c *Cluster) As(m string) *Cluster {
+	cp := *c
+	cp.manager = m
+	return &cp
+}
+
+// Manager is the field manager c writes as.
+func (c *Cluster) Manager() string {
+	if c.manager == "" {
+		return FieldManager
+	}
+	return c.manager
 }
 
 // Connect builds the clients for the cluster named name from cfg.
@@ -85,7 +103,7 @@ func FromKubeconfig(name, path, kubeContext string) (*Cluster, error) {
 
 // ApplyOptions are the options of every typed server-side apply.
 func (c *Cluster) ApplyOptions() metav1.ApplyOptions {
-	o := metav1.ApplyOptions{FieldManager: FieldManager, Force: true}
+	o := metav1.ApplyOptions{FieldManager: c.Manager(), Force: true}
 	if c.DryRun {
 		o.DryRun = []string{metav1.DryRunAll}
 	}
@@ -95,7 +113,7 @@ func (c *Cluster) ApplyOptions() metav1.ApplyOptions {
 // CreateOptions are the options of the few writes that cannot be applies
 // (TokenRequest, TokenReview).
 func (c *Cluster) CreateOptions() metav1.CreateOptions {
-	o := metav1.CreateOptions{FieldManager: FieldManager}
+	o := metav1.CreateOptions{FieldManager: c.Manager()}
 	if c.DryRun {
 		o.DryRun = []string{metav1.DryRunAll}
 	}
@@ -125,19 +143,29 @@ func (c *Cluster) Resource(gvk schema.GroupVersionKind) (schema.GroupVersionReso
 	return m.Resource, m.Scope.Name() == "namespace", nil
 }
 
-// Apply server-side applies obj, of any kind, and returns the object as stored.
+// Apply server-side applies obj, of any kind, as c's manager, takes it
+// over from FieldManager where that is due (TakeOver), and returns the
+// object as stored.
 func (c *Cluster) Apply(ctx context.Context, obj *unstructured.Unstructured) (*unstructured.Unstructured, error) {
-	gvk := obj.GroupVersionKind()
-	ref := ObjectRef(obj)
-	gvr, namespaced, err := c.Resource(gvk)
+	gvr, namespaced, err := c.Resource(obj.GroupVersionKind())
 	if err != nil {
 		return nil, err
 	}
+	out, err := c.apply(ctx, gvr, namespaced, obj)
+	if err != nil {
+		return nil, err
+	}
+	return out, c.TakeOver(ctx, gvr, out)
+}
+
+// apply is Apply without the takeover.
+func (c *Cluster) apply(ctx context.Context, gvr schema.GroupVersionResource, namespaced bool, obj *unstructured.Unstructured) (*unstructured.Unstructured, error) {
+	ref := ObjectRef(obj)
 	data, err := json.Marshal(obj.Object)
 	if err != nil {
 		return nil, fmt.Errorf("%s: encode %s: %w", c.Name, ref, err)
 	}
-	opts := metav1.PatchOptions{FieldManager: FieldManager, Force: ptrTrue()}
+	opts := metav1.PatchOptions{FieldManager: c.Manager(), Force: ptrTrue()}
 	if c.DryRun {
 		opts.DryRun = []string{metav1.DryRunAll}
 	}

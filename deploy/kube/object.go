@@ -84,7 +84,14 @@ func Custom(u *unstructured.Unstructured) Object {
 	if d != "" {
 		setDigest(u, d)
 	}
-	return Object{u: u, digest: d, named: true, apply: func(ctx context.Context, c *Cluster) (metav1.Object, error) { return c.Apply(ctx, u) }}
+	return Object{u: u, digest: d, named: true, apply: func(ctx context.Context, c *Cluster) (metav1.Object, error) {
+		gvr, namespaced, err := c.Resource(u.GroupVersionKind())
+		if err != nil {
+			return nil, err
+		}
+		// Object.Apply takes it over.
+		return c.apply(ctx, gvr, namespaced, u)
+	}}
 }
 
 func setDigest(u *unstructured.Unstructured, d string) {
@@ -126,7 +133,8 @@ func (o Object) Ref() string { return ObjectRef(o.u) }
 // Unstructured returns a copy of the object as it is rendered and applied.
 func (o Object) Unstructured() *unstructured.Unstructured { return o.u.DeepCopy() }
 
-// Apply server-side applies the object and returns it as stored (with
+// Apply server-side applies the object as c's manager, takes it over from
+// FieldManager where that is due (TakeOver), and returns it as stored (with
 // c.DryRun: as it would be stored).
 func (o Object) Apply(ctx context.Context, c *Cluster) (metav1.Object, error) {
 	out, err := o.apply(ctx, c)
@@ -136,23 +144,36 @@ func (o Object) Apply(ctx context.Context, c *Cluster) (metav1.Object, error) {
 		}
 		return nil, fmt.Errorf("%s: apply %s: %w", c.Name, o.Ref(), err)
 	}
-	return out, nil
+	return out, o.TakeOver(ctx, c, out)
+}
+
+// TakeOver is Cluster.TakeOver for the stored object live of o.
+func (o Object) TakeOver(ctx context.Context, c *Cluster, live metav1.Object) error {
+	if c.DryRun || c.Manager() == FieldManager || live == nil || !Legacy(live) {
+		return nil
+	}
+	gvr, _, err := o.resource(c)
+	if err != nil {
+		return err
+	}
+	return c.TakeOver(ctx, gvr, live)
+}
+
+func (o Object) resource(c *Cluster) (schema.GroupVersionResource, bool, error) {
+	if o.builtin {
+		// Built-in kinds are named regularly, and their typed apply needs no
+		// discovery either; discovery would not heed ctx.
+		gvr, _ := meta.UnsafeGuessKindToResource(o.u.GroupVersionKind())
+		return gvr, o.u.GetNamespace() != "", nil
+	}
+	return c.Resource(o.u.GroupVersionKind())
 }
 
 // Get reads the object as it is stored in c; nil when it does not exist.
 func (o Object) Get(ctx context.Context, c *Cluster) (*unstructured.Unstructured, error) {
-	var gvr schema.GroupVersionResource
-	var namespaced bool
-	if o.builtin {
-		// Built-in kinds are named regularly, and their typed apply needs no
-		// discovery either; discovery would not heed ctx.
-		gvr, _ = meta.UnsafeGuessKindToResource(o.u.GroupVersionKind())
-		namespaced = o.u.GetNamespace() != ""
-	} else {
-		var err error
-		if gvr, namespaced, err = c.Resource(o.u.GroupVersionKind()); err != nil {
-			return nil, err
-		}
+	gvr, namespaced, err := o.resource(c)
+	if err != nil {
+		return nil, err
 	}
 	var ri dynamic.ResourceInterface = c.Dynamic.Resource(gvr)
 	if namespaced {
@@ -168,26 +189,28 @@ func (o Object) Get(ctx context.Context, c *Cluster) (*unstructured.Unstructured
 	return live, nil
 }
 
-// UpToDate reports whether live already is what applying o would make it:
-// flotilla last applied this very configuration (the digest), still owns
-// fields through an apply, and every field of o holds the value o gives it.
-// Fields others added (defaults, status, other managers' fields) do not
-// matter, as they would survive the apply too.
-func (o Object) UpToDate(live *unstructured.Unstructured) bool {
+// UpToDate reports whether live already is what applying o as manager
+// would make it: flotilla last applied this very configuration (the
+// digest), manager still owns fields through an apply, and every field of
+// o holds the value o gives it. Fields others added (defaults, status,
+// other managers' fields) do not matter, as they would survive the apply
+// too. An object FieldManager wrote but manager has not applied is not up
+// to date: manager must own its fields before it can take the object over.
+func (o Object) UpToDate(live *unstructured.Unstructured, manager string) bool {
 	if live == nil || o.digest == "" || live.GetDeletionTimestamp() != nil {
 		return false
 	}
 	if live.GetAnnotations()[DigestAnnotation] != o.digest {
 		return false
 	}
-	return AppliedEntry(live) != nil && contains(live.Object, o.u.Object)
+	return AppliedEntry(live, manager) != nil && contains(live.Object, o.u.Object)
 }
 
-// AppliedEntry is flotilla's server-side-apply entry in obj's managedFields
+// AppliedEntry is manager's server-side-apply entry in obj's managedFields
 // (the object's main resource, not a subresource); nil when it has none.
-func AppliedEntry(obj metav1.Object) *metav1.ManagedFieldsEntry {
+func AppliedEntry(obj metav1.Object, manager string) *metav1.ManagedFieldsEntry {
 	for _, mf := range obj.GetManagedFields() {
-		if mf.Manager == FieldManager && mf.Operation == metav1.ManagedFieldsOperationApply && mf.Subresource == "" {
+		if mf.Manager == manager && mf.Operation == metav1.ManagedFieldsOperationApply && mf.Subresource == "" {
 			return &mf
 		}
 	}
@@ -195,15 +218,16 @@ func AppliedEntry(obj metav1.Object) *metav1.ManagedFieldsEntry {
 }
 
 // Converge applies o to c unless the stored object is already up to date
-// (UpToDate), in which case it writes nothing. It returns the object as
-// stored and whether it was applied.
+// for c's manager (UpToDate), in which case it writes nothing but, where
+// due, the takeover from FieldManager. It returns the object as stored
+// and whether it was applied.
 func (o Object) Converge(ctx context.Context, c *Cluster) (metav1.Object, bool, error) {
 	live, err := o.Get(ctx, c)
 	if err != nil {
 		return nil, false, err
 	}
-	if o.UpToDate(live) {
-		return live, false, nil
+	if o.UpToDate(live, c.Manager()) {
+		return live, false, o.TakeOver(ctx, c, live)
 	}
 	got, err := o.Apply(ctx, c)
 	return got, err == nil, err

@@ -58,7 +58,7 @@ func TestUpToDate(t *testing.T) {
 	if got := o.Unstructured().GetAnnotations()[DigestAnnotation]; got != o.digest {
 		t.Errorf("the rendered object's digest annotation is %q, want %q", got, o.digest)
 	}
-	applied := []metav1.ManagedFieldsEntry{{Manager: FieldManager, Operation: metav1.ManagedFieldsOperationApply}}
+	applied := []metav1.ManagedFieldsEntry{{Manager: ManagerControlPlane, Operation: metav1.ManagedFieldsOperationApply}}
 	live := func(mutate func(u *unstructured.Unstructured)) *unstructured.Unstructured {
 		u := o.Unstructured()
 		u.SetResourceVersion("7")
@@ -89,10 +89,16 @@ func TestUpToDate(t *testing.T) {
 			u.SetManagedFields([]metav1.ManagedFieldsEntry{{Manager: "kubectl", Operation: metav1.ManagedFieldsOperationApply}})
 		}), false},
 		{"being deleted", live(func(u *unstructured.Unstructured) { now := metav1.Now(); u.SetDeletionTimestamp(&now) }), false},
+		{"applied by another flotilla manager", live(func(u *unstructured.Unstructured) {
+			u.SetManagedFields([]metav1.ManagedFieldsEntry{{Manager: ManagerGateways, Operation: metav1.ManagedFieldsOperationApply}})
+		}), false},
+		{"applied only by the legacy manager: to be taken over", live(func(u *unstructured.Unstructured) {
+			u.SetManagedFields([]metav1.ManagedFieldsEntry{{Manager: FieldManager, Operation: metav1.ManagedFieldsOperationApply}})
+		}), false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := o.UpToDate(tc.live); got != tc.want {
+			if got := o.UpToDate(tc.live, ManagerControlPlane); got != tc.want {
 				t.Errorf("UpToDate = %v, want %v", got, tc.want)
 			}
 		})

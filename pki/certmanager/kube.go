@@ -83,6 +83,7 @@ type Result struct {
 // CRD and the hub signs (pki/issuer): no private key is written. It
 // deletes the root Secret and CA Issuer earlier versions wrote.
 func Apply(ctx context.Context, c *kube.Cluster, cfg Config) (Result, error) {
+	c = c.As(kube.ManagerPKI)
 	var res Result
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -126,6 +127,7 @@ func Apply(ctx context.Context, c *kube.Cluster, cfg Config) (Result, error) {
 // InstallIssuerCRD applies the MeshIssuer CRD and waits until the API
 // server serves the kind. A dry run reports whether it is served already.
 func InstallIssuerCRD(ctx context.Context, c *kube.Cluster) (served bool, err error) {
+	c = c.As(kube.ManagerPKI)
 	if _, err := c.Apply(ctx, v1alpha1.CRD()); err != nil {
 		return false, err
 	}
@@ -421,7 +423,7 @@ func Renew(ctx context.Context, c *kube.Cluster, namespace string) error {
 			"observedGeneration": crt.Generation,
 		}}},
 	}}
-	opts := c.ApplyOptions()
+	opts := c.As(kube.ManagerPKI).ApplyOptions()
 	if _, err := c.Dynamic.Resource(gvr).Namespace(namespace).ApplyStatus(ctx, IntermediateCertificateName, status, opts); err != nil {
 		return fmt.Errorf("%s: renew Certificate %s/%s: %w", c.Name, namespace, IntermediateCertificateName, err)
 	}

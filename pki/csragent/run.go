@@ -270,7 +270,7 @@ func (s *Server) writeRootCerts(ctx context.Context, src rootCertSource) error {
 	var errs []error
 	for _, ns := range nss {
 		cur, err := src.configMap(ctx, ns)
-		if err == nil && cur.Data[RootCertKey] == string(want) {
+		if err == nil && cur.Data[RootCertKey] == string(want) && c.Owns(cur) {
 			continue
 		}
 		if err != nil && !apierrors.IsNotFound(err) {
@@ -280,8 +280,13 @@ func (s *Server) writeRootCerts(ctx context.Context, src rootCertSource) error {
 		ac := corev1ac.ConfigMap(RootCertConfigMap, ns).
 			WithLabels(map[string]string{"istio.io/config": "true", kube.ManagedByLabel: kube.ManagedBy}).
 			WithData(map[string]string{RootCertKey: string(want)})
-		if _, err := c.Kube.CoreV1().ConfigMaps(ns).Apply(ctx, ac, c.ApplyOptions()); err != nil {
+		got, err := c.Kube.CoreV1().ConfigMaps(ns).Apply(ctx, ac, c.ApplyOptions())
+		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: write configmap %s/%s: %w", c.Name, ns, RootCertConfigMap, err))
+			continue
+		}
+		if err := c.TakeOver(ctx, corev1.SchemeGroupVersion.WithResource("configmaps"), got); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
@@ -323,6 +328,6 @@ func EnsureIstiodCertificate(ctx context.Context, o Options) error {
 	if o.Issuer.Kind != "" && o.Issuer.Kind != "Issuer" {
 		return fmt.Errorf("%s: istiod certificate: only a namespaced Issuer is supported, not %s", o.Cluster.Name, o.Issuer)
 	}
-	_, err := o.Cluster.Apply(ctx, IstiodCertificateObject(o.Namespace, o.TrustDomain, o.Issuer.Name))
+	_, err := o.Cluster.As(kube.ManagerPKI).Apply(ctx, IstiodCertificateObject(o.Namespace, o.TrustDomain, o.Issuer.Name))
 	return err
 }

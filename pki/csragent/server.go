@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/pki/certmanager"
 	"github.com/flotillamesh/flotilla/pki/csrpolicy"
@@ -54,6 +55,9 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The agent's writes (root-cert ConfigMaps, istiod's Certificate,
+	// CertificateRequests) are the PKI's.
+	opts.Cluster = opts.Cluster.As(kube.ManagerPKI)
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("%s: csr-agent metrics: %w", opts.Cluster.Name, err)
