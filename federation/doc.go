@@ -1,5 +1,6 @@
-// Package federation lets istiod in one cluster read others: it plans which
-// cluster holds a secret for which (per topology), creates the reader
+// Package federation lets istiod in one cluster read others: given which
+// cluster holds a secret for which (the links of deploy's compiled layout),
+// it creates the reader
 // accounts and their RBAC in the read clusters, mints and renews their
 // tokens, writes the remote secrets in Istio's exact format
 // (istio-remote-secret-<cluster>, or istio-kubeconfig for an external
