@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"os"
@@ -18,6 +19,9 @@ type EtcdCluster struct {
 	bin  string
 	dir  string
 	name string
+	// tls, when set, has clients reach the members over TLS with a client
+	// certificate (etcd's --client-cert-auth).
+	tls *EtcdTLS
 
 	mu      sync.Mutex
 	members []*etcdMember
@@ -30,13 +34,35 @@ type etcdMember struct {
 	proc                 *process
 }
 
+// EtcdTLS are the PEM files of an etcd cluster that takes clients over TLS
+// only with a certificate its CA signed: the CA, and a client's pair.
+type EtcdTLS struct {
+	CACert, ClientCert, ClientKey string
+	serverCert, serverKey         string
+}
+
 // StartEtcdCluster starts n members in dir and waits until every one answers.
 func StartEtcdCluster(ctx context.Context, bin, dir string, n int) (*EtcdCluster, error) {
+	return startEtcdCluster(ctx, bin, dir, n, false)
+}
+
+// StartEtcdClusterTLS is StartEtcdCluster with client TLS and client
+// certificate authentication; TLS() names the files a client needs.
+func StartEtcdClusterTLS(ctx context.Context, bin, dir string, n int) (*EtcdCluster, error) {
+	return startEtcdCluster(ctx, bin, dir, n, true)
+}
+
+func startEtcdCluster(ctx context.Context, bin, dir string, n int, withTLS bool) (*EtcdCluster, error) {
 	ports, err := freePorts(2 * n)
 	if err != nil {
 		return nil, err
 	}
 	c := &EtcdCluster{bin: bin, dir: dir, name: "flotilla-" + filepath.Base(dir)}
+	if withTLS {
+		if c.tls, err = writeEtcdTLS(filepath.Join(dir, "tls")); err != nil {
+			return nil, err
+		}
+	}
 	var initial []string
 	for i := range n {
 		m := &etcdMember{name: fmt.Sprintf("e%d", i), clientPort: ports[2*i], peerPort: ports[2*i+1], dataDir: filepath.Join(dir, fmt.Sprintf("e%d", i))}
@@ -63,10 +89,14 @@ func (c *EtcdCluster) start(i int, initial string) error {
 	if err := os.MkdirAll(m.dataDir, 0o700); err != nil {
 		return err
 	}
+	scheme := "http"
+	if c.tls != nil {
+		scheme = "https"
+	}
 	args := []string{
 		"--name", m.name, "--data-dir", m.dataDir,
-		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", m.clientPort),
-		"--advertise-client-urls", fmt.Sprintf("http://127.0.0.1:%d", m.clientPort),
+		"--listen-client-urls", fmt.Sprintf("%s://127.0.0.1:%d", scheme, m.clientPort),
+		"--advertise-client-urls", fmt.Sprintf("%s://127.0.0.1:%d", scheme, m.clientPort),
 		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", m.peerPort),
 		"--initial-advertise-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", m.peerPort),
 		"--initial-cluster-token", c.name,
@@ -74,6 +104,10 @@ func (c *EtcdCluster) start(i int, initial string) error {
 	}
 	if initial != "" {
 		args = append(args, "--initial-cluster", initial, "--initial-cluster-state", "new")
+	}
+	if t := c.tls; t != nil {
+		args = append(args, "--cert-file", t.serverCert, "--key-file", t.serverKey,
+			"--trusted-ca-file", t.CACert, "--client-cert-auth")
 	}
 	p, err := startProcess("etcd "+m.name, c.bin, args, filepath.Join(c.dir, m.name+".log"))
 	if err != nil {
@@ -111,9 +145,44 @@ func (c *EtcdCluster) Endpoints() []string {
 	return out
 }
 
-// StateURL is the --state that names this cluster under prefix.
+// StateURL is the --state that names this cluster under prefix, with the
+// client's TLS files when the cluster takes TLS clients only.
 func (c *EtcdCluster) StateURL(prefix string) string {
-	return "etcd://" + strings.Join(c.Endpoints(), ",") + "/?prefix=" + prefix
+	u := "etcd://" + strings.Join(c.Endpoints(), ",") + "/?prefix=" + prefix
+	if t := c.tls; t != nil {
+		u += "&cacert=" + t.CACert + "&cert=" + t.ClientCert + "&key=" + t.ClientKey
+	}
+	return u
+}
+
+// TLS names the CA and client files of a TLS cluster (nil without TLS).
+func (c *EtcdCluster) TLS() *EtcdTLS { return c.tls }
+
+// writeEtcdTLS makes a CA, a serving certificate for 127.0.0.1 and a
+// client certificate under dir.
+func writeEtcdTLS(dir string) (*EtcdTLS, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	ca, err := newTestCA("flotilla-lab etcd CA")
+	if err != nil {
+		return nil, err
+	}
+	t := &EtcdTLS{
+		CACert:     filepath.Join(dir, "ca.pem"),
+		ClientCert: filepath.Join(dir, "client.pem"), ClientKey: filepath.Join(dir, "client-key.pem"),
+		serverCert: filepath.Join(dir, "server.pem"), serverKey: filepath.Join(dir, "server-key.pem"),
+	}
+	if err := os.WriteFile(t.CACert, ca.certPEM, 0o600); err != nil {
+		return nil, err
+	}
+	if err := ca.issueTo(t.serverCert, t.serverKey, "etcd", []net.IP{net.IPv4(127, 0, 0, 1)}, x509.ExtKeyUsageServerAuth); err != nil {
+		return nil, err
+	}
+	if err := ca.issueTo(t.ClientCert, t.ClientKey, "flotilla-hub", nil, x509.ExtKeyUsageClientAuth); err != nil {
+		return nil, err
+	}
+	return t, nil
 }
 
 // Stop stops member i (SIGTERM, then SIGKILL).

@@ -98,6 +98,18 @@ func (s *Shared) stop() {
 // end. A test that needs etcd fails without it rather than skipping.
 func StartTestEtcd(t testing.TB, n int) *EtcdCluster {
 	t.Helper()
+	return startTestEtcd(t, n, false)
+}
+
+// StartTestEtcdTLS is StartTestEtcd for a cluster that takes clients over
+// TLS only, with a client certificate (its StateURL carries the files).
+func StartTestEtcdTLS(t testing.TB, n int) *EtcdCluster {
+	t.Helper()
+	return startTestEtcd(t, n, true)
+}
+
+func startTestEtcd(t testing.TB, n int, withTLS bool) *EtcdCluster {
+	t.Helper()
 	bctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	bin, err := EnsureBinaries(bctx, BuildOptions{Log: os.Stderr})
@@ -106,7 +118,7 @@ func StartTestEtcd(t testing.TB, n int) *EtcdCluster {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := StartEtcdCluster(ctx, filepath.Join(bin, "etcd"), t.TempDir(), n)
+	c, err := startEtcdCluster(ctx, filepath.Join(bin, "etcd"), t.TempDir(), n, withTLS)
 	if err != nil {
 		t.Fatalf("lab etcd: %v", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -100,6 +101,27 @@ func openEtcd(ctx context.Context, cfg EtcdConfig) (*etcdBackend, error) {
 	return &etcdBackend{cfg: cfg, cli: cli}, nil
 }
 
+// unreachable asks every member's /health over the client's own transport
+// and returns why none answered at all, or nil when one did (even if
+// unhealthy: then quorum is what is missing).
+func (b *etcdBackend) unreachable() error {
+	tc, err := b.cfg.tls()
+	if err != nil {
+		return err
+	}
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+	var errs []error
+	for _, ep := range b.cfg.Endpoints {
+		resp, err := hc.Get(ep + "/health")
+		if err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
 func (b *etcdBackend) bucketPrefix(name string) string { return b.cfg.Prefix + "/" + name + "/" }
 func (b *etcdBackend) recordKey(bucket string, key []byte) string {
 	return b.bucketPrefix(bucket) + "k/" + string(key)
@@ -116,6 +138,12 @@ func (b *etcdBackend) wrapErr(op string, err error) error {
 		return err
 	}
 	if quorumLost(err) {
+		// A cluster that answers no one looks the same to the client as
+		// one without a majority; tell a client that cannot reach any
+		// member (TLS refused, wrong scheme) apart.
+		if p := b.unreachable(); p != nil {
+			return fmt.Errorf("state %s: %s: no member can be reached: %w", b.cfg, op, p)
+		}
 		return &QuorumError{Cluster: b.cfg.String(), Err: err}
 	}
 	return fmt.Errorf("state %s: %s: %w", b.cfg, op, err)

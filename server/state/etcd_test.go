@@ -416,3 +416,39 @@ func TestMigrate(t *testing.T) {
 }
 
 func withPrefix() []clientv3.OpOption { return []clientv3.OpOption{clientv3.WithPrefix()} }
+
+// TestEtcdTLS: against an etcd cluster that takes clients over TLS only,
+// with a certificate its CA signed, the state works with the client's
+// certificate and is refused without it, or without TLS at all.
+func TestEtcdTLS(t *testing.T) {
+	c := lab.StartTestEtcdTLS(t, 3)
+	key := newKey(t)
+	s := openEtcdStoreT(t, c.StateURL("/tls"), Options{Key: key})
+	exercise(t, s)
+	s.Close()
+
+	files := c.TLS()
+	plain := "etcd://" + strings.Join(c.Endpoints(), ",") + "/?prefix=/tls"
+	tests := []struct {
+		name, url string
+	}{
+		{"no client certificate", plain + "&cacert=" + files.CACert},
+		{"no TLS", plain},
+		{"another CA", plain + "&cacert=" + files.ClientCert + "&cert=" + files.ClientCert + "&key=" + files.ClientKey},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			s2, err := Open(ctx, tt.url, Options{Key: key})
+			if err == nil {
+				s2.Close()
+				t.Fatal("opened the state, want a refusal")
+			}
+			if !strings.Contains(err.Error(), "etcd") {
+				t.Errorf("error %q does not name etcd", err)
+			}
+			t.Logf("%s: %v", tt.name, err)
+		})
+	}
+}
