@@ -60,6 +60,34 @@
 //     on address:15443 that routes by SNI outbound_.<port>_._.<host> to a
 //     local endpoint, passing TLS through.
 //
+// With Config.Istiod (a lab with real istiods, lab.Options.RealIstio) the
+// emulator models no part of istiod's signing or endpoint discovery. For
+// every running pod with an istio-proxy container (native sidecar or
+// classic) it plays istio-agent from what the injector wrote in that
+// container: CA_ADDR and PROXY_CONFIG's discoveryAddress (a Service name,
+// resolved to a ready endpoint at its loopback stand-in), TRUST_DOMAIN and
+// the ISTIO_META_* variables. It trusts istiod with the root in the pod's
+// namespace's istio-ca-root-cert ConfigMap, authenticates with a
+// TokenRequest token for the pod's service account (audience istio-ca,
+// bound to the pod) and the ClusterID header, asks istiod's CA
+// (IstioCertificateService/CreateCertificate) for the workload certificate
+// of spiffe://<trust domain>/ns/<ns>/sa/<sa> and renews it at half its
+// life, and holds an ADS stream as the pod's proxy (node
+// sidecar~<pod IP>~<pod>.<ns>~<ns>.svc.cluster.local, router~... for a
+// gateway) that subscribes to every cluster and then to the endpoints of
+// each EDS cluster. A call from the pod takes the endpoints istiod sent for
+// outbound|<port>||<host> (in another network, the east-west gateway that
+// istiod's network view put in their place) and uses mTLS where istiod's
+// endpoint metadata says tlsMode istio; the helloworld sidecar presents the
+// certificate istiod issued. The pod is marked data-plane ready only once
+// its certificate and its clusters and endpoints are in place. Injection is
+// then left to istiod's webhook. Still modelled in that mode: which
+// endpoint of a service an east-west gateway passes a connection to (its
+// own endpoints, read from its cluster) and whether a gateway's listener
+// opens (its Istio resource reaching an istiod); the peer's SPIFFE identity
+// is checked against the trust domain only, not against the service
+// accounts istiod names in the cluster's transport socket.
+//
 // Not modelled: istiod's self-signed fallback CA (an istiod without cacerts
 // here has no CA and its proxies' calls fail), and injection webhooks
 // failing (a remote whose pilot address is wrong still gets its pods marked
