@@ -23,6 +23,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -79,6 +80,9 @@ type ProxyStatus struct {
 	Responses map[string]int
 	// Endpoints are the addresses (host:port) of each EDS cluster.
 	Endpoints map[string][]string
+	// SANs are, per cluster, the peer identities its Istio mTLS transport
+	// socket (the one for tlsMode istio) accepts.
+	SANs map[string][]string
 	// Err is the last failure, if the proxy is not (or no longer) connected.
 	Err string
 }
@@ -156,7 +160,7 @@ func (a *agent) status() ProxyStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	s := ProxyStatus{Cluster: a.cluster, Namespace: a.pod.Namespace, Pod: a.pod.Name, NodeID: a.nodeID, Istiod: a.addr,
-		Certs: a.certs, Responses: map[string]int{}, Endpoints: map[string][]string{}}
+		Certs: a.certs, Responses: map[string]int{}, Endpoints: map[string][]string{}, SANs: map[string][]string{}}
 	if a.cert != nil {
 		s.Cert = a.cert.Leaf
 	}
@@ -166,6 +170,14 @@ func (a *agent) status() ProxyStatus {
 	for name, cla := range a.loads {
 		for _, ep := range claEndpoints(cla) {
 			s.Endpoints[name] = append(s.Endpoints[name], net.JoinHostPort(ep.ip, strconv.Itoa(int(ep.port))))
+		}
+	}
+	for name, c := range a.clusters {
+		if up, err := upstreamTLS(c, xdsEndpoint{match: map[string]string{"tlsMode": "istio"}}); err == nil && up != nil {
+			for san := range up.sans {
+				s.SANs[name] = append(s.SANs[name], san)
+			}
+			sort.Strings(s.SANs[name])
 		}
 	}
 	if a.err != nil {
@@ -528,8 +540,8 @@ func edsNames(clusters map[string]*clusterv3.Cluster) []string {
 type xdsEndpoint struct {
 	ip   string
 	port int32
-	// mtls: istiod marked it for Istio mTLS (transport socket match tlsMode=istio).
-	mtls bool
+	// match is its envoy.transport_socket_match metadata (istiod: tlsMode).
+	match map[string]string
 }
 
 // claEndpoints lists the healthy endpoints of a load assignment.
@@ -544,9 +556,9 @@ func claEndpoints(cla *endpointv3.ClusterLoadAssignment) []xdsEndpoint {
 			if sa == nil {
 				continue
 			}
-			ep := xdsEndpoint{ip: sa.GetAddress(), port: int32(sa.GetPortValue())}
-			if m := lb.GetMetadata().GetFilterMetadata()["envoy.transport_socket_match"]; m != nil {
-				ep.mtls = m.GetFields()["tlsMode"].GetStringValue() == "istio"
+			ep := xdsEndpoint{ip: sa.GetAddress(), port: int32(sa.GetPortValue()), match: map[string]string{}}
+			for k, v := range lb.GetMetadata().GetFilterMetadata()["envoy.transport_socket_match"].GetFields() {
+				ep.match[k] = v.GetStringValue()
 			}
 			out = append(out, ep)
 		}
@@ -554,23 +566,70 @@ func claEndpoints(cla *endpointv3.ClusterLoadAssignment) []xdsEndpoint {
 	return out
 }
 
-// endpoints is what the proxy holds for an outbound cluster; ok is false
-// when istiod sent no such cluster.
-func (a *agent) endpoints(name string) ([]xdsEndpoint, bool) {
+// endpoints is what the proxy holds for an outbound cluster: the cluster
+// (nil when istiod sent none) and its endpoints.
+func (a *agent) endpoints(name string) (*clusterv3.Cluster, []xdsEndpoint) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	c := a.clusters[name]
 	if c == nil {
-		return nil, false
+		return nil, nil
 	}
 	if n := c.GetEdsClusterConfig().GetServiceName(); n != "" {
 		name = n
 	}
 	cla := a.loads[name]
 	if cla == nil {
-		return nil, true
+		return c, nil
 	}
-	return claEndpoints(cla), true
+	return c, claEndpoints(cla)
+}
+
+// upstreamTLS is how Envoy connects to endpoint ep of cluster c: the first
+// transport socket match whose fields all equal the endpoint's metadata,
+// else the cluster's transport socket. nil: plaintext; else the SNI and
+// the SANs the peer must present (none: any in the trust domain).
+func upstreamTLS(c *clusterv3.Cluster, ep xdsEndpoint) (*upstream, error) {
+	ts := c.GetTransportSocket()
+	for _, m := range c.GetTransportSocketMatches() {
+		ok := true
+		for k, v := range m.GetMatch().GetFields() {
+			ok = ok && ep.match[k] == v.GetStringValue()
+		}
+		if ok {
+			ts = m.GetTransportSocket()
+			break
+		}
+	}
+	if ts.GetTypedConfig() == nil || ts.GetName() != "envoy.transport_sockets.tls" {
+		return nil, nil
+	}
+	utc := &tlsv3.UpstreamTlsContext{}
+	if err := ts.GetTypedConfig().UnmarshalTo(utc); err != nil {
+		return nil, fmt.Errorf("cluster %s: upstream TLS context: %w", c.Name, err)
+	}
+	u := &upstream{sni: utc.GetSni(), sans: map[string]bool{}}
+	cvc := utc.GetCommonTlsContext().GetCombinedValidationContext().GetDefaultValidationContext()
+	if cvc == nil {
+		cvc = utc.GetCommonTlsContext().GetValidationContext()
+	}
+	for _, m := range cvc.GetMatchTypedSubjectAltNames() {
+		if e := m.GetMatcher().GetExact(); e != "" {
+			u.sans[e] = true
+		}
+	}
+	for _, m := range cvc.GetMatchSubjectAltNames() {
+		if e := m.GetExact(); e != "" {
+			u.sans[e] = true
+		}
+	}
+	return u, nil
+}
+
+// upstream is an Istio mTLS transport socket as istiod configured it.
+type upstream struct {
+	sni  string
+	sans map[string]bool
 }
 
 // identity is the proxy's certificate and the roots it trusts.

@@ -1,6 +1,7 @@
 // Package emulator is the lab's data plane: what Envoy sidecars, east-west
-// gateways, istiod's endpoint discovery and CA, kube-proxy and the helloworld
-// app would do, for clusters where none of them can run (kwok pods run no
+// gateways, istiod's endpoint discovery and CA (unless the lab runs real
+// istiods: Config.Istiod, below), kube-proxy and the helloworld app would
+// do, for clusters where none of them can run (kwok pods run no
 // containers).
 //
 // It decides everything from the clusters' APIs, never from flotilla's
@@ -77,16 +78,19 @@
 // gateway) that subscribes to every cluster and then to the endpoints of
 // each EDS cluster. A call from the pod takes the endpoints istiod sent for
 // outbound|<port>||<host> (in another network, the east-west gateway that
-// istiod's network view put in their place) and uses mTLS where istiod's
-// endpoint metadata says tlsMode istio; the helloworld sidecar presents the
-// certificate istiod issued. The pod is marked data-plane ready only once
-// its certificate and its clusters and endpoints are in place. Injection is
-// then left to istiod's webhook. Still modelled in that mode: which
+// istiod's network view put in their place) over the transport socket that
+// the cluster's transport socket matches pick for the endpoint's metadata:
+// for tlsMode istio, mTLS with istiod's SNI, checking the peer's chain
+// against the root istiod's CA returned and its identity against the SANs
+// istiod named; the helloworld sidecar presents the certificate istiod
+// issued. The pod is marked data-plane ready only once its certificate and
+// its clusters and endpoints are in place. Injection is then left to
+// istiod's webhook. Still modelled in that mode: which
 // endpoint of a service an east-west gateway passes a connection to (its
 // own endpoints, read from its cluster) and whether a gateway's listener
-// opens (its Istio resource reaching an istiod); the peer's SPIFFE identity
-// is checked against the trust domain only, not against the service
-// accounts istiod names in the cluster's transport socket.
+// opens (its Istio resource reaching an istiod); the inbound side accepts
+// any peer of the trust domain that chains to istiod's root (no
+// authorization policies are played).
 //
 // Not modelled: istiod's self-signed fallback CA (an istiod without cacerts
 // here has no CA and its proxies' calls fail), and injection webhooks

@@ -225,8 +225,9 @@ func (e *Emulator) call(ctx context.Context, cluster string, caller *podRef, req
 // callAsProxy makes a call as the client pod's Envoy, configured by istiod
 // (Config.Istiod): the outbound cluster's endpoints as istiod sent them
 // (in another network, the east-west gateway at 15443 that istiod put in
-// their place), mTLS where istiod marked the endpoint so, with the
-// certificate istiod's CA issued.
+// their place), over the transport socket the cluster's matches pick for
+// the endpoint (Istio mTLS for tlsMode istio, with istiod's SNI and SANs),
+// with the certificate istiod's CA issued.
 func (e *Emulator) callAsProxy(ctx context.Context, cluster string, client *corev1.Pod, host string, port int, svcName, ns, path string) answer {
 	a := e.agentFor(cluster, client)
 	if a == nil {
@@ -238,28 +239,33 @@ func (e *Emulator) callAsProxy(ctx context.Context, cluster string, client *core
 	}
 	fqdn := fmt.Sprintf("%s.%s.svc.cluster.local", svcName, ns)
 	name := fmt.Sprintf("outbound|%d||%s", port, fqdn)
-	eps, ok := a.endpoints(name)
-	if !ok {
+	c, eps := a.endpoints(name)
+	if c == nil {
 		return answer{http.StatusServiceUnavailable, fmt.Sprintf("no healthy upstream: istiod sent no cluster %s\n", name)}
 	}
 	if len(eps) == 0 {
 		return answer{http.StatusServiceUnavailable, "no healthy upstream\n"}
 	}
 	t := eps[e.next(cluster+"/"+client.Namespace+"/"+client.Name+"/"+name, len(eps))]
+	up, err := upstreamTLS(c, t)
+	if err != nil {
+		return envoyFailure("connection failure", err)
+	}
 	conn, err := dialEndpoint(ctx, t.ip, t.port)
 	if err != nil {
 		return envoyFailure("connection failure", err)
 	}
 	defer conn.Close()
-	if !t.mtls {
+	if up == nil {
 		return roundTrip(conn, host, port, path)
 	}
 	tc := tls.Client(conn, &tls.Config{
 		Certificates: []tls.Certificate{*cert},
-		ServerName:   fmt.Sprintf("outbound_.%d_._.%s", port, fqdn),
-		// Istio checks the peer's chain and SPIFFE identity, not a DNS name.
+		ServerName:   up.sni,
+		// Istio checks the peer's chain and SPIFFE identity (the SANs
+		// istiod named for the service), not a DNS name.
 		InsecureSkipVerify:    true,
-		VerifyPeerCertificate: verifyPeer(roots, trustDomain, nil),
+		VerifyPeerCertificate: verifyPeer(roots, trustDomain, up.sans),
 		MinVersion:            tls.VersionTLS12,
 	})
 	if err := tc.HandshakeContext(ctx); err != nil {

@@ -143,8 +143,13 @@ func TestVerifyMultiPrimaryMultiNetwork(t *testing.T) {
 				if err := px.Cert.CheckSignatureFrom(inter); err != nil {
 					t.Errorf("%s: pod sample/%s: certificate from istiod not signed by the cacerts intermediate %q: %v", c.Name, p.Name, inter.Subject, err)
 				}
-				t.Logf("%s: pod sample/%s: node %s, %d cert(s) from %s (serial %s, issuer %q), xDS responses %v, helloworld endpoints %v",
-					c.Name, p.Name, px.NodeID, px.Certs, px.Istiod, px.Cert.SerialNumber, px.Cert.Issuer, px.Responses, px.Endpoints[helloCluster])
+				t.Logf("%s: pod sample/%s: node %s, %d cert(s) from %s (serial %s, issuer %q), xDS responses %v, helloworld endpoints %v, SANs %v",
+					c.Name, p.Name, px.NodeID, px.Certs, px.Istiod, px.Cert.SerialNumber, px.Cert.Issuer, px.Responses, px.Endpoints[helloCluster], px.SANs[helloCluster])
+				// istiod names the service's accounts in every cluster as the
+				// identities its mTLS may present: the sample's default.
+				if want := "spiffe://cluster.local/ns/sample/sa/default"; !slices.Equal(px.SANs[helloCluster], []string{want}) {
+					t.Errorf("%s: pod sample/%s: istiod's SANs for %s: %v, want [%s]", c.Name, p.Name, helloCluster, px.SANs[helloCluster], want)
+				}
 				if strings.HasPrefix(p.Name, "curl") {
 					other := "west"
 					if c.Name == "west" {
