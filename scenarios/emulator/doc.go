@@ -85,12 +85,18 @@
 // istiod named; the helloworld sidecar presents the certificate istiod
 // issued. The pod is marked data-plane ready only once its certificate and
 // its clusters and endpoints are in place. Injection is then left to
-// istiod's webhook. Still modelled in that mode: which
-// endpoint of a service an east-west gateway passes a connection to (its
-// own endpoints, read from its cluster) and whether a gateway's listener
-// opens (its Istio resource reaching an istiod); the inbound side accepts
-// any peer of the trust domain that chains to istiod's root (no
-// authorization policies are played).
+// istiod's webhook: a pod whose istio-proxy container was not injected (no
+// sidecar.istio.io/status; the template's image auto) gets no agent and
+// never turns Ready, as no kubelet could run it. An east-west gateway's
+// 15443 listener opens once a gateway pod (label istio=<selector>) has a
+// ready agent, connected as a router node, and passes a connection to an
+// endpoint istiod sent that router for the cluster its SNI names
+// (AUTO_PASSTHROUGH's SNI-DNAT clusters). Still read from the clusters in
+// that mode: which gateway Services take 15443 (a Gateway resource with
+// AUTO_PASSTHROUGH selecting them, and their load-balancer address), not
+// from istiod's listeners; the inbound side accepts any peer of the trust
+// domain that chains to istiod's root (no authorization policies are
+// played).
 //
 // Not modelled: istiod's self-signed fallback CA (an istiod without cacerts
 // here has no CA and its proxies' calls fail), and injection webhooks

@@ -296,13 +296,15 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 				e.markInjected(ctx, name, p, cp)
 			}
 		}
-		if e.serving(w, v, v.cp) == nil {
+		if !e.cfg.Istiod && e.serving(w, v, v.cp) == nil {
 			continue // a gateway's Envoy without istiod has no config
 		}
 		for _, g := range v.gateways {
-			if g.crossNetwork {
+			// With real istiods, a gateway's Envoy listens once istiod
+			// configured it: a gateway pod's agent is ready.
+			if g.crossNetwork && (!e.cfg.Istiod || e.gatewayAgent(name, g.selector) != nil) {
 				addr := net.JoinHostPort(g.address, strconv.Itoa(crossNetworkPort))
-				want[addr], kinds[addr] = e.gatewayHandler(name), "gateway "+name
+				want[addr], kinds[addr] = e.gatewayHandler(name, g.selector), "gateway "+name
 			}
 		}
 	}
@@ -396,7 +398,9 @@ func (e *Emulator) syncAgents(w *world) {
 		for i := range v.pods {
 			p := &v.pods[i]
 			proxy := sidecarContainer(p)
-			if !running(p) || proxy == nil {
+			if !running(p) || proxy == nil || p.Annotations[sidecarStatus] == "" {
+				// Not injected: its istio-proxy is the template's
+				// placeholder (image auto), which no kubelet can run.
 				continue
 			}
 			key := agentKey(name, p)
@@ -440,6 +444,25 @@ func (e *Emulator) requestSync() {
 	case e.kick <- struct{}{}:
 	default: // one is due anyway
 	}
+}
+
+// gatewayAgent (Config.Istiod) is the ready agent of a gateway pod of
+// cluster with label istio=selector, nil when there is none.
+func (e *Emulator) gatewayAgent(cluster, selector string) *agent {
+	e.mu.Lock()
+	var cands []*agent
+	for _, a := range e.agents {
+		if a.cluster == cluster && a.pod.Labels["istio"] == selector {
+			cands = append(cands, a)
+		}
+	}
+	e.mu.Unlock()
+	for _, a := range cands {
+		if a.ready() {
+			return a
+		}
+	}
+	return nil
 }
 
 // agentFor is the pod's agent (Config.Istiod), nil when it has none.

@@ -435,7 +435,11 @@ func (e *Emulator) serverHandler(cluster, ns, name string) func(net.Conn) {
 // gatewayHandler is an east-west gateway's 15443 listener: AUTO_PASSTHROUGH
 // reads the SNI outbound_.<port>_._.<service host> and passes the TLS
 // stream, untouched, to a local endpoint of that service.
-func (e *Emulator) gatewayHandler(cluster string) func(net.Conn) {
+//
+// With Config.Istiod the endpoints are those istiod sent the gateway's
+// Envoy for the cluster the SNI names (AUTO_PASSTHROUGH's SNI-DNAT
+// clusters are named as the SNI).
+func (e *Emulator) gatewayHandler(cluster, selector string) func(net.Conn) {
 	return func(c net.Conn) {
 		var hello bytes.Buffer
 		sni := ""
@@ -453,6 +457,10 @@ func (e *Emulator) gatewayHandler(cluster string) func(net.Conn) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		defer cancel()
+		if e.cfg.Istiod {
+			e.passThroughAsGateway(ctx, c, &hello, cluster, selector, sni)
+			return
+		}
 		m := e.member(cluster)
 		v := e.world.Load().views[cluster]
 		if v == nil || v.cp == nil {
@@ -499,6 +507,39 @@ func (e *Emulator) gatewayHandler(cluster string) func(net.Conn) {
 		go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
 		<-done
 	}
+}
+
+// passThroughAsGateway passes a connection whose ClientHello (hello) named
+// sni to an endpoint istiod sent the gateway for the cluster of that name.
+func (e *Emulator) passThroughAsGateway(ctx context.Context, c net.Conn, hello *bytes.Buffer, cluster, selector, sni string) {
+	a := e.gatewayAgent(cluster, selector)
+	if a == nil {
+		e.logf("%s: gateway %s: no configuration from istiod", cluster, selector)
+		return
+	}
+	cl, eps := a.endpoints(sni)
+	if cl == nil {
+		e.logf("%s: gateway %s: istiod sent no cluster %s", cluster, selector, sni)
+		return
+	}
+	if len(eps) == 0 {
+		e.logf("%s: gateway %s: no endpoint for %s", cluster, selector, sni)
+		return
+	}
+	ep := eps[e.next(cluster+"/gateway/"+sni, len(eps))]
+	up, err := dialEndpoint(ctx, ep.ip, ep.port)
+	if err != nil {
+		e.logf("%s: gateway %s: %v", cluster, selector, err)
+		return
+	}
+	defer up.Close()
+	if _, err := up.Write(hello.Bytes()); err != nil {
+		return
+	}
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
+	<-done
 }
 
 func parseSNI(sni string) (port int, svc, ns string, ok bool) {
