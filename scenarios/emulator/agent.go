@@ -219,10 +219,13 @@ func (a *agent) run(ctx context.Context) {
 		a.setErr(fmt.Errorf("%s: pod %s/%s: CA_ADDR %s differs from discoveryAddress %s: not played", a.cluster, a.pod.Namespace, a.pod.Name, caAddr, xdsAddr))
 		return
 	}
-	a.trustDomain = env["TRUST_DOMAIN"]
-	if a.trustDomain == "" {
-		a.trustDomain = defaultTrustDomain
+	td := env["TRUST_DOMAIN"]
+	if td == "" {
+		td = defaultTrustDomain
 	}
+	a.mu.Lock()
+	a.trustDomain = td
+	a.mu.Unlock()
 	for backoff := time.Second; ctx.Err() == nil; {
 		err := a.session(ctx, xdsAddr, env)
 		if ctx.Err() != nil {
@@ -318,7 +321,9 @@ func (a *agent) fetchCert(ctx context.Context, conn *grpc.ClientConn, env map[st
 	if sa == "" {
 		sa = "default"
 	}
+	a.mu.Lock()
 	id := pki.SPIFFEID{TrustDomain: a.trustDomain, Namespace: a.pod.Namespace, ServiceAccount: sa}
+	a.mu.Unlock()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
