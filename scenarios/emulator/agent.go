@@ -205,8 +205,7 @@ func (a *agent) run(ctx context.Context) {
 		xdsAddr = pc.DiscoveryAddress
 	}
 	if xdsAddr == "" {
-		// pilot-agent's default: the default revision's istiod (the
-		// gateway template sets neither).
+		// pilot-agent's default when the container names no istiod.
 		xdsAddr = defaultDiscoveryAddress
 	}
 	caAddr := env["CA_ADDR"]
