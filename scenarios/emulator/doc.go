@@ -1,6 +1,7 @@
 // Package emulator is the lab's data plane: what Envoy sidecars, east-west
-// gateways, istiod's endpoint discovery and CA, kube-proxy and the helloworld
-// app would do, for clusters where none of them can run (kwok pods run no
+// gateways, istiod's endpoint discovery and CA (unless the lab runs real
+// istiods: Config.Istiod, below), kube-proxy and the helloworld app would
+// do, for clusters where none of them can run (kwok pods run no
 // containers).
 //
 // It decides everything from the clusters' APIs, never from flotilla's
@@ -59,6 +60,43 @@
 //     east-west gateway Service with a load-balancer address gets a listener
 //     on address:15443 that routes by SNI outbound_.<port>_._.<host> to a
 //     local endpoint, passing TLS through.
+//
+// With Config.Istiod (a lab with real istiods, lab.Options.RealIstio) the
+// emulator models no part of istiod's signing or endpoint discovery. For
+// every running pod with an istio-proxy container (native sidecar or
+// classic) it plays istio-agent from what the injector wrote in that
+// container: CA_ADDR and PROXY_CONFIG's discoveryAddress (a Service name,
+// resolved to a ready endpoint at its loopback stand-in), TRUST_DOMAIN and
+// the ISTIO_META_* variables. It trusts istiod with the root in the pod's
+// namespace's istio-ca-root-cert ConfigMap, authenticates with a
+// TokenRequest token for the pod's service account (audience istio-ca,
+// bound to the pod) and the ClusterID header, asks istiod's CA
+// (IstioCertificateService/CreateCertificate) for the workload certificate
+// of spiffe://<trust domain>/ns/<ns>/sa/<sa> and renews it at half its
+// life, and holds an ADS stream as the pod's proxy (node
+// sidecar~<pod IP>~<pod>.<ns>~<ns>.svc.cluster.local, router~... for a
+// gateway) that subscribes to every cluster and then to the endpoints of
+// each EDS cluster. A call from the pod takes the endpoints istiod sent for
+// outbound|<port>||<host> (in another network, the east-west gateway that
+// istiod's network view put in their place) over the transport socket that
+// the cluster's transport socket matches pick for the endpoint's metadata:
+// for tlsMode istio, mTLS with istiod's SNI, checking the peer's chain
+// against the root istiod's CA returned and its identity against the SANs
+// istiod named; the helloworld sidecar presents the certificate istiod
+// issued. The pod is marked data-plane ready only once its certificate and
+// its clusters and endpoints are in place. Injection is then left to
+// istiod's webhook: a pod whose istio-proxy container was not injected (no
+// sidecar.istio.io/status; the template's image auto) gets no agent and
+// never turns Ready, as no kubelet could run it. An east-west gateway's
+// 15443 listener opens once a gateway pod (label istio=<selector>) has a
+// ready agent, connected as a router node, and passes a connection to an
+// endpoint istiod sent that router for the cluster its SNI names
+// (AUTO_PASSTHROUGH's SNI-DNAT clusters). Still read from the clusters in
+// that mode: which gateway Services take 15443 (a Gateway resource with
+// AUTO_PASSTHROUGH selecting them, and their load-balancer address), not
+// from istiod's listeners; the inbound side accepts any peer of the trust
+// domain that chains to istiod's root (no authorization policies are
+// played).
 //
 // Not modelled: istiod's self-signed fallback CA (an istiod without cacerts
 // here has no CA and its proxies' calls fail), and injection webhooks

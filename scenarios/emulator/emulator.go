@@ -46,6 +46,12 @@ type Config struct {
 	SyncInterval time.Duration
 	// Log receives one line per listener change and per failed call; nil discards.
 	Log io.Writer
+	// Istiod says the clusters run real istiods (lab.Options.RealIstio):
+	// every pod with an istio-proxy container then takes its workload
+	// certificate from istiod's CA and its endpoints from istiod over xDS,
+	// as istio-agent and Envoy do (agent.go), and injection is left to
+	// istiod's webhook. Without it the emulator models istiod itself.
+	Istiod bool
 }
 
 // Emulator runs the lab's data plane until its context ends.
@@ -59,6 +65,9 @@ type Emulator struct {
 	certs     map[string]*tls.Certificate // by pod, signer and root
 	remotes   map[string]remoteClient     // by remote secret content
 	execs     map[string]bool             // kwok Execs written, by cluster/pod/uid/capture
+	agents    map[string]*agent           // Config.Istiod: by cluster/pod/uid
+	runCtx    context.Context             // Run's: agents live as long as it
+	kick      chan struct{}               // asks Run for a sync
 	rr        map[string]int              // round-robin position per client and service
 	syncMu    sync.Mutex
 	lastSync  time.Time
@@ -101,7 +110,8 @@ func New(cfg Config) (*Emulator, error) {
 		cfg.Log = io.Discard
 	}
 	e := &Emulator{cfg: cfg, listeners: map[string]*listener{}, certs: map[string]*tls.Certificate{},
-		remotes: map[string]remoteClient{}, rr: map[string]int{}, execs: map[string]bool{}}
+		remotes: map[string]remoteClient{}, rr: map[string]int{}, execs: map[string]bool{}, agents: map[string]*agent{},
+		kick: make(chan struct{}, 1)}
 	for _, c := range cfg.Clusters {
 		rc := rest.CopyConfig(c.Config)
 		// A sync reads every cluster twice a second: client-go's default
@@ -126,7 +136,11 @@ func New(cfg Config) (*Emulator, error) {
 // started has its capture address and kwok Exec before anyone execs in it.
 func (e *Emulator) Run(ctx context.Context) error {
 	defer e.closeAll()
-	kick := make(chan struct{}, 1)
+	kick := e.kick
+	e.mu.Lock()
+	e.runCtx = ctx
+	e.mu.Unlock()
+	defer e.waitAgents()
 	for _, m := range e.clusters {
 		go e.watchPods(ctx, m, kick)
 	}
@@ -278,21 +292,26 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 					want[addr], kinds[addr] = e.serverHandler(name, p.Namespace, p.Name), "pod "+name+"/"+p.Namespace+"/"+p.Name
 				}
 			}
-			if cp := v.injector(p); cp != nil && p.Annotations[sidecarStatus] == "" {
+			if cp := v.injector(p); !e.cfg.Istiod && cp != nil && p.Annotations[sidecarStatus] == "" {
 				e.markInjected(ctx, name, p, cp)
 			}
 		}
-		if e.serving(w, v, v.cp) == nil {
+		if !e.cfg.Istiod && e.serving(w, v, v.cp) == nil {
 			continue // a gateway's Envoy without istiod has no config
 		}
 		for _, g := range v.gateways {
-			if g.crossNetwork {
+			// With real istiods, a gateway's Envoy listens once istiod
+			// configured it: a gateway pod's agent is ready.
+			if g.crossNetwork && (!e.cfg.Istiod || e.gatewayAgent(name, g.selector) != nil) {
 				addr := net.JoinHostPort(g.address, strconv.Itoa(crossNetworkPort))
-				want[addr], kinds[addr] = e.gatewayHandler(name), "gateway "+name
+				want[addr], kinds[addr] = e.gatewayHandler(name, g.selector), "gateway "+name
 			}
 		}
 	}
 	e.mu.Lock()
+	if e.cfg.Istiod {
+		e.syncAgents(w)
+	}
 	for addr, l := range e.listeners {
 		if _, ok := want[addr]; !ok || kinds[addr] != l.kind {
 			l.ln.Close()
@@ -343,10 +362,15 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 			e.mu.Lock()
 			e.execs[execKey(x.cluster, x.pod, x.capture)] = true
 			e.mu.Unlock()
-			e.markDataPlaneReady(ctx, x.cluster, x.pod)
+			if e.proxyReady(x.cluster, x.pod) {
+				e.markDataPlaneReady(ctx, x.cluster, x.pod)
+			}
 		}()
 	}
 	for _, x := range unready {
+		if !e.proxyReady(x.cluster, x.pod) {
+			continue // its agent kicks a sync once it is
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -358,6 +382,120 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 
 func execKey(cluster string, p *corev1.Pod, capture string) string {
 	return cluster + "/" + p.Namespace + "/" + p.Name + "/" + string(p.UID) + "/" + capture
+}
+
+func agentKey(cluster string, p *corev1.Pod) string {
+	return cluster + "/" + p.Namespace + "/" + p.Name + "/" + string(p.UID)
+}
+
+// syncAgents (Config.Istiod; e.mu held) starts an agent for every running
+// pod with an istio-proxy container and stops those of pods that are gone.
+// Agents start only under Run, whose context they live in.
+func (e *Emulator) syncAgents(w *world) {
+	want := map[string]bool{}
+	for _, name := range w.order {
+		v := w.views[name]
+		for i := range v.pods {
+			p := &v.pods[i]
+			proxy := sidecarContainer(p)
+			if !running(p) || proxy == nil || p.Annotations[sidecarStatus] == "" {
+				// Not injected: its istio-proxy is the template's
+				// placeholder (image auto), which no kubelet can run.
+				continue
+			}
+			key := agentKey(name, p)
+			want[key] = true
+			if e.agents[key] != nil || e.runCtx == nil {
+				continue
+			}
+			m := e.member(name)
+			ctx, cancel := context.WithCancel(e.runCtx)
+			a := &agent{cluster: name, kube: m.kube, pod: p.DeepCopy(), proxy: proxy.DeepCopy(), cancel: cancel, done: make(chan struct{}),
+				kick: e.requestSync, logf: e.logf, responses: map[string]int{}}
+			e.agents[key] = a
+			go a.run(ctx)
+		}
+	}
+	for key, a := range e.agents {
+		if !want[key] {
+			a.cancel()
+			delete(e.agents, key)
+		}
+	}
+}
+
+// waitAgents waits for the agents to end with Run's context, so that none
+// logs after Run returned.
+func (e *Emulator) waitAgents() {
+	e.mu.Lock()
+	var done []chan struct{}
+	for _, a := range e.agents {
+		done = append(done, a.done)
+	}
+	e.mu.Unlock()
+	for _, d := range done {
+		<-d
+	}
+}
+
+// requestSync asks Run for a sync soon (an agent's state changed).
+func (e *Emulator) requestSync() {
+	select {
+	case e.kick <- struct{}{}:
+	default: // one is due anyway
+	}
+}
+
+// gatewayAgent (Config.Istiod) is the ready agent of a gateway pod of
+// cluster with label istio=selector, nil when there is none.
+func (e *Emulator) gatewayAgent(cluster, selector string) *agent {
+	e.mu.Lock()
+	var cands []*agent
+	for _, a := range e.agents {
+		if a.cluster == cluster && a.pod.Labels["istio"] == selector {
+			cands = append(cands, a)
+		}
+	}
+	e.mu.Unlock()
+	for _, a := range cands {
+		if a.ready() {
+			return a
+		}
+	}
+	return nil
+}
+
+// agentFor is the pod's agent (Config.Istiod), nil when it has none.
+func (e *Emulator) agentFor(cluster string, p *corev1.Pod) *agent {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.agents[agentKey(cluster, p)]
+}
+
+// proxyReady says whether the pod's sidecar is ready: always without
+// Config.Istiod or without a sidecar; else once its agent holds a
+// certificate from istiod and istiod's clusters and endpoints.
+func (e *Emulator) proxyReady(cluster string, p *corev1.Pod) bool {
+	if !e.cfg.Istiod || sidecarContainer(p) == nil {
+		return true
+	}
+	a := e.agentFor(cluster, p)
+	return a != nil && a.ready()
+}
+
+// Proxies reports what each pod's proxy got from istiod (Config.Istiod).
+func (e *Emulator) Proxies() []ProxyStatus {
+	e.mu.Lock()
+	var agents []*agent
+	for _, a := range e.agents {
+		agents = append(agents, a)
+	}
+	e.mu.Unlock()
+	var out []ProxyStatus
+	for _, a := range agents {
+		out = append(out, a.status())
+	}
+	return out
 }
 
 // markDataPlaneReady tells kwok that the pod's data plane is in place (its

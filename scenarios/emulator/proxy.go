@@ -138,7 +138,10 @@ func (e *Emulator) call(ctx context.Context, cluster string, caller *podRef, req
 	path := req.URL.RequestURI()
 
 	injector := v.injector(client)
-	if injector == nil {
+	if e.cfg.Istiod && sidecarContainer(client) != nil {
+		return e.callAsProxy(ctx, cluster, client, host, port, svcName, ns, path)
+	}
+	if injector == nil || e.cfg.Istiod {
 		cpNS := ""
 		if v.cp != nil {
 			cpNS = v.cp.namespace
@@ -211,6 +214,58 @@ func (e *Emulator) call(ctx context.Context, cluster string, caller *podRef, req
 		// Istio checks the peer's chain and SPIFFE identity, not a DNS name.
 		InsecureSkipVerify:    true,
 		VerifyPeerCertificate: verifyPeer(s.cp.roots, s.cp.trustDomain, allowed),
+		MinVersion:            tls.VersionTLS12,
+	})
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return envoyFailure("connection failure", fmt.Errorf("TLS error: %w", err))
+	}
+	return roundTrip(tc, host, port, path)
+}
+
+// callAsProxy makes a call as the client pod's Envoy, configured by istiod
+// (Config.Istiod): the outbound cluster's endpoints as istiod sent them
+// (in another network, the east-west gateway at 15443 that istiod put in
+// their place), over the transport socket the cluster's matches pick for
+// the endpoint (Istio mTLS for tlsMode istio, with istiod's SNI and SANs),
+// with the certificate istiod's CA issued.
+func (e *Emulator) callAsProxy(ctx context.Context, cluster string, client *corev1.Pod, host string, port int, svcName, ns, path string) answer {
+	a := e.agentFor(cluster, client)
+	if a == nil {
+		return answer{http.StatusServiceUnavailable, "no healthy upstream: the sidecar has no configuration yet\n"}
+	}
+	cert, roots, trustDomain, err := a.identity()
+	if err != nil {
+		return envoyFailure("connection failure", err)
+	}
+	fqdn := fmt.Sprintf("%s.%s.svc.cluster.local", svcName, ns)
+	name := fmt.Sprintf("outbound|%d||%s", port, fqdn)
+	c, eps := a.endpoints(name)
+	if c == nil {
+		return answer{http.StatusServiceUnavailable, fmt.Sprintf("no healthy upstream: istiod sent no cluster %s\n", name)}
+	}
+	if len(eps) == 0 {
+		return answer{http.StatusServiceUnavailable, "no healthy upstream\n"}
+	}
+	t := eps[e.next(cluster+"/"+client.Namespace+"/"+client.Name+"/"+name, len(eps))]
+	up, err := upstreamTLS(c, t)
+	if err != nil {
+		return envoyFailure("connection failure", err)
+	}
+	conn, err := dialEndpoint(ctx, t.ip, t.port)
+	if err != nil {
+		return envoyFailure("connection failure", err)
+	}
+	defer conn.Close()
+	if up == nil {
+		return roundTrip(conn, host, port, path)
+	}
+	tc := tls.Client(conn, &tls.Config{
+		Certificates: []tls.Certificate{*cert},
+		ServerName:   up.sni,
+		// Istio checks the peer's chain and SPIFFE identity (the SANs
+		// istiod named for the service), not a DNS name.
+		InsecureSkipVerify:    true,
+		VerifyPeerCertificate: verifyPeer(roots, trustDomain, up.sans),
 		MinVersion:            tls.VersionTLS12,
 	})
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -320,7 +375,28 @@ func (e *Emulator) serverHandler(cluster, ns, name string) func(net.Conn) {
 			return
 		}
 		var conn net.Conn = &peekedConn{Conn: c, r: br}
-		if first[0] == 0x16 { // a TLS handshake record
+		if first[0] == 0x16 && e.cfg.Istiod { // a TLS handshake record, to the sidecar istiod configured
+			a := e.agentFor(cluster, pod)
+			if a == nil {
+				return // the app speaks no TLS
+			}
+			cert, roots, trustDomain, err := a.identity()
+			if err != nil {
+				e.logf("%s: pod %s/%s: %v", cluster, ns, name, err)
+				return
+			}
+			tc := tls.Server(conn, &tls.Config{
+				Certificates:          []tls.Certificate{*cert},
+				ClientAuth:            tls.RequireAnyClientCert,
+				VerifyPeerCertificate: verifyPeer(roots, trustDomain, nil),
+				MinVersion:            tls.VersionTLS12,
+			})
+			if err := tc.Handshake(); err != nil {
+				e.logf("%s: pod %s/%s: inbound TLS: %v", cluster, ns, name, err)
+				return
+			}
+			conn = tc
+		} else if first[0] == 0x16 { // a TLS handshake record
 			injector := v.injector(pod)
 			s := e.serving(w, v, injector)
 			if injector == nil || s == nil {
@@ -359,7 +435,11 @@ func (e *Emulator) serverHandler(cluster, ns, name string) func(net.Conn) {
 // gatewayHandler is an east-west gateway's 15443 listener: AUTO_PASSTHROUGH
 // reads the SNI outbound_.<port>_._.<service host> and passes the TLS
 // stream, untouched, to a local endpoint of that service.
-func (e *Emulator) gatewayHandler(cluster string) func(net.Conn) {
+//
+// With Config.Istiod the endpoints are those istiod sent the gateway's
+// Envoy for the cluster the SNI names (AUTO_PASSTHROUGH's SNI-DNAT
+// clusters are named as the SNI).
+func (e *Emulator) gatewayHandler(cluster, selector string) func(net.Conn) {
 	return func(c net.Conn) {
 		var hello bytes.Buffer
 		sni := ""
@@ -377,6 +457,10 @@ func (e *Emulator) gatewayHandler(cluster string) func(net.Conn) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		defer cancel()
+		if e.cfg.Istiod {
+			e.passThroughAsGateway(ctx, c, &hello, cluster, selector, sni)
+			return
+		}
 		m := e.member(cluster)
 		v := e.world.Load().views[cluster]
 		if v == nil || v.cp == nil {
@@ -425,6 +509,39 @@ func (e *Emulator) gatewayHandler(cluster string) func(net.Conn) {
 	}
 }
 
+// passThroughAsGateway passes a connection whose ClientHello (hello) named
+// sni to an endpoint istiod sent the gateway for the cluster of that name.
+func (e *Emulator) passThroughAsGateway(ctx context.Context, c net.Conn, hello *bytes.Buffer, cluster, selector, sni string) {
+	a := e.gatewayAgent(cluster, selector)
+	if a == nil {
+		e.logf("%s: gateway %s: no configuration from istiod", cluster, selector)
+		return
+	}
+	cl, eps := a.endpoints(sni)
+	if cl == nil {
+		e.logf("%s: gateway %s: istiod sent no cluster %s", cluster, selector, sni)
+		return
+	}
+	if len(eps) == 0 {
+		e.logf("%s: gateway %s: no endpoint for %s", cluster, selector, sni)
+		return
+	}
+	ep := eps[e.next(cluster+"/gateway/"+sni, len(eps))]
+	up, err := dialEndpoint(ctx, ep.ip, ep.port)
+	if err != nil {
+		e.logf("%s: gateway %s: %v", cluster, selector, err)
+		return
+	}
+	defer up.Close()
+	if _, err := up.Write(hello.Bytes()); err != nil {
+		return
+	}
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
+	<-done
+}
+
 func parseSNI(sni string) (port int, svc, ns string, ok bool) {
 	parts := strings.SplitN(sni, "_.", 4)
 	if len(parts) != 4 || parts[0] != "outbound" {
@@ -471,6 +588,15 @@ func verifyPeer(roots *x509.CertPool, trustDomain string, allowed map[string]boo
 		}
 		return fmt.Errorf("peer identity %v is not an expected SPIFFE ID of trust domain %s", certs[0].URIs, trustDomain)
 	}
+}
+
+// dialEndpoint dials an endpoint istiod sent: a pod address (10/8, at its
+// loopback stand-in) or a gateway's load-balancer address (loopback).
+func dialEndpoint(ctx context.Context, ip string, port int32) (net.Conn, error) {
+	if a := net.ParseIP(ip); a != nil && a.IsLoopback() {
+		return dialTCP(ctx, net.JoinHostPort(ip, strconv.Itoa(int(port))))
+	}
+	return dialPod(ctx, ip, port)
 }
 
 func dialPod(ctx context.Context, ip string, port int32) (net.Conn, error) {

@@ -31,6 +31,7 @@ func run() error {
 	kubeconfig := flag.String("kubeconfig", os.Getenv("KUBECONFIG"), "the lab's kubeconfig (one context per cluster)")
 	contexts := flag.String("contexts", "", "comma-separated contexts (default: all)")
 	quiet := flag.Bool("quiet", false, "do not log listener changes and failed calls")
+	istiod := flag.Bool("istiod", false, "the lab runs real istiods (lab.Options.RealIstio): take workload certificates and endpoints from them")
 	flag.Parse()
 	if *kubeconfig == "" {
 		return fmt.Errorf("no kubeconfig: give --kubeconfig or set KUBECONFIG")
@@ -48,7 +49,7 @@ func run() error {
 		}
 		sort.Strings(names)
 	}
-	cfg := emulator.Config{Log: os.Stderr}
+	cfg := emulator.Config{Log: os.Stderr, Istiod: *istiod}
 	if *quiet {
 		cfg.Log = nil
 	}
