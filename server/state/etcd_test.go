@@ -452,3 +452,29 @@ func TestEtcdTLS(t *testing.T) {
 		})
 	}
 }
+
+// TestJournalDefaultsAgree: both backends keep reconcile runs by default
+// (the etcd store once trimmed each as it was written, so every reconcile
+// on etcd failed to finish its entry).
+func TestJournalDefaultsAgree(t *testing.T) {
+	c := lab.StartTestEtcd(t, 1)
+	for _, path := range []string{filepath.Join(t.TempDir(), "state.db"), c.StateURL("/journal")} {
+		t.Run(map[bool]string{true: "etcd", false: "bbolt"}[IsEtcd(path)], func(t *testing.T) {
+			s, err := Open(context.Background(), path, Options{Key: newKey(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			var id uint64
+			if err := s.Update(context.Background(), func(tx *Tx) error {
+				id, err = tx.AppendApply(ApplyRecord{Kind: KindReconcile, Start: time.Now()})
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Update(context.Background(), func(tx *Tx) error { return tx.FinishApply(id, time.Now(), "succeeded") }); err != nil {
+				t.Fatalf("finish reconcile entry %d: %v", id, err)
+			}
+		})
+	}
+}

@@ -117,21 +117,28 @@ func OpenReadOnly(ctx context.Context, path string, opts Options) (*Store, error
 	return open(ctx, path, opts, true)
 }
 
+func (o Options) withDefaults() Options {
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.JournalLimit <= 0 {
+		o.JournalLimit = DefaultJournalLimit
+	}
+	if o.ReconcileJournalLimit <= 0 {
+		o.ReconcileJournalLimit = DefaultReconcileJournalLimit
+	}
+	return o
+}
+
 func open(ctx context.Context, path string, opts Options, readOnly bool) (*Store, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	// Both backends keep the same defaults: the etcd store once lacked
+	// the reconcile limit and trimmed every reconcile entry as written.
+	opts = opts.withDefaults()
 	if IsEtcd(path) {
 		return openEtcdStore(ctx, path, opts, readOnly)
-	}
-	if opts.Timeout <= 0 {
-		opts.Timeout = DefaultTimeout
-	}
-	if opts.JournalLimit <= 0 {
-		opts.JournalLimit = DefaultJournalLimit
-	}
-	if opts.ReconcileJournalLimit <= 0 {
-		opts.ReconcileJournalLimit = DefaultReconcileJournalLimit
 	}
 	s := &Store{path: path, opts: opts, readOnly: readOnly, applyLock: make(chan struct{}, 1)}
 	s.be = boltBackend{s}

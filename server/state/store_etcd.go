@@ -15,12 +15,7 @@ func openEtcdStore(ctx context.Context, raw string, opts Options, readOnly bool)
 	if err != nil {
 		return nil, err
 	}
-	if opts.Timeout <= 0 {
-		opts.Timeout = DefaultTimeout
-	}
-	if opts.JournalLimit <= 0 {
-		opts.JournalLimit = DefaultJournalLimit
-	}
+	opts = opts.withDefaults()
 	s := &Store{path: cfg.String(), opts: opts, readOnly: readOnly, applyLock: make(chan struct{}, 1)}
 	if opts.Key != nil {
 		sl, err := newSealer(opts.Key)
