@@ -160,9 +160,10 @@ func alive(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
 // upCmd is `up`; --cert-manager runs cert-manager's own controllers
 // against every cluster, so that cert-manager mode can be tried in the lab,
 // and --without-approver leaves out its default approver (approval by
-// policy, flotilla's).
+// policy, flotilla's); --istio runs Istio itself (its charts as the Sail
+// Operator installs them, a real istiod per istiod pod).
 func upCmd(dir *string) *cobra.Command {
-	var cm certManagerFlags
+	var cm labFlags
 	c := &cobra.Command{
 		Use:   "up NAME...",
 		Short: "Start one isolated cluster per name and return when all are ready",
@@ -173,14 +174,18 @@ func upCmd(dir *string) *cobra.Command {
 	}
 	c.Flags().BoolVar(&cm.on, "cert-manager", false, "run cert-manager's controllers (issuers, approver, CA signer, Certificate lifecycle) against each cluster")
 	c.Flags().BoolVar(&cm.withoutApprover, "without-approver", false, "with --cert-manager: leave out cert-manager's default approver, so that requests wait for an explicit approval (flotilla approves its own)")
+	c.Flags().BoolVar(&cm.istio, "istio", false, "run Istio itself: Istio's charts installed as the Sail Operator does, a real istiod for every istiod pod, injection through istiod's webhook (builds istiod on first use); run flotilla-emulator with --istiod beside it")
 	return c
 }
 
-// certManagerFlags are up's and supervise's cert-manager flags.
-type certManagerFlags struct{ on, withoutApprover bool }
+// labFlags are up's and supervise's flags for what runs beside the clusters.
+type labFlags struct{ on, withoutApprover, istio bool }
 
-func (f certManagerFlags) args() []string {
+func (f labFlags) args() []string {
 	var out []string
+	if f.istio {
+		out = append(out, "--istio")
+	}
 	if f.on {
 		out = append(out, "--cert-manager")
 	}
@@ -191,7 +196,7 @@ func (f certManagerFlags) args() []string {
 }
 
 func superviseCmd(dir *string) *cobra.Command {
-	var cm certManagerFlags
+	var cm labFlags
 	c := &cobra.Command{
 		Use:    "supervise NAME...",
 		Hidden: true,
@@ -200,10 +205,11 @@ func superviseCmd(dir *string) *cobra.Command {
 	}
 	c.Flags().BoolVar(&cm.on, "cert-manager", false, "")
 	c.Flags().BoolVar(&cm.withoutApprover, "without-approver", false, "")
+	c.Flags().BoolVar(&cm.istio, "istio", false, "")
 	return c
 }
 
-func up(ctx context.Context, dir string, names []string, cm certManagerFlags) error {
+func up(ctx context.Context, dir string, names []string, cm labFlags) error {
 	if cm.withoutApprover && !cm.on {
 		return errors.New("--without-approver needs --cert-manager")
 	}
@@ -218,6 +224,12 @@ func up(ctx context.Context, dir string, names []string, cm certManagerFlags) er
 	}
 	if _, err := lab.EnsureBinaries(ctx, lab.BuildOptions{Log: os.Stderr}); err != nil {
 		return err
+	}
+	// Built here, in front of the user, not in the supervisor's log.
+	if cm.istio {
+		if _, err := lab.EnsureIstioBinaries(ctx, lab.BuildOptions{Log: os.Stderr}); err != nil {
+			return err
+		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -279,10 +291,10 @@ func labPID(dir string) int {
 }
 
 // supervise runs in the background for the lab's lifetime.
-func supervise(dir string, names []string, cm certManagerFlags) error {
+func supervise(dir string, names []string, cm labFlags) error {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
-	l, err := lab.Start(ctx, lab.Options{Clusters: names, Dir: dir, Log: os.Stderr, CertManager: cm.on, CertManagerWithoutApprover: cm.withoutApprover})
+	l, err := lab.Start(ctx, lab.Options{Clusters: names, Dir: dir, Log: os.Stderr, CertManager: cm.on, CertManagerWithoutApprover: cm.withoutApprover, RealIstio: cm.istio})
 	if err != nil {
 		_ = os.WriteFile(filepath.Join(dir, errorFile), []byte(err.Error()+"\n"), 0o600)
 		return err
