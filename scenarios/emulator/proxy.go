@@ -498,14 +498,7 @@ func (e *Emulator) gatewayHandler(cluster, selector string) func(net.Conn) {
 			e.logf("%s: gateway: %v", cluster, err)
 			return
 		}
-		defer up.Close()
-		if _, err := up.Write(hello.Bytes()); err != nil {
-			return
-		}
-		done := make(chan struct{}, 2)
-		go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
-		go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
-		<-done
+		passThrough(c, up, hello.Bytes())
 	}
 }
 
@@ -532,8 +525,14 @@ func (e *Emulator) passThroughAsGateway(ctx context.Context, c net.Conn, hello *
 		e.logf("%s: gateway %s: %v", cluster, selector, err)
 		return
 	}
+	passThrough(c, up, hello.Bytes())
+}
+
+// passThrough sends the peeked ClientHello upstream, then copies both ways
+// until either side ends, and closes up: a gateway passing TLS through.
+func passThrough(c, up net.Conn, hello []byte) {
 	defer up.Close()
-	if _, err := up.Write(hello.Bytes()); err != nil {
+	if _, err := up.Write(hello); err != nil {
 		return
 	}
 	done := make(chan struct{}, 2)
