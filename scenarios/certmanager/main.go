@@ -6,8 +6,14 @@
 // manager, request manager, issuing, readiness, revision manager). The
 // module ships no controller binary (its app package is not part of it),
 // so this main does the wiring cmd/controller does upstream, for the
-// controllers the lab needs. It runs without cert-manager's webhook:
-// nothing defaults or validates the objects beyond the CRD schemas.
+// controllers the lab needs. cert-manager's webhook is a binary of its own
+// (./webhook), which a lab runs only when asked (lab.Options.CertManagerWebhook);
+// without it nothing defaults or validates the objects beyond the CRD
+// schemas.
+//
+// The module's path lies under github.com/cert-manager/cert-manager so
+// that ./webhook may import upstream's internal packages, as upstream's own
+// binary modules (github.com/cert-manager/cert-manager/webhook-binary) do.
 package main
 
 import (

@@ -26,13 +26,13 @@ const (
 	CertManagerVersion = "v1.21.2"
 	// buildRecipe changes when the set of binaries, their build flags or the
 	// flags of a main the lab builds (scenarios/certmanager) change.
-	buildRecipe = "4"
+	buildRecipe = "5"
 )
 
 // Binaries the lab runs, built from scenarios/upstream, and cert-manager's
-// controllers from scenarios/certmanager (its own module: cert-manager's
-// dependencies stay out of the upstream module's graph).
-var binaryNames = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", certManagerBinary}
+// controllers and webhook from scenarios/certmanager (its own module:
+// cert-manager's dependencies stay out of the upstream module's graph).
+var binaryNames = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", certManagerBinary, certManagerWebhookBinary}
 
 // stagesFile holds kwok's stages, printed once at build time by kwok-stages.
 const stagesFile = "kwok-stages.yaml"
@@ -187,7 +187,7 @@ func flockCtx(ctx context.Context, f *os.File) error {
 
 // build compiles every lab binary into dir and writes kwok's stages.
 func build(ctx context.Context, src, dir string, logw io.Writer) error {
-	fmt.Fprintf(logw, "lab: building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (kubernetes %s), etcd %s, kwok %s and cert-manager %s controllers (a cold build takes several minutes)\n",
+	fmt.Fprintf(logw, "lab: building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (kubernetes %s), etcd %s, kwok %s and cert-manager %s controllers and webhook (a cold build takes several minutes)\n",
 		KubernetesVersion, EtcdVersion, KwokVersion, CertManagerVersion)
 	args := []string{"build", "-trimpath", "-ldflags=-s -w", "-o", dir + "/",
 		"./cmd/etcd", "./cmd/kwok-stages",
@@ -201,7 +201,11 @@ func build(ctx context.Context, src, dir string, logw io.Writer) error {
 		return err
 	}
 	// Same flags and environment, so the build cache serves both.
-	if err := goBuild(ctx, filepath.Join(filepath.Dir(src), "certmanager"), "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(dir, certManagerBinary), "."); err != nil {
+	cm := filepath.Join(filepath.Dir(src), "certmanager")
+	if err := goBuild(ctx, cm, "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(dir, certManagerBinary), "."); err != nil {
+		return err
+	}
+	if err := goBuild(ctx, cm, "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(dir, certManagerWebhookBinary), "./webhook"); err != nil {
 		return err
 	}
 	stages, err := exec.CommandContext(ctx, filepath.Join(dir, "kwok-stages")).Output()

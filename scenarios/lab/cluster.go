@@ -207,6 +207,12 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 	if err := installCRDs(ctx, c.RESTConfig(), crds); err != nil {
 		return fmt.Errorf("CRDs: %w", err)
 	}
+	if c.cmWebhook {
+		// Before the controllers, so that nothing they write escapes it.
+		if err := c.startCertManagerWebhook(ctx, run, kcfg); err != nil {
+			return err
+		}
+	}
 	if c.certManager {
 		if err := c.startCertManager(run, kcfg); err != nil {
 			return err

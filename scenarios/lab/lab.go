@@ -51,6 +51,12 @@ type Options struct {
 	// as a cluster whose requests are approved by policy: a request stays
 	// unapproved until something approves it.
 	CertManagerWithoutApprover bool
+	// CertManagerWebhook runs cert-manager's admission webhook too,
+	// registered with the API server as cert-manager's chart registers it:
+	// requests record their requester, objects are validated, and setting
+	// Approved or Denied on a CertificateRequest needs `approve` on its
+	// signer (RBAC verb approve, resource signers, group cert-manager.io).
+	CertManagerWebhook bool
 	// RealIstio runs Istio itself in each cluster: the lab's Sail Operator
 	// installs Istio's own charts for Sail Istio and IstioCNI resources, and
 	// a real istiod runs for every istiod pod they make. Its binaries are
@@ -102,6 +108,7 @@ type Cluster struct {
 	procs       []*process
 	certManager bool
 	noApprover  bool
+	cmWebhook   bool
 	realIstio   bool
 	istiods     *istiodKubelet
 	net         *clusterNet
@@ -169,6 +176,9 @@ func ValidateNames(names []string) error {
 func Start(ctx context.Context, o Options) (l *Lab, err error) {
 	if err := ValidateNames(o.Clusters); err != nil {
 		return nil, err
+	}
+	if (o.CertManagerWithoutApprover || o.CertManagerWebhook) && !o.CertManager {
+		return nil, errors.New("lab options: CertManagerWithoutApprover and CertManagerWebhook need CertManager")
 	}
 	logw := o.Log
 	if logw == nil {
@@ -245,6 +255,7 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 			octet:            l.net.octet,
 			certManager:      o.CertManager,
 			noApprover:       o.CertManagerWithoutApprover,
+			cmWebhook:        o.CertManagerWebhook,
 			realIstio:        o.RealIstio,
 		}
 		l.clusters[i] = c

@@ -159,9 +159,10 @@ func alive(pid int) bool { return pid > 0 && syscall.Kill(pid, 0) == nil }
 // it reports ready or failed.
 // upCmd is `up`; --cert-manager runs cert-manager's own controllers
 // against every cluster, so that cert-manager mode can be tried in the lab,
-// and --without-approver leaves out its default approver (approval by
-// policy, flotilla's); --istio runs Istio itself (its charts as the Sail
-// Operator installs them, a real istiod per istiod pod).
+// --without-approver leaves out its default approver (approval by policy,
+// flotilla's), --webhook adds its admission webhook (approvals need
+// `approve` on the signer); --istio runs Istio itself (its charts as the
+// Sail Operator installs them, a real istiod per istiod pod).
 func upCmd(dir *string) *cobra.Command {
 	var cm labFlags
 	c := &cobra.Command{
@@ -174,12 +175,13 @@ func upCmd(dir *string) *cobra.Command {
 	}
 	c.Flags().BoolVar(&cm.on, "cert-manager", false, "run cert-manager's controllers (issuers, approver, CA signer, Certificate lifecycle) against each cluster")
 	c.Flags().BoolVar(&cm.withoutApprover, "without-approver", false, "with --cert-manager: leave out cert-manager's default approver, so that requests wait for an explicit approval (flotilla approves its own)")
+	c.Flags().BoolVar(&cm.webhook, "webhook", false, "with --cert-manager: run cert-manager's admission webhook too, registered as its chart registers it (validation; approving needs `approve` on the signer)")
 	c.Flags().BoolVar(&cm.istio, "istio", false, "run Istio itself: Istio's charts installed as the Sail Operator does, a real istiod for every istiod pod, injection through istiod's webhook (builds istiod on first use); run flotilla-emulator with --istiod beside it")
 	return c
 }
 
 // labFlags are up's and supervise's flags for what runs beside the clusters.
-type labFlags struct{ on, withoutApprover, istio bool }
+type labFlags struct{ on, withoutApprover, webhook, istio bool }
 
 func (f labFlags) args() []string {
 	var out []string
@@ -191,6 +193,9 @@ func (f labFlags) args() []string {
 	}
 	if f.withoutApprover {
 		out = append(out, "--without-approver")
+	}
+	if f.webhook {
+		out = append(out, "--webhook")
 	}
 	return out
 }
@@ -205,6 +210,7 @@ func superviseCmd(dir *string) *cobra.Command {
 	}
 	c.Flags().BoolVar(&cm.on, "cert-manager", false, "")
 	c.Flags().BoolVar(&cm.withoutApprover, "without-approver", false, "")
+	c.Flags().BoolVar(&cm.webhook, "webhook", false, "")
 	c.Flags().BoolVar(&cm.istio, "istio", false, "")
 	return c
 }
@@ -212,6 +218,9 @@ func superviseCmd(dir *string) *cobra.Command {
 func up(ctx context.Context, dir string, names []string, cm labFlags) error {
 	if cm.withoutApprover && !cm.on {
 		return errors.New("--without-approver needs --cert-manager")
+	}
+	if cm.webhook && !cm.on {
+		return errors.New("--webhook needs --cert-manager")
 	}
 	if err := lab.ValidateNames(names); err != nil {
 		return err
@@ -294,7 +303,7 @@ func labPID(dir string) int {
 func supervise(dir string, names []string, cm labFlags) error {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
-	l, err := lab.Start(ctx, lab.Options{Clusters: names, Dir: dir, Log: os.Stderr, CertManager: cm.on, CertManagerWithoutApprover: cm.withoutApprover, RealIstio: cm.istio})
+	l, err := lab.Start(ctx, lab.Options{Clusters: names, Dir: dir, Log: os.Stderr, CertManager: cm.on, CertManagerWithoutApprover: cm.withoutApprover, CertManagerWebhook: cm.webhook, RealIstio: cm.istio})
 	if err != nil {
 		_ = os.WriteFile(filepath.Join(dir, errorFile), []byte(err.Error()+"\n"), 0o600)
 		return err

@@ -56,6 +56,7 @@ func TestBadInput(t *testing.T) {
 		{"duplicate names", nil, []string{"up", "east", "east"}, `cluster name "east" given twice`},
 		{"no names", nil, []string{"up"}, "requires at least 1 arg"},
 		{"an approver left out of no cert-manager", nil, []string{"up", "east", "--without-approver"}, "--without-approver needs --cert-manager"},
+		{"a webhook without cert-manager", nil, []string{"up", "east", "--webhook"}, "--webhook needs --cert-manager"},
 		{"missing binaries without module proxy", []string{
 			"FLOTILLA_LAB_CACHE=" + t.TempDir(), "GOMODCACHE=" + t.TempDir(), "GOPROXY=off",
 		}, []string{"up", "east"}, "cannot get Go modules (is the Go module proxy reachable?)"},
