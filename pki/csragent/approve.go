@@ -77,7 +77,9 @@ func (a *CertificateApprover) Reconcile(ctx context.Context, cr *cmapi.Certifica
 	obj := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": cmapi.SchemeGroupVersion.String(),
 		"kind":       cmapi.CertificateRequestKind,
-		"metadata":   map[string]any{"name": cr.Name, "namespace": cr.Namespace},
+		// Conditional on the request as read: a decision written since is
+		// a conflict, never a second one beside it.
+		"metadata": map[string]any{"name": cr.Name, "namespace": cr.Namespace, "resourceVersion": cr.ResourceVersion},
 		"status": map[string]any{"conditions": []any{map[string]any{
 			"type": string(cmapi.CertificateRequestConditionApproved), "status": string(cmmeta.ConditionTrue),
 			"reason": HubApprovedReason, "message": "Approved by the flotilla hub: exactly Certificate " + crt.Name + ", which the hub keeps",
@@ -92,11 +94,14 @@ func (a *CertificateApprover) Reconcile(ctx context.Context, cr *cmapi.Certifica
 	_, err = a.Cluster.Dynamic.Resource(gvr).Namespace(cr.Namespace).ApplyStatus(ctx, cr.Name, obj, metav1.ApplyOptions{FieldManager: hubApproverFieldManager})
 	switch {
 	case apierrors.IsConflict(err):
+		// Changed since read (another approver's decision among the
+		// possibilities): the watch brings the new version.
 		return false, nil
 	case apierrors.IsForbidden(err):
 		// cert-manager's webhook checks `approve` on the signer: without
 		// it the hub leaves approval to the cluster's approver.
-		a.log().Warn("certificate request: the hub may not approve; waiting for the cluster's approver", "cluster", a.Cluster.Name, "request", cr.Namespace+"/"+cr.Name, "error", err.Error())
+		a.log().Warn("certificate request: the hub may not approve; waiting for the cluster's approver", "cluster", a.Cluster.Name, "request", cr.Namespace+"/"+cr.Name,
+			"needs", "verb approve on signers.cert-manager.io "+SignerName(cr.Namespace, certmanager.WorkloadIssuer()), "error", err.Error())
 		return false, nil
 	case err != nil:
 		return false, fmt.Errorf("%s: approve CertificateRequest %s/%s: %w", a.Cluster.Name, cr.Namespace, cr.Name, err)

@@ -391,7 +391,8 @@ func (s *Server) approve(ctx context.Context, name string) error {
 		// An issuer other than the one its Role names (cert-manager's
 		// webhook checks `approve` on the signer): approval is the
 		// cluster's approver's, and the request waits for it.
-		s.opts.Log.Warn("csr-agent may not approve for its issuer; waiting for the cluster's approver", "cluster", c.Name, "issuer", s.opts.Issuer.String(), "name", name, "err", err)
+		s.opts.Log.Warn("csr-agent may not approve for its issuer; waiting for the cluster's approver", "cluster", c.Name, "issuer", s.opts.Issuer.String(), "name", name,
+			"needs", "verb approve on signers.cert-manager.io "+SignerName(s.opts.Namespace, s.opts.Issuer), "err", err)
 		return nil
 	}
 	return err

@@ -44,6 +44,10 @@ const (
 	Issued  Outcome = "issued"
 	Pending Outcome = "pending"
 	Refused Outcome = "refused"
+	// Unapproved: pending an approver's decision, which the hub did not
+	// (or may not) make. The decision is a change to the request, so the
+	// watch brings the request back; nothing is retried meanwhile.
+	Unapproved Outcome = "unapproved"
 )
 
 // Controller signs the requests of one member cluster.
@@ -133,9 +137,10 @@ func (c *Controller) Reconcile(ctx context.Context, cr *cmapi.CertificateRequest
 	if finished(cr) {
 		return Skipped, nil
 	}
+	var mayNot string // why the hub may not approve, when it may not
 	if c.Approve && !decided(cr) {
 		if _, err := c.Signer.Admit(cr); err == nil {
-			if err := c.approve(ctx, cr); err != nil {
+			if mayNot, err = c.approve(ctx, cr); err != nil {
 				return Pending, fmt.Errorf("%s: %w", where, err)
 			}
 		}
@@ -163,9 +168,15 @@ func (c *Controller) Reconcile(ctx context.Context, cr *cmapi.CertificateRequest
 		if errors.As(err, &pending) {
 			msg = pending.Reason
 		}
+		if !decided(cr) {
+			out = Unapproved
+			if mayNot != "" {
+				msg += "; " + mayNot
+			}
+		}
 		cond["status"], cond["reason"], cond["message"] = string(cmmeta.ConditionFalse), cmapi.CertificateRequestReasonPending, "Waiting for the flotilla hub: "+msg
 		if prev := readyCondition(cr); prev != nil && prev.Reason == cmapi.CertificateRequestReasonPending && prev.Message == cond["message"] {
-			return Pending, nil // nothing new to say
+			return out, nil // nothing new to say
 		}
 	}
 	cond["lastTransitionTime"] = c.now().UTC().Format(time.RFC3339)
@@ -190,44 +201,66 @@ func (c *Controller) Reconcile(ctx context.Context, cr *cmapi.CertificateRequest
 }
 
 // approve writes the Approved condition on cr, and on the copy in hand so
-// that signing follows at once.
-func (c *Controller) approve(ctx context.Context, cr *cmapi.CertificateRequest) error {
+// that signing follows at once. It approves exactly the request as read:
+// another approver's decision since then wins, and is read back. When the
+// hub's identity may not approve (RBAC, or cert-manager's webhook checking
+// `approve` on the signer), it says why and leaves the request to the
+// cluster's approver.
+func (c *Controller) approve(ctx context.Context, cr *cmapi.CertificateRequest) (mayNot string, err error) {
 	const msg = "Approved by the flotilla hub: the cluster's intermediate, as the mesh issuer's policy admits"
 	obj := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": cmapi.SchemeGroupVersion.String(),
 		"kind":       cmapi.CertificateRequestKind,
-		"metadata":   map[string]any{"name": cr.Name, "namespace": cr.Namespace},
+		// The resourceVersion makes the apply conditional: a Denied (or
+		// Approved) written since the read is a conflict, never a second
+		// decision beside it, with or without a webhook to refuse one.
+		"metadata": map[string]any{"name": cr.Name, "namespace": cr.Namespace, "resourceVersion": cr.ResourceVersion},
 		"status": map[string]any{"conditions": []any{map[string]any{
 			"type": string(cmapi.CertificateRequestConditionApproved), "status": string(cmmeta.ConditionTrue),
 			"reason": ApprovedReason, "message": msg, "lastTransitionTime": c.now().UTC().Format(time.RFC3339),
 		}}},
 	}}
-	// Not forced: another approver's decision in the meantime wins (a
-	// conflict: it wrote Approved first), and is read back.
 	ri := c.Cluster.Dynamic.Resource(certificateRequests).Namespace(cr.Namespace)
 	u, err := ri.ApplyStatus(ctx, cr.Name, obj, metav1.ApplyOptions{FieldManager: ApproverFieldManager})
 	switch {
-	case apierrors.IsConflict(err):
+	case apierrors.IsConflict(err), apierrors.IsForbidden(err):
+		forbidden := err
 		if u, err = ri.Get(ctx, cr.Name, metav1.GetOptions{}); err != nil {
-			return fmt.Errorf("read after another approver's decision: %w", err)
+			return "", fmt.Errorf("read after a refused approval: %w", err)
 		}
-	case apierrors.IsForbidden(err):
-		// cert-manager's webhook checks `approve` on the signer: without
-		// it the hub leaves approval to the cluster's approver.
-		c.log().Warn("certificate request: the hub may not approve; waiting for the cluster's approver", "cluster", c.Cluster.Name, "request", cr.Namespace+"/"+cr.Name, "error", err.Error())
-		return nil
+		fresh, err := decode(u)
+		if err != nil {
+			return "", err
+		}
+		cr.Status.Conditions = fresh.Status.Conditions
+		if decided(fresh) || !apierrors.IsForbidden(forbidden) {
+			// Another approver decided meanwhile (a webhook may refuse a
+			// second decision as Forbidden): theirs stands. Or the request
+			// changed otherwise: approved on the next reconcile.
+			c.log().Info("certificate request: another approver decided first", "cluster", c.Cluster.Name, "request", cr.Namespace+"/"+cr.Name)
+			return "", nil
+		}
+		mayNot = fmt.Sprintf("the hub may not approve it (its identity needs verb approve on signers.cert-manager.io %s): %v", SignerName(cr), forbidden)
+		c.log().Warn("certificate request: the hub may not approve; waiting for the cluster's approver", "cluster", c.Cluster.Name, "request", cr.Namespace+"/"+cr.Name, "signer", SignerName(cr), "error", forbidden.Error())
+		return mayNot, nil
 	case err != nil:
-		return fmt.Errorf("approve: %w", err)
-	default:
-		c.log().Info("certificate request approved", "cluster", c.Cluster.Name, "request", cr.Namespace+"/"+cr.Name)
+		return "", fmt.Errorf("approve: %w", err)
 	}
-	// The server's conditions, a Denied written meanwhile among them.
+	c.log().Info("certificate request approved", "cluster", c.Cluster.Name, "request", cr.Namespace+"/"+cr.Name)
 	fresh, err := decode(u)
 	if err != nil {
-		return err
+		return "", err
 	}
 	cr.Status.Conditions = fresh.Status.Conditions
-	return nil
+	return "", nil
+}
+
+// SignerName is cert-manager's name of the signer of cr's MeshIssuer, the
+// resource name of the `approve` verb on `signers` (group cert-manager.io)
+// that its webhook checks when a decision is written:
+// meshissuers.issuer.flotilla.dev/<namespace>.<name>.
+func SignerName(cr *cmapi.CertificateRequest) string {
+	return v1alpha1.MeshIssuerResource + "." + v1alpha1.Group + "/" + cr.Namespace + "." + cr.Spec.IssuerRef.Name
 }
 
 // SignPending reconciles every request of the group once: what apply runs
@@ -322,6 +355,8 @@ func (c *Controller) handle(ctx context.Context, u *unstructured.Unstructured) (
 	case out == Pending:
 		return true
 	}
+	// Issued, refused, or Unapproved: an approval to come is an update
+	// the watch delivers (and its resync revisits a refused approval).
 	return false
 }
 
