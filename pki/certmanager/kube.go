@@ -6,6 +6,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -365,6 +367,11 @@ func WaitReady(ctx context.Context, c *kube.Cluster, namespace string, previous 
 			return false, nil
 		}
 		if !Ready(crt) {
+			// A denial is a decision: waiting for cert-manager's retry
+			// (after its backoff, an hour by default) would only time out.
+			if err := deniedRequest(ctx, c, crt); err != nil {
+				return false, err
+			}
 			last = fmt.Errorf("%s: Certificate %s/%s not Ready: %s", c.Name, namespace, IntermediateCertificateName, conditionSummary(crt))
 			return false, nil
 		}
@@ -384,6 +391,47 @@ func WaitReady(ctx context.Context, c *kube.Cluster, namespace string, previous 
 		return nil, fmt.Errorf("waiting for cert-manager to issue the intermediate: %w (last: %v)", err, last)
 	}
 	return got, nil
+}
+
+// deniedRequest is an error naming the request and the approver's reason
+// when crt's issuance failed because an approver denied its current
+// CertificateRequest; nil otherwise (not failed, or for another reason).
+func deniedRequest(ctx context.Context, c *kube.Cluster, crt *cmapi.Certificate) error {
+	issuing := slices.IndexFunc(crt.Status.Conditions, func(cond cmapi.CertificateCondition) bool {
+		return cond.Type == cmapi.CertificateConditionIssuing && cond.Status == cmmeta.ConditionFalse
+	})
+	if issuing < 0 {
+		return nil
+	}
+	gvr, _, err := c.Resource(CertificateRequestGVK)
+	if err != nil {
+		return nil
+	}
+	list, err := c.Dynamic.Resource(gvr).Namespace(crt.Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil // the wait goes on; its timeout says what it last saw
+	}
+	revision := "1"
+	if crt.Status.Revision != nil {
+		revision = strconv.Itoa(*crt.Status.Revision + 1)
+	}
+	for i := range list.Items {
+		a := list.Items[i].GetAnnotations()
+		if a[cmapi.CertificateNameKey] != crt.Name || a[cmapi.CertificateRequestRevisionAnnotationKey] != revision {
+			continue
+		}
+		cr := &cmapi.CertificateRequest{}
+		if runtime.DefaultUnstructuredConverter.FromUnstructured(list.Items[i].Object, cr) != nil {
+			continue
+		}
+		for _, cond := range cr.Status.Conditions {
+			if cond.Type == cmapi.CertificateRequestConditionDenied && cond.Status == cmmeta.ConditionTrue {
+				return fmt.Errorf("%s: Certificate %s/%s: CertificateRequest %s/%s was denied by an approver (reason %s): %s; cert-manager tries again after its backoff",
+					c.Name, crt.Namespace, crt.Name, cr.Namespace, cr.Name, cond.Reason, cond.Message)
+			}
+		}
+	}
+	return nil
 }
 
 func conditionSummary(crt *cmapi.Certificate) string {
