@@ -42,7 +42,7 @@ import (
 	"github.com/flotillamesh/flotilla/server/state"
 )
 
-var testLab = lab.NewSharedWith(lab.Options{Clusters: []string{"east", "west"}, CertManager: true, CertManagerWithoutApprover: true})
+var testLab = lab.NewSharedWith(lab.Options{Clusters: []string{"east", "west"}, CertManager: true, CertManagerWithoutApprover: true, CertManagerWebhook: true})
 
 func TestMain(m *testing.M) { os.Exit(testLab.Run(m)) }
 

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"log/slog"
 	mrand "math/rand/v2"
 	"net/url"
 	"slices"
@@ -92,11 +93,14 @@ func TestCSRAgentApprovesItsOwn(t *testing.T) {
 		_ = admin.Kube.RbacV1().ClusterRoleBindings().Delete(context.Background(), name, metav1.DeleteOptions{})
 		_ = admin.Kube.RbacV1().ClusterRoles().Delete(context.Background(), name, metav1.DeleteOptions{})
 	})
-	// An identity like the agent's but without the right to write its
-	// Approved condition: as an agent configured for an issuer its Role
-	// does not name (cert-manager's webhook would refuse the approval).
-	const restricted = "agent-no-approval"
-	restrictedRBAC(t, ctx, admin, agentNS, restricted)
+	// Identities like the agent's that may not approve: one without the
+	// right to write the request's status (RBAC refuses), one that may
+	// write it but lacks `approve` on the signer (cert-manager's webhook
+	// refuses, as for an agent configured for an issuer its ClusterRole
+	// does not name).
+	const restricted, noSigner = "agent-no-approval", "agent-no-signer"
+	restrictedRBAC(t, ctx, admin, agentNS, restricted, false)
+	restrictedRBAC(t, ctx, admin, agentNS, noSigner, true)
 
 	id := fmt.Sprintf("spiffe://cluster.local/ns/%s/sa/%s", appNS, appSA)
 	for _, tc := range []struct {
@@ -104,9 +108,12 @@ func TestCSRAgentApprovesItsOwn(t *testing.T) {
 		// approvedBy is the Approved reason expected: the agent's own, or
 		// "test" where the test stands in for the cluster's approver.
 		approvedBy string
+		// refusedBy is in the agent's log line when it may not approve.
+		refusedBy string
 	}{
-		{"its own identity approves", csragent.ServiceName, csragent.ApprovedReason},
-		{"an identity that may not approve waits for the cluster's approver", restricted, "test"},
+		{"its own identity approves", csragent.ServiceName, csragent.ApprovedReason, ""},
+		{"an identity that may not write the status waits for the cluster's approver", restricted, "test", "cannot patch resource"},
+		{"an identity without approve on the signer waits for the cluster's approver", noSigner, "test", "does not have permissions to set approved/denied conditions"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := l.Cluster("east").RESTConfig()
@@ -115,7 +122,8 @@ func TestCSRAgentApprovesItsOwn(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			agent, err := csragent.New(csragent.Options{Cluster: agentKC, Namespace: agentNS, TrustBundle: trust, SignTimeout: time.Minute})
+			logs := &logBuffer{}
+			agent, err := csragent.New(csragent.Options{Cluster: agentKC, Namespace: agentNS, TrustBundle: trust, SignTimeout: time.Minute, Log: slog.New(slog.NewTextHandler(logs, nil))})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -124,7 +132,14 @@ func TestCSRAgentApprovesItsOwn(t *testing.T) {
 			if err := agent.Start(actx); err != nil {
 				t.Fatal(err)
 			}
-			reasons := watchWorkloadRequests(t, actx, admin, agentNS, tc.approvedBy == "test")
+			// The cluster's approver, where the agent may not approve, acts
+			// once the agent has tried: else the agent's attempt would meet
+			// a decision already made, not the refusal.
+			var approveAfter func(name string) bool
+			if tc.approvedBy == "test" {
+				approveAfter = func(name string) bool { return logs.count("may not approve", "name="+name) > 0 }
+			}
+			reasons := watchWorkloadRequests(t, actx, admin, agentNS, approveAfter)
 
 			key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 			u, _ := url.Parse(id)
@@ -150,15 +165,21 @@ func TestCSRAgentApprovesItsOwn(t *testing.T) {
 			case <-ctx.Done():
 				t.Fatal("east: never saw the agent's request approved and signed")
 			}
+			// It said why it left approval to the cluster, naming the permission.
+			signer := "approve on signers.cert-manager.io " + csragent.SignerName(agentNS, certmanager.WorkloadIssuer())
+			if tc.refusedBy != "" && logs.count("may not approve", signer, tc.refusedBy) == 0 {
+				t.Errorf("east: csr-agent as %s/%s: no log line naming %q and %q; its log:\n%s", agentNS, tc.sa, signer, tc.refusedBy, logs.String())
+			}
 		})
 	}
 }
 
 // watchWorkloadRequests reports the Approved reason of the first workload
 // request seen signed in ns (the agent deletes each once answered, hence
-// a watch). approve: the watcher stands in for the cluster's approver and
-// approves each unapproved workload request it sees.
-func watchWorkloadRequests(t *testing.T, ctx context.Context, admin *kube.Cluster, ns string, approve bool) <-chan string {
+// a watch). approveAfter, when not nil: the watcher stands in for the
+// cluster's approver and approves each unapproved workload request it
+// sees, once approveAfter(its name) holds.
+func watchWorkloadRequests(t *testing.T, ctx context.Context, admin *kube.Cluster, ns string, approveAfter func(name string) bool) <-chan string {
 	reasons := make(chan string, 1)
 	w, err := admin.Dynamic.Resource(crGVR).Namespace(ns).Watch(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -166,6 +187,7 @@ func watchWorkloadRequests(t *testing.T, ctx context.Context, admin *kube.Cluste
 	}
 	go func() {
 		defer w.Stop()
+		approving := map[string]bool{}
 		for ev := range w.ResultChan() {
 			u, ok := ev.Object.(interface{ UnstructuredContent() map[string]any })
 			if !ok {
@@ -180,34 +202,45 @@ func watchWorkloadRequests(t *testing.T, ctx context.Context, admin *kube.Cluste
 			case c != nil && len(cr.Status.Certificate) > 0:
 				reasons <- c.Reason
 				return
-			case c == nil && approve && cr.Name != "":
-				obj := &unstructured.Unstructured{Object: map[string]any{
-					"apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
-					"metadata": map[string]any{"name": cr.Name, "namespace": ns},
-					"status": map[string]any{"conditions": []any{map[string]any{
-						"type": "Approved", "status": "True", "reason": "test", "message": "approved by the test",
-						"lastTransitionTime": time.Now().UTC().Format(time.RFC3339),
-					}}},
-				}}
-				// An error shows as the request never signed.
-				_, _ = admin.Dynamic.Resource(crGVR).Namespace(ns).ApplyStatus(ctx, cr.Name, obj, metav1.ApplyOptions{FieldManager: "approval-test"})
+			case c == nil && approveAfter != nil && cr.Name != "" && !approving[cr.Name]:
+				approving[cr.Name] = true
+				go func(name string) {
+					for !approveAfter(name) && ctx.Err() == nil {
+						time.Sleep(50 * time.Millisecond)
+					}
+					obj := &unstructured.Unstructured{Object: map[string]any{
+						"apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
+						"metadata": map[string]any{"name": name, "namespace": ns},
+						"status": map[string]any{"conditions": []any{map[string]any{
+							"type": "Approved", "status": "True", "reason": "test", "message": "approved by the test",
+							"lastTransitionTime": time.Now().UTC().Format(time.RFC3339),
+						}}},
+					}}
+					// An error shows as the request never signed.
+					_, _ = admin.Dynamic.Resource(crGVR).Namespace(ns).ApplyStatus(ctx, name, obj, metav1.ApplyOptions{FieldManager: "approval-test"})
+				}(cr.Name)
 			}
 		}
 	}()
 	return reasons
 }
 
-// restrictedRBAC gives ns/sa the agent's rights but the Approved
-// condition's: its requests, and TokenReviews.
-func restrictedRBAC(t *testing.T, ctx context.Context, admin *kube.Cluster, ns, sa string) {
+// restrictedRBAC gives ns/sa the agent's rights but `approve` on its
+// signer: its requests (and their status, when writeStatus), TokenReviews,
+// and the namespaces and ConfigMaps it reads.
+func restrictedRBAC(t *testing.T, ctx context.Context, admin *kube.Cluster, ns, sa string, writeStatus bool) {
 	t.Helper()
 	rbac := admin.Kube.RbacV1()
+	rules := []rbacv1.PolicyRule{{
+		APIGroups: []string{"cert-manager.io"}, Resources: []string{"certificaterequests"},
+		Verbs: []string{"create", "patch", "get", "list", "watch", "delete"},
+	}}
+	if writeStatus {
+		rules = append(rules, rbacv1.PolicyRule{APIGroups: []string{"cert-manager.io"}, Resources: []string{"certificaterequests/status"}, Verbs: []string{"patch"}})
+	}
 	_, err := admin.Kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
 	if err == nil {
-		_, err = rbac.Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: sa}, Rules: []rbacv1.PolicyRule{{
-			APIGroups: []string{"cert-manager.io"}, Resources: []string{"certificaterequests"},
-			Verbs: []string{"create", "patch", "get", "list", "watch", "delete"},
-		}}}, metav1.CreateOptions{})
+		_, err = rbac.Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: sa}, Rules: rules}, metav1.CreateOptions{})
 	}
 	subject := []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: ns}}
 	if err == nil {
@@ -216,13 +249,23 @@ func restrictedRBAC(t *testing.T, ctx context.Context, admin *kube.Cluster, ns, 
 	}
 	reviews := sa + "-" + ns
 	if err == nil {
+		_, err = rbac.ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: reviews}, Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
+			{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list", "watch", "create", "patch"}},
+			{APIGroups: []string{""}, Resources: []string{"namespaces"}, Verbs: []string{"get", "list", "watch"}},
+		}}, metav1.CreateOptions{})
+	}
+	if err == nil {
 		_, err = rbac.ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: reviews}, Subjects: subject,
-			RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: csragent.ServiceName + "-" + ns}}, metav1.CreateOptions{})
+			RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: reviews}}, metav1.CreateOptions{})
 	}
 	if err != nil {
 		t.Fatalf("%s: RBAC of %s/%s: %v", admin.Name, ns, sa, err)
 	}
-	t.Cleanup(func() { _ = rbac.ClusterRoleBindings().Delete(context.Background(), reviews, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = rbac.ClusterRoleBindings().Delete(context.Background(), reviews, metav1.DeleteOptions{})
+		_ = rbac.ClusterRoles().Delete(context.Background(), reviews, metav1.DeleteOptions{})
+	})
 }
 
 // token is a TokenRequest token of ns/sa.
