@@ -359,7 +359,7 @@ func Follow(ctx context.Context, c *kube.Cluster, namespace string, trust *pki.B
 // Secret holds a certificate other than previous (nil: any), and returns it.
 func WaitReady(ctx context.Context, c *kube.Cluster, namespace string, previous *x509.Certificate) (*Issued, error) {
 	var got *Issued
-	var last error
+	var last, denial error
 	err := wait.PollUntilContextCancel(ctx, 250*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		crt, err := Certificate(ctx, c, namespace)
 		if err != nil {
@@ -369,8 +369,8 @@ func WaitReady(ctx context.Context, c *kube.Cluster, namespace string, previous 
 		if !Ready(crt) {
 			// A denial is a decision: waiting for cert-manager's retry
 			// (after its backoff, an hour by default) would only time out.
-			if err := deniedRequest(ctx, c, crt); err != nil {
-				return false, err
+			if denial = deniedRequest(ctx, c, crt); denial != nil {
+				return true, nil
 			}
 			last = fmt.Errorf("%s: Certificate %s/%s not Ready: %s", c.Name, namespace, IntermediateCertificateName, conditionSummary(crt))
 			return false, nil
@@ -387,7 +387,10 @@ func WaitReady(ctx context.Context, c *kube.Cluster, namespace string, previous 
 		got = in
 		return true, nil
 	})
-	if err != nil {
+	switch {
+	case denial != nil:
+		return nil, denial
+	case err != nil:
 		return nil, fmt.Errorf("waiting for cert-manager to issue the intermediate: %w (last: %v)", err, last)
 	}
 	return got, nil

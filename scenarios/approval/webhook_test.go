@@ -5,7 +5,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -21,12 +23,17 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/pki/certmanager"
 	"github.com/flotillamesh/flotilla/pki/issuer"
 	"github.com/flotillamesh/flotilla/pki/issuer/v1alpha1"
 	"github.com/flotillamesh/flotilla/scenarios/lab"
+	"github.com/flotillamesh/flotilla/server"
+	"github.com/flotillamesh/flotilla/server/spec"
+	"github.com/flotillamesh/flotilla/server/state"
 )
 
 // The lab runs cert-manager's webhook: setting Approved or Denied needs
@@ -375,4 +382,101 @@ func (b *logBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// TestApplyReportsDenial: an apply in cert-manager mode whose kubeconfig
+// identity may do everything but `approve` (so the hub may not approve its
+// intermediate), on clusters whose approver denies it: the apply fails at
+// once, its step naming the cluster, the request and the approver's
+// reason, and no intermediate is approved or signed.
+func TestApplyReportsDenial(t *testing.T) {
+	l := testLab.Get(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cpNS := fmt.Sprintf("istio-denied-%x", mrand.Uint32())
+	clusters := []string{"east", "west"}
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	cfg := clientcmdapi.NewConfig()
+	for _, name := range clusters {
+		admin := connect(t, l, name)
+		opNS := "flotilla-operator"
+		if _, err := admin.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: opNS}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+		// Every verb on everything but approve (and impersonate): an
+		// operator whose hub leaves approval to the cluster.
+		op := identityConfig(t, ctx, l, admin, opNS, "all-but-approve", []rbacv1.PolicyRule{
+			{APIGroups: []string{"*"}, Resources: []string{"*"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "escalate", "bind"}},
+			{NonResourceURLs: []string{"*"}, Verbs: []string{"*"}},
+		})
+		c := l.Cluster(name)
+		cfg.Clusters[name] = &clientcmdapi.Cluster{Server: c.Server, CertificateAuthorityData: c.CAData}
+		cfg.AuthInfos[name] = &clientcmdapi.AuthInfo{Token: op.BearerToken}
+		cfg.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: name}
+		t.Cleanup(func() {
+			_ = admin.Kube.CoreV1().Namespaces().Delete(context.Background(), cpNS, metav1.DeleteOptions{})
+		})
+
+		// The cluster's approver denies each intermediate request it sees.
+		approver := identity(t, ctx, l, admin, opNS, "cluster-approver", statusWriter(signerName(cpNS), true))
+		dctx, dstop := context.WithCancel(ctx)
+		var denier sync.WaitGroup
+		denier.Go(func() {
+			for dctx.Err() == nil {
+				for _, cr := range requestsIn(dctx, admin, cpNS) {
+					if condition(cr, cmapi.CertificateRequestConditionDenied) == nil {
+						_ = decideAs(dctx, approver, cpNS, cr.Name, cmapi.CertificateRequestConditionDenied, "test")
+					}
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		})
+		t.Cleanup(func() { dstop(); denier.Wait() })
+	}
+	if err := clientcmd.WriteToFile(*cfg, kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	m, err := spec.Parse("mesh.yaml", fmt.Appendf(nil, `apiVersion: flotilla.dev/v1alpha1
+kind: Mesh
+metadata: {name: mesh-denied}
+spec:
+  topology: multi-primary
+  controlPlaneNamespace: %[2]s
+  allowLoopbackAPIServers: true
+  pki: {mode: cert-manager, keyAlgorithm: ECDSA-P256}
+  clusters:
+  - {name: east, context: east, network: network1, kubeconfig: %[1]s}
+  - {name: west, context: west, network: network2, kubeconfig: %[1]s}
+`, kubeconfig, cpNS))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := state.GenerateKey()
+	st, err := state.Open(ctx, filepath.Join(t.TempDir(), "state.db"), state.Options{Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	start := time.Now()
+	rep, err := (&server.Hub{Store: st}).Apply(ctx, m, server.ApplyOptions{})
+	if err == nil {
+		err = rep.Err()
+	}
+	took := time.Since(start)
+	t.Logf("apply: %s: %v", took.Round(100*time.Millisecond), err)
+	for _, name := range clusters {
+		want := name + ": Certificate " + cpNS + "/" + certmanager.IntermediateCertificateName + ": CertificateRequest " + cpNS + "/"
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "Denied decided by the test") {
+			t.Errorf("%s: apply with the intermediate denied: %v; want a failure naming %q and the approver's reason", name, err, want)
+		}
+		admin := connect(t, l, name)
+		for _, cr := range requestsIn(ctx, admin, cpNS) {
+			if c := condition(cr, cmapi.CertificateRequestConditionApproved); c != nil || len(cr.Status.Certificate) > 0 {
+				t.Errorf("%s: intermediate CertificateRequest %s/%s: Approved %+v, certificate %d bytes; want neither", name, cpNS, cr.Name, c, len(cr.Status.Certificate))
+			}
+		}
+	}
+	if took > time.Minute {
+		t.Errorf("apply took %s: the denial waited for a timeout", took.Round(time.Second))
+	}
 }
