@@ -184,6 +184,10 @@ spec:
 }
 
 func certificate(ctx context.Context, c *kube.Cluster, name string) (*cmapi.Certificate, error) {
+	return certificateIn(ctx, c, ns, name)
+}
+
+func certificateIn(ctx context.Context, c *kube.Cluster, ns, name string) (*cmapi.Certificate, error) {
 	u, err := c.Dynamic.Resource(schema.GroupVersionResource{Group: "cert-manager.io", Version: "v1", Resource: "certificates"}).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return nil, err

@@ -28,6 +28,7 @@ import (
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/pki/certmanager"
+	"github.com/flotillamesh/flotilla/pki/csragent"
 	"github.com/flotillamesh/flotilla/pki/issuer"
 	"github.com/flotillamesh/flotilla/pki/issuer/v1alpha1"
 	"github.com/flotillamesh/flotilla/scenarios/lab"
@@ -478,5 +479,90 @@ spec:
 	}
 	if took > time.Minute {
 		t.Errorf("apply took %s: the denial waited for a timeout", took.Round(time.Second))
+	}
+}
+
+// TestServingApprovalNeedsApprove: the hub's approver of the serving
+// Certificates it keeps (here istiod's), connected as an identity without
+// `approve` on the workload issuer's signer, is refused by cert-manager's
+// webhook, says which signer it needs and leaves the request to the
+// cluster's approver, after whose approval the Certificate is issued.
+// Granted `approve`, its own approval is admitted.
+func TestServingApprovalNeedsApprove(t *testing.T) {
+	l := testLab.Get(t)
+	for _, tc := range []struct {
+		name       string
+		mayApprove bool
+		approvedBy string
+	}{
+		{"without approve on the signer the cluster's approver decides", false, "test"},
+		{"with approve on the signer the hub approves", true, csragent.HubApprovedReason},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			admin := connect(t, l, "east")
+			cpNS, hub := hubNamespace(t, ctx, admin)
+			hctx, hstop := context.WithCancel(ctx)
+			defer hstop()
+			go hub.Run(hctx)
+			if _, err := certmanager.WaitReady(ctx, admin, cpNS, nil); err != nil {
+				t.Fatal(err)
+			}
+			signer := csragent.SignerName(cpNS, certmanager.WorkloadIssuer())
+			rules := append(statusWriter(signer, tc.mayApprove),
+				rbacv1.PolicyRule{APIGroups: []string{"cert-manager.io"}, Resources: []string{"certificates"}, Verbs: []string{"get"}})
+			logs := &logBuffer{}
+			approver := &csragent.CertificateApprover{Cluster: identity(t, ctx, l, admin, cpNS, "flotilla-hub", rules), Namespace: cpNS, Log: slog.New(slog.NewTextHandler(logs, nil))}
+			go approver.Run(hctx)
+			if _, err := admin.Apply(ctx, csragent.IstiodCertificateObject(cpNS, "", certmanager.WorkloadIssuerName)); err != nil {
+				t.Fatal(err)
+			}
+			var name string
+			if !tc.mayApprove {
+				deadline := time.Now().Add(time.Minute)
+				for name == "" {
+					for _, line := range strings.Split(logs.String(), "\n") {
+						if strings.Contains(line, refusedApproval) && strings.Contains(line, "verb approve on signers.cert-manager.io "+signer) {
+							_, rest, _ := strings.Cut(line, "request="+cpNS+"/")
+							name, _, _ = strings.Cut(rest, " ")
+						}
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("east: the hub's approver never said it may not approve for %s; its log:\n%s", signer, logs.String())
+					}
+					time.Sleep(200 * time.Millisecond)
+				}
+				if c := condition(getIn(t, ctx, admin, cpNS, name), cmapi.CertificateRequestConditionApproved); c != nil {
+					t.Fatalf("east: CertificateRequest %s/%s approved without the hub's permission: %+v", cpNS, name, c)
+				}
+				cluster := identity(t, ctx, l, admin, cpNS, "cluster-approver", statusWriter(signer, true))
+				if err := decideAs(ctx, cluster, cpNS, name, cmapi.CertificateRequestConditionApproved, "test"); err != nil {
+					t.Fatalf("east: the cluster's approver approving CertificateRequest %s/%s: %v", cpNS, name, err)
+				}
+			}
+			var got *cmapi.Certificate
+			deadline := time.Now().Add(time.Minute)
+			for got == nil || !certmanager.Ready(got) {
+				if time.Now().After(deadline) {
+					t.Fatalf("east: Certificate %s/%s never Ready: %+v", cpNS, csragent.IstiodCertificate, got)
+				}
+				time.Sleep(200 * time.Millisecond)
+				got, _ = certificateIn(ctx, admin, cpNS, csragent.IstiodCertificate)
+			}
+			list, err := admin.Dynamic.Resource(crGVR).Namespace(cpNS).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range list.Items {
+				cr := decodeMap(list.Items[i].Object)
+				if cr.Annotations[cmapi.CertificateNameKey] != csragent.IstiodCertificate {
+					continue
+				}
+				if c := condition(cr, cmapi.CertificateRequestConditionApproved); c == nil || c.Reason != tc.approvedBy {
+					t.Errorf("east: CertificateRequest %s/%s: Approved %+v, want reason %s", cpNS, cr.Name, c, tc.approvedBy)
+				}
+			}
+		})
 	}
 }
