@@ -125,3 +125,17 @@ func startTestEtcd(t testing.TB, n int, withTLS bool) *EtcdCluster {
 	t.Cleanup(c.Close)
 	return c
 }
+
+// RunShared runs a package's tests once and stops every one of labs
+// afterwards (Shared.Run for a package with several labs).
+func RunShared(m *testing.M, labs ...*Shared) int {
+	if len(labs) == 0 {
+		return m.Run()
+	}
+	defer func() {
+		for _, s := range labs[1:] {
+			s.stop()
+		}
+	}()
+	return labs[0].Run(m)
+}

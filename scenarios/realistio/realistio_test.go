@@ -36,7 +36,11 @@ import (
 
 var testLab = lab.NewSharedWith(lab.Options{Clusters: []string{"east", "west"}, RealIstio: true})
 
-func TestMain(m *testing.M) { os.Exit(testLab.Run(m)) }
+// cmLab runs cert-manager's controllers beside real Istio, for the
+// cert-manager PKI mode (its own clusters: one mesh per lab cluster).
+var cmLab = lab.NewSharedWith(lab.Options{Clusters: []string{"north", "south"}, RealIstio: true, CertManager: true})
+
+func TestMain(m *testing.M) { os.Exit(lab.RunShared(m, testLab, cmLab)) }
 
 var istioGVR = schema.GroupVersionResource{Group: "sailoperator.io", Version: "v1", Resource: "istios"}
 
