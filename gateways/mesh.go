@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -16,7 +17,8 @@ import (
 )
 
 // ClusterPlan is everything one cluster needs, in apply order: Setup, then
-// Gateways, then the wait for Gateway's address, then ControlPlane. deploy
+// Gateways, then the wait for Gateway's address, then ControlPlane, then the
+// wait for Gateway's pods to be injected. deploy
 // plans the namespaces and the control plane and says which gateway the
 // cluster runs; this package adds the gateway's objects.
 type ClusterPlan struct {
@@ -139,12 +141,16 @@ type Result struct {
 // network labels, (2) gateways and their Istio resources, (3) the wait for
 // each gateway's address, (4) the Sail resources, those of primaries and
 // control-plane clusters before those of the remotes and data-plane clusters
-// that embed their addresses. Namespaces and Sail resources are written as
-// kube.ManagerControlPlane, the gateway objects as kube.ManagerGateways.
-// clusters maps every member's name to its connection.
+// that embed their addresses, each group followed by (5) the wait for its
+// gateways' pods to be injected by their revision (WaitForInjection: the
+// gateways were written before their revision's webhook existed, so a
+// first install restarts them once it does). Namespaces and Sail resources
+// are written as kube.ManagerControlPlane, the gateway objects as
+// kube.ManagerGateways. clusters maps every member's name to its connection.
 //
 // With DryRun connections nothing persists, so no new address can appear:
-// addresses already allocated are used and the others are PendingAddress.
+// addresses already allocated are used and the others are PendingAddress;
+// and nothing waits for injection.
 func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, l *deploy.Layout, opts deploy.Options, progress func(string)) (*Result, error) {
 	dryRun := false
 	for _, m := range l.Clusters {
@@ -233,8 +239,36 @@ func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, l *deploy
 				refused = append(refused, err)
 			}
 		}
+		// The gateways of this phase run in the mesh from now on: before the
+		// next phase, whose remotes reach their istiod through them.
+		if !dryRun {
+			if err := waitInjected(ctx, clusters, res.Plans, servers, opts, progress); err != nil {
+				return res, err
+			}
+		}
 	}
 	return res, errors.Join(refused...)
+}
+
+// waitInjected waits, cluster by cluster in parallel, for the gateway pods
+// of the plans of one phase (servers or not) to be injected by their
+// revision, restarting a gateway whose pods came before its revision's
+// webhook (WaitForInjection).
+func waitInjected(ctx context.Context, clusters map[string]*kube.Cluster, plans []ClusterPlan, servers bool, opts deploy.Options, progress func(string)) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(plans))
+	for i, p := range plans {
+		if isServer(p.Role) != servers || p.Gateway == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = WaitForInjection(ctx, clusters[p.Cluster].As(kube.ManagerGateways), p.Gateway, opts.AddressWait(), progress)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // onlyRefusals reports whether err is nothing but the refusals recorded in

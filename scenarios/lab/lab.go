@@ -283,6 +283,13 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 			defer l.wg.Done()
 			runLoadBalancer(bg, c, logw)
 		}()
+		if !o.RealIstio {
+			l.wg.Add(1)
+			go func() {
+				defer l.wg.Done()
+				runGatewayInjection(bg, c, logw)
+			}()
+		}
 	}
 	fmt.Fprintf(logw, "lab: %d cluster(s) ready in %s; KUBECONFIG=%s\n", len(l.clusters), time.Since(start).Round(100*time.Millisecond), l.Kubeconfig)
 	return l, nil
