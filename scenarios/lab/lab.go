@@ -2,7 +2,9 @@
 // demo and flotilla-lab: per cluster a real etcd, kube-apiserver,
 // kube-controller-manager and kube-scheduler built from the upstream Go
 // modules, kwok for a fake node and pod lifecycle, a LoadBalancer address
-// allocator, and the Istio, Sail Operator and cert-manager CRDs.
+// allocator, and the Istio, Sail Operator and cert-manager CRDs; without
+// RealIstio, a stand-in for Istio's injection of gateway pods
+// (injection.go).
 package lab
 
 import (
