@@ -61,6 +61,17 @@
 //     on address:15443 that routes by SNI outbound_.<port>_._.<host> to a
 //     local endpoint, passing TLS through.
 //
+// Injection, without Config.Istiod: the emulator plays the sidecar
+// injector for pods a revision selects through their namespace
+// (istio.io/rev, or istio-injection=enabled), annotating them
+// sidecar.istio.io/status with that revision. Gateway pods (injection
+// template gateway, selected by their own labels) are the lab's: in a lab
+// without RealIstio its stand-in marks them once their revision's Sail
+// Istio resource exists (package lab, injection.go), running with or
+// without an emulator, so that flotilla's apply, which waits for its
+// gateways to be injected, passes in every lab. With Config.Istiod the
+// emulator marks nothing: istiod's webhook injects.
+//
 // With Config.Istiod (a lab with real istiods, lab.Options.RealIstio) the
 // emulator models no part of istiod's signing or endpoint discovery. For
 // every running pod with an istio-proxy container (native sidecar or

@@ -1,7 +1,6 @@
 package realistio
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -21,7 +20,6 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/scenarios/emulator"
@@ -64,9 +62,6 @@ func TestVerifyMultiPrimaryMultiNetwork(t *testing.T) {
 		}
 		waitReconciled(t, ctx, kc, c, "default")
 		istiods[c.Name] = waitIstiodReady(t, ctx, c)
-	}
-	for _, c := range l.Clusters() {
-		injectGateways(t, ctx, c)
 	}
 	em := startEmulator(t, l)
 
@@ -203,56 +198,6 @@ func TestVerifyMultiPrimaryMultiNetwork(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-// injectGateways makes sure the cluster's east-west gateway pods went
-// through istiod's injector, deleting those that did not so that their
-// ReplicaSet recreates them through the webhook, as an operator's
-// rollout restart would. Flotilla writes the gateway Deployment in the
-// same apply as the Istio resource, before the revision's webhook exists:
-// pods created then keep the template's placeholder (image auto), which no
-// kubelet can run (issue #14 item 6; logged, not yet failed).
-func injectGateways(t *testing.T, ctx context.Context, c *lab.Cluster) {
-	t.Helper()
-	kc, err := c.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := pki.ReadCACerts(ctx, kc, "istio-system")
-	if err != nil || cc == nil {
-		t.Fatalf("%s: cacerts: %v", c.Name, err)
-	}
-	inj := &injection{c: c, kc: kc, root: bytes.TrimSpace(cc.CACerts.RootCert)}
-	inj.refresh(t, ctx, 1) // the webhook answers
-	pods := kc.Kube.CoreV1().Pods("istio-system")
-	sel := metav1.ListOptions{LabelSelector: "istio=eastwestgateway"}
-	list, err := pods.List(ctx, sel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range list.Items {
-		if p.Annotations[sidecarStatusAnnotation] == "" {
-			t.Logf("%s: gateway pod istio-system/%s was not injected (created before the webhook existed): recreating it", c.Name, p.Name)
-			if err := pods.Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-				t.Fatalf("%s: delete pod istio-system/%s: %v", c.Name, p.Name, err)
-			}
-		}
-	}
-	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		list, err := pods.List(ctx, sel)
-		if err != nil || len(list.Items) == 0 {
-			return false, nil
-		}
-		for _, p := range list.Items {
-			if p.Annotations[sidecarStatusAnnotation] == "" || p.DeletionTimestamp != nil {
-				return false, nil
-			}
-		}
-		return true, nil
-	})
-	if err != nil {
-		t.Fatalf("%s: east-west gateway pods not injected: %v", c.Name, err)
 	}
 }
 
