@@ -106,10 +106,10 @@ func readInjection(ctx context.Context, c *kube.Cluster, g *Gateway) (injectionS
 	if newest == nil {
 		return injectionState{}, nil
 	}
-	st := injectionState{settled: true}
-	if newest.Spec.Replicas != nil && *newest.Spec.Replicas == 0 {
-		return st, nil // scaled to zero: no pod to inject
+	if dep.Spec.Replicas != nil && *dep.Spec.Replicas == 0 {
+		return injectionState{settled: true}, nil // scaled to zero: no pod to inject
 	}
+	var st injectionState
 	pods, err := c.Kube.CoreV1().Pods(g.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
 	if err != nil {
 		return injectionState{}, fmt.Errorf("%s: list pods of %s: %w", c.Name, ref, err)
@@ -124,7 +124,7 @@ func readInjection(ctx context.Context, c *kube.Cluster, g *Gateway) (injectionS
 			st.uninjected = append(st.uninjected, p.Name)
 		}
 	}
-	// The ReplicaSet controller has not made the pods yet.
+	// None yet: the ReplicaSet controller has not made them.
 	st.settled = len(st.pods) > 0
 	return st, nil
 }
