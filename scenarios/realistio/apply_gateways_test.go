@@ -15,6 +15,7 @@ import (
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/gateways"
+	"github.com/flotillamesh/flotilla/server"
 )
 
 // TestApplyInjectsGateways: flotilla writes the east-west gateway before
@@ -31,7 +32,7 @@ func TestApplyInjectsGateways(t *testing.T) {
 	l := testLab.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	applyMultiPrimary(t, ctx, l)
+	h, m := applyMultiPrimary(t, ctx, l)
 	generations := map[string]int64{}
 	for _, c := range l.Clusters() {
 		kc, err := c.Connect()
@@ -55,7 +56,13 @@ func TestApplyInjectsGateways(t *testing.T) {
 		checkGatewayPodsInjected(t, ctx, kc, dep)
 	}
 
-	applyMultiPrimary(t, ctx, l)
+	rep, err := h.Apply(ctx, m, server.ApplyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.Err(); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range l.Clusters() {
 		kc, err := c.Connect()
 		if err != nil {
