@@ -57,9 +57,6 @@ func TestCertManagerPKIWithRealIstiod(t *testing.T) {
 	}
 	t.Logf("%d private keys in the lab's Secrets, none the root's", seen)
 
-	for _, c := range l.Clusters() {
-		injectGateways(t, ctx, c)
-	}
 	startEmulator(t, l)
 	res, err := h.Verify(ctx, m, server.VerifyOptions{Keep: true})
 	t.Cleanup(func() { removeSample(t, l) })
