@@ -256,6 +256,15 @@ func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, l *deploy
 // webhook (WaitForInjection).
 func waitInjected(ctx context.Context, clusters map[string]*kube.Cluster, plans []ClusterPlan, servers bool, opts deploy.Options, progress func(string)) error {
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	say := func(line string) {
+		if progress != nil {
+			// One line at a time, as from the rest of ApplyMesh.
+			mu.Lock()
+			defer mu.Unlock()
+			progress(line)
+		}
+	}
 	errs := make([]error, len(plans))
 	for i, p := range plans {
 		if isServer(p.Role) != servers || p.Gateway == nil {
@@ -264,7 +273,7 @@ func waitInjected(ctx context.Context, clusters map[string]*kube.Cluster, plans 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = WaitForInjection(ctx, clusters[p.Cluster].As(kube.ManagerGateways), p.Gateway, opts.AddressWait(), progress)
+			_, errs[i] = WaitForInjection(ctx, clusters[p.Cluster].As(kube.ManagerGateways), p.Gateway, opts.AddressWait(), say)
 		}()
 	}
 	wg.Wait()
