@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# The demo: local lab clusters east and west, a multi-primary multi-network
-# mesh applied to them, its status and checks, and the helloworld check of
-# cross-cluster traffic through the lab's data-plane emulator.
+# The demo: local lab clusters east and west running Istio itself (Istio's
+# charts installed as the Sail Operator does, a real istiod per cluster,
+# injection through istiod's webhook), a multi-primary multi-network mesh
+# applied to them, its status and checks (istiod's own view of remote
+# clusters, networks and CA among them), and the helloworld check of
+# cross-cluster traffic. Only Envoy cannot run here: the emulator plays its
+# forwarding, with certificates and endpoints from the real istiods.
 # KEEP=1 leaves the clusters and the emulator running (bin/flotilla-lab down
 # stops the clusters; kill the emulator by the pid printed).
 set -euo pipefail
@@ -18,12 +22,13 @@ fi
 $lab down >/dev/null 2>&1 || true
 start=$(date +%s)
 # An assignment, not eval "$(...)": a lab that fails to start stops the demo here.
-lab_env=$($lab up east west)
+lab_env=$($lab up --istio east west)
 eval "$lab_env"
-# No Envoy or istiod runs in the lab: the emulator plays the data plane from
-# what it finds in the clusters (Istio resources, cacerts, gateways, remote
-# secrets), and kwok runs the curl that verify execs in the client pods.
-$emulator --kubeconfig "$KUBECONFIG" --quiet &
+# No Envoy runs in the lab: the emulator plays each injected pod's istio-agent
+# and Envoy, taking its certificate from its istiod's CA and its endpoints
+# from that istiod over xDS; kwok runs the curl that verify execs in the
+# client pods.
+$emulator --kubeconfig "$KUBECONFIG" --istiod --quiet &
 emu_pid=$!
 
 # The state key seals the root key in the state; it lives apart from the state.
