@@ -4,10 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"io"
-	"log/slog"
 	"sort"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -45,16 +42,7 @@ func TestPartitionedReplicaIsFenced(t *testing.T) {
 		if i == 1 {
 			join = []string{rings[0].Members()[0].Addr} // hub-2 joins nobody: the partition
 		}
-		r, err := ring.Join(ring.Config{Name: fmt.Sprintf("hub-%d", i), Bind: freeLoopback(t), Join: join, Key: key})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { r.Shutdown() })
-		srv, err := NewServer(ctx, h, ServerOptions{Listen: "127.0.0.1:0", Token: strings.Repeat("t", 32), Ring: r,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), GracePeriod: time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
+		r, srv := replicaServer(ctx, t, h, fmt.Sprintf("hub-%d", i), join, key)
 		rings, servers = append(rings, r), append(servers, srv)
 	}
 	for len(rings[0].Live()) != 2 || len(rings[1].Live()) != 2 {

@@ -151,21 +151,11 @@ func TestReplicaTakesOverReconcile(t *testing.T) {
 	var servers []*Server
 	for i, h := range hubs {
 		h.Progress = nil
-		addr := freeLoopback(t)
 		var join []string
 		if i > 0 {
 			join = []string{rings[0].Members()[0].Addr}
 		}
-		r, err := ring.Join(ring.Config{Name: fmt.Sprintf("hub-%d", i), Bind: addr, Join: join, Key: key})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { r.Shutdown() })
-		srv, err := NewServer(ctx, h, ServerOptions{Listen: "127.0.0.1:0", Token: strings.Repeat("t", 32), Ring: r,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), GracePeriod: time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
+		r, srv := replicaServer(ctx, t, h, fmt.Sprintf("hub-%d", i), join, key)
 		runCtx, stop := context.WithCancel(ctx)
 		done := make(chan struct{})
 		go func() { defer close(done); srv.Run(runCtx) }()
@@ -238,6 +228,24 @@ func TestReplicaTakesOverReconcile(t *testing.T) {
 			t.Errorf("members: the stopped %s is %s, want gone", owner, mb.State)
 		}
 	}
+}
+
+// replicaServer joins h to a gossip ring as name (join: the ring to join,
+// none for a ring of its own) and returns the ring and a Server on it, not
+// yet running.
+func replicaServer(ctx context.Context, t *testing.T, h *Hub, name string, join []string, key []byte) (*ring.Ring, *Server) {
+	t.Helper()
+	r, err := ring.Join(ring.Config{Name: name, Bind: freeLoopback(t), Join: join, Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Shutdown() })
+	srv, err := NewServer(ctx, h, ServerOptions{Listen: "127.0.0.1:0", Token: strings.Repeat("t", 32), Ring: r,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), GracePeriod: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, srv
 }
 
 func freeLoopback(t *testing.T) string {

@@ -2,11 +2,7 @@ package realistio
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -91,40 +87,7 @@ spec:
   - {name: north, context: north, network: network1, kubeconfig: %[1]s}
   - {name: south, context: south, network: network2, kubeconfig: %[1]s}
 `, l.Kubeconfig)
-	m, err := spec.Parse("mesh.yaml", []byte(doc))
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyFile := filepath.Join(l.Dir, "flotilla-state.key")
-	if _, err := os.Stat(keyFile); errors.Is(err, fs.ErrNotExist) {
-		k, err := state.GenerateKey()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := state.WriteKeyFile(keyFile, k); err != nil {
-			t.Fatal(err)
-		}
-	}
-	key, err := state.ReadKeyFile(keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := state.Open(ctx, filepath.Join(l.Dir, "flotilla-state.db"), state.Options{Key: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	h := &server.Hub{Store: st}
-	start := time.Now()
-	rep, err := h.Apply(ctx, m, server.ApplyOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := rep.Err(); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("apply: %s", time.Since(start).Round(100*time.Millisecond))
-	return h, m
+	return applyDoc(t, ctx, l, doc)
 }
 
 // rootOf is the mesh root the hub's state holds.

@@ -148,6 +148,14 @@ spec:
   - {name: east, context: east, network: network1, kubeconfig: %[1]s}
   - {name: west, context: west, network: network2, kubeconfig: %[1]s}
 `, l.Kubeconfig)
+	return applyDoc(t, ctx, l, doc)
+}
+
+// applyDoc applies the mesh spec doc to the lab with the hub whose state
+// lives with the lab, and returns the hub and the parsed spec; the apply must
+// succeed in every cluster.
+func applyDoc(t *testing.T, ctx context.Context, l *lab.Lab, doc string) (*server.Hub, *spec.Mesh) {
+	t.Helper()
 	m, err := spec.Parse("mesh.yaml", []byte(doc))
 	if err != nil {
 		t.Fatal(err)
