@@ -178,7 +178,9 @@ func WaitForInjection(ctx context.Context, c *kube.Cluster, g *Gateway, timeout 
 	start := time.Now()
 	deadline := start.Add(timeout)
 	lastSaid := start
-	said := false
+	// Always the same two lines for a wait that ends well (as
+	// WaitForAddress), however long it took: callers count them.
+	say("waiting for pods injected by revision %s (up to %s)", rev, shortDuration(timeout))
 	var st injectionState
 	webhook := false
 	for {
@@ -195,14 +197,8 @@ func WaitForInjection(ctx context.Context, c *kube.Cluster, g *Gateway, timeout 
 			return restarted, err
 		}
 		if st.done() {
-			if said {
-				say("pods injected by revision %s", rev)
-			}
+			say("pods injected by revision %s", rev)
 			return restarted, nil
-		}
-		if !said {
-			said = true
-			say("waiting for pods injected by revision %s (up to %s)", rev, shortDuration(timeout))
 		}
 		if st.settled && webhook && !restarted {
 			// Pods the webhook missed stay as they are: only new pods go
