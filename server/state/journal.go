@@ -154,15 +154,4 @@ func (t *Tx) FinishApply(id uint64, end time.Time, result string) error {
 }
 
 // Applies returns up to limit journal entries, newest first (limit <= 0: all).
-func (t *Tx) Applies(limit int) ([]ApplyRecord, error) {
-	var out []ApplyRecord
-	c := t.tx.Bucket(bucketJournal).Cursor()
-	for k, v := c.Last(); k != nil && (limit <= 0 || len(out) < limit); k, v = c.Prev() {
-		var rec ApplyRecord
-		if err := json.Unmarshal(v, &rec); err != nil {
-			return nil, fmt.Errorf("state: decode journal entry %x: %w", k, err)
-		}
-		out = append(out, rec)
-	}
-	return out, nil
-}
+func (t *Tx) Applies(limit int) ([]ApplyRecord, error) { return t.Journal(limit, "") }
