@@ -2,6 +2,7 @@ package state
 
 import (
 	"context"
+	"sync"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -68,9 +69,10 @@ func (b boltBackend) update(ctx context.Context, fn func(txn) error) error {
 }
 
 func (b boltBackend) lock(ctx context.Context, name string) (func(), error) {
+	ch := b.s.localLock(name)
 	select {
-	case b.s.applyLock <- struct{}{}:
-		return func() { <-b.s.applyLock }, nil
+	case ch <- struct{}{}:
+		return sync.OnceFunc(func() { <-ch }), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -78,21 +80,29 @@ func (b boltBackend) lock(ctx context.Context, name string) (func(), error) {
 
 func (b boltBackend) close() error { return nil }
 
-// tryLocalFence is TryFence on bbolt: a named in-process lock, never lost.
-func (s *Store) tryLocalFence(name string) (Fence, bool, error) {
+// localLock is the in-process lock called name, made on first use.
+func (s *Store) localLock(name string) chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.fences == nil {
-		s.fences = map[string]bool{}
+	if s.locks == nil {
+		s.locks = map[string]chan struct{}{}
 	}
-	if s.fences[name] {
+	ch, ok := s.locks[name]
+	if !ok {
+		ch = make(chan struct{}, 1)
+		s.locks[name] = ch
+	}
+	return ch
+}
+
+// tryLocalFence is TryFence on bbolt: the named in-process lock if it is
+// free, never lost.
+func (s *Store) tryLocalFence(name string) (Fence, bool, error) {
+	ch := s.localLock(name)
+	select {
+	case ch <- struct{}{}:
+		return Fence{Release: sync.OnceFunc(func() { <-ch }), Lost: make(chan struct{})}, true, nil
+	default:
 		return Fence{}, false, nil
 	}
-	s.fences[name] = true
-	release := func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		delete(s.fences, name)
-	}
-	return Fence{Release: release, Lost: make(chan struct{})}, true, nil
 }

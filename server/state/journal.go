@@ -90,6 +90,9 @@ type ApplyRecord struct {
 	// Source says where an apply came from: cli, api, reconcile or
 	// rotation; empty in entries written before it was recorded.
 	Source string `json:"source,omitempty"`
+	// Clusters are the member clusters a scoped reconcile pass covered (a
+	// replica's share of the ring); empty for a pass over the whole mesh.
+	Clusters []string `json:"clusters,omitempty"`
 	// Result summarizes the apply (set by FinishApply), e.g. "succeeded".
 	Result string       `json:"result,omitempty"`
 	Steps  []StepRecord `json:"steps,omitempty"`

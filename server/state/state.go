@@ -92,10 +92,11 @@ type Store struct {
 	lock     *os.File // the writer lock; nil when read-only
 	sealer   *sealer  // nil without a key
 	be       backend
-	// applyLock serialises Lock holders within this process (bbolt).
-	applyLock chan struct{}
-	fences    map[string]bool // TryFence holders (bbolt), under mu
-	lockWait  atomic.Int64    // nanoseconds spent in Lock
+	// locks are the named locks of this process (bbolt), by name, under
+	// mu: Lock waits on one, TryFence takes it only if it is free, so an
+	// apply and a reconcile fence of the same name exclude each other.
+	locks     map[string]chan struct{}
+	lockWait  atomic.Int64 // nanoseconds spent in Lock
 	lockWaits atomic.Uint64
 
 	mu     sync.Mutex
@@ -140,7 +141,7 @@ func open(ctx context.Context, path string, opts Options, readOnly bool) (*Store
 	if IsEtcd(path) {
 		return openEtcdStore(ctx, path, opts, readOnly)
 	}
-	s := &Store{path: path, opts: opts, readOnly: readOnly, applyLock: make(chan struct{}, 1)}
+	s := &Store{path: path, opts: opts, readOnly: readOnly}
 	s.be = boltBackend{s}
 	if opts.Key != nil {
 		sl, err := newSealer(opts.Key)

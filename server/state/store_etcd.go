@@ -16,7 +16,7 @@ func openEtcdStore(ctx context.Context, raw string, opts Options, readOnly bool)
 		return nil, err
 	}
 	opts = opts.withDefaults()
-	s := &Store{path: cfg.String(), opts: opts, readOnly: readOnly, applyLock: make(chan struct{}, 1)}
+	s := &Store{path: cfg.String(), opts: opts, readOnly: readOnly}
 	if opts.Key != nil {
 		sl, err := newSealer(opts.Key)
 		if err != nil {
