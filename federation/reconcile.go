@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -89,6 +90,17 @@ type Options struct {
 	ProbeTimeout time.Duration
 	// Parallelism bounds the clusters worked on at once (8).
 	Parallelism int
+	// Scope, when not empty, limits the reconcile to the writes into these
+	// clusters (a hub replica's share of the mesh): their reader accounts
+	// and credentials, and the secrets they hold. A target outside it is
+	// linked with its credential from known, which its own reconcile keeps;
+	// nothing is written into it.
+	Scope []string
+}
+
+// inScope reports whether the reconcile writes into cluster.
+func (o Options) inScope(cluster string) bool {
+	return len(o.Scope) == 0 || slices.Contains(o.Scope, cluster)
 }
 
 func (o Options) withDefaults() Options {
@@ -154,7 +166,10 @@ type TargetResult struct {
 	Account  Account
 	// Renewed says why a new credential was issued; "" when the stored one was kept.
 	Renewed RenewalReason
-	Err     error
+	// OutOfScope: the target is outside Options.Scope; its stored
+	// credential was used as it is.
+	OutOfScope bool
+	Err        error
 }
 
 // Result reports a reconcile per link and per read cluster.
@@ -165,8 +180,8 @@ type Result struct {
 	Links   []LinkResult
 	Targets []TargetResult
 	// Credentials are the credentials to store and pass to the next
-	// Reconcile: one per read cluster, new or kept (a cluster that failed
-	// keeps the one passed in, if any).
+	// Reconcile: one per read cluster in scope, new or kept (a cluster that
+	// failed keeps the one passed in, if any).
 	Credentials []Credential
 }
 
@@ -221,6 +236,12 @@ func Reconcile(ctx context.Context, m Mesh, known []Credential, o Options) (*Res
 		spec := byName[l.Target]
 		acct := o.AccountFor(plan.Topology, l, normalize([]Member{spec.Member})[0].Role)
 		tr := TargetResult{Cluster: l.Target, Account: acct}
+		if !o.inScope(l.Target) {
+			tr.OutOfScope = true
+			creds[i], tr.Err = storedTarget(spec, conns[l.Target], acct, knownBy, o, &tr)
+			res.Targets[i] = tr
+			return
+		}
 		cred, err := prepareTarget(ctx, spec, conns[l.Target], acct, plan.ControlPlaneClusters[l.Target], knownBy, o, &tr)
 		tr.Err = err
 		res.Targets[i] = tr
@@ -228,6 +249,12 @@ func Reconcile(ctx context.Context, m Mesh, known []Credential, o Options) (*Res
 	})
 	ready := map[string]int{}
 	for i, t := range res.Targets {
+		if t.OutOfScope {
+			if t.Err == nil {
+				ready[t.Cluster] = i
+			}
+			continue
+		}
 		if t.Err == nil {
 			ready[t.Cluster] = i
 			res.Credentials = append(res.Credentials, *creds[i])
@@ -247,6 +274,9 @@ func Reconcile(ctx context.Context, m Mesh, known []Credential, o Options) (*Res
 	perReader := make([][]LinkResult, len(m.Clusters))
 	forEach(len(m.Clusters), o.Parallelism, func(i int) {
 		r := m.Clusters[i].Name
+		if !o.inScope(r) {
+			return
+		}
 		var want []writeLink
 		for _, l := range plan.LinksFrom(r) {
 			p, _ := layout.Cluster(l.Reader)
@@ -339,6 +369,32 @@ func prepareTarget(ctx context.Context, spec *Cluster, conn connection, acct Acc
 	}
 	tr.Renewed = reason
 	return &cred, nil
+}
+
+// storedTarget is a target outside the reconcile's scope: its address from
+// the connection's config and its stored credential, without a request to
+// it (its own reconcile probes it, keeps its account and renews the token).
+func storedTarget(spec *Cluster, conn connection, acct Account, known map[string]*Credential, o Options, tr *TargetResult) (*Credential, error) {
+	if conn.err != nil {
+		return nil, conn.err
+	}
+	ep, err := ResolveEndpoint(spec.Name, spec.APIServer, conn.kube.Config, o.AllowLoopback)
+	if err != nil {
+		return nil, err
+	}
+	if len(spec.CAData) > 0 {
+		ep.CAData = spec.CAData
+	}
+	if spec.TLSServerName != "" {
+		ep.TLSServerName = spec.TLSServerName
+	}
+	tr.Endpoint = ep
+	key := Credential{Cluster: spec.Name, Namespace: acct.Namespace, Account: acct.Name}.Key()
+	cred := known[key]
+	if cred == nil {
+		return nil, fmt.Errorf("%s: no stored credential for %s yet (issued by the reconcile that owns %s)", spec.Name, acct, spec.Name)
+	}
+	return cred, nil
 }
 
 // annotateControlPlane names the primary that manages a remote on its

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -152,6 +153,16 @@ type Result struct {
 // addresses already allocated are used and the others are PendingAddress;
 // and nothing waits for injection.
 func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, l *deploy.Layout, opts deploy.Options, progress func(string)) (*Result, error) {
+	return ApplyMeshScoped(ctx, clusters, l, opts, nil, progress)
+}
+
+// ApplyMeshScoped is ApplyMesh writing only into the clusters in scope (all
+// when it is empty): a hub replica's share of the mesh. The other clusters
+// are only read, for the gateway addresses the plans of those in scope
+// embed (a remote's istiod address is its primary's gateway); one without
+// an address yet fails the plan until its own apply allocates it.
+func ApplyMeshScoped(ctx context.Context, clusters map[string]*kube.Cluster, l *deploy.Layout, opts deploy.Options, scope []string, progress func(string)) (*Result, error) {
+	inScope := func(name string) bool { return len(scope) == 0 || slices.Contains(scope, name) }
 	dryRun := false
 	for _, m := range l.Clusters {
 		c := clusters[m.Name]
@@ -171,6 +182,9 @@ func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, l *deploy
 	// that the plan covers every cluster; errors other than refusals stop it.
 	var refused []error
 	for _, p := range plans {
+		if !inScope(p.Cluster) {
+			continue
+		}
 		c := clusters[p.Cluster]
 		// The namespaces are the control plane's (they carry its network
 		// label), the gateway objects the gateways'.
@@ -195,7 +209,7 @@ func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, l *deploy
 		}
 		c := clusters[p.Cluster]
 		var addr Address
-		if dryRun {
+		if dryRun || !inScope(p.Cluster) {
 			a, ok, err := LookupAddress(ctx, c, p.Gateway.Namespace, p.Gateway.Name)
 			if err != nil {
 				return res, err
@@ -222,7 +236,7 @@ func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, l *deploy
 	// Control planes first: their istiod serves the others.
 	for _, servers := range []bool{true, false} {
 		for _, p := range res.Plans {
-			if isServer(p.Role) != servers {
+			if isServer(p.Role) != servers || !inScope(p.Cluster) {
 				continue
 			}
 			if opts.BeforeControlPlane != nil {
@@ -242,7 +256,13 @@ func ApplyMesh(ctx context.Context, clusters map[string]*kube.Cluster, l *deploy
 		// The gateways of this phase run in the mesh from now on: before the
 		// next phase, whose remotes reach their istiod through them.
 		if !dryRun {
-			if err := waitInjected(ctx, clusters, res.Plans, servers, opts, progress); err != nil {
+			var mine []ClusterPlan
+			for _, p := range res.Plans {
+				if inScope(p.Cluster) {
+					mine = append(mine, p)
+				}
+			}
+			if err := waitInjected(ctx, clusters, mine, servers, opts, progress); err != nil {
 				return res, err
 			}
 		}

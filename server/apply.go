@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -27,6 +25,12 @@ type ApplyOptions struct {
 	// Source is where the apply comes from, for the journal: cli (when
 	// empty), api or reconcile.
 	Source string
+	// Clusters, when set, scopes the apply to the stored spec's work in
+	// these member clusters (a replica's share of the ring): see
+	// reconcileScope. A scoped apply takes each cluster's reconcile fence
+	// instead of the apply lock, and skips the clusters whose fence another
+	// pass holds.
+	Clusters []string
 }
 
 // Step is the outcome of one step of an apply, in one cluster or mesh-wide.
@@ -42,9 +46,12 @@ type Step struct {
 // ApplyReport is the outcome of one apply.
 type ApplyReport struct {
 	// ID is the apply's journal entry (0 for dry runs, which are not journaled).
-	ID       uint64        `json:"id,omitempty"`
-	DryRun   bool          `json:"dryRun,omitempty"`
-	SpecHash string        `json:"specHash"`
+	ID       uint64 `json:"id,omitempty"`
+	DryRun   bool   `json:"dryRun,omitempty"`
+	SpecHash string `json:"specHash"`
+	// Clusters are the clusters a scoped apply covered (those whose fence
+	// it held); empty for an apply of the whole mesh.
+	Clusters []string      `json:"clusters,omitempty"`
 	Duration time.Duration `json:"durationNanos"`
 	Steps    []Step        `json:"steps"`
 }
@@ -142,6 +149,21 @@ func (r *recorder) fail(ctx context.Context, cluster, step string, err error) {
 // next apply converges.
 func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyReport, error) {
 	start := h.now()
+	scoped := len(o.Clusters) > 0
+	if scoped && m != nil {
+		return nil, errors.New("a scoped apply reconciles the stored spec; give no spec")
+	}
+	if scoped && !o.DryRun {
+		// The fences before the spec: a spec change holds every fence, so
+		// the spec read under them is the one its clusters were given.
+		var release func()
+		var err error
+		ctx, release, o.Clusters, err = h.fenceClusters(ctx, o.Clusters)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+	}
 	m, err := h.meshOrStored(ctx, m)
 	if err != nil {
 		return nil, err
@@ -161,7 +183,7 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 	if err := h.checkRootFiles(ctx, p.PKI.Root); err != nil {
 		return nil, err
 	}
-	if !o.DryRun {
+	if !o.DryRun && !scoped {
 		// Hubs that share a state (replicas on etcd) take turns: an apply
 		// starts from what the previous one recorded, and the root is
 		// generated once.
@@ -171,36 +193,53 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 		}
 		defer unlock()
 	}
-	rep := &ApplyReport{DryRun: o.DryRun, SpecHash: p.Hash}
+	rep := &ApplyReport{DryRun: o.DryRun, SpecHash: p.Hash, Clusters: o.Clusters}
 	rec := &recorder{h: h, dryRun: o.DryRun}
 	prev, err := h.StoredMesh(ctx)
 	if err != nil && !errors.Is(err, errNoSpec) {
 		return nil, fmt.Errorf("state: last applied spec: %w", err)
 	}
 	var leaving map[string]spec.Cluster
-	if o.DryRun {
+	if !o.DryRun && !scoped {
+		// Reconcile passes of any replica finish before the spec changes,
+		// and none starts until the change is applied: no cluster is
+		// worked on with two specs at once.
+		unlock, err := h.lockClusters(ctx, prev, p)
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
+	}
+	if o.DryRun || scoped {
 		err = h.Store.View(ctx, func(tx *state.Tx) error {
 			leaving, err = pendingRemovals(tx, prev, p.Clusters)
 			return err
 		})
-	} else {
+		if err == nil && scoped {
+			leaving = scopeRemovals(leaving, o.Clusters)
+		}
+	}
+	if !o.DryRun {
 		// The new spec and the clusters it drops are recorded together: a
 		// removal that fails, or is killed, is retried by the next apply
-		// although the spec no longer names the cluster.
-		err = h.Store.Update(ctx, func(tx *state.Tx) error {
-			if leaving, err = pendingRemovals(tx, prev, p.Clusters); err != nil {
-				return err
+		// although the spec no longer names the cluster. A scoped pass
+		// changes neither; its entry names the clusters it covers.
+		err = errors.Join(err, h.Store.Update(ctx, func(tx *state.Tx) error {
+			if !scoped {
+				if leaving, err = pendingRemovals(tx, prev, p.Clusters); err != nil {
+					return err
+				}
+				if err := putPendingRemovals(tx, leaving); err != nil {
+					return err
+				}
+				if err := tx.PutSpec(m.Canonical(), p.Hash); err != nil {
+					return err
+				}
 			}
-			if err := putPendingRemovals(tx, leaving); err != nil {
-				return err
-			}
-			if err := tx.PutSpec(m.Canonical(), p.Hash); err != nil {
-				return err
-			}
-			id, err := tx.AppendApply(state.ApplyRecord{Start: start, SpecHash: p.Hash, Kind: journalKind(o.Source), Source: cmp.Or(o.Source, "cli")})
+			id, err := tx.AppendApply(state.ApplyRecord{Start: start, SpecHash: p.Hash, Kind: journalKind(o.Source), Source: cmp.Or(o.Source, "cli"), Clusters: o.Clusters})
 			rec.id = id
 			return err
-		})
+		}))
 		rep.ID = rec.id
 	}
 	if err != nil {
@@ -209,14 +248,22 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 
 	conns, connErrs := h.connect(p.Clusters, o.DryRun)
 	for name, err := range connErrs {
-		rec.fail(ctx, name, "connect", err)
+		if inScope(o.Clusters, name) {
+			rec.fail(ctx, name, "connect", err)
+		}
 	}
 	h.removeClusters(ctx, p, leaving, o, rec)
 
 	var wg sync.WaitGroup
 	// PKI runs beside gateways and federation; only each cluster's Istio
 	// resource waits for its cacerts.
-	gate := newCACertsGate(slices.Collect(maps.Keys(conns)))
+	var gated []string
+	for name := range conns {
+		if inScope(o.Clusters, name) {
+			gated = append(gated, name)
+		}
+	}
+	gate := newCACertsGate(gated)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -226,7 +273,7 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		h.applyControlPlanes(ctx, p, conns, rec, gate)
+		h.applyControlPlanes(ctx, p, conns, o, rec, gate)
 		// Remote secrets after the namespaces exist (the control planes made them).
 		h.applyFederation(ctx, p, conns, o, rec)
 	}()
@@ -240,7 +287,16 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 		if len(rep.Failed()) > 0 {
 			result = fmt.Sprintf("failed: %d step(s)", len(rep.Failed()))
 		}
-		if err := h.Store.Update(ctx, func(tx *state.Tx) error { return tx.FinishApply(rec.id, h.now(), result) }); err != nil {
+		fctx := ctx
+		if cause := context.Cause(ctx); errors.Is(cause, errFenceLost) {
+			// The pass stopped itself; its entry says why rather than
+			// looking killed.
+			result += ": " + cause.Error()
+			var cancel context.CancelFunc
+			fctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+		}
+		if err := h.Store.Update(fctx, func(tx *state.Tx) error { return tx.FinishApply(rec.id, h.now(), result) }); err != nil {
 			return rep, fmt.Errorf("state: finish apply: %w", err)
 		}
 	}

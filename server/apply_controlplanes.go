@@ -19,7 +19,7 @@ import (
 	"github.com/flotillamesh/flotilla/server/state"
 )
 
-func (h *Hub) applyControlPlanes(ctx context.Context, p *plan, conns map[string]*kube.Cluster, rec *recorder, gate *cacertsGate) {
+func (h *Hub) applyControlPlanes(ctx context.Context, p *plan, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder, gate *cacertsGate) {
 	if len(conns) != len(p.Clusters) {
 		rec.add(ctx, Step{Step: "control planes", Action: "skipped", Error: "not every cluster is reachable; gateways and Istio resources need them all"})
 		return
@@ -31,7 +31,9 @@ func (h *Hub) applyControlPlanes(ctx context.Context, p *plan, conns map[string]
 	}
 	opts.AllowPendingAddress = dry
 	opts.BeforeControlPlane = gate.wait
-	res, err := gateways.ApplyMesh(ctx, conns, p.Layout, opts, func(line string) { h.progressf("", "%s", line) })
+	// A scoped pass writes only into its clusters; the others are read
+	// for the gateway addresses their plans embed.
+	res, err := gateways.ApplyMeshScoped(ctx, conns, p.Layout, opts, o.Clusters, func(line string) { h.progressf("", "%s", line) })
 	if res != nil {
 		names := make([]string, 0, len(res.Applied))
 		for n := range res.Applied {

@@ -59,10 +59,17 @@ func (h *Hub) applyFederation(ctx context.Context, p *plan, conns map[string]*ku
 		return
 	}
 	if !o.DryRun {
-		h.revokeUntrackedTokens(ctx, conns, rec)
+		mine := map[string]*kube.Cluster{}
+		for n, kc := range conns {
+			if inScope(o.Clusters, n) {
+				mine[n] = kc
+			}
+		}
+		h.revokeUntrackedTokens(ctx, mine, rec)
 	}
 	fm := h.federationMesh(p, p.Layout.Members(), conns)
 	fo := p.Federation
+	fo.Scope = o.Clusters
 	if !o.DryRun {
 		fo.Token.BeforeMint = h.recordTokenIntent
 	}
@@ -72,6 +79,9 @@ func (h *Hub) applyFederation(ctx context.Context, p *plan, conns map[string]*ku
 		return
 	}
 	for _, t := range res.Targets {
+		if t.OutOfScope {
+			continue // its own pass reports it; a failure shows on the links
+		}
 		s := Step{Cluster: t.Cluster, Step: "reader " + t.Account.String(), Action: "unchanged"}
 		if t.Renewed != federation.ReasonNone {
 			s.Action, s.Detail = "token issued", string(t.Renewed)
@@ -92,31 +102,41 @@ func (h *Hub) applyFederation(ctx context.Context, p *plan, conns map[string]*ku
 		return
 	}
 	// Keep every credential in use, plus the stored ones of clusters that
-	// could not be reached this time (still valid, still in their secrets).
-	merged := map[string]federation.Credential{}
-	for _, c := range known {
-		merged[c.Key()] = c
-	}
-	for _, c := range res.Credentials {
-		merged[c.Key()] = c
-	}
+	// could not be reached this time (still valid, still in their secrets),
+	// merged with what is stored now: passes of other replicas store their
+	// clusters' credentials beside these.
 	inSpec := map[string]bool{}
 	for _, c := range p.Clusters {
 		inSpec[c.Name] = true
 	}
-	var creds []federation.Credential
-	for _, c := range merged {
-		if inSpec[c.Cluster] {
-			creds = append(creds, c)
-		}
-	}
-	sort.Slice(creds, func(i, j int) bool { return creds[i].Key() < creds[j].Key() })
-	data, err := json.Marshal(creds)
-	if err != nil {
-		rec.fail(ctx, "", "remote secrets", err)
-		return
-	}
 	err = h.Store.Update(ctx, func(tx *state.Tx) error {
+		var stored []federation.Credential
+		data, ok, err := tx.Secret(credentialsSecret)
+		if err != nil {
+			return err
+		}
+		if ok {
+			if err := json.Unmarshal(data, &stored); err != nil {
+				return err
+			}
+		}
+		merged := map[string]federation.Credential{}
+		for _, c := range stored {
+			merged[c.Key()] = c
+		}
+		for _, c := range res.Credentials {
+			merged[c.Key()] = c
+		}
+		var creds []federation.Credential
+		for _, c := range merged {
+			if inSpec[c.Cluster] {
+				creds = append(creds, c)
+			}
+		}
+		sort.Slice(creds, func(i, j int) bool { return creds[i].Key() < creds[j].Key() })
+		if data, err = json.Marshal(creds); err != nil {
+			return err
+		}
 		if err := tx.PutSecret(credentialsSecret, data); err != nil {
 			return err
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -17,12 +18,16 @@ import (
 )
 
 // TestPartitionedReplicaIsFenced: hub-2 is cut off from hub-0 and hub-1
-// (its own ring: it hears no gossip of theirs) but reaches etcd. Both sides
-// believe they own the reconcile, and both try at once, round after round.
-// The etcd fence lets one through at a time: no two reconcile passes of
-// the shared journal overlap, the other side records a fence skip, and
-// the mesh is still served from either side: a deleted cacerts comes back,
-// and the partitioned replica answers status.
+// (its own ring: it hears no gossip of theirs) but reaches etcd. hub-2's
+// ring gives it every cluster; hub-0 and hub-1 share them on theirs, so
+// each cluster has an owner on both sides, and all three reconcile at once,
+// round after round. The per-cluster etcd fence lets one pass at a time
+// through for each cluster: no two passes that overlap in time cover a
+// cluster in common (the shared journal says which clusters each covered),
+// every cluster is reconciled every round, the other side's pass records a
+// fence skip for it, and the mesh is still served: a deleted cacerts comes
+// back, the majority's ring still gives every cluster an owner, and the
+// partitioned replica answers status.
 func TestPartitionedReplicaIsFenced(t *testing.T) {
 	l := testLab.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -51,16 +56,13 @@ func TestPartitionedReplicaIsFenced(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	// The owner on each side of the partition.
-	var majority *Server
-	for i := range 2 {
-		if rings[i].Owns(reconcileKey) {
-			majority = servers[i]
+	clusters := []string{"east", "west"}
+	for _, c := range clusters {
+		maj, cut := rings[0].Owner(c), rings[2].Owner(c)
+		if (maj != "hub-0" && maj != "hub-1") || cut != "hub-2" {
+			t.Fatalf("%s: owner %q on hub-0/1's ring, %q on hub-2's; want one on each side", c, maj, cut)
 		}
-	}
-	partitioned := servers[2]
-	if majority == nil || !rings[2].Owns(reconcileKey) {
-		t.Fatalf("want an owner on each side: %s on hub-0/1's ring, %s on hub-2's", rings[0].Owner(reconcileKey), rings[2].Owner(reconcileKey))
+		t.Logf("%s: owned by %s on the majority's ring and by hub-2 on its own", c, maj)
 	}
 
 	east := connectLab(t, l, "east")
@@ -74,9 +76,9 @@ func TestPartitionedReplicaIsFenced(t *testing.T) {
 			}
 		}
 		var wg sync.WaitGroup
-		results := make([]ReconcileResult, 2)
+		results := make([]ReconcileResult, len(servers))
 		start := make(chan struct{})
-		for i, s := range []*Server{majority, partitioned} {
+		for i, s := range servers {
 			wg.Go(func() {
 				<-start
 				results[i] = s.Reconcile(ctx)
@@ -84,43 +86,68 @@ func TestPartitionedReplicaIsFenced(t *testing.T) {
 		}
 		close(start)
 		wg.Wait()
+		covered := map[string]int{}
 		for i, r := range results {
 			switch {
 			case r.Err != nil:
-				t.Fatalf("round %d, side %d: %v", round, i, r.Err)
-			case r.Skipped == "fence":
-				fenced++
-			case r.Skipped != "":
-				t.Errorf("round %d, side %d: skipped for %q, want the ring to name it owner", round, i, r.Skipped)
-			default:
+				t.Fatalf("round %d, hub-%d: %v", round, i, r.Err)
+			case r.Skipped == "ring":
+				// hub-0 or hub-1 when the other owns both clusters.
+			case r.Skipped != "" && r.Skipped != "fence":
+				t.Errorf("round %d, hub-%d: skipped for %q", round, i, r.Skipped)
+			}
+			fenced += len(r.Fenced)
+			if r.Report != nil {
 				ran++
+				for _, c := range r.Report.Clusters {
+					covered[c]++
+				}
+			}
+		}
+		for _, c := range clusters {
+			if covered[c] == 0 {
+				t.Errorf("round %d: no pass reconciled %s", round, c)
 			}
 		}
 	}
 	if fenced == 0 {
-		t.Errorf("%d passes ran, none was fenced off: the two owners never met at the fence", ran)
+		t.Errorf("%d passes ran, no cluster was fenced off: the two sides never met at a fence", ran)
 	}
 	if cc, err := pki.ReadCACerts(ctx, east, ns); err != nil || cc == nil {
 		t.Errorf("east's cacerts after the last round: %v, want it restored", err)
 	}
 
-	// The shared journal: no two reconcile passes overlap.
+	// The shared journal: passes that overlap in time cover no cluster in common.
 	recs, err := hubs[2].History(ctx, 100, state.KindReconcile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sort.Slice(recs, func(i, j int) bool { return recs[i].Start.Before(recs[j].Start) })
-	for i := 1; i < len(recs); i++ {
-		if prev := recs[i-1]; prev.End.IsZero() || recs[i].Start.Before(prev.End) {
-			t.Errorf("reconcile %d (%s–%s) overlaps reconcile %d from %s", prev.ID, prev.Start.Format(time.StampMilli), prev.End.Format(time.StampMilli), recs[i].ID, recs[i].Start.Format(time.StampMilli))
+	for i, a := range recs {
+		if a.End.IsZero() {
+			t.Errorf("reconcile %d never finished", a.ID)
+			continue
+		}
+		if len(a.Clusters) == 0 {
+			t.Errorf("reconcile %d does not say which clusters it covered", a.ID)
+		}
+		for _, b := range recs[i+1:] {
+			if !b.Start.Before(a.End) {
+				break
+			}
+			for _, c := range a.Clusters {
+				if slices.Contains(b.Clusters, c) {
+					t.Errorf("reconcile %d (%s–%s) and %d (from %s) both covered %s", a.ID, a.Start.Format(time.StampMilli), a.End.Format(time.StampMilli), b.ID, b.Start.Format(time.StampMilli), c)
+				}
+			}
 		}
 	}
 	if len(recs) != ran {
 		t.Errorf("journal holds %d reconcile passes, %d ran", len(recs), ran)
 	}
 	// Any replica serves the API, the partitioned one too.
-	if st, err := partitioned.hub.Status(ctx, nil); err != nil || len(st.Clusters) == 0 {
+	if st, err := servers[2].hub.Status(ctx, nil); err != nil || len(st.Clusters) == 0 {
 		t.Errorf("status from the partitioned replica: %v", err)
 	}
-	t.Logf("%d rounds on both sides at once: %d passes ran, %d fenced off, none overlapping", rounds, ran, fenced)
+	t.Logf("%d rounds on both sides at once: %d passes ran, %d cluster turns fenced off, no cluster in two overlapping passes", rounds, ran, fenced)
 }

@@ -22,7 +22,7 @@ func (s *Server) loop(ctx context.Context) {
 		res := s.Reconcile(ctx)
 		watch.sync(ctx)
 		wait := s.opts.Interval
-		if res.Skipped == "fence" {
+		if len(res.Fenced) > 0 {
 			wait = min(wait, fenceRetry)
 		}
 		t := time.NewTimer(wait)
@@ -42,41 +42,69 @@ func (s *Server) loop(ctx context.Context) {
 type ReconcileResult struct {
 	// Idle: no mesh has been applied yet, so there was nothing to do.
 	Idle bool
-	// Skipped names why another replica has the turn: "ring" (it owns the
-	// mesh) or "fence" (it holds the etcd fence).
+	// Skipped names why this replica reconciled nothing: "ring" (the ring
+	// gives it no cluster) or "fence" (other passes hold the etcd fences
+	// of every cluster it owns).
 	Skipped string
-	Report  *ApplyReport
-	Err     error
+	// Owned are the clusters the ring gives this replica; Fenced those of
+	// them another pass held, which this one left alone.
+	Owned, Fenced []string
+	Report        *ApplyReport
+	Err           error
 }
 
-// Reconcile applies the stored spec once, the way the loop does: it repairs
-// drift (a deleted cacerts, remote secret or network label), renews reader
-// tokens in federation's renewal window and intermediates with less than a
-// fifth of their lifetime left, then records metrics. wait bounds only the
-// wait for an apply in progress.
+// Reconcile applies the stored spec once to the clusters this replica owns
+// on the ring (all of them without a ring), the way the loop does: it
+// repairs drift (a deleted cacerts, remote secret or network label), renews
+// reader tokens in federation's renewal window and intermediates with less
+// than a fifth of their lifetime left, then records metrics. Each cluster
+// is fenced in etcd for the pass, so two replicas that both believe they
+// own it (a partition) take turns. wait bounds only the wait for an apply
+// in progress.
 func (s *Server) Reconcile(wait context.Context) ReconcileResult {
-	release, skip, err := s.reconcileTurn(wait)
+	keys, err := s.hub.reconcileKeys(wait)
+	if errors.Is(err, errNoSpec) {
+		s.log.Debug("reconcile: no mesh has been applied yet")
+		s.setLast(nil)
+		s.observeReplica(wait, 0, nil)
+		return ReconcileResult{Idle: true}
+	}
 	if err != nil {
 		s.metrics.reconcileErrors.Inc()
 		s.setLast(err)
-		s.log.Error("reconcile: fence", "error", err.Error())
+		s.log.Error("reconcile: clusters", "error", err.Error())
 		return ReconcileResult{Err: err}
 	}
-	if skip != "" {
-		s.replica.skipped.WithLabelValues(skip).Inc()
-		s.observeReplica(wait, 0, nil)
-		s.log.Debug("reconcile: another replica has the turn", "reason", skip)
-		return ReconcileResult{Skipped: skip}
+	owned := s.owned(keys)
+	s.observeReplica(wait, 0, owned)
+	if len(owned) == 0 {
+		s.replica.skipped.WithLabelValues("ring").Inc()
+		s.log.Debug("reconcile: the ring gives this replica no cluster")
+		return ReconcileResult{Skipped: "ring"}
 	}
-	defer release()
-	rep, err := s.apply(wait, nil, ApplyOptions{}, "reconcile")
+	rep, err := s.apply(wait, nil, ApplyOptions{Clusters: owned}, "reconcile")
+	if fe := (*FencedError)(nil); errors.As(err, &fe) {
+		s.replica.skipped.WithLabelValues("fence").Add(float64(len(owned)))
+		s.log.Debug("reconcile: other passes hold the fences", "clusters", owned)
+		return ReconcileResult{Skipped: "fence", Owned: owned, Fenced: owned}
+	}
 	if errors.Is(err, errNoSpec) {
-		s.log.Debug("reconcile: no mesh has been applied yet")
 		s.setLast(nil)
 		return ReconcileResult{Idle: true}
 	}
 	if err != nil && (errors.Is(err, errShuttingDown) || wait.Err() != nil) {
 		return ReconcileResult{Err: err} // never ran: not a reconcile
+	}
+	res := ReconcileResult{Owned: owned, Report: rep}
+	if rep != nil {
+		for _, c := range owned {
+			if !slices.Contains(rep.Clusters, c) {
+				res.Fenced = append(res.Fenced, c)
+			}
+		}
+		if len(res.Fenced) > 0 {
+			s.replica.skipped.WithLabelValues("fence").Add(float64(len(res.Fenced)))
+		}
 	}
 	s.metrics.reconciles.Inc()
 	s.metrics.lastReconcile.Set(float64(s.hub.now().Unix()))
@@ -84,11 +112,12 @@ func (s *Server) Reconcile(wait context.Context) ReconcileResult {
 		s.metrics.reconcileErrors.Inc()
 		s.setLast(err)
 		s.log.Error("reconcile failed", "error", err.Error())
-		return ReconcileResult{Report: rep, Err: err}
+		res.Err = err
+		return res
 	}
 	s.setLast(nil)
 	s.metrics.reconcileChanges.Add(float64(rep.Changes()))
-	attrs := []any{"id", rep.ID, "changes", rep.Changes(), "duration", rep.Duration.String()}
+	attrs := []any{"id", rep.ID, "clusters", rep.Clusters, "changes", rep.Changes(), "duration", rep.Duration.String()}
 	if ferr := rep.Err(); ferr != nil {
 		s.metrics.reconcileErrors.Inc()
 		s.log.Warn("reconciled with failures", append(attrs, "failed", len(rep.Failed()), "error", ferr.Error())...)
@@ -96,14 +125,8 @@ func (s *Server) Reconcile(wait context.Context) ReconcileResult {
 		s.log.Info("reconciled", attrs...)
 	}
 	s.observe()
-	var clusters []string
-	for _, st := range rep.Steps {
-		if st.Cluster != "" && !slices.Contains(clusters, st.Cluster) {
-			clusters = append(clusters, st.Cluster)
-		}
-	}
-	s.observeReplica(wait, rep.ID, clusters)
-	return ReconcileResult{Report: rep}
+	s.observeReplica(wait, rep.ID, owned)
+	return res
 }
 
 func (s *Server) setLast(err error) {

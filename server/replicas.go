@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"time"
@@ -10,21 +11,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flotillamesh/flotilla/server/ring"
+	"github.com/flotillamesh/flotilla/server/spec"
 	"github.com/flotillamesh/flotilla/server/state"
 )
 
-// reconcileKey is the ring key whose owner runs the reconcile pass, and the
-// name of the etcd fence that pass holds. The pass applies the whole stored
-// spec (the engine cannot yet apply a subset of clusters), so one replica
-// reconciles the mesh at a time and owns all of its clusters.
-const reconcileKey = "reconcile"
-
-// reconcileFenceTTL is the lease of the reconcile fence, in seconds: how
-// long a replica that died (or lost etcd) keeps the others waiting.
-const reconcileFenceTTL = 10
-
-// fenceRetry is how soon a replica that the ring names but that finds the
-// fence still held (by a dead owner's lease, say) tries again.
+// fenceRetry is how soon a replica that the ring names for a cluster but
+// that finds its fence still held (by a dead owner's lease, say) tries again.
 const fenceRetry = 2 * time.Second
 
 // replicaMetrics are the metrics of a hub replica that shares its state.
@@ -38,7 +30,7 @@ type replicaMetrics struct {
 func newReplicaMetrics(reg *prometheus.Registry, st *state.Store) *replicaMetrics {
 	m := &replicaMetrics{
 		owned: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "flotilla_ring_owned_clusters", Help: "Member clusters this replica reconciles, as the ring assigns them.",
+			Name: "flotilla_ring_owned_clusters", Help: "Member clusters the ring gives this replica to reconcile (each cluster has one owner).",
 		}),
 		members: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "flotilla_ring_members", Help: "Hub replicas this replica knows, by gossip state.",
@@ -47,7 +39,7 @@ func newReplicaMetrics(reg *prometheus.Registry, st *state.Store) *replicaMetric
 			Name: "flotilla_reconcile_cluster_seconds", Help: "Time the last reconcile spent on each cluster (first step start to last step end).",
 		}, []string{"cluster"}),
 		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "flotilla_reconcile_skipped_total", Help: "Reconcile turns this replica left to another: ring (another replica owns the mesh) or fence (the etcd fence is held).",
+			Name: "flotilla_reconcile_skipped_total", Help: "Reconcile turns this replica left to another: ring (the ring gives it no cluster) or fence (per owned cluster whose etcd fence another pass held).",
 		}, []string{"reason"}),
 	}
 	reg.MustRegister(m.owned, m.members, m.reconcileByName, m.skipped,
@@ -64,47 +56,56 @@ func newReplicaMetrics(reg *prometheus.Registry, st *state.Store) *replicaMetric
 	return m
 }
 
-// reconcileTurn says whether this replica reconciles now and, if so, holds
-// the fence until release. A single hub on bbolt always has the turn. skip
-// names why not: another replica owns the mesh, or the fence is held.
-func (s *Server) reconcileTurn(ctx context.Context) (release func(), skip string, err error) {
-	if r := s.opts.Ring; r != nil {
-		if owner := r.Owner(reconcileKey); owner != r.Name() {
-			return nil, "ring", nil
+// reconcileKeys are the ring's keys: the member clusters of the stored
+// spec and those still leaving it (a removal is its cluster's work).
+func (h *Hub) reconcileKeys(ctx context.Context) ([]string, error) {
+	m, err := h.StoredMesh(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	for _, c := range m.Spec.Clusters {
+		keys = append(keys, c.Name)
+	}
+	pending := map[string]spec.Cluster{}
+	err = h.Store.View(ctx, func(tx *state.Tx) error {
+		_, err := tx.Value(pendingRemovalsKey, &pending)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("state: read pending removals: %w", err)
+	}
+	for n := range pending {
+		if !slices.Contains(keys, n) {
+			keys = append(keys, n)
 		}
 	}
-	if s.opts.Ring == nil && s.hub.Store.Backend() != "etcd" {
-		return func() {}, "", nil
-	}
-	// The ring is advice; the fence is what keeps two replicas (one cut off
-	// from the others, say) from reconciling at once.
-	f, ok, err := s.hub.Store.TryFence(ctx, reconcileKey, reconcileFenceTTL)
-	if err != nil {
-		return nil, "", err
-	}
-	if !ok {
-		return nil, "fence", nil
-	}
-	return f.Release, "", nil
+	slices.Sort(keys)
+	return keys, nil
 }
 
-// observeReplica refreshes the ring gauges and the per-cluster reconcile
-// times of journal entry id (0: none).
-func (s *Server) observeReplica(ctx context.Context, id uint64, clusters []string) {
+// owned are the keys the ring gives this replica: all of them without a
+// ring (a single hub).
+func (s *Server) owned(keys []string) []string {
+	r := s.opts.Ring
+	if r == nil {
+		return keys
+	}
+	return ring.Assign(keys, r.Live())[r.Name()]
+}
+
+// observeReplica refreshes the ring gauges (owned: the clusters the ring
+// gives this replica) and the per-cluster reconcile times of journal entry
+// id (0: none).
+func (s *Server) observeReplica(ctx context.Context, id uint64, owned []string) {
 	m := s.replica
 	if r := s.opts.Ring; r != nil {
 		m.members.Reset()
 		for _, mb := range r.Members() {
 			m.members.WithLabelValues(mb.State).Inc()
 		}
-		owned := 0
-		if r.Owns(reconcileKey) {
-			owned = len(clusters)
-		}
-		m.owned.Set(float64(owned))
-	} else {
-		m.owned.Set(float64(len(clusters)))
 	}
+	m.owned.Set(float64(len(owned)))
 	if id == 0 {
 		return
 	}
@@ -145,7 +146,8 @@ func (s *Server) ringChanged() <-chan struct{} {
 // MemberInfo is one hub replica in GET /api/v1/members.
 type MemberInfo struct {
 	ring.Member
-	// Clusters are the member clusters this replica reconciles.
+	// Clusters are the member clusters the ring gives this replica to
+	// reconcile (none once it is gone).
 	Clusters []string `json:"clusters"`
 }
 
@@ -155,40 +157,46 @@ type Members struct {
 	Self string `json:"self"`
 	// State is "bbolt" or "etcd"; StateReachable is false when this
 	// replica cannot reach a majority of etcd.
-	State          string       `json:"state"`
-	StateReachable bool         `json:"stateReachable"`
-	StateError     string       `json:"stateError,omitempty"`
-	Reconciler     string       `json:"reconciler"`
-	Members        []MemberInfo `json:"members"`
+	State          string `json:"state"`
+	StateReachable bool   `json:"stateReachable"`
+	StateError     string `json:"stateError,omitempty"`
+	// Owners maps each member cluster to the replica that reconciles it,
+	// as the answering replica's ring sees the live members.
+	Owners  map[string]string `json:"owners"`
+	Members []MemberInfo      `json:"members"`
 }
 
 // Members lists the replicas this one knows, their health and the clusters
 // each reconciles. A hub without a ring is a single member.
 func (s *Server) Members(ctx context.Context) (*Members, error) {
-	var clusters []string
-	if m, err := s.hub.StoredMesh(ctx); err == nil {
-		for _, c := range m.Spec.Clusters {
-			clusters = append(clusters, c.Name)
-		}
-		slices.Sort(clusters)
-	} else if !errors.Is(err, errNoSpec) {
+	clusters, err := s.hub.reconcileKeys(ctx)
+	if err != nil && !errors.Is(err, errNoSpec) {
 		return nil, err
 	}
-	out := &Members{State: s.hub.Store.Backend(), StateReachable: true}
+	out := &Members{State: s.hub.Store.Backend(), StateReachable: true, Owners: map[string]string{}}
 	if err := s.hub.Store.Ping(ctx); err != nil {
 		out.StateReachable, out.StateError = false, err.Error()
 	}
 	r := s.opts.Ring
 	if r == nil {
-		out.Self, out.Reconciler = "hub", "hub"
-		out.Members = []MemberInfo{{Member: ring.Member{Name: "hub", API: s.URL(), State: "alive", IsSelf: true}, Clusters: clusters}}
+		out.Self = "hub"
+		for _, c := range clusters {
+			out.Owners[c] = "hub"
+		}
+		out.Members = []MemberInfo{{Member: ring.Member{Name: "hub", API: s.URL(), State: "alive", IsSelf: true}, Clusters: append([]string{}, clusters...)}}
 		return out, nil
 	}
-	out.Self, out.Reconciler = r.Name(), r.Owner(reconcileKey)
+	out.Self = r.Name()
+	assigned := ring.Assign(clusters, r.Live())
+	for mb, cs := range assigned {
+		for _, c := range cs {
+			out.Owners[c] = mb
+		}
+	}
 	for _, mb := range r.Members() {
 		mi := MemberInfo{Member: mb, Clusters: []string{}}
-		if mb.Name == out.Reconciler {
-			mi.Clusters = clusters
+		if cs, ok := assigned[mb.Name]; ok {
+			mi.Clusters = cs
 		}
 		out.Members = append(out.Members, mi)
 	}

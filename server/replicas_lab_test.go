@@ -130,10 +130,13 @@ func TestConcurrentAppliesOnEtcd(t *testing.T) {
 }
 
 // TestReplicaTakesOverReconcile: three replicas on one etcd state and a
-// gossip ring; the one that reconciles the mesh stops without a word (its
-// gossip and its loop end, as in a crash), and the cluster's cacerts is
-// deleted at once: a survivor takes the mesh over and restores it. The
-// time from the stop to the restore is reported, not asserted.
+// gossip ring, each reconciling the clusters the ring gives it. The replica
+// that owns east stops without a word (its gossip and its loop end, as in a
+// crash), and east's cacerts is deleted at once: the survivor the ring now
+// names restores it, and the other clusters keep their owners. The stopped
+// replica then returns under its name and address: east moves back to it,
+// and nothing else moves. The time from the stop to the restore is
+// reported, not asserted.
 func TestReplicaTakesOverReconcile(t *testing.T) {
 	l := testLab.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -149,30 +152,41 @@ func TestReplicaTakesOverReconcile(t *testing.T) {
 	var stops []context.CancelFunc
 	var dones []chan struct{}
 	var servers []*Server
-	for i, h := range hubs {
-		h.Progress = nil
-		var join []string
-		if i > 0 {
-			join = []string{rings[0].Members()[0].Addr}
-		}
-		r, srv := replicaServer(ctx, t, h, fmt.Sprintf("hub-%d", i), join, key)
+	var binds []string
+	run := func(srv *Server) (context.CancelFunc, chan struct{}) {
 		runCtx, stop := context.WithCancel(ctx)
 		done := make(chan struct{})
 		go func() { defer close(done); srv.Run(runCtx) }()
 		t.Cleanup(func() { stop(); <-done })
-		rings, stops, dones, servers = append(rings, r), append(stops, stop), append(dones, done), append(servers, srv)
+		return stop, done
+	}
+	for i, h := range hubs {
+		h.Progress = nil
+		var join []string
+		if i > 0 {
+			join = []string{binds[0]}
+		}
+		bind := freeLoopback(t)
+		r, srv := replicaServerAt(ctx, t, h, fmt.Sprintf("hub-%d", i), bind, join, key)
+		stop, done := run(srv)
+		rings, stops, dones, servers, binds = append(rings, r), append(stops, stop), append(dones, done), append(servers, srv), append(binds, bind)
 	}
 	for _, r := range rings {
 		for len(r.Live()) != 3 {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	owner := rings[0].Owner(reconcileKey)
+	owner := rings[0].Owner("east")
 	var oi int
 	for i, r := range rings {
 		if r.Name() == owner {
 			oi = i
 		}
+	}
+	survivor := servers[(oi+1)%3]
+	before, err := survivor.Members(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
 	east := connectLab(t, l, "east")
 	// The owner's first pass must be over: a pass still running when it is
@@ -206,27 +220,49 @@ func TestReplicaTakesOverReconcile(t *testing.T) {
 	restored := time.Since(killed)
 	// The survivor that restored the cacerts saw the owner dead; the other
 	// may hear of it a gossip round later.
-	survivor := servers[(oi+1)%3]
-	var ms *Members
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		var err error
-		if ms, err = survivor.Members(ctx); err != nil {
-			t.Fatal(err)
+	ms := waitMembers(ctx, t, survivor, func(ms *Members) bool { return ms.Owners["east"] != owner })
+	t.Logf("%s (owner of east) stopped; east's cacerts deleted and restored by %s after %s", owner, ms.Owners["east"], restored.Round(time.Millisecond))
+	for c, o := range before.Owners {
+		if o != owner && ms.Owners[c] != o {
+			t.Errorf("%s moved from %s to %s, though its owner is alive", c, o, ms.Owners[c])
 		}
-		if ms.Reconciler != owner {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("members: %s still reconciles 10s after the cacerts came back", owner)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
-	t.Logf("%s stopped; east's cacerts deleted and restored by %s after %s", owner, ms.Reconciler, restored.Round(time.Millisecond))
 	for _, mb := range ms.Members {
 		t.Logf("member %s: %s, clusters %v", mb.Name, mb.State, mb.Clusters)
-		if mb.Name == owner && mb.State != "gone" {
-			t.Errorf("members: the stopped %s is %s, want gone", owner, mb.State)
+		if mb.Name == owner && (mb.State != "gone" || len(mb.Clusters) != 0) {
+			t.Errorf("members: the stopped %s is %s with clusters %v, want gone with none", owner, mb.State, mb.Clusters)
 		}
+	}
+
+	// The owner returns: its clusters come back to it, the others stay.
+	r, srv := replicaServerAt(ctx, t, hubs[oi], owner, binds[oi], []string{binds[(oi+1)%3]}, key)
+	rings[oi], servers[oi] = r, srv
+	run(srv)
+	back := waitMembers(ctx, t, survivor, func(ms *Members) bool { return ms.Owners["east"] == owner })
+	for c, o := range before.Owners {
+		if back.Owners[c] != o {
+			t.Errorf("after %s returned, %s is owned by %s, want %s as before", owner, c, back.Owners[c], o)
+		}
+	}
+	t.Logf("%s returned: owners %v, as before the stop", owner, back.Owners)
+}
+
+// waitMembers asks s for its members until ok says they are as wanted.
+func waitMembers(ctx context.Context, t *testing.T, s *Server, ok func(*Members) bool) *Members {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ms, err := s.Members(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok(ms) {
+			return ms
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("members of %s not as wanted after 20s: owners %v", ms.Self, ms.Owners)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -235,7 +271,14 @@ func TestReplicaTakesOverReconcile(t *testing.T) {
 // yet running.
 func replicaServer(ctx context.Context, t *testing.T, h *Hub, name string, join []string, key []byte) (*ring.Ring, *Server) {
 	t.Helper()
-	r, err := ring.Join(ring.Config{Name: name, Bind: freeLoopback(t), Join: join, Key: key})
+	return replicaServerAt(ctx, t, h, name, freeLoopback(t), join, key)
+}
+
+// replicaServerAt is replicaServer gossiping on bind (a replica that
+// returns does so at its old address, as a StatefulSet's pod does).
+func replicaServerAt(ctx context.Context, t *testing.T, h *Hub, name, bind string, join []string, key []byte) (*ring.Ring, *Server) {
+	t.Helper()
+	r, err := ring.Join(ring.Config{Name: name, Bind: bind, Join: join, Key: key})
 	if err != nil {
 		t.Fatal(err)
 	}
