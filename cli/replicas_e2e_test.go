@@ -114,6 +114,30 @@ func TestReplicaProcessKilled(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// status, from any replica, names each cluster's owner as members does.
+	c := e.cmd("--hub", "https://"+reps[1].api, "--hub-token-file", token, "--hub-ca", reps[1].ca, "status", "-o", "json")
+	out, err := c.Output()
+	if err != nil {
+		t.Fatalf("status from %s: %v", reps[1].name, err)
+	}
+	var st struct {
+		Clusters []struct {
+			Name  string `json:"name"`
+			Owner string `json:"owner"`
+		} `json:"clusters"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatal(err)
+	}
+	owners, _, err := members(reps[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range st.Clusters {
+		if c.Owner == "" || c.Owner != owners[c.Name] {
+			t.Errorf("status names %q as %s's owner, members %q", c.Owner, c.Name, owners[c.Name])
+		}
+	}
 	var victim, survivor *replica
 	for _, r := range reps {
 		if r.name == owner {
@@ -149,7 +173,7 @@ func TestReplicaProcessKilled(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	restored := time.Since(killed)
-	owners, _, err := members(survivor)
+	owners, _, err = members(survivor)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -93,7 +95,23 @@ func printStatus(w io.Writer, st *server.Status, output string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d healthy\t%s\n", c.Name, c.Role, orDash(c.Network), orDash(c.GatewayAddress), exp,
 			orDash(shortFP(c.RootFingerprint)), healthy, len(c.RemoteSecrets), drift)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// A hub with replicas says which one reconciles each cluster.
+	owned := map[string][]string{}
+	for _, c := range st.Clusters {
+		if c.Owner != "" {
+			owned[c.Owner] = append(owned[c.Owner], c.Name)
+		}
+	}
+	if len(owned) > 0 {
+		fmt.Fprintln(w)
+		for _, o := range slices.Sorted(maps.Keys(owned)) {
+			fmt.Fprintf(w, "replica %s reconciles %s\n", o, strings.Join(owned[o], ", "))
+		}
+	}
+	return nil
 }
 
 func newCheckCommand(g *globals) *cobra.Command {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/server/ring"
 	"github.com/flotillamesh/flotilla/server/spec"
 	"github.com/flotillamesh/flotilla/server/state"
 )
@@ -46,7 +47,27 @@ func meshCall[T any](s *Server, call func(context.Context, *spec.Mesh) (T, error
 	}
 }
 
-func (s *Server) handleStatus() http.HandlerFunc { return meshCall(s, s.hub.Status) }
+func (s *Server) handleStatus() http.HandlerFunc {
+	return meshCall(s, func(ctx context.Context, m *spec.Mesh) (*Status, error) {
+		st, err := s.hub.Status(ctx, m)
+		if st != nil && s.opts.Ring != nil {
+			var names []string
+			for _, c := range st.Clusters {
+				names = append(names, c.Name)
+			}
+			owners := map[string]string{}
+			for mb, cs := range ring.Assign(names, s.opts.Ring.Live()) {
+				for _, c := range cs {
+					owners[c] = mb
+				}
+			}
+			for i := range st.Clusters {
+				st.Clusters[i].Owner = owners[st.Clusters[i].Name]
+			}
+		}
+		return st, err
+	})
+}
 
 func (s *Server) handleCheck() http.HandlerFunc {
 	return meshCall(s, func(ctx context.Context, m *spec.Mesh) ([]Check, error) {

@@ -69,6 +69,9 @@ type ClusterStatus struct {
 	Istiods []IstiodView `json:"istiods,omitempty"`
 	// Drift lists what differs from the spec and the state.
 	Drift []string `json:"drift"`
+	// Owner is the hub replica whose reconcile covers the cluster, as the
+	// answering replica's ring sees it; empty without replicas.
+	Owner string `json:"owner,omitempty"`
 }
 
 // IstioStatus is what flotilla checks of a cluster's Sail Istio resource.
