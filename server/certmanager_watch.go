@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 
@@ -12,7 +13,7 @@ import (
 )
 
 // cmWatch keeps, between reconciles, every cluster in cert-manager mode
-// served by the hub: its issuer signs requests as cert-manager makes them
+// that this replica owns served by the hub: its issuer signs requests as cert-manager makes them
 // (a renewal does not wait for the next reconcile) and cacerts follows the
 // intermediate's Secret within seconds. One watch per cluster, restarted
 // when what it depends on (namespace, root, trust bundle, spec) changes.
@@ -29,7 +30,8 @@ type clusterWatch struct {
 
 func newCMWatch(s *Server) *cmWatch { return &cmWatch{s: s, running: map[string]*clusterWatch{}} }
 
-// sync starts, restarts and stops watches to match the stored spec.
+// sync starts, restarts and stops watches to match the stored spec and the
+// ring: a replica watches the clusters it owns, as it reconciles them.
 func (w *cmWatch) sync(ctx context.Context) {
 	want := map[string]bool{}
 	defer func() {
@@ -53,10 +55,15 @@ func (w *cmWatch) sync(ctx context.Context) {
 	for name, err := range errs {
 		w.s.log.Warn("cert-manager watch: connect", "cluster", name, "error", err.Error())
 	}
+	var names []string
+	for _, c := range p.Clusters {
+		names = append(names, c.Name)
+	}
+	mine := w.s.owned(names)
 	for _, c := range p.Clusters {
 		kc := conns[c.Name]
 		ns, ok := p.caNamespace(c.Name)
-		if kc == nil || !ok {
+		if kc == nil || !ok || !slices.Contains(mine, c.Name) {
 			continue
 		}
 		want[c.Name] = true
