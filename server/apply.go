@@ -26,8 +26,8 @@ type ApplyOptions struct {
 	// empty), api or reconcile.
 	Source string
 	// Clusters, when set, scopes the apply to the stored spec's work in
-	// these member clusters (a replica's share of the ring): see
-	// reconcileScope. A scoped apply takes each cluster's reconcile fence
+	// these member clusters (a replica's share of the ring), as
+	// apply_scope.go defines it. A scoped apply takes each cluster's reconcile fence
 	// instead of the apply lock, and skips the clusters whose fence another
 	// pass holds.
 	Clusters []string
@@ -146,7 +146,8 @@ func (r *recorder) fail(ctx context.Context, cluster, step string, err error) {
 // on in parallel; a failure in one cluster stops only the steps that depend on
 // it, and the report names every failure. The root is never regenerated once
 // the state holds one. A killed apply leaves the state consistent and the
-// next apply converges.
+// next apply converges. With o.Clusters it is a reconcile pass over those
+// clusters of the stored spec alone (apply_scope.go).
 func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyReport, error) {
 	start := h.now()
 	scoped := len(o.Clusters) > 0
@@ -215,7 +216,10 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 			leaving, err = pendingRemovals(tx, prev, p.Clusters)
 			return err
 		})
-		if err == nil && scoped {
+		if err != nil {
+			return nil, fmt.Errorf("state: pending removals: %w", err)
+		}
+		if scoped {
 			leaving = scopeRemovals(leaving, o.Clusters)
 		}
 	}
@@ -224,7 +228,7 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 		// removal that fails, or is killed, is retried by the next apply
 		// although the spec no longer names the cluster. A scoped pass
 		// changes neither; its entry names the clusters it covers.
-		err = errors.Join(err, h.Store.Update(ctx, func(tx *state.Tx) error {
+		err = h.Store.Update(ctx, func(tx *state.Tx) error {
 			if !scoped {
 				if leaving, err = pendingRemovals(tx, prev, p.Clusters); err != nil {
 					return err
@@ -239,7 +243,7 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 			id, err := tx.AppendApply(state.ApplyRecord{Start: start, SpecHash: p.Hash, Kind: journalKind(o.Source), Source: cmp.Or(o.Source, "cli"), Clusters: o.Clusters})
 			rec.id = id
 			return err
-		}))
+		})
 		rep.ID = rec.id
 	}
 	if err != nil {
