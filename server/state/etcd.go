@@ -289,13 +289,46 @@ func (t *etcdTxn) Bucket(name []byte) bucket {
 	if bk, ok := t.buckets[string(name)]; ok {
 		return bk
 	}
-	bk := &etcdBucket{t: t, name: string(name), vals: map[string][]byte{}, dirty: map[string]bool{}}
+	bk := &etcdBucket{t: t, name: string(name), vals: map[string][]byte{}, dirty: map[string]bool{}, read: map[string]bool{}}
 	t.buckets[bk.name] = bk
 	t.order = append(t.order, bk.name)
-	if err := bk.load(); err != nil && t.err == nil {
+	return bk
+}
+
+// fail records the first read error; what fn decides after it is worthless.
+func (t *etcdTxn) fail(err error) {
+	if t.err == nil {
 		t.err = err
 	}
-	return bk
+}
+
+// get reads key (or, with prefix, every key under it) at the snapshot's
+// revision, fixing that revision at the first read.
+func (t *etcdTxn) get(key string, prefix bool) (*clientv3.GetResponse, error) {
+	var opts []clientv3.OpOption
+	if prefix {
+		opts = append(opts, clientv3.WithPrefix())
+	}
+	if t.rev != 0 {
+		opts = append(opts, clientv3.WithRev(t.rev))
+	}
+	timeout := etcdRequestTimeout
+	if t.serializable {
+		opts = append(opts, clientv3.WithSerializable())
+	} else if !t.writable {
+		timeout = etcdReadTimeout
+	}
+	ctx, cancel := context.WithTimeout(t.ctx, timeout)
+	defer cancel()
+	t.b.roundTrips.Add(1)
+	resp, err := t.b.cli.Get(ctx, key, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if t.rev == 0 {
+		t.rev = resp.Header.Revision
+	}
+	return resp, nil
 }
 
 func (t *etcdTxn) commit() error {
@@ -303,7 +336,21 @@ func (t *etcdTxn) commit() error {
 	var ops []clientv3.Op
 	for _, name := range t.order {
 		bk := t.buckets[name]
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(t.b.revKey(name)), "<", t.rev+1))
+		// A transaction that listed the bucket conflicts with any write to
+		// it (the bucket's rev key moves with each); one that read single
+		// records only with writes to those records, so that passes
+		// journaling their own entries, or storing their own clusters'
+		// records, do not retry each other's transactions.
+		if bk.loaded {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(t.b.revKey(name)), "<", t.rev+1))
+		} else {
+			for _, k := range slices.Sorted(mapsKeys(bk.read)) {
+				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(t.b.recordKey(name, []byte(k))), "<", t.rev+1))
+			}
+			if bk.seqRead {
+				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(t.b.seqKey(name)), "<", t.rev+1))
+			}
+		}
 		if !bk.written {
 			continue
 		}
@@ -346,57 +393,99 @@ func mapsKeys(m map[string]bool) func(func(string) bool) {
 }
 
 // etcdBucket is a bucket's records at the snapshot, with this transaction's
-// writes laid over them.
+// writes laid over them. Records are read one by one as asked for; a listing
+// (ForEach, Cursor) loads the whole bucket.
 type etcdBucket struct {
-	t        *etcdTxn
-	name     string
-	keys     []string // sorted, the current view
+	t    *etcdTxn
+	name string
+	// loaded: the whole bucket was read; keys is then the sorted view.
+	loaded bool
+	keys   []string
+	// vals holds the records read or written (absent: deleted or not there);
+	// read names those read one by one, found or not.
 	vals     map[string][]byte
+	read     map[string]bool
 	dirty    map[string]bool
 	written  bool
 	seq      uint64
+	seqRead  bool
 	seqDirty bool
 }
 
-func (bk *etcdBucket) load() error {
-	t := bk.t
-	opts := []clientv3.OpOption{clientv3.WithPrefix()}
-	if t.rev != 0 {
-		opts = append(opts, clientv3.WithRev(t.rev))
+// load reads the whole bucket, keeping this transaction's writes over it.
+func (bk *etcdBucket) load() {
+	if bk.loaded || bk.t.err != nil {
+		return
 	}
-	timeout := etcdRequestTimeout
-	if t.serializable {
-		opts = append(opts, clientv3.WithSerializable())
-	} else if !t.writable {
-		timeout = etcdReadTimeout
-	}
-	ctx, cancel := context.WithTimeout(t.ctx, timeout)
-	defer cancel()
-	t.b.roundTrips.Add(1)
-	resp, err := t.b.cli.Get(ctx, t.b.bucketPrefix(bk.name), opts...)
+	resp, err := bk.t.get(bk.t.b.bucketPrefix(bk.name), true)
 	if err != nil {
-		return err
+		bk.t.fail(err)
+		return
 	}
-	if t.rev == 0 {
-		t.rev = resp.Header.Revision
-	}
-	recPrefix := t.b.bucketPrefix(bk.name) + "k/"
+	recPrefix := bk.t.b.bucketPrefix(bk.name) + "k/"
+	seen := map[string]bool{}
 	for _, kv := range resp.Kvs {
 		k := string(kv.Key)
 		switch {
 		case strings.HasPrefix(k, recPrefix):
 			k = strings.TrimPrefix(k, recPrefix)
-			bk.keys = append(bk.keys, k)
-			bk.vals[k] = kv.Value
-		case k == t.b.seqKey(bk.name) && len(kv.Value) == 8:
-			bk.seq = binary.BigEndian.Uint64(kv.Value)
+			seen[k] = true
+			if !bk.dirty[k] {
+				bk.vals[k] = kv.Value
+			}
+		case k == bk.t.b.seqKey(bk.name) && len(kv.Value) == 8:
+			if !bk.seqDirty && !bk.seqRead {
+				bk.seq = binary.BigEndian.Uint64(kv.Value)
+			}
 		}
 	}
-	return nil // etcd returns keys sorted, as bbolt keeps them
+	bk.seqRead = true
+	bk.keys = bk.keys[:0]
+	for k := range bk.vals {
+		if seen[k] || bk.dirty[k] {
+			bk.keys = append(bk.keys, k)
+		}
+	}
+	slices.Sort(bk.keys)
+	bk.loaded = true
+}
+
+// lookup reads key once (unless the bucket is loaded or the key written).
+func (bk *etcdBucket) lookup(k string) {
+	if bk.loaded || bk.read[k] || bk.dirty[k] || bk.t.err != nil {
+		return
+	}
+	resp, err := bk.t.get(bk.t.b.recordKey(bk.name, []byte(k)), false)
+	if err != nil {
+		bk.t.fail(err)
+		return
+	}
+	bk.read[k] = true
+	if len(resp.Kvs) == 1 {
+		bk.vals[k] = resp.Kvs[0].Value
+	}
+}
+
+// loadSeq reads the bucket's sequence once.
+func (bk *etcdBucket) loadSeq() {
+	if bk.seqRead || bk.seqDirty || bk.t.err != nil {
+		return
+	}
+	resp, err := bk.t.get(bk.t.b.seqKey(bk.name), false)
+	if err != nil {
+		bk.t.fail(err)
+		return
+	}
+	bk.seqRead = true
+	if len(resp.Kvs) == 1 && len(resp.Kvs[0].Value) == 8 {
+		bk.seq = binary.BigEndian.Uint64(resp.Kvs[0].Value)
+	}
 }
 
 func (bk *etcdBucket) Get(key []byte) []byte {
-	v, ok := bk.vals[string(key)]
+	k := string(key)
+	bk.lookup(k)
+	v, ok := bk.vals[k]
 	if !ok {
 		return nil
 	}
@@ -411,7 +500,7 @@ func (bk *etcdBucket) Put(key, value []byte) error {
 		return errors.New("state: empty key")
 	}
 	k := string(key)
-	if _, ok := bk.vals[k]; !ok {
+	if _, ok := bk.vals[k]; !ok && bk.loaded {
 		i, _ := slices.BinarySearch(bk.keys, k)
 		bk.keys = slices.Insert(bk.keys, i, k)
 	}
@@ -425,17 +514,21 @@ func (bk *etcdBucket) Delete(key []byte) error {
 		return ErrReadOnly
 	}
 	k := string(key)
+	bk.lookup(k)
 	if _, ok := bk.vals[k]; !ok {
 		return nil
 	}
-	i, _ := slices.BinarySearch(bk.keys, k)
-	bk.keys = slices.Delete(bk.keys, i, i+1)
+	if bk.loaded {
+		i, _ := slices.BinarySearch(bk.keys, k)
+		bk.keys = slices.Delete(bk.keys, i, i+1)
+	}
 	delete(bk.vals, k)
 	bk.dirty[k], bk.written = true, true
 	return nil
 }
 
 func (bk *etcdBucket) ForEach(fn func(k, v []byte) error) error {
+	bk.load()
 	for _, k := range slices.Clone(bk.keys) {
 		if err := fn([]byte(k), bk.vals[k]); err != nil {
 			return err
@@ -448,12 +541,16 @@ func (bk *etcdBucket) NextSequence() (uint64, error) {
 	if !bk.t.writable {
 		return 0, ErrReadOnly
 	}
+	bk.loadSeq()
 	bk.seq++
 	bk.seqDirty, bk.written = true, true
 	return bk.seq, nil
 }
 
-func (bk *etcdBucket) Sequence() uint64 { return bk.seq }
+func (bk *etcdBucket) Sequence() uint64 {
+	bk.loadSeq()
+	return bk.seq
+}
 
 func (bk *etcdBucket) SetSequence(v uint64) error {
 	if !bk.t.writable {
@@ -464,7 +561,10 @@ func (bk *etcdBucket) SetSequence(v uint64) error {
 	return nil
 }
 
-func (bk *etcdBucket) Cursor() cursor { return &etcdCursor{bk: bk, i: -1} }
+func (bk *etcdBucket) Cursor() cursor {
+	bk.load()
+	return &etcdCursor{bk: bk, i: -1}
+}
 
 type etcdCursor struct {
 	bk *etcdBucket

@@ -478,3 +478,63 @@ func TestJournalDefaultsAgree(t *testing.T) {
 		})
 	}
 }
+
+// TestEtcdRecordConflicts: a transaction that read single records retries
+// only when one of those records changed under it, not when another record
+// of the same bucket did (replicas journaling their own passes do not retry
+// each other's writes); a transaction that listed a bucket retries on any
+// write to it. Each case: transaction A reads, B commits from another
+// store, then A writes and commits; attempts counts A's runs.
+func TestEtcdRecordConflicts(t *testing.T) {
+	c := lab.StartTestEtcd(t, 3)
+	readA := func(tx *Tx) error { var v string; _, err := tx.Value("a", &v); return err }
+	listJournal := func(tx *Tx) error { _, err := tx.Journal(0, ""); return err }
+	put := func(key string) func(tx *Tx) error {
+		return func(tx *Tx) error { return tx.PutValue(key, "from b") }
+	}
+	appendEntry := func(tx *Tx) error { _, err := tx.AppendApply(ApplyRecord{SpecHash: "b"}); return err }
+	tests := []struct {
+		name     string
+		aReads   func(tx *Tx) error
+		bWrites  func(tx *Tx) error
+		attempts int
+	}{
+		{"another record", readA, put("b"), 1},
+		{"the same record", readA, put("a"), 2},
+		{"a listed bucket", listJournal, appendEntry, 2},
+		{"a bucket not read", listJournal, put("b"), 1},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			url := c.StateURL(fmt.Sprintf("/conflicts%d", i))
+			a, b := openEtcdStoreT(t, url, Options{}), openEtcdStoreT(t, url, Options{})
+			ctx := context.Background()
+			attempts := 0
+			err := a.Update(ctx, func(tx *Tx) error {
+				attempts++
+				if err := tc.aReads(tx); err != nil {
+					return err
+				}
+				if attempts == 1 {
+					if err := b.Update(ctx, tc.bWrites); err != nil {
+						return err
+					}
+				}
+				return tx.PutValue("a", fmt.Sprintf("from a, attempt %d", attempts))
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if attempts != tc.attempts {
+				t.Errorf("A ran %d time(s), want %d", attempts, tc.attempts)
+			}
+			var got string
+			if err := b.View(ctx, func(tx *Tx) error { _, err := tx.Value("a", &got); return err }); err != nil {
+				t.Fatal(err)
+			}
+			if want := fmt.Sprintf("from a, attempt %d", attempts); got != want {
+				t.Errorf("a = %q, want %q", got, want)
+			}
+		})
+	}
+}
