@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -74,7 +75,7 @@ func printHistory(w io.Writer, recs []state.ApplyRecord, output string) error {
 		return enc.Encode(recs)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTART\tKIND\tSOURCE\tRESULT\tDURATION\tSTEPS\tFAILED")
+	fmt.Fprintln(tw, "ID\tSTART\tKIND\tSOURCE\tRESULT\tDURATION\tSTEPS\tFAILED\tCLUSTERS")
 	for _, r := range recs {
 		kind, source := r.Kind, r.Source
 		if kind == "" {
@@ -96,7 +97,12 @@ func printHistory(w io.Writer, recs []state.ApplyRecord, output string) error {
 				failed++
 			}
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", r.ID, r.Start.UTC().Format(time.RFC3339), kind, source, result, dur, len(r.Steps), failed)
+		// A replica's pass covers its share of the ring; other entries the mesh.
+		clusters := "all"
+		if len(r.Clusters) > 0 {
+			clusters = strings.Join(r.Clusters, ",")
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", r.ID, r.Start.UTC().Format(time.RFC3339), kind, source, result, dur, len(r.Steps), failed, clusters)
 	}
 	return tw.Flush()
 }
