@@ -24,7 +24,7 @@ func newCACommand(g *globals) *cobra.Command {
 	var output string
 	show := &cobra.Command{
 		Use:   "show",
-		Short: "List the root and every cluster's intermediate: subject, serial, fingerprint, not-after",
+		Short: "List the root, every cluster's intermediate (subject, serial, fingerprint, not-after) and the revoked intermediates",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			h, done, err := g.readHub(cmd.Context(), io.Discard)
@@ -58,6 +58,20 @@ func newCACommand(g *globals) *cobra.Command {
 			}
 			if err := tw.Flush(); err != nil {
 				return err
+			}
+			if len(info.Revoked) > 0 {
+				fmt.Fprintln(w, "\nrevoked intermediates (clusters that left the mesh):")
+				tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "CLUSTER\tSERIAL\tREVOKED AT")
+				for _, r := range info.Revoked {
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Cluster, r.Serial, r.RevokedAt.UTC().Format(time.RFC3339))
+				}
+				if err := tw.Flush(); err != nil {
+					return err
+				}
+			}
+			if c := info.CRL; c != nil {
+				fmt.Fprintf(w, "CRL number %d, next update %s, in every cacerts as %s (sha256 %s)\n", c.Number, c.NextUpdate.UTC().Format(time.RFC3339), pki.CRLFile, shortFP(c.SHA256))
 			}
 			if info.RootRotation != "" {
 				fmt.Fprintf(w, "\nroot rotation under way: %s done; run flotilla ca rotate root for the next step\n", info.RootRotation)

@@ -19,6 +19,11 @@ type CAInfo struct {
 	// (RotationTrustBoth or RotationSignNew); empty when none is.
 	RootRotation  string                  `json:"rootRotation,omitempty"`
 	Intermediates map[string]pki.CertInfo `json:"intermediates"`
+	// Revoked are the intermediates of clusters that left the mesh.
+	Revoked []RevokedInfo `json:"revoked,omitempty"`
+	// CRL is the ca-crl.pem written into every cacerts (nil while nothing
+	// is revoked).
+	CRL *CRLInfo `json:"crl,omitempty"`
 }
 
 // CAShow describes the CA material in the state.
@@ -41,6 +46,9 @@ func (h *Hub) CAShow(ctx context.Context) (*CAInfo, error) {
 			info.Roots = append(info.Roots, pki.Describe(r))
 		}
 		info.RootRotation = rotationUnderWay(ca, b)
+		if info.CRL, info.Revoked, err = crlInfo(tx); err != nil {
+			return err
+		}
 		recs, err := tx.Clusters()
 		if err != nil {
 			return err
@@ -147,6 +155,11 @@ func (h *Hub) RotateIntermediate(ctx context.Context, m *spec.Mesh, cluster stri
 		return tx.PutIntermediate(cluster, in.CertPEM, in.Key.Reveal())
 	}); err != nil {
 		return nil, fmt.Errorf("state: store intermediate: %w", err)
+	}
+	// Its new CRL joins ca-crl.pem; the other clusters take it at the next
+	// apply (or reconcile).
+	if cc.CRL, err = h.ensureCRL(ctx, root, false, &recorder{h: h}); err != nil {
+		return nil, fmt.Errorf("%s: CRL: %w", cluster, err)
 	}
 	res, err := pki.WriteCACerts(ctx, conns[cluster], ns, cc, pki.Refuse)
 	if err != nil {
