@@ -43,10 +43,34 @@ type RevokedCert struct {
 	Cluster   string    `json:"cluster"`
 	Serial    *big.Int  `json:"serial"`
 	RevokedAt time.Time `json:"revokedAt"`
+	// Subject and NotAfter describe the revoked certificate (for an
+	// offline signer's openssl database).
+	Subject  string    `json:"subject,omitempty"`
+	NotAfter time.Time `json:"notAfter,omitzero"`
 }
 
 // SerialHex is the serial as `ca show` prints serials.
 func (r RevokedCert) SerialHex() string { return colonHex(r.Serial.Bytes()) }
+
+// OpenSSLIndex is the revoked list as an `openssl ca` database (index.txt),
+// for signing the root's CRL where an offline root key is kept:
+// `openssl ca -gencrl` lists every R line.
+func OpenSSLIndex(revoked []RevokedCert) []byte {
+	var b bytes.Buffer
+	asn1Time := func(t time.Time) string { return t.UTC().Format("060102150405Z") }
+	for _, r := range revoked {
+		notAfter := r.NotAfter
+		if notAfter.IsZero() {
+			notAfter = r.RevokedAt.Add(DefaultIntermediateLifetime)
+		}
+		subject := r.Subject
+		if subject == "" {
+			subject = "/O=" + Organization + "/CN=" + IntermediateCommonName + "/L=" + r.Cluster
+		}
+		fmt.Fprintf(&b, "R\t%s\t%s\t%X\tunknown\t%s\n", asn1Time(notAfter), asn1Time(r.RevokedAt), r.Serial, subject)
+	}
+	return b.Bytes()
+}
 
 // SignCRL signs, with the root, an RFC 5280 CRL (v2, with CRL number and
 // authority key identifier) that lists revoked and is valid from now to

@@ -10,10 +10,12 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/flotillamesh/flotilla/pki"
@@ -79,7 +81,22 @@ func revoke(tx *state.Tx, cluster string, cert *x509.Certificate, at time.Time) 
 			return nil
 		}
 	}
-	r.Revoked = append(r.Revoked, pki.RevokedCert{Cluster: cluster, Serial: cert.SerialNumber, RevokedAt: at.UTC()})
+	r.Revoked = append(r.Revoked, pki.RevokedCert{Cluster: cluster, Serial: cert.SerialNumber, RevokedAt: at.UTC(),
+		Subject: opensslDN(cert), NotAfter: cert.NotAfter.UTC()})
+	// Its own CRL stays in ca-crl.pem until next-update, its key being
+	// about to go: a peer's Envoy then refuses its workloads for the
+	// root's revocation, not only for a missing CRL.
+	if key, ok, err := tx.Secret(state.SecretIntermediateKey(cluster)); err == nil && ok && pki.CanSignCRL(cert) {
+		if in, err := pki.LoadIntermediate(cluster, "", encodePEMCert(cert), pki.NewPrivateKeyPEM(key)); err == nil {
+			r.Number++
+			crl, err := in.SignCRL(r.Number, at, pki.DefaultCRLLifetime)
+			if err != nil {
+				return err
+			}
+			r.Retired = append(r.Retired, crl)
+		}
+	}
+	delete(r.Intermediates, cluster)
 	return tx.PutValue(crlKey, r)
 }
 
@@ -310,4 +327,135 @@ func crlHash(b []byte) string {
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
+}
+
+// opensslDN is cert's subject as openssl's index.txt writes it.
+func opensslDN(cert *x509.Certificate) string {
+	var b strings.Builder
+	for _, o := range cert.Subject.Organization {
+		b.WriteString("/O=" + o)
+	}
+	for _, l := range cert.Subject.Locality {
+		b.WriteString("/L=" + l)
+	}
+	if cn := cert.Subject.CommonName; cn != "" {
+		b.WriteString("/CN=" + cn)
+	}
+	return b.String()
+}
+
+// OfflineCRLDays is the validity the offline signing config asks for: the
+// hub cannot re-sign an offline root's CRL, so it lasts longer than
+// DefaultCRLLifetime, and check warns when a quarter of that is left.
+const OfflineCRLDays = 30
+
+// CRLRequest is what the holder of an offline root needs to sign the
+// root's CRL with openssl: the database of revoked intermediates, the next
+// CRL number and a config; Files maps each file name to its content.
+type CRLRequest struct {
+	Files   map[string][]byte
+	Command string
+	Revoked []RevokedInfo
+}
+
+// RootCRLRequest prepares the offline signing of the root's CRL (the way
+// intermediates are signed offline from CSRs).
+func (h *Hub) RootCRLRequest(ctx context.Context) (*CRLRequest, error) {
+	root, _, found, err := h.loadCA(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("state: %w", err)
+	}
+	if !found {
+		return nil, errors.New("the state holds no root yet: run flotilla apply -f mesh.yaml")
+	}
+	var r *crlRecord
+	if err := h.Store.View(ctx, func(tx *state.Tx) error { r, err = readCRL(tx); return err }); err != nil {
+		return nil, err
+	}
+	if len(r.Revoked) == 0 {
+		return nil, errors.New("no intermediate is revoked: no CRL is needed")
+	}
+	req := &CRLRequest{Files: map[string][]byte{
+		"index.txt":      pki.OpenSSLIndex(r.Revoked),
+		"index.txt.attr": []byte("unique_subject = no\n"),
+		// openssl ca takes the number in hex and writes the next one back.
+		"crlnumber":     []byte(fmt.Sprintf("%02X\n", r.Number+1)),
+		"root-cert.pem": root.CertPEM,
+		"openssl.cnf": []byte(fmt.Sprintf(`# flotilla: sign the mesh root's CRL (run in this directory)
+[ ca ]
+default_ca = flotilla_crl
+
+[ flotilla_crl ]
+database         = ./index.txt
+crlnumber        = ./crlnumber
+certificate      = ./root-cert.pem
+default_md       = sha256
+default_crl_days = %d
+crl_extensions   = crl_ext
+
+[ crl_ext ]
+authorityKeyIdentifier = keyid:always
+`, OfflineCRLDays)),
+	}}
+	req.Command = "openssl ca -gencrl -config openssl.cnf -keyfile ROOT-KEY.pem -out root-crl.pem"
+	for _, rc := range r.Revoked {
+		req.Revoked = append(req.Revoked, RevokedInfo{Cluster: rc.Cluster, Serial: rc.SerialHex(), RevokedAt: rc.RevokedAt})
+	}
+	return req, nil
+}
+
+// AcceptRootCRL takes back the root's CRL signed offline: one CRL, signed
+// by the mesh root, valid now, listing every revoked intermediate, with a
+// number above any the hub gave. The next apply writes it into every
+// cacerts.
+func (h *Hub) AcceptRootCRL(ctx context.Context, pemData []byte) (*CRLInfo, error) {
+	root, _, found, err := h.loadCA(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("state: %w", err)
+	}
+	if !found {
+		return nil, errors.New("the state holds no root yet: run flotilla apply -f mesh.yaml")
+	}
+	crls, err := pki.ParseCRLs(pemData)
+	if err != nil {
+		return nil, fmt.Errorf("signed CRL: %w", err)
+	}
+	if len(crls) != 1 {
+		return nil, fmt.Errorf("signed CRL: want exactly one CRL, found %d", len(crls))
+	}
+	crl, now := crls[0], h.now()
+	switch {
+	case pki.CRLFrom(crls, root.Cert) == nil:
+		return nil, fmt.Errorf("signed CRL: not signed by the mesh root %s", pki.Fingerprint(root.Cert))
+	case crl.Number == nil:
+		return nil, errors.New("signed CRL: no CRL number (crlnumber in the openssl config)")
+	case !now.Before(crl.NextUpdate) || now.Before(crl.ThisUpdate):
+		return nil, fmt.Errorf("signed CRL: valid %s to %s, not now", crl.ThisUpdate.UTC().Format(time.RFC3339), crl.NextUpdate.UTC().Format(time.RFC3339))
+	}
+	var info *CRLInfo
+	err = h.Store.Update(ctx, func(tx *state.Tx) error {
+		r, err := readCRL(tx)
+		if err != nil {
+			return err
+		}
+		for _, rc := range r.Revoked {
+			if !pki.Revokes(crl, rc.Serial) {
+				return fmt.Errorf("signed CRL: does not revoke %s's intermediate %s (sign it from a fresh flotilla ca crl request)", rc.Cluster, rc.SerialHex())
+			}
+		}
+		if crl.Number.Int64() <= r.Number {
+			return fmt.Errorf("signed CRL: number %d, want above %d (sign it from a fresh flotilla ca crl request)", crl.Number.Int64(), r.Number)
+		}
+		r.Number, r.Root = crl.Number.Int64(), pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crl.Raw})
+		if err := tx.PutValue(crlKey, r); err != nil {
+			return err
+		}
+		info, _, err = crlInfo(tx)
+		return err
+	})
+	return info, err
+}
+
+func encodePEMCert(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 }
