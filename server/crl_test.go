@@ -112,3 +112,94 @@ func TestOfflineRootCRL(t *testing.T) {
 		t.Error("ca-crl.pem lacks the accepted root CRL revoking west")
 	}
 }
+
+// TestEnsureCRL: the CRL bundle holds the root's CRL and one from every
+// current intermediate; nothing is signed again while they are fresh; past
+// half their life they are signed anew with higher numbers; a replaced
+// intermediate's or root's CRL is kept (retired) until its next-update, so
+// that workload certificates it issued still pass Envoy's checks.
+func TestEnsureCRL(t *testing.T) {
+	ctx := context.Background()
+	h := newHub(t)
+	now := time.Now()
+	h.Now = func() time.Time { return now }
+	cfg := pki.Config{KeyAlgorithm: pki.ECDSAP256}
+	root, _ := pki.NewRoot(cfg)
+	issue := func(r *pki.Root, name string) *pki.Intermediate {
+		in, err := r.IssueIntermediate(name, "istio-system", cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Store.Update(ctx, func(tx *state.Tx) error { return tx.PutIntermediate(name, in.CertPEM, in.Key.Reveal()) }); err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
+	east, west := issue(root, "east"), issue(root, "west")
+	ensure := func(r *pki.Root) ([]byte, bool) {
+		t.Helper()
+		rec := &recorder{h: h}
+		b, err := h.ensureCRL(ctx, r, false, rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b, len(rec.steps) > 0
+	}
+	from := func(b []byte, issuer *pki.Intermediate) bool {
+		crls, err := pki.ParseCRLs(b)
+		return err == nil && pki.CRLFrom(crls, issuer.Cert) != nil
+	}
+	rootNumber := func(b []byte, r *pki.Root) int64 {
+		crls, _ := pki.ParseCRLs(b)
+		if c := pki.CRLFrom(crls, r.Cert); c != nil {
+			return c.Number.Int64()
+		}
+		return -1
+	}
+
+	if b, signed := ensure(root); b != nil || signed {
+		t.Fatalf("nothing revoked: bundle of %d bytes, signed %v; want none", len(b), signed)
+	}
+	if err := h.Store.Update(ctx, func(tx *state.Tx) error {
+		if err := revoke(tx, "west", west.Cert, now); err != nil {
+			return err
+		}
+		return tx.DeleteCluster("west")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	b, signed := ensure(root)
+	if !signed || !from(b, east) || rootNumber(b, root) < 1 {
+		t.Fatalf("after a revocation: signed %v, east's CRL %v, root CRL number %d", signed, from(b, east), rootNumber(b, root))
+	}
+	if !from(b, west) {
+		t.Error("the revoked intermediate's last CRL is not kept")
+	}
+	if again, signed := ensure(root); signed || string(again) != string(b) {
+		t.Errorf("second ensure signed %v, same bundle %v; want nothing signed", signed, string(again) == string(b))
+	}
+
+	now = now.Add(pki.DefaultCRLLifetime/2 + time.Hour)
+	b2, signed := ensure(root)
+	if !signed || rootNumber(b2, root) <= rootNumber(b, root) || !from(b2, east) {
+		t.Errorf("past half the CRL life: signed %v, root number %d -> %d", signed, rootNumber(b, root), rootNumber(b2, root))
+	}
+
+	newEast := issue(root, "east")
+	b3, _ := ensure(root)
+	if !from(b3, newEast) || !from(b3, east) {
+		t.Errorf("after east's intermediate changed: new CRL %v, old one kept %v; want both", from(b3, newEast), from(b3, east))
+	}
+
+	next, _ := pki.NewRoot(cfg)
+	b4, _ := ensure(next)
+	if rootNumber(b4, next) < 0 || rootNumber(b4, root) < 0 {
+		t.Errorf("after a new signing root: its CRL %d, the old root's kept %d", rootNumber(b4, next), rootNumber(b4, root))
+	}
+
+	now = now.Add(pki.DefaultCRLLifetime + time.Hour)
+	b5, _ := ensure(next)
+	if from(b5, west) || from(b5, east) || rootNumber(b5, root) >= 0 {
+		t.Error("retired CRLs outlive their next-update")
+	}
+}
