@@ -61,7 +61,7 @@ func (h *Hub) removeClusters(ctx context.Context, p *plan, leaving map[string]sp
 	gone := slices.Sorted(maps.Keys(leaving))
 	if o.DryRun {
 		for _, name := range gone {
-			rec.add(ctx, Step{Cluster: name, Step: "remove from mesh", Action: "would remove"})
+			rec.add(ctx, Step{Cluster: name, Step: "remove from mesh", Action: "would remove", Detail: "and revoke its intermediate"})
 		}
 		return
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/flotillamesh/flotilla/pki"
@@ -156,10 +157,16 @@ func (h *Hub) RotateIntermediate(ctx context.Context, m *spec.Mesh, cluster stri
 	}); err != nil {
 		return nil, fmt.Errorf("state: store intermediate: %w", err)
 	}
-	// Its new CRL joins ca-crl.pem; the other clusters take it at the next
-	// apply (or reconcile).
+	// Its new CRL joins ca-crl.pem. The other clusters get it first: once a
+	// CRL is in use their Envoys refuse workloads of an intermediate that
+	// signed none.
 	if cc.CRL, err = h.ensureCRL(ctx, root, false, &recorder{h: h}); err != nil {
 		return nil, fmt.Errorf("%s: CRL: %w", cluster, err)
+	}
+	if len(cc.CRL) > 0 {
+		if err := h.writeCRLToOthers(ctx, p, cluster, root, bundle, cc.CRL); err != nil {
+			return nil, fmt.Errorf("%s: the other clusters' CRL (rotate again, or run flotilla apply): %w", cluster, err)
+		}
 	}
 	res, err := pki.WriteCACerts(ctx, conns[cluster], ns, cc, pki.Refuse)
 	if err != nil {
@@ -167,4 +174,39 @@ func (h *Hub) RotateIntermediate(ctx context.Context, m *spec.Mesh, cluster stri
 	}
 	return &Step{Cluster: cluster, Step: "cacerts " + ns + "/" + pki.SecretName, Action: string(res.Action),
 		Detail: fmt.Sprintf("intermediate serial %s, expires %s", pki.Describe(in.Cert).Serial, in.Cert.NotAfter.UTC().Format("2006-01-02"))}, nil
+}
+
+// writeCRLToOthers rewrites the cacerts of every cluster but except with
+// its stored intermediate and crl.
+func (h *Hub) writeCRLToOthers(ctx context.Context, p *plan, except string, root *pki.Root, bundle *pki.Bundle, crl []byte) error {
+	var others []spec.Cluster
+	for _, c := range p.Clusters {
+		if _, holds := p.caNamespace(c.Name); holds && c.Name != except {
+			others = append(others, c)
+		}
+	}
+	conns, errs := h.connect(others, false)
+	var all []error
+	for _, c := range others {
+		if err := errs[c.Name]; err != nil {
+			all = append(all, err)
+			continue
+		}
+		ns, _ := p.caNamespace(c.Name)
+		in, err := h.requireIntermediate(ctx, c.Name, ns)
+		if err != nil {
+			all = append(all, err)
+			continue
+		}
+		cc, err := pki.NewCACerts(in, root, bundle)
+		if err != nil {
+			all = append(all, err)
+			continue
+		}
+		cc.CRL = crl
+		if _, err := pki.WriteCACerts(ctx, conns[c.Name], ns, cc, pki.Refuse); err != nil {
+			all = append(all, err)
+		}
+	}
+	return errors.Join(all...)
 }

@@ -20,8 +20,9 @@ import (
 // carries (a second apply writes nothing); ca show lists it; the cluster
 // re-joining, at a changed API address, converges in one apply with a new
 // intermediate, remote secrets at the new address and no stale secret; an
-// address change alone converges in one apply too; the CRL is signed anew
-// before its next-update.
+// address change alone converges in one apply too; an intermediate
+// rotation brings its CRL to the other clusters at once; the CRL is signed
+// anew before its next-update.
 func TestRemovalRevokesAndRejoinLab(t *testing.T) {
 	l := testLab.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -159,6 +160,16 @@ func TestRemovalRevokesAndRejoinLab(t *testing.T) {
 	apply("west's address back to "+westServer, both, ApplyOptions{})
 	assertSecretServer(ctx, t, east, "west", westServer)
 	crlCheck("after the address change", 2)
+
+	// East's intermediate rotates: west learns its CRL in the same command.
+	if _, err := h.RotateIntermediate(ctx, both, "east"); err != nil {
+		t.Fatal(err)
+	}
+	rotated := intermediate(cacerts(east))
+	crls, err = pki.ParseCRLs(cacerts(west).CACerts.CRL)
+	if err != nil || pki.CRLFrom(crls, rotated) == nil {
+		t.Errorf("after east's rotation, west's %s lacks a CRL from east's new intermediate (%v)", pki.CRLFile, err)
+	}
 
 	// Four days on, past half the CRL's life: the CRLs are signed anew.
 	h.Now = func() time.Time { return time.Now().Add(4 * 24 * time.Hour) }
