@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
@@ -54,7 +55,7 @@ func TestRemovedClusterRefusedByDataPlane(t *testing.T) {
 	east, west := conns["east"], conns["west"]
 	logs := startEmulatorLogged(t, l)
 	res, err := h.Verify(ctx, m, server.VerifyOptions{Keep: true})
-	t.Cleanup(func() { removeSample(t, l) })
+	t.Cleanup(func() { removeSampleAndWait(t, l) })
 	if err == nil {
 		err = res.Err()
 	}
@@ -169,6 +170,27 @@ func TestRemovedClusterRefusedByDataPlane(t *testing.T) {
 	}
 	if err := hello(westIssuer); err == nil {
 		t.Error("after the re-join, east's sidecar answers west's revoked intermediate's workloads again")
+	}
+}
+
+// removeSampleAndWait is removeSample that returns once the namespaces are
+// gone, so that the package's later tests deploy the sample afresh.
+func removeSampleAndWait(t *testing.T, l *lab.Lab) {
+	removeSample(t, l)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for _, c := range l.Clusters() {
+		kc, err := c.Connect()
+		if err != nil {
+			continue
+		}
+		err = wait.PollUntilContextCancel(ctx, time.Second, true, func(ctx context.Context) (bool, error) {
+			_, err := kc.Kube.CoreV1().Namespaces().Get(ctx, "sample", metav1.GetOptions{})
+			return apierrors.IsNotFound(err), nil
+		})
+		if err != nil {
+			t.Errorf("%s: namespace sample still there after the test", c.Name)
+		}
 	}
 }
 
