@@ -67,9 +67,19 @@ func OpenSSLIndex(revoked []RevokedCert) []byte {
 		if subject == "" {
 			subject = "/O=" + Organization + "/CN=" + IntermediateCommonName + "/L=" + r.Cluster
 		}
-		fmt.Fprintf(&b, "R\t%s\t%s\t%X\tunknown\t%s\n", asn1Time(notAfter), asn1Time(r.RevokedAt), r.Serial, subject)
+		fmt.Fprintf(&b, "R\t%s\t%s\t%s\tunknown\t%s\n", asn1Time(notAfter), asn1Time(r.RevokedAt), EvenHex(r.Serial), subject)
 	}
 	return b.Bytes()
+}
+
+// EvenHex is n in upper-case hex with an even number of digits, as
+// openssl's index.txt and crlnumber files want it.
+func EvenHex(n *big.Int) string {
+	h := fmt.Sprintf("%X", n)
+	if len(h)%2 == 1 {
+		h = "0" + h
+	}
+	return h
 }
 
 // SignCRL signs, with the root, an RFC 5280 CRL (v2, with CRL number and

@@ -2,6 +2,7 @@ package pki
 
 import (
 	"errors"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -110,4 +111,15 @@ func TestCRL(t *testing.T) {
 			t.Errorf("root keyUsage %b lacks cRLSign", root.Cert.KeyUsage)
 		}
 	})
+}
+
+func TestEvenHex(t *testing.T) {
+	for _, tc := range []struct {
+		n    int64
+		want string
+	}{{1, "01"}, {255, "FF"}, {256, "0100"}, {0xABCDE, "0ABCDE"}} {
+		if got := EvenHex(big.NewInt(tc.n)); got != tc.want {
+			t.Errorf("EvenHex(%d) = %s, want %s", tc.n, got, tc.want)
+		}
+	}
 }

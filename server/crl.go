@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/big"
 	"slices"
 	"strings"
 	"time"
@@ -379,7 +380,7 @@ func (h *Hub) RootCRLRequest(ctx context.Context) (*CRLRequest, error) {
 		"index.txt":      pki.OpenSSLIndex(r.Revoked),
 		"index.txt.attr": []byte("unique_subject = no\n"),
 		// openssl ca takes the number in hex and writes the next one back.
-		"crlnumber":     []byte(fmt.Sprintf("%02X\n", r.Number+1)),
+		"crlnumber":     []byte(pki.EvenHex(big.NewInt(r.Number+1)) + "\n"),
 		"root-cert.pem": root.CertPEM,
 		"openssl.cnf": []byte(fmt.Sprintf(`# flotilla: sign the mesh root's CRL (run in this directory)
 [ ca ]
