@@ -92,8 +92,8 @@ func diagnose(p *plan, st *Status, now time.Time) []Check {
 			}
 			add(ck)
 		}
-		if holdsCA && p.PKI.Mode != spec.PKICertManager {
-			if ck := crlCheck(st.CRL, c, caNS, now); ck != nil {
+		if holdsCA {
+			if ck := crlCheck(st.CRL, c, caNS, now, p.PKI.Mode == spec.PKICertManager); ck != nil {
 				add(*ck)
 			}
 		}
@@ -182,12 +182,17 @@ func diagnose(p *plan, st *Status, now time.Time) []Check {
 // cacerts carries the hub's current ca-crl.pem, whose next-update is not
 // close (istiod distributes it; Envoy refuses every peer under an expired
 // CRL). nil while nothing is revoked.
-func crlCheck(crl *CRLInfo, c ClusterStatus, ns string, now time.Time) *Check {
+func crlCheck(crl *CRLInfo, c ClusterStatus, ns string, now time.Time, certManager bool) *Check {
 	if crl == nil {
 		return nil
 	}
 	ck := &Check{Name: "cacerts carries the current CRL", Cluster: c.Name}
 	switch {
+	case certManager:
+		// Said rather than hidden: the projection from cert-manager's
+		// intermediate does not carry the CRL yet.
+		ck.Message = fmt.Sprintf("pki.mode cert-manager: flotilla writes no %s yet, so the data plane still trusts the revoked intermediates that ca show lists", pki.CRLFile)
+		ck.Hint = "cut them off with a root rotation (flotilla ca rotate root, three steps)"
 	case c.CRLSHA256 == "":
 		ck.Message = fmt.Sprintf("secret %s/cacerts has no %s", ns, pki.CRLFile)
 		ck.Hint = "run flotilla apply"

@@ -191,16 +191,18 @@ func TestCRLCheck(t *testing.T) {
 		name    string
 		crl     *CRLInfo
 		cluster string // the cacerts' ca-crl.pem hash
+		cm      bool   // cert-manager mode
 		want    string // "" no check; "ok"; else a message fragment
 	}{
-		{"nothing revoked: no check", nil, "", ""},
-		{"cacerts without ca-crl.pem", current, "", "has no ca-crl.pem"},
-		{"cacerts with an older CRL", current, "old", "holds another ca-crl.pem"},
-		{"next update close", stale, "abc", "next update is"},
-		{"current", current, "abc", "ok"},
+		{"nothing revoked: no check", nil, "", false, ""},
+		{"cacerts without ca-crl.pem", current, "", false, "has no ca-crl.pem"},
+		{"cacerts with an older CRL", current, "old", false, "holds another ca-crl.pem"},
+		{"next update close", stale, "abc", false, "next update is"},
+		{"current", current, "abc", false, "ok"},
+		{"cert-manager mode says revocation is not enforced", current, "", true, "still trusts the revoked intermediates"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ck := crlCheck(tc.crl, ClusterStatus{Name: "east", CRLSHA256: tc.cluster}, "istio-system", now)
+			ck := crlCheck(tc.crl, ClusterStatus{Name: "east", CRLSHA256: tc.cluster}, "istio-system", now, tc.cm)
 			switch {
 			case tc.want == "":
 				if ck != nil {
