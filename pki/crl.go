@@ -47,6 +47,9 @@ type RevokedCert struct {
 	// offline signer's openssl database).
 	Subject  string    `json:"subject,omitempty"`
 	NotAfter time.Time `json:"notAfter,omitzero"`
+	// IssuerKeyID is the revoked certificate's authority key identifier:
+	// which root it chains to.
+	IssuerKeyID []byte `json:"issuerKeyId,omitempty"`
 }
 
 // SerialHex is the serial as `ca show` prints serials.

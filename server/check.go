@@ -188,10 +188,13 @@ func crlCheck(crl *CRLInfo, c ClusterStatus, ns string, now time.Time, certManag
 	}
 	ck := &Check{Name: "cacerts carries the current CRL", Cluster: c.Name}
 	switch {
+	case certManager && crl.StillTrusted == 0:
+		ck.OK = true
+		ck.Message = "the revoked intermediates chain to a root the mesh no longer trusts"
 	case certManager:
 		// Said rather than hidden: the projection from cert-manager's
 		// intermediate does not carry the CRL yet.
-		ck.Message = fmt.Sprintf("pki.mode cert-manager: flotilla writes no %s yet, so the data plane still trusts the revoked intermediates that ca show lists", pki.CRLFile)
+		ck.Message = fmt.Sprintf("pki.mode cert-manager: flotilla writes no %s yet, so the data plane still trusts %d revoked intermediate(s) that ca show lists", pki.CRLFile, crl.StillTrusted)
 		ck.Hint = "cut them off with a root rotation (flotilla ca rotate root, three steps)"
 	case c.CRLSHA256 == "":
 		ck.Message = fmt.Sprintf("secret %s/cacerts has no %s", ns, pki.CRLFile)

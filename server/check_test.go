@@ -185,7 +185,8 @@ func TestIstiodNetworksCheck(t *testing.T) {
 
 func TestCRLCheck(t *testing.T) {
 	now := time.Now()
-	current := &CRLInfo{Number: 3, NextUpdate: now.Add(pki.DefaultCRLLifetime), SHA256: "abc"}
+	current := &CRLInfo{Number: 3, NextUpdate: now.Add(pki.DefaultCRLLifetime), SHA256: "abc", StillTrusted: 1}
+	rotatedAway := &CRLInfo{Number: 3, NextUpdate: now.Add(pki.DefaultCRLLifetime), SHA256: "abc"}
 	stale := &CRLInfo{Number: 3, NextUpdate: now.Add(time.Hour), SHA256: "abc"}
 	for _, tc := range []struct {
 		name    string
@@ -199,7 +200,8 @@ func TestCRLCheck(t *testing.T) {
 		{"cacerts with an older CRL", current, "old", false, "holds another ca-crl.pem"},
 		{"next update close", stale, "abc", false, "next update is"},
 		{"current", current, "abc", false, "ok"},
-		{"cert-manager mode says revocation is not enforced", current, "", true, "still trusts the revoked intermediates"},
+		{"cert-manager mode says revocation is not enforced", current, "", true, "still trusts 1 revoked intermediate"},
+		{"cert-manager mode after the root rotated away", rotatedAway, "", true, "ok"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ck := crlCheck(tc.crl, ClusterStatus{Name: "east", CRLSHA256: tc.cluster}, "istio-system", now, tc.cm)

@@ -83,7 +83,7 @@ func revoke(tx *state.Tx, cluster string, cert *x509.Certificate, at time.Time) 
 		}
 	}
 	r.Revoked = append(r.Revoked, pki.RevokedCert{Cluster: cluster, Serial: cert.SerialNumber, RevokedAt: at.UTC(),
-		Subject: opensslDN(cert), NotAfter: cert.NotAfter.UTC()})
+		Subject: opensslDN(cert), NotAfter: cert.NotAfter.UTC(), IssuerKeyID: cert.AuthorityKeyId})
 	// Its own CRL stays in ca-crl.pem until next-update, its key being
 	// about to go: a peer's Envoy then refuses its workloads for the
 	// root's revocation, not only for a missing CRL.
@@ -295,6 +295,9 @@ type CRLInfo struct {
 	NextUpdate time.Time `json:"nextUpdate"`
 	// SHA256 is the hash of the whole ca-crl.pem the hub writes.
 	SHA256 string `json:"sha256"`
+	// StillTrusted counts the revoked intermediates under a root the mesh
+	// still trusts: only a CRL keeps their workloads out.
+	StillTrusted int `json:"stillTrusted"`
 }
 
 // RevokedInfo is one revoked intermediate, as ca show lists it.
@@ -316,6 +319,15 @@ func crlInfo(tx *state.Tx) (*CRLInfo, []RevokedInfo, error) {
 	}
 	b := r.bundle()
 	info := &CRLInfo{SHA256: crlHash(b)}
+	if ca, ok, err := tx.CA(); err == nil && ok {
+		if trust, err := pki.ParseBundle(ca.Bundle()); err == nil {
+			for _, rc := range r.Revoked {
+				if len(rc.IssuerKeyID) == 0 || slices.ContainsFunc(trust.Roots, func(c *x509.Certificate) bool { return bytes.Equal(c.SubjectKeyId, rc.IssuerKeyID) }) {
+					info.StillTrusted++
+				}
+			}
+		}
+	}
 	if crls, err := pki.ParseCRLs(r.Root); err == nil {
 		info.Number, info.ThisUpdate, info.NextUpdate = crls[0].Number.Int64(), crls[0].ThisUpdate, crls[0].NextUpdate
 	}

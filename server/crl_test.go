@@ -168,6 +168,26 @@ func TestEnsureCRL(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	stillTrusted := func() int {
+		t.Helper()
+		var info *CRLInfo
+		if err := h.Store.View(ctx, func(tx *state.Tx) error {
+			var err error
+			info, _, err = crlInfo(tx)
+			return err
+		}); err != nil || info == nil {
+			t.Fatalf("crlInfo: %v %v", info, err)
+		}
+		return info.StillTrusted
+	}
+	if err := h.Store.Update(ctx, func(tx *state.Tx) error {
+		return tx.InitCA(state.CA{RootCertPEM: root.CertPEM, Source: state.CAGenerated}, root.Key.Reveal())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := stillTrusted(); n != 1 {
+		t.Errorf("revoked intermediates under a trusted root: %d, want 1", n)
+	}
 	b, signed := ensure(root)
 	if !signed || !from(b, east) || rootNumber(b, root) < 1 {
 		t.Fatalf("after a revocation: signed %v, east's CRL %v, root CRL number %d", signed, from(b, east), rootNumber(b, root))
@@ -192,6 +212,14 @@ func TestEnsureCRL(t *testing.T) {
 	}
 
 	next, _ := pki.NewRoot(cfg)
+	if err := h.Store.Update(ctx, func(tx *state.Tx) error {
+		return tx.PutCA(state.CA{RootCertPEM: next.CertPEM, Source: state.CAGenerated})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := stillTrusted(); n != 0 {
+		t.Errorf("revoked intermediates under a root no longer trusted: %d still trusted, want 0", n)
+	}
 	b4, _ := ensure(next)
 	if rootNumber(b4, next) < 0 || rootNumber(b4, root) < 0 {
 		t.Errorf("after a new signing root: its CRL %d, the old root's kept %d", rootNumber(b4, next), rootNumber(b4, root))
