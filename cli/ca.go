@@ -24,7 +24,7 @@ func newCACommand(g *globals) *cobra.Command {
 	var output string
 	show := &cobra.Command{
 		Use:   "show",
-		Short: "List the root and every cluster's intermediate: subject, serial, fingerprint, not-after",
+		Short: "List the root, every cluster's intermediate (subject, serial, fingerprint, not-after) and the revoked intermediates",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			h, done, err := g.readHub(cmd.Context(), io.Discard)
@@ -58,6 +58,20 @@ func newCACommand(g *globals) *cobra.Command {
 			}
 			if err := tw.Flush(); err != nil {
 				return err
+			}
+			if len(info.Revoked) > 0 {
+				fmt.Fprintln(w, "\nrevoked intermediates (clusters that left the mesh):")
+				tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "CLUSTER\tSERIAL\tREVOKED AT")
+				for _, r := range info.Revoked {
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Cluster, r.Serial, r.RevokedAt.UTC().Format(time.RFC3339))
+				}
+				if err := tw.Flush(); err != nil {
+					return err
+				}
+			}
+			if c := info.CRL; c != nil {
+				fmt.Fprintf(w, "CRL number %d, next update %s, in every cacerts as %s (sha256 %s)\n", c.Number, c.NextUpdate.UTC().Format(time.RFC3339), pki.CRLFile, shortFP(c.SHA256))
 			}
 			if info.RootRotation != "" {
 				fmt.Fprintf(w, "\nroot rotation under way: %s done; run flotilla ca rotate root for the next step\n", info.RootRotation)
@@ -231,6 +245,76 @@ Between steps, let istiod and the workloads pick up what the last step wrote
 	accept.Flags().StringVarP(&specFile, "file", "f", "", "mesh spec (default: the last one applied)")
 	accept.Flags().StringVar(&cluster, "cluster", "", "cluster name")
 	rotate.Flags().StringVarP(&rotateOutput, "output", "o", "table", "output of rotate root: table or json")
-	ca.AddCommand(show, export, rotate, csr, accept)
+	ca.AddCommand(show, export, rotate, csr, accept, newCRLCommand(g))
 	return ca
+}
+
+// newCRLCommand is the offline root's half of revocation: the hub cannot
+// sign the root's CRL without the root key, so its holder signs it with
+// openssl from the files the hub writes, as with intermediate CSRs.
+func newCRLCommand(g *globals) *cobra.Command {
+	crl := &cobra.Command{
+		Use:   "crl",
+		Short: "Offline root: have the root's CRL (the revoked intermediates of clusters that left) signed where the root key is kept",
+	}
+	request := &cobra.Command{
+		Use:   "request DIR",
+		Short: "Write the openssl database of revoked intermediates, the next CRL number, the root and a config into DIR, and print the openssl command that signs the CRL",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			h, done, err := g.openHub(cmd.Context(), io.Discard, true)
+			if err != nil {
+				return err
+			}
+			defer done()
+			req, err := h.RootCRLRequest(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if err := os.MkdirAll(args[0], 0o755); err != nil {
+				return err
+			}
+			names := make([]string, 0, len(req.Files))
+			for n := range req.Files {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			for _, n := range names {
+				if err := os.WriteFile(filepath.Join(args[0], n), req.Files[n], 0o644); err != nil {
+					return fmt.Errorf("crl request: %w", err)
+				}
+			}
+			w := cmd.OutOrStdout()
+			for _, r := range req.Revoked {
+				fmt.Fprintf(w, "revoked: %s intermediate serial %s at %s\n", r.Cluster, r.Serial, r.RevokedAt.UTC().Format(time.RFC3339))
+			}
+			fmt.Fprintf(w, "wrote %v into %s\nsign where the root key is kept, in %s:\n  %s\nthen: flotilla ca crl accept root-crl.pem; flotilla apply\n", names, args[0], args[0], req.Command)
+			return nil
+		},
+	}
+	accept := &cobra.Command{
+		Use:   "accept SIGNED-CRL.pem",
+		Short: "Take back the root's CRL signed offline (checked: the mesh root's signature, every revoked intermediate listed, a higher number); the next apply writes it into every cacerts",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			signed, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			h, done, err := g.openHub(cmd.Context(), io.Discard, true)
+			if err != nil {
+				return err
+			}
+			defer done()
+			info, err := h.AcceptRootCRL(cmd.Context(), signed)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "accepted CRL number %d, next update %s; run flotilla apply to write it into every cacerts, and sign the next one before then\n",
+				info.Number, info.NextUpdate.UTC().Format(time.RFC3339))
+			return nil
+		},
+	}
+	crl.AddCommand(request, accept)
+	return crl
 }

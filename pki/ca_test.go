@@ -166,10 +166,10 @@ func TestProfiles(t *testing.T) {
 						t.Errorf("basicConstraints present=%v critical=%v CA=%v pathlen=%d, want critical CA:true pathlen:0", ok, bc.Critical, bcv.IsCA, bcv.PathLen)
 					}
 
-					// keyUsage: critical, exactly the four usages.
+					// keyUsage: critical, exactly the four usages and cRLSign.
 					ku, ok := rawExt(t, c, oidKeyUsage)
 					if !ok || !ku.Critical || c.KeyUsage != IntermediateKeyUsage {
-						t.Errorf("keyUsage present=%v critical=%v usage=%09b, want critical %09b (digitalSignature, nonRepudiation, keyEncipherment, keyCertSign)",
+						t.Errorf("keyUsage present=%v critical=%v usage=%09b, want critical %09b (digitalSignature, nonRepudiation, keyEncipherment, keyCertSign, cRLSign)",
 							ok, ku.Critical, c.KeyUsage, IntermediateKeyUsage)
 					}
 

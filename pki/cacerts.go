@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -28,6 +29,8 @@ type CACerts struct {
 	CAKey     PrivateKeyPEM `json:"caKey"`     // ca-key.pem: its key (always redacted in JSON)
 	RootCert  []byte        `json:"rootCert"`  // root-cert.pem: the root, or the trust bundle
 	CertChain []byte        `json:"certChain"` // cert-chain.pem: intermediate, then root
+	// CRL is ca-crl.pem, optional: written once the mesh has revoked a CA.
+	CRL []byte `json:"crl,omitempty"`
 }
 
 // NewCACerts assembles a cluster's cacerts: in must chain to root;
@@ -64,24 +67,30 @@ func ParseCACerts(data map[string][]byte) (CACerts, error) {
 		CAKey:     NewPrivateKeyPEM(data[CAKeyFile]),
 		RootCert:  bytes.Clone(data[RootCertFile]),
 		CertChain: bytes.Clone(data[CertChainFile]),
+		CRL:       bytes.Clone(data[CRLFile]),
 	}, nil
 }
 
-// SecretData returns the four keys with the raw key bytes, for the Secret
-// and the export only.
+// SecretData returns the four keys (five with a CRL) with the raw key
+// bytes, for the Secret and the export only.
 func (cc CACerts) SecretData() map[string][]byte {
-	return map[string][]byte{
+	data := map[string][]byte{
 		CACertFile:    bytes.Clone(cc.CACert),
 		CAKeyFile:     cc.CAKey.Reveal(),
 		RootCertFile:  bytes.Clone(cc.RootCert),
 		CertChainFile: bytes.Clone(cc.CertChain),
 	}
+	if len(cc.CRL) > 0 {
+		data[CRLFile] = bytes.Clone(cc.CRL)
+	}
+	return data
 }
 
-// Equal reports whether both hold exactly the same bytes in all four keys.
+// Equal reports whether both hold exactly the same bytes in every key.
 func (cc CACerts) Equal(o CACerts) bool {
 	return bytes.Equal(cc.CACert, o.CACert) && cc.CAKey.Equal(o.CAKey) &&
-		bytes.Equal(cc.RootCert, o.RootCert) && bytes.Equal(cc.CertChain, o.CertChain)
+		bytes.Equal(cc.RootCert, o.RootCert) && bytes.Equal(cc.CertChain, o.CertChain) &&
+		bytes.Equal(cc.CRL, o.CRL)
 }
 
 // Validate checks the cacerts as istiod will use them at now: the key
@@ -116,6 +125,20 @@ func (cc CACerts) Validate(now time.Time) error {
 	if _, err := trust.Verify(chain, now, ""); err != nil {
 		return fmt.Errorf("%s: %w", CertChainFile, err)
 	}
+	if len(cc.CRL) > 0 {
+		crls, err := ParseCRLs(cc.CRL)
+		if err != nil {
+			return fmt.Errorf("%s: %w", CRLFile, err)
+		}
+		if err := CheckChainCRLs(chain, crls); err != nil {
+			return err
+		}
+		for _, c := range chain[1:] {
+			if crl := CRLFrom(crls, c); crl != nil && Revokes(crl, cert.SerialNumber) {
+				return fmt.Errorf("%s: %w: %s lists the intermediate (serial %s)", CACertFile, ErrRevoked, CRLFile, colonHex(cert.SerialNumber.Bytes()))
+			}
+		}
+	}
 	return nil
 }
 
@@ -137,7 +160,11 @@ func (cc CACerts) WriteFiles(dir string) error {
 		return fmt.Errorf("export cacerts: %w", err)
 	}
 	data := cc.SecretData()
-	for _, name := range CACertsFiles {
+	names := CACertsFiles
+	if len(cc.CRL) > 0 {
+		names = append(slices.Clone(names), CRLFile)
+	}
+	for _, name := range names {
 		mode := os.FileMode(0o644)
 		if name == CAKeyFile {
 			mode = 0o600

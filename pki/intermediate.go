@@ -20,12 +20,13 @@ import (
 
 // IntermediateKeyUsage is the keyUsage istiod's plug-in CA is given by
 // Istio's tooling: digitalSignature, nonRepudiation, keyEncipherment,
-// keyCertSign (critical).
+// keyCertSign (critical), and cRLSign: once a CA is revoked, istiod and
+// Envoy need a CRL from every CA of a chain (see CRLFile).
 const IntermediateKeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageContentCommitment |
-	x509.KeyUsageKeyEncipherment | x509.KeyUsageCertSign
+	x509.KeyUsageKeyEncipherment | x509.KeyUsageCertSign | x509.KeyUsageCRLSign
 
 // The same usages in cfssl profile vocabulary.
-var intermediateUsages = []string{"digital signature", "content commitment", "key encipherment", "cert sign"}
+var intermediateUsages = []string{"digital signature", "content commitment", "key encipherment", "cert sign", "crl sign"}
 
 var (
 	oidBasicConstraints = asn1.ObjectIdentifier{2, 5, 29, 19}

@@ -133,7 +133,7 @@ func WriteCACerts(ctx context.Context, c *kube.Cluster, namespace string, cc CAC
 	managed := cur.Labels[ManagedByLabel] == ManagedByValue
 	existing, parseErr := ParseCACerts(cur.Data)
 	ours := parseErr == nil && issuedBy(existing, trust)
-	exact := len(cur.Data) == len(CACertsFiles) && cur.Type == corev1.SecretTypeOpaque && parseErr == nil && existing.Equal(cc)
+	exact := len(cur.Data) == len(cc.SecretData()) && cur.Type == corev1.SecretTypeOpaque && parseErr == nil && existing.Equal(cc)
 
 	if managed && ours {
 		if exact && c.Owns(cur) {
@@ -217,7 +217,7 @@ func secretRootFingerprint(data map[string][]byte) string {
 // Secret of another type or with extra keys is deleted (guarded by its
 // resourceVersion) and created afresh.
 func replaceSecret(ctx context.Context, c *kube.Cluster, cur *corev1.Secret, namespace string, data map[string][]byte, action WriteAction) (WriteResult, error) {
-	extra := slices.ContainsFunc(slices.Collect(maps.Keys(cur.Data)), func(k string) bool { return !slices.Contains(CACertsFiles, k) })
+	extra := slices.ContainsFunc(slices.Collect(maps.Keys(cur.Data)), func(k string) bool { return !slices.Contains(CACertsFiles, k) && k != CRLFile })
 	if cur.Type != corev1.SecretTypeOpaque || extra || len(cur.StringData) > 0 {
 		opts := c.DeleteOptions()
 		opts.Preconditions = &metav1.Preconditions{UID: &cur.UID, ResourceVersion: &cur.ResourceVersion}

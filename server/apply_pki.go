@@ -133,6 +133,44 @@ func (h *Hub) applyPKI(ctx context.Context, p *plan, conns map[string]*kube.Clus
 		gate.doneAll(err)
 		return
 	}
+	if p.PKI.Mode == spec.PKICertManager {
+		var wg sync.WaitGroup
+		for _, c := range p.Clusters {
+			kc := conns[c.Name]
+			ns, ok := p.caNamespace(c.Name)
+			if kc == nil || !ok {
+				gate.done(c.Name, nil) // no cacerts of its own (data plane)
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				err := h.applyCertManager(ctx, p, kc, ns, root, bundle, o, rec)
+				if err != nil {
+					rec.fail(ctx, c.Name, "cacerts", err)
+				}
+				gate.done(c.Name, err)
+			}()
+		}
+		wg.Wait()
+		return
+	}
+	// Built-in: every cluster's intermediate first, then the CRL (which
+	// holds one from each of them), then each cacerts.
+	active, err := h.crlActive(ctx)
+	if err != nil {
+		rec.fail(ctx, "", "CRL", err)
+		gate.doneAll(err)
+		return
+	}
+	type prepared struct {
+		kc     *kube.Cluster
+		ns     string
+		in     *pki.Intermediate
+		issued string
+	}
+	ready := map[string]*prepared{}
+	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, c := range p.Clusters {
 		if !inScope(o.Clusters, c.Name) {
@@ -147,17 +185,39 @@ func (h *Hub) applyPKI(ctx context.Context, p *plan, conns map[string]*kube.Clus
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var err error
-			defer func() { gate.done(c.Name, err) }()
-			switch p.PKI.Mode {
-			case spec.PKICertManager:
-				err = h.applyCertManager(ctx, p, kc, ns, root, bundle, o, rec)
+			in, issued, err := h.ensureIntermediate(ctx, p, kc.Name, ns, root, bundle, active, o, rec)
+			switch {
+			case err != nil:
+				rec.fail(ctx, c.Name, "cacerts", err)
+				gate.done(c.Name, err)
+			case in == nil:
+				gate.done(c.Name, nil) // dry run: would issue
 			default:
-				err = h.applyCACerts(ctx, p, kc, ns, root, bundle, o, rec)
+				mu.Lock()
+				ready[c.Name] = &prepared{kc: kc, ns: ns, in: in, issued: issued}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	var crl []byte
+	if root != nil {
+		if crl, err = h.ensureCRL(ctx, root, o.DryRun, rec); err != nil {
+			rec.fail(ctx, "", "CRL", err)
+		}
+	}
+	for name, pr := range ready {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := err // a CRL that cannot be signed stops every cacerts write
+			if err == nil {
+				err = h.writeCACerts(ctx, pr.kc, pr.ns, pr.in, pr.issued, root, bundle, crl, o, rec)
 			}
 			if err != nil {
-				rec.fail(ctx, c.Name, "cacerts", err)
+				rec.fail(ctx, name, "cacerts", err)
 			}
+			gate.done(name, err)
 		}()
 	}
 	wg.Wait()
@@ -247,22 +307,22 @@ func (h *Hub) applyCertManager(ctx context.Context, p *plan, kc *kube.Cluster, n
 	return nil
 }
 
-// applyCACerts makes sure the cluster has an intermediate in the state and
-// the matching cacerts in the cluster. The intermediate is stored before
-// cacerts is written, so a kill in between leaves nothing the next apply
-// cannot converge.
-func (h *Hub) applyCACerts(ctx context.Context, p *plan, kc *kube.Cluster, ns string, root *pki.Root, bundle *pki.Bundle, o ApplyOptions, rec *recorder) error {
-	name := kc.Name
+// ensureIntermediate makes sure the cluster has an intermediate in the
+// state, issuing one when it has none, it is due for renewal, or (once the
+// mesh revokes) it cannot sign its own CRL. The intermediate is stored
+// before cacerts is written, so a kill in between leaves nothing the next
+// apply cannot converge. nil (and no error) in a dry run that would issue.
+func (h *Hub) ensureIntermediate(ctx context.Context, p *plan, name, ns string, root *pki.Root, bundle *pki.Bundle, crlActive bool, o ApplyOptions, rec *recorder) (*pki.Intermediate, string, error) {
 	if root == nil {
 		rec.add(ctx, Step{Cluster: name, Step: "cacerts", Action: "would create", Detail: "intermediate under the new root"})
-		return nil
+		return nil, "", nil
 	}
 	in, err := h.storedIntermediate(ctx, name, ns)
 	if err != nil {
-		return fmt.Errorf("state: intermediate: %w", err)
+		return nil, "", fmt.Errorf("state: intermediate: %w", err)
 	}
 	if in != nil && !bundle.Contains(root.Cert) {
-		return errors.New("stored root is not in the trust bundle")
+		return nil, "", errors.New("stored root is not in the trust bundle")
 	}
 	if in != nil && in.Cert.CheckSignatureFrom(root.Cert) != nil {
 		in = nil // issued under an earlier root: issue anew under the current one
@@ -270,39 +330,61 @@ func (h *Hub) applyCACerts(ctx context.Context, p *plan, kc *kube.Cluster, ns st
 	if in != nil && root.HasKey() && issuedForOtherNamespace(in.Cert.DNSNames, ns) {
 		in = nil // the control-plane namespace or the cluster's role changed
 	}
-	issued := ""
+	reason := "renewal"
+	if in != nil && crlActive && root.HasKey() && !pki.CanSignCRL(in.Cert) {
+		in, reason = nil, "cRLSign for the CRL" // issued before flotilla wrote CRLs
+	}
+	if in != nil {
+		if revoked, err := h.isRevoked(ctx, in.Cert); err != nil || revoked {
+			if err != nil {
+				return nil, "", err
+			}
+			in = nil // never hand a revoked serial back
+		}
+	}
 	if in == nil || needsRenewal(in.Cert.NotBefore, in.Cert.NotAfter, h.now()) {
 		if !root.HasKey() {
-			return errors.New("no intermediate and the root is offline: run flotilla ca csr, sign, then flotilla ca accept")
+			return nil, "", errors.New("no intermediate and the root is offline: run flotilla ca csr, sign, then flotilla ca accept")
 		}
 		if o.DryRun {
 			rec.add(ctx, Step{Cluster: name, Step: "cacerts", Action: "would issue", Detail: "new intermediate"})
-			return nil
+			return nil, "", nil
 		}
-		reason := "new"
-		if in != nil {
-			reason = "renewal"
+		if in == nil && reason == "renewal" {
+			reason = "new"
 		}
 		if in, err = root.IssueIntermediate(name, ns, p.PKI.Config); err != nil {
-			return err
+			return nil, "", err
 		}
 		err = h.Store.Update(ctx, func(tx *state.Tx) error {
 			return tx.PutIntermediate(name, in.CertPEM, in.Key.Reveal())
 		})
 		if err != nil {
-			return fmt.Errorf("state: store intermediate: %w", err)
+			return nil, "", fmt.Errorf("state: store intermediate: %w", err)
 		}
-		issued = reason
+		return in, reason, nil
 	}
+	return in, "", nil
+}
+
+// writeCACerts writes the cluster's cacerts: its intermediate, the trust
+// bundle and, once the mesh has revoked a CA, the CRL.
+func (h *Hub) writeCACerts(ctx context.Context, kc *kube.Cluster, ns string, in *pki.Intermediate, issued string, root *pki.Root, bundle *pki.Bundle, crl []byte, o ApplyOptions, rec *recorder) error {
+	name := kc.Name
 	cc, err := pki.NewCACerts(in, root, bundle)
 	if err != nil {
 		return err
 	}
+	cc.CRL = crl
 	res, err := pki.WriteCACerts(ctx, kc, ns, cc, o.CACertsPolicy)
 	if err != nil {
 		return err
 	}
 	if res.Adopted != nil && !o.DryRun {
+		if revoked, err := h.isRevoked(ctx, res.Adopted.Cert); err != nil || revoked {
+			return fmt.Errorf("%s: secret %s/%s: adopted intermediate (serial %s) was revoked when its cluster left the mesh; replace it (--replace-cacerts)",
+				name, ns, pki.SecretName, pki.Describe(res.Adopted.Cert).Serial)
+		}
 		err = h.Store.Update(ctx, func(tx *state.Tx) error {
 			return tx.PutIntermediate(name, res.Adopted.CertPEM, res.Adopted.Key.Reveal())
 		})
@@ -313,6 +395,9 @@ func (h *Hub) applyCACerts(ctx context.Context, p *plan, kc *kube.Cluster, ns st
 	detail := "intermediate expires " + in.Cert.NotAfter.UTC().Format(time.DateOnly)
 	if issued != "" {
 		detail = issued + " intermediate, " + detail
+	}
+	if len(crl) > 0 {
+		detail += ", with " + pki.CRLFile
 	}
 	rec.add(ctx, Step{Cluster: name, Step: "cacerts " + ns + "/" + pki.SecretName, Action: string(res.Action), Detail: detail})
 	return nil

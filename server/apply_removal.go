@@ -5,12 +5,14 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"maps"
 	"slices"
 
 	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/federation"
+	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/server/spec"
 	"github.com/flotillamesh/flotilla/server/state"
 )
@@ -48,7 +50,9 @@ func putPendingRemovals(tx *state.Tx, pending map[string]spec.Cluster) error {
 
 // removeClusters takes the clusters in leaving out of the mesh: every secret
 // that reads them is deleted, their reader accounts are deleted (which
-// revokes the tokens handed out), and the state forgets them. A cluster
+// revokes the tokens handed out), their intermediate is revoked (the PKI
+// step then writes the CRL into every remaining cacerts), and the state
+// forgets them. A cluster
 // whose removal fails stays pending for the next apply.
 func (h *Hub) removeClusters(ctx context.Context, p *plan, leaving map[string]spec.Cluster, o ApplyOptions, rec *recorder) {
 	if len(leaving) == 0 {
@@ -57,7 +61,7 @@ func (h *Hub) removeClusters(ctx context.Context, p *plan, leaving map[string]sp
 	gone := slices.Sorted(maps.Keys(leaving))
 	if o.DryRun {
 		for _, name := range gone {
-			rec.add(ctx, Step{Cluster: name, Step: "remove from mesh", Action: "would remove"})
+			rec.add(ctx, Step{Cluster: name, Step: "remove from mesh", Action: "would remove", Detail: "and revoke its intermediate"})
 		}
 		return
 	}
@@ -100,7 +104,29 @@ func (h *Hub) removeClusters(ctx context.Context, p *plan, leaving map[string]sp
 		} else if n > 0 {
 			detail += fmt.Sprintf(", %d cert-manager object(s) deleted", n)
 		}
+		// The cluster's intermediate is revoked with its removal: from the
+		// state (built-in PKI), else from its cacerts (cert-manager's).
+		var inCert *x509.Certificate
+		if was.Layout != nil {
+			if ns, ok := was.caNamespace(name); ok {
+				if cc, err := pki.ReadCACerts(ctx, conns[name], ns); err == nil && cc != nil {
+					inCert, _ = parseCertPEM(cc.CACerts.CACert)
+				}
+			}
+		}
 		err = h.Store.Update(ctx, func(tx *state.Tx) error {
+			if r, ok, err := tx.Cluster(name); err != nil {
+				return err
+			} else if ok && len(r.IntermediateCertPEM) > 0 {
+				if inCert, err = parseCertPEM(r.IntermediateCertPEM); err != nil {
+					return fmt.Errorf("stored intermediate: %w", err)
+				}
+			}
+			if inCert != nil {
+				if err := revoke(tx, name, inCert, h.now()); err != nil {
+					return err
+				}
+			}
 			pending := map[string]spec.Cluster{}
 			if _, err := tx.Value(pendingRemovalsKey, &pending); err != nil {
 				return err
@@ -114,6 +140,9 @@ func (h *Hub) removeClusters(ctx context.Context, p *plan, leaving map[string]sp
 		if err != nil {
 			rec.fail(ctx, name, "remove from mesh", fmt.Errorf("state: %w", err))
 			continue
+		}
+		if inCert != nil {
+			detail += ", intermediate " + pki.Describe(inCert).Serial + " revoked"
 		}
 		rec.add(ctx, Step{Cluster: name, Step: "remove from mesh", Action: "removed", Detail: detail})
 	}

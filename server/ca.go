@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/flotillamesh/flotilla/pki"
@@ -19,6 +20,11 @@ type CAInfo struct {
 	// (RotationTrustBoth or RotationSignNew); empty when none is.
 	RootRotation  string                  `json:"rootRotation,omitempty"`
 	Intermediates map[string]pki.CertInfo `json:"intermediates"`
+	// Revoked are the intermediates of clusters that left the mesh.
+	Revoked []RevokedInfo `json:"revoked,omitempty"`
+	// CRL is the ca-crl.pem written into every cacerts (nil while nothing
+	// is revoked).
+	CRL *CRLInfo `json:"crl,omitempty"`
 }
 
 // CAShow describes the CA material in the state.
@@ -41,6 +47,9 @@ func (h *Hub) CAShow(ctx context.Context) (*CAInfo, error) {
 			info.Roots = append(info.Roots, pki.Describe(r))
 		}
 		info.RootRotation = rotationUnderWay(ca, b)
+		if info.CRL, info.Revoked, err = crlInfo(tx); err != nil {
+			return err
+		}
 		recs, err := tx.Clusters()
 		if err != nil {
 			return err
@@ -148,10 +157,56 @@ func (h *Hub) RotateIntermediate(ctx context.Context, m *spec.Mesh, cluster stri
 	}); err != nil {
 		return nil, fmt.Errorf("state: store intermediate: %w", err)
 	}
+	// Its new CRL joins ca-crl.pem. The other clusters get it first: once a
+	// CRL is in use their Envoys refuse workloads of an intermediate that
+	// signed none.
+	if cc.CRL, err = h.ensureCRL(ctx, root, false, &recorder{h: h}); err != nil {
+		return nil, fmt.Errorf("%s: CRL: %w", cluster, err)
+	}
+	if len(cc.CRL) > 0 {
+		if err := h.writeCRLToOthers(ctx, p, cluster, root, bundle, cc.CRL); err != nil {
+			return nil, fmt.Errorf("%s: the other clusters' CRL (rotate again, or run flotilla apply): %w", cluster, err)
+		}
+	}
 	res, err := pki.WriteCACerts(ctx, conns[cluster], ns, cc, pki.Refuse)
 	if err != nil {
 		return nil, err
 	}
 	return &Step{Cluster: cluster, Step: "cacerts " + ns + "/" + pki.SecretName, Action: string(res.Action),
 		Detail: fmt.Sprintf("intermediate serial %s, expires %s", pki.Describe(in.Cert).Serial, in.Cert.NotAfter.UTC().Format("2006-01-02"))}, nil
+}
+
+// writeCRLToOthers rewrites the cacerts of every cluster but except with
+// its stored intermediate and crl.
+func (h *Hub) writeCRLToOthers(ctx context.Context, p *plan, except string, root *pki.Root, bundle *pki.Bundle, crl []byte) error {
+	var others []spec.Cluster
+	for _, c := range p.Clusters {
+		if _, holds := p.caNamespace(c.Name); holds && c.Name != except {
+			others = append(others, c)
+		}
+	}
+	conns, errs := h.connect(others, false)
+	var all []error
+	for _, c := range others {
+		if err := errs[c.Name]; err != nil {
+			all = append(all, err)
+			continue
+		}
+		ns, _ := p.caNamespace(c.Name)
+		in, err := h.requireIntermediate(ctx, c.Name, ns)
+		if err != nil {
+			all = append(all, err)
+			continue
+		}
+		cc, err := pki.NewCACerts(in, root, bundle)
+		if err != nil {
+			all = append(all, err)
+			continue
+		}
+		cc.CRL = crl
+		if _, err := pki.WriteCACerts(ctx, conns[c.Name], ns, cc, pki.Refuse); err != nil {
+			all = append(all, err)
+		}
+	}
+	return errors.Join(all...)
 }

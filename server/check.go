@@ -12,6 +12,7 @@ import (
 
 	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/gateways"
+	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/server/spec"
 )
 
@@ -90,6 +91,11 @@ func diagnose(p *plan, st *Status, now time.Time) []Check {
 				ck.Message = "expires " + c.IntermediateNotAfter.UTC().Format(time.DateOnly)
 			}
 			add(ck)
+		}
+		if holdsCA {
+			if ck := crlCheck(st.CRL, c, caNS, now, p.PKI.Mode == spec.PKICertManager); ck != nil {
+				add(*ck)
+			}
 		}
 		nl := Check{Name: "network label", Cluster: c.Name, OK: c.Network == "" || c.NetworkLabel == c.Network}
 		if !nl.OK {
@@ -170,6 +176,40 @@ func diagnose(p *plan, st *Status, now time.Time) []Check {
 		out = append([]Check{same}, out...)
 	}
 	return out
+}
+
+// crlCheck: once the mesh has revoked an intermediate, the cluster's
+// cacerts carries the hub's current ca-crl.pem, whose next-update is not
+// close (istiod distributes it; Envoy refuses every peer under an expired
+// CRL). nil while nothing is revoked.
+func crlCheck(crl *CRLInfo, c ClusterStatus, ns string, now time.Time, certManager bool) *Check {
+	if crl == nil {
+		return nil
+	}
+	ck := &Check{Name: "cacerts carries the current CRL", Cluster: c.Name}
+	switch {
+	case certManager && crl.StillTrusted == 0:
+		ck.OK = true
+		ck.Message = "the revoked intermediates chain to a root the mesh no longer trusts"
+	case certManager:
+		// Said rather than hidden: the projection from cert-manager's
+		// intermediate does not carry the CRL yet.
+		ck.Message = fmt.Sprintf("pki.mode cert-manager: flotilla writes no %s yet, so the data plane still trusts %d revoked intermediate(s) that ca show lists", pki.CRLFile, crl.StillTrusted)
+		ck.Hint = "cut them off with a root rotation (flotilla ca rotate root, three steps)"
+	case c.CRLSHA256 == "":
+		ck.Message = fmt.Sprintf("secret %s/cacerts has no %s", ns, pki.CRLFile)
+		ck.Hint = "run flotilla apply"
+	case c.CRLSHA256 != crl.SHA256:
+		ck.Message = fmt.Sprintf("secret %s/cacerts holds another %s than the hub's (number %d)", ns, pki.CRLFile, crl.Number)
+		ck.Hint = "run flotilla apply"
+	case crl.NextUpdate.Sub(now) < pki.DefaultCRLLifetime/4:
+		ck.Message = "the root's CRL next update is " + crl.NextUpdate.UTC().Format(time.RFC3339)
+		ck.Hint = "run flotilla apply (the hub re-signs it); with an offline root: flotilla ca crl request, sign, flotilla ca crl accept"
+	default:
+		ck.OK = true
+		ck.Message = fmt.Sprintf("CRL number %d, next update %s", crl.Number, crl.NextUpdate.UTC().Format(time.RFC3339))
+	}
+	return ck
 }
 
 func isNotFound(err error) bool { return apierrors.IsNotFound(err) }

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/server/spec"
 )
 
@@ -177,6 +178,48 @@ func TestIstiodNetworksCheck(t *testing.T) {
 			}
 			if got != nil && (got.OK != *tc.ok || !strings.Contains(got.Message, tc.message)) {
 				t.Errorf("check = ok %v %q, want ok %v containing %q", got.OK, got.Message, *tc.ok, tc.message)
+			}
+		})
+	}
+}
+
+func TestCRLCheck(t *testing.T) {
+	now := time.Now()
+	current := &CRLInfo{Number: 3, NextUpdate: now.Add(pki.DefaultCRLLifetime), SHA256: "abc", StillTrusted: 1}
+	rotatedAway := &CRLInfo{Number: 3, NextUpdate: now.Add(pki.DefaultCRLLifetime), SHA256: "abc"}
+	stale := &CRLInfo{Number: 3, NextUpdate: now.Add(time.Hour), SHA256: "abc"}
+	for _, tc := range []struct {
+		name    string
+		crl     *CRLInfo
+		cluster string // the cacerts' ca-crl.pem hash
+		cm      bool   // cert-manager mode
+		want    string // "" no check; "ok"; else a message fragment
+	}{
+		{"nothing revoked: no check", nil, "", false, ""},
+		{"cacerts without ca-crl.pem", current, "", false, "has no ca-crl.pem"},
+		{"cacerts with an older CRL", current, "old", false, "holds another ca-crl.pem"},
+		{"next update close", stale, "abc", false, "next update is"},
+		{"current", current, "abc", false, "ok"},
+		{"cert-manager mode says revocation is not enforced", current, "", true, "still trusts 1 revoked intermediate"},
+		{"cert-manager mode after the root rotated away", rotatedAway, "", true, "ok"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ck := crlCheck(tc.crl, ClusterStatus{Name: "east", CRLSHA256: tc.cluster}, "istio-system", now, tc.cm)
+			switch {
+			case tc.want == "":
+				if ck != nil {
+					t.Errorf("got %+v, want no check", ck)
+				}
+			case ck == nil:
+				t.Fatalf("no check, want %q", tc.want)
+			case tc.want == "ok":
+				if !ck.OK {
+					t.Errorf("failed: %s", ck.Message)
+				}
+			default:
+				if ck.OK || !strings.Contains(ck.Message, tc.want) || ck.Hint == "" {
+					t.Errorf("got ok=%v %q (hint %q), want a failure saying %q", ck.OK, ck.Message, ck.Hint, tc.want)
+				}
 			}
 		})
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/flotillamesh/flotilla/gateways"
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/server/spec"
+	"github.com/flotillamesh/flotilla/server/state"
 )
 
 // Status is the mesh as observed in its clusters, compared with the spec
@@ -30,9 +31,11 @@ type Status struct {
 	Mesh     string              `json:"mesh"`
 	Topology federation.Topology `json:"topology"`
 	// RootFingerprint is the SHA-256 fingerprint of the root in the state.
-	RootFingerprint string          `json:"rootFingerprint,omitempty"`
-	ObservedAt      time.Time       `json:"observedAt"`
-	Clusters        []ClusterStatus `json:"clusters"`
+	RootFingerprint string    `json:"rootFingerprint,omitempty"`
+	ObservedAt      time.Time `json:"observedAt"`
+	// CRL is the hub's current ca-crl.pem (nil while nothing is revoked).
+	CRL      *CRLInfo        `json:"crl,omitempty"`
+	Clusters []ClusterStatus `json:"clusters"`
 }
 
 // ClusterStatus is one cluster as observed.
@@ -55,6 +58,8 @@ type ClusterStatus struct {
 	IntermediateSerial     string    `json:"intermediateSerial,omitempty"`
 	IntermediateNotAfter   time.Time `json:"intermediateNotAfter,omitzero"`
 	IntermediateChainValid bool      `json:"intermediateChainValid"`
+	// CRLSHA256 is the hash of the cacerts' ca-crl.pem ("" without one).
+	CRLSHA256 string `json:"crlSHA256,omitempty"`
 	// Istio is the Sail Istio resource's global values as found.
 	Istio         *IstioStatus         `json:"istio,omitempty"`
 	RemoteSecrets []RemoteSecretStatus `json:"remoteSecrets"`
@@ -112,6 +117,12 @@ func (h *Hub) status(ctx context.Context, p *plan) (*Status, error) {
 	st := &Status{Mesh: p.Name, Topology: p.Topology, ObservedAt: h.now()}
 	if root != nil {
 		st.RootFingerprint = pki.Fingerprint(root.Cert)
+	}
+	if err := h.Store.View(ctx, func(tx *state.Tx) error {
+		st.CRL, _, err = crlInfo(tx)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("state: %w", err)
 	}
 	conns, connErrs := h.connect(p.Clusters, false)
 	plans := p.planned()
@@ -235,6 +246,7 @@ func (h *Hub) observeCACerts(cc *pki.ClusterCACerts, root *pki.Root, cs *Cluster
 		cs.RootFingerprint = info.Roots[0].Fingerprint
 	}
 	cs.IntermediateChainValid = cc.CACerts.Validate(h.now()) == nil
+	cs.CRLSHA256 = crlHash(cc.CACerts.CRL)
 	if root != nil && cs.RootFingerprint != pki.Fingerprint(root.Cert) {
 		cs.Drift = append(cs.Drift, fmt.Sprintf("secret %s/cacerts chains to root %s, not the mesh root", ns, short(cs.RootFingerprint)))
 	}

@@ -109,6 +109,7 @@ type agent struct {
 	loads       map[string]*endpointv3.ClusterLoadAssignment
 	responses   map[string]int
 	err         error
+	crl         crlCache // the CRLs its Envoy holds (crl.go)
 }
 
 // sidecarContainer is the pod's istio-proxy container, a native sidecar

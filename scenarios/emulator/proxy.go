@@ -265,7 +265,7 @@ func (e *Emulator) callAsProxy(ctx context.Context, cluster string, client *core
 		// Istio checks the peer's chain and SPIFFE identity (the SANs
 		// istiod named for the service), not a DNS name.
 		InsecureSkipVerify:    true,
-		VerifyPeerCertificate: verifyPeer(roots, trustDomain, up.sans),
+		VerifyPeerCertificate: a.withCRL(verifyPeer(roots, trustDomain, up.sans), roots),
 		MinVersion:            tls.VersionTLS12,
 	})
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -388,7 +388,7 @@ func (e *Emulator) serverHandler(cluster, ns, name string) func(net.Conn) {
 			tc := tls.Server(conn, &tls.Config{
 				Certificates:          []tls.Certificate{*cert},
 				ClientAuth:            tls.RequireAnyClientCert,
-				VerifyPeerCertificate: verifyPeer(roots, trustDomain, nil),
+				VerifyPeerCertificate: a.withCRL(verifyPeer(roots, trustDomain, nil), roots),
 				MinVersion:            tls.VersionTLS12,
 			})
 			if err := tc.Handshake(); err != nil {
