@@ -136,6 +136,9 @@ func (h *Hub) applyPKI(ctx context.Context, p *plan, conns map[string]*kube.Clus
 	if p.PKI.Mode == spec.PKICertManager {
 		var wg sync.WaitGroup
 		for _, c := range p.Clusters {
+			if !inScope(o.Clusters, c.Name) {
+				continue
+			}
 			kc := conns[c.Name]
 			ns, ok := p.caNamespace(c.Name)
 			if kc == nil || !ok {
