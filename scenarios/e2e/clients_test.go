@@ -22,9 +22,10 @@ import (
 // injected client reaches both versions through the mesh, the plain one only
 // east's own endpoint, through kube-proxy. verify still passes with both.
 func TestClientsTellApart(t *testing.T) {
-	s := start(t, false, "east", "west")
-	s.apply("multi-primary", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2}")
+	s := startShared(t)
+	s.apply("multi-primary", multiNetwork...)
 	r, code := s.verify(requests, "--keep")
+	t.Cleanup(s.removeSample)
 	wantAll(t, r, code, "east", "west")
 
 	ctx := context.Background()
@@ -32,12 +33,28 @@ func TestClientsTellApart(t *testing.T) {
 	if _, err := east.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "plain"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if err := east.CoreV1().Namespaces().Delete(context.Background(), "plain", metav1.DeleteOptions{}); err != nil {
+			t.Errorf("east: delete namespace plain: %v", err)
+		}
+	})
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "curl", Namespace: "plain", Labels: map[string]string{"app": "curl"}},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "curl", Image: "curlimages/curl", Command: []string{"/bin/sleep", "infinity"}}}},
 	}
-	if _, err := east.CoreV1().Pods("plain").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+	// The namespace has no injection label: istiod's webhook leaves the
+	// pod as it was sent, without a sidecar.
+	var created *corev1.Pod
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		var err error
+		created, err = east.CoreV1().Pods("plain").Create(ctx, pod, metav1.CreateOptions{})
+		return err == nil, nil // the namespace's service account comes from the controller manager
+	})
+	if err != nil {
+		t.Fatalf("east: create pod plain/curl: %v", err)
+	}
+	if len(created.Spec.InitContainers) > 0 || len(created.Spec.Containers) != 1 || created.Annotations["sidecar.istio.io/status"] != "" {
+		t.Fatalf("east: pod plain/curl was injected in a namespace without the injection label: %+v", created.Spec)
 	}
 	kc, err := s.lab.Cluster("east").Connect()
 	if err != nil {

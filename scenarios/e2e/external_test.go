@@ -50,7 +50,7 @@ func TestExternalControlPlane(t *testing.T) {
 // plane mesh.
 func startExternal(t *testing.T) *scenario {
 	t.Helper()
-	s := start(t, false, "cp", "east", "west")
+	s := startModel(t, "cp", "east", "west")
 	s.apply("external-control-plane", externalClusters...)
 	return s
 }

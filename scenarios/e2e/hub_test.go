@@ -17,8 +17,8 @@ import (
 // hub, with the hub's connections and the spec it last applied; the client
 // has no kubeconfig, no state and no spec file.
 func TestVerifyThroughHub(t *testing.T) {
-	s := start(t, false, "east", "west")
-	s.apply("multi-primary", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2}")
+	s := startShared(t)
+	s.apply("multi-primary", multiNetwork...)
 	hubFlags := s.startHub()
 
 	// The client's environment names no cluster and no state.

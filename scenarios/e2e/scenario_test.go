@@ -1,7 +1,15 @@
 // Package e2e holds the end-to-end scenarios: per topology, lab clusters,
 // flotilla apply, the data-plane emulator and flotilla verify, run as the
-// binary a user runs. Each scenario starts clusters of its own (topologies
-// do not share clusters), so the tests run one after another.
+// binary a user runs.
+//
+// The multi-primary scenarios run against Istio itself
+// (lab.Options.RealIstio): Istio's charts installed as the Sail Operator
+// installs them, a real istiod per istiod pod, sidecars injected by
+// istiod's webhook, and the emulator playing only Envoy and istio-agent
+// (emulator.Config.Istiod), with certificates and endpoints from the
+// istiods. Those over two networks share one lab (realLab), each leaving
+// its mesh working; the others start clusters of their own, so the tests
+// run one after another.
 //
 //	go test ./scenarios/e2e -run TestMultiPrimaryMultiNetwork -v
 package e2e
@@ -10,18 +18,33 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
 	"github.com/flotillamesh/flotilla/scenarios/emulator"
 	"github.com/flotillamesh/flotilla/scenarios/lab"
 )
+
+// realLab is east and west running Istio itself, shared by the
+// multi-primary scenarios over two networks (one mesh, one flotilla state
+// kept with the lab). A scenario that breaks the mesh puts it back.
+var realLab = lab.NewSharedWith(lab.Options{Clusters: []string{"east", "west"}, RealIstio: true})
 
 // flotilla is the binary under test, built once by TestMain.
 var flotilla string
@@ -40,7 +63,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	code := m.Run()
+	code := lab.RunShared(m, realLab)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -114,31 +137,69 @@ func (r *verifyResult) diagnosed(name, cluster string) bool {
 type scenario struct {
 	t    *testing.T
 	lab  *lab.Lab
+	em   *emulator.Emulator
 	dir  string
 	env  []string
 	mesh string
 	// pki is the spec's pki field; "" is the builtin CA.
 	pki string
+	// real: the lab runs Istio itself (lab.Options.RealIstio).
+	real bool
+	// primaries are the clusters of the last apply that run an istiod.
+	primaries []string
 }
 
-// start starts the named clusters and the emulator for them.
-func start(t *testing.T, certManager bool, names ...string) *scenario {
+// startShared joins realLab with an emulator of its own (playing Envoy
+// against the real istiods) and the lab's flotilla state.
+func startShared(t *testing.T) *scenario {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts lab clusters")
+	}
+	l := realLab.Get(t)
+	return newScenario(t, l, filepath.Join(l.Dir, "e2e-state"), true)
+}
+
+// startReal starts the named clusters, running Istio itself, for this test
+// alone, with the emulator for them.
+func startReal(t *testing.T, certManager bool, names ...string) *scenario {
+	t.Helper()
+	return startLab(t, lab.Options{Clusters: names, CertManager: certManager, RealIstio: true})
+}
+
+// startModel starts the named clusters without Istio: the emulator plays
+// istiod too. Only the topologies whose remotes real istiod does not yet
+// serve in the lab (primary-remote, external control plane) still run so.
+func startModel(t *testing.T, names ...string) *scenario {
+	t.Helper()
+	return startLab(t, lab.Options{Clusters: names})
+}
+
+func startLab(t *testing.T, o lab.Options) *scenario {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts lab clusters")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	l, err := lab.Start(ctx, lab.Options{Clusters: names, Log: testWriter{t}, CertManager: certManager})
+	o.Log = testWriter{t}
+	l, err := lab.Start(ctx, o)
 	if err != nil {
 		t.Fatalf("lab: %v", err)
 	}
 	t.Cleanup(func() { l.Stop() })
+	return newScenario(t, l, t.TempDir(), o.RealIstio)
+}
+
+// newScenario runs the emulator over l until the test ends and keeps the
+// flotilla state in dir (made with its key on first use).
+func newScenario(t *testing.T, l *lab.Lab, dir string, real bool) *scenario {
+	t.Helper()
 	var cs []emulator.Cluster
 	for _, c := range l.Clusters() {
 		cs = append(cs, emulator.Cluster{Name: c.Name, Config: c.RESTConfig()})
 	}
-	em, err := emulator.New(emulator.Config{Clusters: cs, Log: testWriter{t}})
+	em, err := emulator.New(emulator.Config{Clusters: cs, Istiod: real, Log: testWriter{t}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,10 +208,15 @@ func start(t *testing.T, certManager bool, names ...string) *scenario {
 	go func() { defer close(done); _ = em.Run(ectx) }()
 	// Registered after the lab's: runs first, so the emulator stops before its clusters.
 	t.Cleanup(func() { stop(); <-done })
-	s := &scenario{t: t, lab: l, dir: t.TempDir()}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	s := &scenario{t: t, lab: l, em: em, dir: dir, real: real}
 	s.env = append(os.Environ(), "KUBECONFIG="+l.Kubeconfig, "FLOTILLA_STATE="+filepath.Join(s.dir, "state.db"),
 		"FLOTILLA_STATE_KEY_FILE="+filepath.Join(s.dir, "state.key"), "FLOTILLA_STATE_KEY=", "FLOTILLA_HUB=")
-	s.run("state", "keygen", "--out", filepath.Join(s.dir, "state.key"))
+	if _, err := os.Stat(filepath.Join(s.dir, "state.key")); errors.Is(err, fs.ErrNotExist) {
+		s.run("state", "keygen", "--out", filepath.Join(s.dir, "state.key"))
+	}
 	return s
 }
 
@@ -200,6 +266,196 @@ spec:
 		s.t.Fatal(err)
 	}
 	s.run("apply", "-f", s.mesh)
+	s.primaries = nil
+	if topology == "multi-primary" {
+		for _, c := range clusters {
+			if m := clusterName.FindStringSubmatch(c); m != nil {
+				s.primaries = append(s.primaries, m[1])
+			}
+		}
+	}
+	s.waitIstio()
+}
+
+var clusterName = regexp.MustCompile(`name: ([a-z0-9-]+)`)
+
+// waitIstio waits, in a lab running Istio, until a verify can count on
+// what a control plane just (re)started serves: in every primary a ready
+// istiod that publishes the root of its cacerts, injector webhooks that
+// trust it (the API server refuses pods until they do: failurePolicy
+// Fail), a ready endpoint for them, and the other primaries synced through
+// their remote secrets; and in every cluster, east-west gateway proxies
+// that istiod configured.
+func (s *scenario) waitIstio() {
+	s.t.Helper()
+	if !s.real {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	for _, name := range s.primaries {
+		c := s.lab.Cluster(name)
+		var why string
+		err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+			why = istioNotReady(ctx, c, s.primaries)
+			return why == "", nil
+		})
+		if err != nil {
+			s.t.Fatalf("%s: Istio not ready: %s (logs in %s)", name, why, filepath.Dir(c.Log("sail-lab")))
+		}
+	}
+	var why string
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		why = s.gatewaysNotReady(ctx)
+		return why == "", nil
+	})
+	if err != nil {
+		s.t.Fatalf("east-west gateways: %s", why)
+	}
+}
+
+// istioNotReady says what of cluster c's control plane is not ready yet,
+// "" when all is.
+func istioNotReady(ctx context.Context, c *lab.Cluster, primaries []string) string {
+	istiods := c.Istiods()
+	if len(istiods) == 0 {
+		return "no istiod runs"
+	}
+	for _, in := range istiods {
+		if in.Ready.IsZero() {
+			return "istiod " + in.Pod + " not ready"
+		}
+	}
+	cs := c.Client()
+	cc, err := cs.CoreV1().Secrets("istio-system").Get(ctx, "cacerts", metav1.GetOptions{})
+	if err != nil {
+		return "cacerts: " + err.Error()
+	}
+	root := bytes.TrimSpace(cc.Data["root-cert.pem"])
+	cm, err := cs.CoreV1().ConfigMaps("istio-system").Get(ctx, "istio-ca-root-cert", metav1.GetOptions{})
+	if err != nil {
+		return "istio-ca-root-cert: " + err.Error()
+	}
+	if !bytes.Equal(bytes.TrimSpace([]byte(cm.Data["root-cert.pem"])), root) {
+		return "istiod publishes a root other than cacerts' root-cert.pem"
+	}
+	hooks, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().List(ctx, metav1.ListOptions{LabelSelector: "app=sidecar-injector"})
+	if err != nil {
+		return "injector webhooks: " + err.Error()
+	}
+	if len(hooks.Items) == 0 {
+		return "no injector webhook"
+	}
+	for _, h := range hooks.Items {
+		for _, w := range h.Webhooks {
+			if !bytes.Contains(w.ClientConfig.CABundle, root) {
+				return "webhook " + h.Name + "/" + w.Name + " does not trust cacerts' root yet"
+			}
+		}
+	}
+	sls, err := cs.DiscoveryV1().EndpointSlices("istio-system").List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=istiod"})
+	if err != nil {
+		return "endpoints of istio-system/istiod: " + err.Error()
+	}
+	readyEndpoint := false
+	for _, sl := range sls.Items {
+		for _, ep := range sl.Endpoints {
+			readyEndpoint = readyEndpoint || len(ep.Addresses) > 0 && (ep.Conditions.Ready == nil || *ep.Conditions.Ready)
+		}
+	}
+	if !readyEndpoint {
+		return "service istio-system/istiod has no ready endpoint"
+	}
+	var clusters []struct {
+		ID         string `json:"id"`
+		SyncStatus string `json:"syncStatus"`
+	}
+	for _, in := range istiods {
+		if err := getJSON(ctx, in.Address, "/debug/clusterz", &clusters); err != nil {
+			return "istiod clusterz: " + err.Error()
+		}
+		synced := map[string]bool{}
+		for _, cl := range clusters {
+			synced[cl.ID] = cl.SyncStatus == "synced"
+		}
+		for _, p := range primaries {
+			if p != c.Name && !synced[p] {
+				return fmt.Sprintf("istiod %s has not synced %s: %+v", in.Pod, p, clusters)
+			}
+		}
+	}
+	return ""
+}
+
+// gatewaysNotReady says which cluster's east-west gateway has no proxy
+// that istiod configured and that is connected to istiod (after a restart
+// of istiod a proxy reconnects with backoff, missing pushes meanwhile),
+// "" when every gateway has.
+func (s *scenario) gatewaysNotReady(ctx context.Context) string {
+	ready := map[string]bool{}
+	for _, p := range s.em.Proxies() {
+		if p.Namespace == "istio-system" && strings.HasPrefix(p.Pod, "istio-eastwestgateway") && p.Ready && p.Connected {
+			ready[p.Cluster] = true
+		}
+	}
+	for _, c := range s.lab.Clusters() {
+		pods, err := c.Client().CoreV1().Pods("istio-system").List(ctx, metav1.ListOptions{LabelSelector: "istio=eastwestgateway"})
+		if err != nil {
+			return c.Name + ": " + err.Error()
+		}
+		if len(pods.Items) > 0 && !ready[c.Name] {
+			return c.Name + ": no east-west gateway proxy configured by istiod yet"
+		}
+	}
+	return ""
+}
+
+// getJSON reads one of istiod's debug endpoints (its HTTP port, 8080).
+func getJSON(ctx context.Context, addr, path string, into any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(addr, "8080")+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", path, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(into)
+}
+
+// restartIstiod deletes the istiod pods of the clusters, as an operator
+// restarts istiod, and waits for Istio to serve again (waitIstio).
+func (s *scenario) restartIstiod(clusters ...string) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for _, name := range clusters {
+		c := s.lab.Cluster(name)
+		old := map[string]bool{}
+		for _, in := range c.Istiods() {
+			old[in.Pod] = true
+			if err := c.Client().CoreV1().Pods(in.Namespace).Delete(ctx, in.Pod, metav1.DeleteOptions{}); err != nil {
+				s.t.Fatalf("%s: delete pod %s/%s: %v", name, in.Namespace, in.Pod, err)
+			}
+		}
+		err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 3*time.Minute, true, func(context.Context) (bool, error) {
+			got := c.Istiods()
+			for _, in := range got {
+				if old[in.Pod] || in.Ready.IsZero() {
+					return false, nil
+				}
+			}
+			return len(got) > 0, nil
+		})
+		if err != nil {
+			s.t.Fatalf("%s: no new ready istiod after deleting %v: %+v", name, old, c.Istiods())
+		}
+	}
+	s.waitIstio()
 }
 
 // verify runs flotilla verify (with extra flags) and decodes its result;
@@ -227,4 +483,53 @@ func orDefault(s, d string) string {
 		return d
 	}
 	return s
+}
+
+// waitClusterGone waits until no istiod of cluster lists remote in its
+// clusterz (its remote secret was removed).
+func (s *scenario) waitClusterGone(cluster, remote string) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var clusters []struct {
+		ID string `json:"id"`
+	}
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		for _, in := range s.lab.Cluster(cluster).Istiods() {
+			clusters = nil
+			if err := getJSON(ctx, in.Address, "/debug/clusterz", &clusters); err != nil {
+				return false, nil
+			}
+			for _, c := range clusters {
+				if c.ID == remote {
+					return false, nil
+				}
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		s.t.Fatalf("%s: istiod still lists %s: %+v", cluster, remote, clusters)
+	}
+}
+
+// removeSample deletes what a verify --keep left in every cluster and
+// waits for it to go, so that the lab's next scenario starts without it.
+func (s *scenario) removeSample() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, c := range s.lab.Clusters() {
+		cs := c.Client()
+		if err := cs.CoreV1().Namespaces().Delete(ctx, "sample", metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			s.t.Errorf("%s: delete namespace sample: %v", c.Name, err)
+			continue
+		}
+		err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+			_, err := cs.CoreV1().Namespaces().Get(ctx, "sample", metav1.GetOptions{})
+			return apierrors.IsNotFound(err), nil
+		})
+		if err != nil {
+			s.t.Errorf("%s: namespace sample not gone: %v", c.Name, err)
+		}
+	}
 }

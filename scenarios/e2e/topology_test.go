@@ -2,10 +2,11 @@ package e2e
 
 import (
 	"context"
+	"net"
+	"slices"
 	"strings"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
@@ -34,25 +35,49 @@ func wantAll(t *testing.T, r *verifyResult, code int, clusters ...string) {
 // TestMultiPrimaryMultiNetwork: each primary on its own network; calls cross
 // through the other network's east-west gateway.
 func TestMultiPrimaryMultiNetwork(t *testing.T) {
-	s := start(t, false, "east", "west")
+	s := startShared(t)
 	s.apply("multi-primary", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2}")
 	r, code := s.verify(requests)
 	wantAll(t, r, code, "east", "west")
 }
 
 // TestMultiPrimarySingleNetwork: one network; calls reach the other
-// cluster's pods directly.
+// cluster's pods directly: each curl proxy holds, from its istiod, the
+// other cluster's helloworld pod at its own address, and no gateway.
 func TestMultiPrimarySingleNetwork(t *testing.T) {
-	s := start(t, false, "east", "west")
+	s := startReal(t, false, "east", "west")
 	s.apply("multi-primary", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network1}")
-	r, code := s.verify(requests)
+	r, code := s.verify(requests, "--keep")
 	wantAll(t, r, code, "east", "west")
+
+	hello := map[string]string{} // cluster: its helloworld pod's address
+	for _, c := range s.lab.Clusters() {
+		pods, err := c.Client().CoreV1().Pods("sample").List(context.Background(), metav1.ListOptions{LabelSelector: "app=helloworld"})
+		if err != nil || len(pods.Items) != 1 {
+			t.Fatalf("%s: helloworld pods: %v (%d)", c.Name, err, len(pods.Items))
+		}
+		hello[c.Name] = net.JoinHostPort(pods.Items[0].Status.PodIP, "5000")
+	}
+	for _, px := range s.em.Proxies() {
+		if px.Namespace != "sample" || px.Pod != r.pod(px.Cluster) {
+			continue
+		}
+		other := map[string]string{"east": "west", "west": "east"}[px.Cluster]
+		eps := px.Endpoints[helloCluster]
+		t.Logf("%s: curl proxy %s: helloworld endpoints from istiod %v", px.Cluster, px.Pod, eps)
+		if !slices.Contains(eps, hello[other]) || !slices.Contains(eps, hello[px.Cluster]) || len(eps) != 2 {
+			t.Errorf("%s: curl proxy's helloworld endpoints %v, want its own pod %s and %s's pod %s, direct", px.Cluster, eps, hello[px.Cluster], other, hello[other])
+		}
+	}
 }
+
+// helloCluster is the outbound cluster istiod sends for the sample service.
+const helloCluster = "outbound|5000||helloworld.sample.svc.cluster.local"
 
 // TestPrimaryRemoteMultiNetwork: west's proxies get config and certificates
 // from east's istiod through east's east-west gateway.
 func TestPrimaryRemoteMultiNetwork(t *testing.T) {
-	s := start(t, false, "east", "west")
+	s := startModel(t, "east", "west")
 	s.apply("primary-remote", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2, role: remote}")
 	r, code := s.verify(requests)
 	wantAll(t, r, code, "east", "west")
@@ -61,18 +86,39 @@ func TestPrimaryRemoteMultiNetwork(t *testing.T) {
 // TestCertManagerPKI: cert-manager issues the intermediates (flotilla
 // projects them into cacerts); cross-cluster mTLS works as with the builtin CA.
 func TestCertManagerPKI(t *testing.T) {
-	s := start(t, true, "east", "west")
+	s := startReal(t, true, "east", "west")
 	s.pki = "{mode: cert-manager, keyAlgorithm: ECDSA-P256}"
 	s.apply("multi-primary", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2}")
 	r, code := s.verify(requests)
 	wantAll(t, r, code, "east", "west")
 }
 
-// Negative controls: each must fail, and for the reason named.
+// multiNetwork is the mesh of realLab: each cluster its own network.
+var multiNetwork = []string{"{name: east, context: east, network: network1}", "{name: west, context: west, network: network2}"}
+
+// Negative controls: each must fail, and for the reason named. Those on
+// realLab put back what they broke when they end.
 func TestNegativeControls(t *testing.T) {
 	t.Run("DifferentRoots", func(t *testing.T) {
-		s := start(t, false, "east", "west")
-		s.apply("multi-primary", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2}")
+		s := startShared(t)
+		s.apply("multi-primary", multiNetwork...)
+		ctx := context.Background()
+		west := s.lab.Cluster("west").Client()
+		orig, err := west.CoreV1().Secrets("istio-system").Get(ctx, pki.SecretName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			sec, err := west.CoreV1().Secrets("istio-system").Get(ctx, pki.SecretName, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sec.Data = orig.Data
+			if _, err := west.CoreV1().Secrets("istio-system").Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			s.restartIstiod("west")
+		})
 		// West's istiod now signs under a root of another mesh.
 		root, err := pki.NewRoot(pki.Config{KeyAlgorithm: pki.ECDSAP256})
 		if err != nil {
@@ -86,11 +132,16 @@ func TestNegativeControls(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		west := s.lab.Cluster("west").Client()
-		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "cacerts", Namespace: "istio-system"}, Data: cc.SecretData()}
-		if _, err := west.CoreV1().Secrets("istio-system").Update(context.Background(), sec, metav1.UpdateOptions{}); err != nil {
+		sec := orig.DeepCopy()
+		sec.Data = cc.SecretData()
+		if _, err := west.CoreV1().Secrets("istio-system").Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
+		// istiod's cacerts watcher refuses a root that neither holds nor is
+		// held by its own ("Updating new ROOT-CA not supported") and keeps
+		// signing under the old one: the new root takes effect when istiod
+		// restarts.
+		s.restartIstiod("west")
 		r, code := s.verify(requests)
 		if code == 0 || r.OK {
 			t.Fatalf("verify passed across two roots: %+v", r.Clients)
@@ -111,12 +162,14 @@ func TestNegativeControls(t *testing.T) {
 	})
 
 	t.Run("MissingRemoteSecret", func(t *testing.T) {
-		s := start(t, false, "east", "west")
-		s.apply("multi-primary", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2}")
+		s := startShared(t)
+		s.apply("multi-primary", multiNetwork...)
+		t.Cleanup(func() { s.apply("multi-primary", multiNetwork...) })
 		east := s.lab.Cluster("east").Client()
 		if err := east.CoreV1().Secrets("istio-system").Delete(context.Background(), "istio-remote-secret-west", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
+		s.waitClusterGone("east", "west")
 		r, code := s.verify(requests)
 		if code == 0 {
 			t.Fatal("verify passed without east's remote secret for west")
@@ -133,8 +186,9 @@ func TestNegativeControls(t *testing.T) {
 	})
 
 	t.Run("GatewayWithoutAddress", func(t *testing.T) {
-		s := start(t, false, "east", "west")
-		s.apply("multi-primary", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2}")
+		s := startShared(t)
+		s.apply("multi-primary", multiNetwork...)
+		t.Cleanup(func() { s.apply("multi-primary", multiNetwork...) })
 		// West's gateway loses its load balancer: a ClusterIP has no address.
 		west := s.lab.Cluster("west").Client()
 		patch := []byte(`{"spec":{"type":"ClusterIP","externalTrafficPolicy":null}}`)
@@ -158,7 +212,7 @@ func TestNegativeControls(t *testing.T) {
 	})
 
 	t.Run("RemoteWithWrongPilotAddress", func(t *testing.T) {
-		s := start(t, false, "east", "west")
+		s := startModel(t, "east", "west")
 		s.apply("primary-remote", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2, role: remote}")
 		west := s.lab.Cluster("west")
 		kc, err := west.Connect()

@@ -85,6 +85,13 @@ type ProxyStatus struct {
 	SANs map[string][]string
 	// Err is the last failure, if the proxy is not (or no longer) connected.
 	Err string
+	// Ready: the proxy holds its certificate and istiod's clusters and
+	// endpoints, as Envoy's readiness needs (a gateway's listener opens then).
+	Ready bool
+	// Connected: its ADS stream is up and istiod has answered on it. A
+	// proxy that lost its istiod keeps its last configuration, as Envoy
+	// does, but misses istiod's pushes until it reconnects.
+	Connected bool
 }
 
 // agent is one pod's istio-agent and the Envoy configuration it holds.
@@ -110,6 +117,7 @@ type agent struct {
 	responses   map[string]int
 	err         error
 	crl         crlCache // the CRLs its Envoy holds (crl.go)
+	connected   bool     // the current ADS stream has had a response
 }
 
 // sidecarContainer is the pod's istio-proxy container, a native sidecar
@@ -158,10 +166,11 @@ func (a *agent) ready() bool {
 }
 
 func (a *agent) status() ProxyStatus {
+	ready := a.ready()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	s := ProxyStatus{Cluster: a.cluster, Namespace: a.pod.Namespace, Pod: a.pod.Name, NodeID: a.nodeID, Istiod: a.addr,
-		Certs: a.certs, Responses: map[string]int{}, Endpoints: map[string][]string{}, SANs: map[string][]string{}}
+		Certs: a.certs, Responses: map[string]int{}, Endpoints: map[string][]string{}, SANs: map[string][]string{}, Ready: ready, Connected: a.connected}
 	if a.cert != nil {
 		s.Cert = a.cert.Leaf
 	}
@@ -260,6 +269,11 @@ func (a *agent) session(ctx context.Context, addr string, env map[string]string)
 	a.mu.Lock()
 	a.addr = dial
 	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		a.connected = false
+		a.mu.Unlock()
+	}()
 	// istiod's serving certificate is for its Service name, signed by its CA.
 	creds := credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: host, MinVersion: tls.VersionTLS12})
 	conn, err := grpc.NewClient("passthrough:///"+dial, grpc.WithTransportCredentials(creds))
@@ -345,31 +359,33 @@ func (a *agent) fetchCert(ctx context.Context, conn *grpc.ClientConn, env map[st
 	if err != nil {
 		return fmt.Errorf("istiod CA: certificate for %s: %w", id, err)
 	}
+	// The last element is istiod's root bundle, kept whole (it holds both
+	// roots during a rotation): Envoy gets it as its validation context,
+	// the elements before it as its certificate chain.
+	if len(resp.CertChain) < 2 {
+		return fmt.Errorf("istiod CA: certificate for %s: %d chain elements, want the chain and the root bundle", id, len(resp.CertChain))
+	}
 	var chain []*x509.Certificate
-	for _, p := range resp.CertChain {
-		rest := []byte(p)
-		for {
-			var blk *pem.Block
-			blk, rest = pem.Decode(rest)
-			if blk == nil {
-				break
-			}
-			c, err := x509.ParseCertificate(blk.Bytes)
-			if err != nil {
-				return fmt.Errorf("istiod CA: certificate for %s: %w", id, err)
-			}
-			chain = append(chain, c)
+	for _, p := range resp.CertChain[:len(resp.CertChain)-1] {
+		certs, err := parseCerts([]byte(p))
+		if err != nil {
+			return fmt.Errorf("istiod CA: certificate for %s: %w", id, err)
 		}
+		chain = append(chain, certs...)
 	}
-	if len(chain) < 2 {
-		return fmt.Errorf("istiod CA: certificate for %s: chain of %d, want leaf to root", id, len(chain))
+	rootCerts, err := parseCerts([]byte(resp.CertChain[len(resp.CertChain)-1]))
+	if err != nil {
+		return fmt.Errorf("istiod CA: certificate for %s: root bundle: %w", id, err)
 	}
-	// The last of the chain is the root: Envoy gets it as its validation
-	// context, the rest as its certificate chain.
+	if len(chain) == 0 || len(rootCerts) == 0 {
+		return fmt.Errorf("istiod CA: certificate for %s: %d chain and %d root certificates", id, len(chain), len(rootCerts))
+	}
 	roots := x509.NewCertPool()
-	roots.AddCert(chain[len(chain)-1])
+	for _, c := range rootCerts {
+		roots.AddCert(c)
+	}
 	tc := &tls.Certificate{PrivateKey: key, Leaf: chain[0]}
-	for _, c := range chain[:len(chain)-1] {
+	for _, c := range chain {
 		tc.Certificate = append(tc.Certificate, c.Raw)
 	}
 	a.mu.Lock()
@@ -381,6 +397,23 @@ func (a *agent) fetchCert(ctx context.Context, conn *grpc.ClientConn, env map[st
 		a.kick()
 	}
 	return nil
+}
+
+// parseCerts parses every PEM certificate in b.
+func parseCerts(b []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return out, nil
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
 }
 
 // renew fetches a new certificate at half the current one's life (the
@@ -483,6 +516,7 @@ func (a *agent) ads(ctx context.Context, conn *grpc.ClientConn, env map[string]s
 			a.clusters = clusters
 			a.responses[clusterType]++
 			a.err = nil
+			a.connected = true
 			a.mu.Unlock()
 			if err := stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: clusterType, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}); err != nil {
 				return fmt.Errorf("istiod ADS: %w", err)
