@@ -6,10 +6,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/flotillamesh/flotilla/pki"
 )
@@ -208,6 +210,82 @@ func TestNegativeControls(t *testing.T) {
 		}
 		if !r.diagnosed("gateway address", "west") {
 			t.Errorf("diagnosis lacks west's gateway address: %+v", r.Diagnosis)
+		}
+	})
+
+	// The injection label reaches the namespace only after its pods were
+	// admitted: istiod's webhook decides at admission, so they run
+	// without a sidecar until they are recreated, and verify (which puts
+	// the label back) names them.
+	t.Run("NamespaceWithoutInjectionLabel", func(t *testing.T) {
+		s := startShared(t)
+		s.apply("multi-primary", multiNetwork...)
+		r, code := s.verify(requests, "--keep")
+		t.Cleanup(s.removeSample)
+		wantAll(t, r, code, "east", "west")
+		ctx := context.Background()
+		east := s.lab.Cluster("east").Client()
+		if _, err := east.CoreV1().Namespaces().Patch(ctx, "sample", types.MergePatchType, []byte(`{"metadata":{"labels":{"istio-injection":null}}}`), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		old, err := east.CoreV1().Pods("sample").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		gone := map[string]bool{}
+		for _, p := range old.Items {
+			gone[p.Name] = true
+			if err := east.CoreV1().Pods("sample").Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Their replacements, admitted while the namespace has no label.
+		var bare []string
+		err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+			pods, err := east.CoreV1().Pods("sample").List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return false, nil
+			}
+			bare = nil
+			for _, p := range pods.Items {
+				if gone[p.Name] {
+					return false, nil
+				}
+				if p.Annotations["sidecar.istio.io/status"] != "" || len(p.Spec.InitContainers) > 0 || len(p.Spec.Containers) != 1 {
+					t.Fatalf("east: pod sample/%s was injected in a namespace without the injection label: %v", p.Name, p.Annotations)
+				}
+				bare = append(bare, p.Name)
+			}
+			return len(bare) == len(old.Items), nil
+		})
+		if err != nil {
+			t.Fatalf("east: replacement sample pods: %v (have %v)", err, bare)
+		}
+		r, code = s.verify(requests)
+		if code == 0 || r.OK {
+			t.Fatalf("verify passed with east's sample pods un-injected: %+v", r.Clients)
+		}
+		if a := r.answers("east"); a["v1"] == 0 || a["v2"] != 0 {
+			t.Errorf("east answers %v: want only v1 (a client without a sidecar reaches the local pod through kube-proxy)", a)
+		}
+		// Across networks istiod sends only endpoints that take mTLS: the
+		// gateway routes by the SNI of Istio's mTLS.
+		if a := r.answers("west"); a["v2"] == 0 || a["v1"] != 0 {
+			t.Errorf("west answers %v: want only v2 (east's helloworld has no sidecar to take mTLS through the gateway)", a)
+		}
+		var msg string
+		for _, d := range r.Diagnosis {
+			if d.Name == "sidecar injected" {
+				if d.Cluster != "east" {
+					t.Errorf("diagnosis names un-injected pods in %s: %s", d.Cluster, d.Message)
+				}
+				msg = d.Message
+			}
+		}
+		for _, p := range bare {
+			if !strings.Contains(msg, p) {
+				t.Errorf("diagnosis %q does not name east's un-injected pod %s: %+v", msg, p, r.Diagnosis)
+			}
 		}
 	})
 
