@@ -533,3 +533,21 @@ func (s *scenario) removeSample() {
 		}
 	}
 }
+
+// logNetworks logs the gateways that cluster's istiod knows (its
+// networkz), once it knows none for network or after half a minute.
+func (s *scenario) logNetworks(cluster, network string) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var raw json.RawMessage
+	for _, in := range s.lab.Cluster(cluster).Istiods() {
+		_ = wait.PollUntilContextCancel(ctx, 500*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+			if err := getJSON(ctx, in.Address, "/debug/networkz", &raw); err != nil {
+				return false, nil
+			}
+			return !bytes.Contains(raw, []byte(network)), nil
+		})
+		s.t.Logf("%s: istiod %s networkz: %s", cluster, in.Pod, raw)
+	}
+}
