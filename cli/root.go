@@ -77,6 +77,7 @@ The state key itself can be given as FLOTILLA_STATE_KEY.`,
 		newStatusCommand(g),
 		newCheckCommand(g),
 		newCACommand(g),
+		newFederationCommand(g),
 		newStateCommand(g),
 	)
 	for _, extra := range extraCommands(g) {

@@ -30,7 +30,8 @@ reachable, error, networkLabel, gatewayAddress, rootFingerprint,
 intermediateSerial, intermediateNotAfter, intermediateChainValid, istio
 {name, version, meshID, clusterName, network}, remoteSecrets[] {name,
 namespace, target, expected, healthy, error}, missingRemoteSecrets[]
-(namespace/name), drift[] (strings).`,
+(namespace/name), drift[] (strings). credentials[]: the reader tokens in
+remote secrets {cluster, heldBy[], issuedAt, expiresAt, renewAt}.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(output, "table", "json", "yaml"); err != nil {
@@ -111,7 +112,16 @@ func printStatus(w io.Writer, st *server.Status, output string) error {
 			fmt.Fprintf(w, "replica %s reconciles %s\n", o, strings.Join(owned[o], ", "))
 		}
 	}
-	return nil
+	if len(st.Credentials) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "READER CREDENTIAL OF	HELD BY	ISSUED	EXPIRES	NEXT RENEWAL")
+	for _, c := range st.Credentials {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Cluster, orDash(strings.Join(c.HeldBy, ",")), when(c.IssuedAt), when(c.ExpiresAt), when(c.RenewAt))
+	}
+	return tw.Flush()
 }
 
 func newCheckCommand(g *globals) *cobra.Command {

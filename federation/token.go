@@ -18,9 +18,11 @@ import (
 	"github.com/flotillamesh/flotilla/deploy/kube"
 )
 
-// DefaultTokenLifetime is the lifetime asked of the TokenRequest API (one
-// year); the API server may cap it (--service-account-max-token-expiration).
-const DefaultTokenLifetime = 8760 * time.Hour
+// DefaultTokenLifetime is the lifetime asked of the TokenRequest API (seven
+// days): a leaked reader token is worth little for long, and each renewal
+// is a rotation that drops nothing. The API server may cap it
+// (--service-account-max-token-expiration).
+const DefaultTokenLifetime = 7 * 24 * time.Hour
 
 // Credential is the bearer token of one account in one cluster, as the hub
 // stores it between reconciles so that an unchanged token leaves the remote
@@ -36,6 +38,10 @@ type Credential struct {
 	Expiry time.Time
 	// Legacy marks a token read from a kubernetes.io/service-account-token secret.
 	Legacy bool
+	// Binding is the Secret (in Namespace) the bound token is bound to:
+	// deleting it revokes this token alone. "" for a legacy token, or a
+	// bound token minted before flotilla bound them.
+	Binding string `json:",omitempty"`
 }
 
 // Key identifies the account the credential belongs to.
@@ -56,9 +62,12 @@ func (c Credential) GoString() string { return c.String() }
 type TokenOptions struct {
 	// Lifetime asked of the TokenRequest API; 0 is DefaultTokenLifetime.
 	Lifetime time.Duration
-	// RenewBefore renews a token this long before it expires; 0 is a fifth
-	// of Lifetime (kubelet likewise renews projected tokens at 80%).
+	// RenewBefore renews a token this long before it expires; 0 is half of
+	// Lifetime, so that a hub down for days still renews in time.
 	RenewBefore time.Duration
+	// Rotate renews the credentials of these read clusters whatever their
+	// state (flotilla federation rotate: a suspected leak).
+	Rotate map[string]bool
 	// Legacy uses a long-lived kubernetes.io/service-account-token secret,
 	// as istioctl create-remote-secret does, instead of TokenRequest.
 	Legacy bool
@@ -85,7 +94,16 @@ func (o TokenOptions) renewBefore() time.Duration {
 	if o.RenewBefore > 0 {
 		return o.RenewBefore
 	}
-	return o.lifetime() / 5
+	return o.lifetime() / 2
+}
+
+// RenewAt is when a credential expiring at expiry is renewed; zero for one
+// that does not expire.
+func (o TokenOptions) RenewAt(expiry time.Time) time.Time {
+	if expiry.IsZero() {
+		return time.Time{}
+	}
+	return expiry.Add(-o.renewBefore())
 }
 
 func (o TokenOptions) now() time.Time {
@@ -108,6 +126,9 @@ const (
 	ReasonDue      RenewalReason = "within the renew-before window"
 	ReasonRejected RenewalReason = "refused by TokenReview"
 	ReasonKind     RenewalReason = "token kind changed (legacy/bound)"
+	ReasonRotate   RenewalReason = "rotated on demand"
+	ReasonLifetime RenewalReason = "outlives the configured lifetime"
+	ReasonUnbound  RenewalReason = "not bound to a revocable secret"
 )
 
 // CheckCredential says whether known, a stored credential of account a in
@@ -124,6 +145,9 @@ func CheckCredential(ctx context.Context, c *kube.Cluster, a Account, known *Cre
 	if known.Legacy != o.Legacy {
 		return ReasonKind, nil
 	}
+	if o.Rotate[c.Name] {
+		return ReasonRotate, nil
+	}
 	if !known.Expiry.IsZero() {
 		now := o.now()
 		if !now.Before(known.Expiry) {
@@ -132,6 +156,16 @@ func CheckCredential(ctx context.Context, c *kube.Cluster, a Account, known *Cre
 		if !now.Before(known.Expiry.Add(-o.renewBefore())) {
 			return ReasonDue, nil
 		}
+		// A shorter configured lifetime takes effect at once, not when the
+		// long token it replaces comes due (a minute of slack for clocks).
+		if known.Expiry.Sub(now) > o.lifetime()+time.Minute {
+			return ReasonLifetime, nil
+		}
+	}
+	if !known.Legacy && known.Binding == "" {
+		// Only deleting its account would revoke it, and every token of
+		// the account with it.
+		return ReasonUnbound, nil
 	}
 	current, err := issuedByCurrent(ctx, c, a, *known)
 	if err != nil || !current {
@@ -174,7 +208,10 @@ func issuedByCurrent(ctx context.Context, c *kube.Cluster, a Account, cred Crede
 		return false, fmt.Errorf("%s: read %s: %w", c.Name, a, err)
 	}
 	uid, ok := tokenAccountUID(cred.Token)
-	return ok && uid == string(sa.UID), nil
+	if !ok || uid != string(sa.UID) {
+		return false, nil
+	}
+	return bindingCurrent(ctx, c, a, cred)
 }
 
 // tokenAccountUID reads the account UID claim of a bound service-account
@@ -238,18 +275,26 @@ func RenewCredential(ctx context.Context, c *kube.Cluster, a Account, known *Cre
 	}
 	var cred Credential
 	if o.Legacy {
-		cred, err = legacyToken(ctx, c, a, reason == ReasonRejected, o)
+		cred, err = legacyToken(ctx, c, a, reason == ReasonRejected || reason == ReasonRotate, o)
 	} else {
 		cred, err = requestToken(ctx, c, a, o)
 	}
 	return cred, reason, err
 }
 
-// requestToken mints a bound token; deleting the account revokes it.
+// requestToken mints a token bound to a new binding Secret of its own:
+// deleting that Secret revokes this token alone (RevokeSuperseded), and
+// deleting the account revokes them all.
 func requestToken(ctx context.Context, c *kube.Cluster, a Account, o TokenOptions) (Credential, error) {
+	b, err := applyBinding(ctx, c, a)
+	if err != nil {
+		return Credential{}, err
+	}
 	secs := int64(o.lifetime() / time.Second)
 	tr, err := c.Kube.CoreV1().ServiceAccounts(a.Namespace).CreateToken(ctx, a.Name, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &secs},
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &secs, BoundObjectRef: &authenticationv1.BoundObjectReference{
+			Kind: "Secret", APIVersion: "v1", Name: b.Name, UID: b.UID,
+		}},
 	}, c.CreateOptions())
 	if err != nil {
 		return Credential{}, fmt.Errorf("%s: request token for %s: %w", c.Name, a, err)
@@ -260,7 +305,7 @@ func requestToken(ctx context.Context, c *kube.Cluster, a Account, o TokenOption
 	}
 	return Credential{
 		Cluster: c.Name, Namespace: a.Namespace, Account: a.Name,
-		Token: tr.Status.Token, Expiry: tr.Status.ExpirationTimestamp.Time,
+		Token: tr.Status.Token, Expiry: tr.Status.ExpirationTimestamp.Time, Binding: b.Name,
 	}, nil
 }
 

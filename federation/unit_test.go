@@ -126,11 +126,16 @@ func TestCheckCredentialByTime(t *testing.T) {
 		{"empty token stored", &Credential{}, o, ReasonMissing},
 		{"expired", &Credential{Token: "t", Expiry: now.Add(-time.Second)}, o, ReasonExpired},
 		{"expires now", &Credential{Token: "t", Expiry: now}, o, ReasonExpired},
-		{"inside the default window (a fifth of the lifetime)", &Credential{Token: "t", Expiry: now.Add(19 * time.Hour)}, o, ReasonDue},
+		{"inside the default window (half the lifetime)", &Credential{Token: "t", Expiry: now.Add(49 * time.Hour)}, o, ReasonDue},
 		{"inside an explicit window", &Credential{Token: "t", Expiry: now.Add(40 * time.Hour)},
 			TokenOptions{Lifetime: 100 * time.Hour, RenewBefore: 50 * time.Hour, Now: o.Now}, ReasonDue},
 		{"legacy wanted, bound stored", &Credential{Token: "t", Expiry: now.Add(99 * time.Hour)},
 			TokenOptions{Legacy: true, Now: o.Now}, ReasonKind},
+		{"rotation asked for this cluster", &Credential{Token: "t", Expiry: now.Add(99 * time.Hour), Binding: "b"},
+			TokenOptions{Lifetime: 100 * time.Hour, Rotate: map[string]bool{"east": true}, Now: o.Now}, ReasonRotate},
+		{"longer left than the configured lifetime (a lifetime shortened)", &Credential{Token: "t", Expiry: now.Add(8760 * time.Hour), Binding: "b"},
+			o, ReasonLifetime},
+		{"bound to no secret (minted before bindings)", &Credential{Token: "t", Expiry: now.Add(99 * time.Hour)}, o, ReasonUnbound},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

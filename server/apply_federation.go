@@ -53,10 +53,21 @@ func (h *Hub) federationMesh(p *plan, members []deploy.Member, conns map[string]
 }
 
 func (h *Hub) applyFederation(ctx context.Context, p *plan, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder) {
+	res := h.federate(ctx, p, conns, o, nil, rec)
+	if res == nil || o.DryRun {
+		return
+	}
+	h.revokeSuperseded(ctx, res, conns, supersededGrace, rec)
+}
+
+// federate converges reader accounts, their credentials (renewing those
+// of the read clusters in rotate whatever their state) and remote secrets,
+// and stores the credentials; nil when it could not run.
+func (h *Hub) federate(ctx context.Context, p *plan, conns map[string]*kube.Cluster, o ApplyOptions, rotate map[string]bool, rec *recorder) *federation.Result {
 	known, err := h.loadCredentials(ctx)
 	if err != nil {
 		rec.fail(ctx, "", "remote secrets", fmt.Errorf("state: credentials: %w", err))
-		return
+		return nil
 	}
 	if !o.DryRun {
 		mine := map[string]*kube.Cluster{}
@@ -70,13 +81,14 @@ func (h *Hub) applyFederation(ctx context.Context, p *plan, conns map[string]*ku
 	fm := h.federationMesh(p, p.Layout.Members(), conns)
 	fo := p.Federation
 	fo.Scope = o.Clusters
+	fo.Token.Rotate = rotate
 	if !o.DryRun {
 		fo.Token.BeforeMint = h.recordTokenIntent
 	}
 	res, err := federation.Reconcile(ctx, fm, known, fo)
 	if err != nil {
 		rec.fail(ctx, "", "remote secrets", err)
-		return
+		return nil
 	}
 	for _, t := range res.Targets {
 		if t.OutOfScope {
@@ -99,7 +111,7 @@ func (h *Hub) applyFederation(ctx context.Context, p *plan, conns map[string]*ku
 		rec.add(ctx, s)
 	}
 	if o.DryRun {
-		return
+		return res
 	}
 	// Keep every credential in use, plus the stored ones of clusters that
 	// could not be reached this time (still valid, still in their secrets),
@@ -150,7 +162,10 @@ func (h *Hub) applyFederation(ctx context.Context, p *plan, conns map[string]*ku
 	})
 	if err != nil {
 		rec.fail(ctx, "", "remote secrets", fmt.Errorf("state: store credentials: %w", err))
+		// Not stored: the next apply must not take the old tokens away.
+		return nil
 	}
+	return res
 }
 
 func readersOf(p federation.Plan, target string) string {

@@ -238,6 +238,7 @@ func (s *Server) Handler() http.Handler {
 	api.HandleFunc("POST /api/v1/verify", clusterCall(s.handleVerify))
 	api.HandleFunc("GET /api/v1/journal", s.handleJournal)
 	api.HandleFunc("GET /api/v1/trust", s.handleTrust)
+	api.HandleFunc("POST /api/v1/federation/rotate", clusterCall(s.handleRotateReaders))
 	api.HandleFunc("GET /api/v1/members", s.handleMembers)
 
 	mux := http.NewServeMux()

@@ -108,6 +108,7 @@ type Engine interface {
 	Status(ctx context.Context, m *spec.Mesh) (*Status, error)
 	Check(ctx context.Context, m *spec.Mesh) ([]Check, error)
 	Verify(ctx context.Context, m *spec.Mesh, o VerifyOptions) (*VerifyResult, error)
+	RotateReaders(ctx context.Context, m *spec.Mesh, o ReaderRotationOptions) (*ReaderRotation, error)
 }
 
 var _ Engine = (*Hub)(nil)

@@ -36,6 +36,9 @@ type Status struct {
 	// CRL is the hub's current ca-crl.pem (nil while nothing is revoked).
 	CRL      *CRLInfo        `json:"crl,omitempty"`
 	Clusters []ClusterStatus `json:"clusters"`
+	// Credentials are the reader tokens in remote secrets: when each
+	// expires and when the hub renews it.
+	Credentials []CredentialStatus `json:"credentials"`
 }
 
 // ClusterStatus is one cluster as observed.
@@ -115,6 +118,9 @@ func (h *Hub) status(ctx context.Context, p *plan) (*Status, error) {
 		return nil, fmt.Errorf("state: %w", err)
 	}
 	st := &Status{Mesh: p.Name, Topology: p.Topology, ObservedAt: h.now()}
+	if st.Credentials, err = h.credentialStatus(ctx, p); err != nil {
+		return nil, fmt.Errorf("state: reader credentials: %w", err)
+	}
 	if root != nil {
 		st.RootFingerprint = pki.Fingerprint(root.Cert)
 	}

@@ -303,7 +303,7 @@ func TestParseAppliesDefaults(t *testing.T) {
 		{"pki.keyAlgorithm", s.PKI.KeyAlgorithm, RSA4096},
 		{"pki.rootTTL", s.PKI.RootTTL.Duration, 87600 * time.Hour},
 		{"pki.intermediateTTL", s.PKI.IntermediateTTL.Duration, 17520 * time.Hour},
-		{"federation.tokenTTL", s.Federation.TokenTTL.Duration, 8760 * time.Hour},
+		{"federation.tokenTTL", s.Federation.TokenTTL.Duration, 168 * time.Hour},
 		{"clusters[0].role", s.Clusters[0].Role, federation.RolePrimary},
 		{"clusters[1].gateway.serviceType", s.Clusters[1].Gateway.ServiceType, LoadBalancer},
 		{"allowLoopbackAPIServers", s.AllowLoopbackAPIServers, false},
@@ -369,7 +369,7 @@ func TestHash(t *testing.T) {
 	h0 := mustParse(t, base).Hash()
 	same := []struct{ name, in string }{
 		{"defaults written out", mesh("  topology: multi-primary", "  meshID: mesh1", "  trustDomain: cluster.local",
-			"  pki: {mode: builtin, keyAlgorithm: RSA-4096, rootTTL: 87600h0m0s, intermediateTTL: 17520h}", "  federation: {tokenTTL: 8760h}",
+			"  pki: {mode: builtin, keyAlgorithm: RSA-4096, rootTTL: 87600h0m0s, intermediateTTL: 17520h}", "  federation: {tokenTTL: 168h}",
 			"  clusters:", "  - {name: east, context: east, network: network1, role: primary}", "  - {name: west, context: west, network: network2, gateway: {serviceType: LoadBalancer}}")},
 		{"clusters reordered", mesh("  topology: multi-primary", "  clusters:", twoClusters[2], twoClusters[1])},
 		{"comments and flow style", "# prod\n" + doc("{apiVersion: flotilla.dev/v1alpha1, kind: Mesh, metadata: {name: mesh1}, spec: {topology: multi-primary, clusters: [",

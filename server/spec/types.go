@@ -24,9 +24,9 @@ const (
 	DefaultTrustDomain           = "cluster.local"
 	DefaultControlPlaneNamespace = "istio-system"
 	DefaultKeyAlgorithm          = RSA4096
-	DefaultRootTTL               = 87600 * time.Hour // 10 years
-	DefaultIntermediateTTL       = 17520 * time.Hour // 2 years
-	DefaultTokenTTL              = 8760 * time.Hour  // 1 year
+	DefaultRootTTL               = 87600 * time.Hour  // 10 years
+	DefaultIntermediateTTL       = 17520 * time.Hour  // 2 years
+	DefaultTokenTTL              = 7 * 24 * time.Hour // 7 days: renewed at half life, rotated without a gap
 	DefaultIssuerKind            = "Issuer"
 	DefaultIssuerGroup           = "cert-manager.io"
 )
