@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -176,21 +177,37 @@ func (h *Hub) RotateReaders(ctx context.Context, m *spec.Mesh, o ReaderRotationO
 		cur := creds[key]
 		rr := RotatedReader{Cluster: t.Cluster, Account: t.Account.String(), HeldBy: readersOfTarget(res.Plan, t.Cluster), Revoked: []string{},
 			Binding: cur.Binding, ExpiresAt: cur.Expiry, RenewAt: p.Federation.Token.RenewAt(cur.Expiry)}
-		out.Readers = append(out.Readers, rr)
-		r := &out.Readers[len(out.Readers)-1]
+		r := &rr
 		switch {
 		case t.Err != nil:
 			r.Error = "no new token: " + t.Err.Error()
-			continue
 		case t.Renewed == federation.ReasonNone:
 			r.Error = "no new token was issued"
-			continue
 		case !linksWritten(res, t.Cluster):
 			r.Error = "not every remote secret that reads it was written: the old token stays valid until they are (run flotilla federation rotate again)"
+		}
+		out.Readers = append(out.Readers, rr)
+	}
+	// Each read cluster's wait and revocation runs beside the others'.
+	var wg sync.WaitGroup
+	for i := range out.Readers {
+		r := &out.Readers[i]
+		if r.Error != "" {
 			continue
 		}
-		h.rotateRevoke(ctx, conns, t, cur, old[key], written, settle, r, rec)
+		for _, t := range res.Targets {
+			if t.Cluster != r.Cluster {
+				continue
+			}
+			key := federation.Credential{Cluster: t.Cluster, Namespace: t.Account.Namespace, Account: t.Account.Name}.Key()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				h.rotateRevoke(ctx, conns, t, creds[key], old[key], written, settle, r, rec)
+			}()
+		}
 	}
+	wg.Wait()
 	return out, out.Err()
 }
 
@@ -234,7 +251,8 @@ func (h *Hub) rotateRevoke(ctx context.Context, conns map[string]*kube.Cluster, 
 		r.OldTokenRefused = true // nothing was held before
 		return
 	}
-	// The API server's authenticator reads bindings through a cache: poll.
+	// The API server caches a token's authentication (ten seconds in
+	// kube-apiserver): a token used just before is refused only after that.
 	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, rotationWait, true, func(ctx context.Context) (bool, error) {
 		ok, err := federation.Accepted(ctx, kc, t.Account, prev.Token)
 		return err == nil && !ok, nil
