@@ -57,7 +57,7 @@ func (h *Hub) applyFederation(ctx context.Context, p *plan, conns map[string]*ku
 	if res == nil || o.DryRun {
 		return
 	}
-	h.revokeSuperseded(ctx, res, conns, supersededGrace, rec)
+	h.revokeSuperseded(ctx, res, conns, h.supersededGrace(), rec)
 }
 
 // federate converges reader accounts, their credentials (renewing those
@@ -82,6 +82,7 @@ func (h *Hub) federate(ctx context.Context, p *plan, conns map[string]*kube.Clus
 	fo := p.Federation
 	fo.Scope = o.Clusters
 	fo.Token.Rotate = rotate
+	fo.Token.Now = h.now
 	if !o.DryRun {
 		fo.Token.BeforeMint = h.recordTokenIntent
 	}

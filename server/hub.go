@@ -42,6 +42,10 @@ type Hub struct {
 	// each progress line, and each journal entry once written. The crash
 	// test kills the process from it, at a point of the apply's own.
 	Hook func(point string)
+	// SupersededGrace is how long a renewed reader token stands in the
+	// remote secrets before an apply revokes the one it replaced
+	// (DefaultSupersededGrace when zero).
+	SupersededGrace time.Duration
 
 	mu sync.Mutex // serializes progress lines from parallel steps
 }

@@ -2,14 +2,19 @@ package server
 
 import (
 	"context"
+	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/federation"
+	"github.com/flotillamesh/flotilla/server/state"
 )
 
 // TestRotateReadersLab drives `flotilla federation rotate` through the
@@ -152,6 +157,110 @@ func TestRotateReadersLab(t *testing.T) {
 	for _, s := range rep.Steps {
 		if strings.HasPrefix(s.Step, "reader ") && s.Action != "unchanged" || strings.HasPrefix(s.Step, "secret ") && s.Action != "unchanged" {
 			t.Errorf("apply after the rotations: %s %s: %s (%s)", s.Cluster, s.Step, s.Action, s.Detail)
+		}
+	}
+}
+
+// TestRenewalRevokesAfterGrace is the reconcile loop's renewal, on the
+// lab's API servers: with the stored tokens due, an apply issues new tokens and rewrites the remote secrets but revokes
+// nothing (the replaced tokens still authenticate, for the istiods that have
+// not switched yet); once the new tokens have stood for the grace, the next
+// apply revokes the replaced ones, which are then refused, and rewrites
+// nothing; status shows the new expiries and renewals.
+func TestRenewalRevokesAfterGrace(t *testing.T) {
+	l := testLab.Get(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	h, m, ns := isolatedHub(ctx, t, l, "renew")
+	if rep, err := h.Apply(ctx, m, ApplyOptions{}); err != nil || rep.Err() != nil {
+		t.Fatalf("apply: %v %v", err, rep.Err())
+	}
+	old, err := h.loadCredentials(ctx)
+	if err != nil || len(old) != 2 {
+		t.Fatalf("stored credentials: %d, %v", len(old), err)
+	}
+	acct := federation.Account{Namespace: ns, Name: federation.ReaderServiceAccount}
+	kcs := map[string]*kube.Cluster{}
+	for _, c := range []string{"east", "west"} {
+		if kcs[c], err = l.Cluster(c).Connect(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The stored tokens come due: recorded as expiring in an hour (the
+	// tokens themselves live on; the hub renews by what it recorded).
+	due := slices.Clone(old)
+	for i := range due {
+		due[i].Expiry = time.Now().Add(time.Hour)
+	}
+	data, err := json.Marshal(due)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Store.Update(ctx, func(tx *state.Tx) error { return tx.PutSecret(credentialsSecret, data) }); err != nil {
+		t.Fatal(err)
+	}
+	h.SupersededGrace = 5 * time.Second
+
+	steps := []struct {
+		name                string
+		wait                time.Duration
+		issued, revoked     int
+		secretsUpdated      int
+		oldTokensAuthorized bool
+	}{
+		{"due: renewed, old tokens kept inside the grace", 0, 2, 0, 2, true},
+		{"after the grace: old tokens revoked, nothing rewritten", 6 * time.Second, 0, 2, 0, false},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			time.Sleep(st.wait)
+			rep, err := h.Apply(ctx, m, ApplyOptions{Source: "reconcile"})
+			if err != nil || rep.Err() != nil {
+				t.Fatalf("apply: %v %v", err, rep.Err())
+			}
+			count := map[string]int{}
+			for _, s := range rep.Steps {
+				switch {
+				case strings.HasPrefix(s.Step, "reader ") && s.Action == "token issued":
+					count["issued"]++
+					if s.Detail != string(federation.ReasonDue) {
+						t.Errorf("%s: issued for %q, want %q", s.Cluster, s.Detail, federation.ReasonDue)
+					}
+				case strings.HasPrefix(s.Step, "reader ") && s.Action == "revoked":
+					count["revoked"]++
+				case strings.HasPrefix(s.Step, "secret ") && s.Action == "updated":
+					count["updated"]++
+				}
+			}
+			if count["issued"] != st.issued || count["revoked"] != st.revoked || count["updated"] != st.secretsUpdated {
+				t.Errorf("apply: %v, want %d issued, %d revoked, %d secrets updated", count, st.issued, st.revoked, st.secretsUpdated)
+			}
+			for _, c := range old {
+				if st.oldTokensAuthorized {
+					if ok, err := federation.Accepted(ctx, kcs[c.Cluster], acct, c.Token); err != nil || !ok {
+						t.Errorf("%s: the replaced token is refused inside the grace (%v)", c.Cluster, err)
+					}
+					continue
+				}
+				start := time.Now()
+				err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+					ok, err := federation.Accepted(ctx, kcs[c.Cluster], acct, c.Token)
+					return err == nil && !ok, nil
+				})
+				if err != nil {
+					t.Errorf("%s: the replaced token is still accepted after its revocation", c.Cluster)
+				}
+				t.Logf("%s: replaced token refused %s after the apply", c.Cluster, time.Since(start).Round(time.Millisecond))
+			}
+		})
+	}
+	st, err := h.Status(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cr := range st.Credentials {
+		if d := cr.RenewAt.Sub(h.now()); d < federation.DefaultTokenLifetime/2-time.Hour {
+			t.Errorf("%s: next renewal in %v, want about %v after the renewal", cr.Cluster, d, federation.DefaultTokenLifetime/2)
 		}
 	}
 }

@@ -12,12 +12,19 @@ import (
 	"github.com/flotillamesh/flotilla/federation"
 )
 
-// supersededGrace is how long a renewed reader token is in the remote
+// DefaultSupersededGrace is how long a renewed reader token is in the remote
 // secrets before the reconcile loop revokes the token it replaced: istiod
 // replaces a remote cluster only once the one built from the new secret has
 // synced (make-before-break), which takes moments; an istiod that reports
 // the cluster not synced holds the revocation longer.
-const supersededGrace = 2 * time.Minute
+const DefaultSupersededGrace = 2 * time.Minute
+
+func (h *Hub) supersededGrace() time.Duration {
+	if h.SupersededGrace > 0 {
+		return h.SupersededGrace
+	}
+	return DefaultSupersededGrace
+}
 
 // revokeSuperseded revokes the tokens superseded by each read cluster's
 // current credential, for the read clusters whose every remote secret was
@@ -42,7 +49,9 @@ func (h *Hub) revokeSuperseded(ctx context.Context, res *federation.Result, conn
 			h.progressf(t.Cluster, "reader %s: superseded tokens kept: %s", t.Account, why)
 			continue
 		}
-		revoked, err := federation.RevokeSuperseded(ctx, kc, t.Account, keep, grace, h.now())
+		// Real time against the API server's timestamps: the grace is for
+		// istiod, whatever the hub's clock says.
+		revoked, err := federation.RevokeSuperseded(ctx, kc, t.Account, keep, grace, time.Now())
 		for _, r := range revoked {
 			rec.add(ctx, Step{Cluster: t.Cluster, Step: "reader " + t.Account.String(), Action: "revoked",
 				Detail: fmt.Sprintf("superseded token (binding secret %s/%s deleted; replaced %s)", t.Account.Namespace, r.Binding, r.Superseded.UTC().Format(time.RFC3339))})
