@@ -115,8 +115,9 @@ type Revocation struct {
 // in use for grace (its binding's age): the remote secrets must hold keep
 // before the tokens they held stop working. The caller has written keep into
 // every remote secret that reads c. Nothing is revoked for a keep that is
-// not bound (legacy tokens).
-func RevokeSuperseded(ctx context.Context, c *kube.Cluster, a Account, keep Credential, grace time.Duration, now time.Time) ([]Revocation, error) {
+// not bound (legacy tokens). hold, when set, is asked only when there is a
+// token to revoke: true keeps them all for now (a reader not switched yet).
+func RevokeSuperseded(ctx context.Context, c *kube.Cluster, a Account, keep Credential, grace time.Duration, now time.Time, hold func(context.Context) bool) ([]Revocation, error) {
 	if keep.Binding == "" {
 		return nil, nil
 	}
@@ -137,7 +138,10 @@ func RevokeSuperseded(ctx context.Context, c *kube.Cluster, a Account, keep Cred
 		return nil, nil
 	}
 	since := current.CreationTimestamp.Time
-	if now.Sub(since) < grace {
+	if now.Sub(since) < grace || len(list.Items) < 2 {
+		return nil, nil
+	}
+	if hold != nil && hold(ctx) {
 		return nil, nil
 	}
 	sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].Name < list.Items[j].Name })

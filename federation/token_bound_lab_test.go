@@ -74,10 +74,15 @@ func TestLabRotateBoundTokens(t *testing.T) {
 				}
 			}
 			// A grace the new token has not served yet revokes nothing.
-			if rv, err := RevokeSuperseded(ctx, westKube, acct, cur, time.Hour, time.Now()); err != nil || len(rv) != 0 {
+			if rv, err := RevokeSuperseded(ctx, westKube, acct, cur, time.Hour, time.Now(), nil); err != nil || len(rv) != 0 {
 				t.Fatalf("revocation inside the grace: %v, %v; want nothing", rv, err)
 			}
-			rv, err := RevokeSuperseded(ctx, westKube, acct, cur, 0, time.Now())
+			// A reader not switched yet holds it.
+			held := false
+			if rv, err := RevokeSuperseded(ctx, westKube, acct, cur, 0, time.Now(), func(context.Context) bool { held = true; return true }); err != nil || len(rv) != 0 || !held {
+				t.Fatalf("revocation held by a reader: %v, %v (asked %v); want nothing", rv, err, held)
+			}
+			rv, err := RevokeSuperseded(ctx, westKube, acct, cur, 0, time.Now(), nil)
 			if err != nil || len(rv) != 1 || rv[0].Binding != prev.Binding {
 				t.Fatalf("revoked %+v (%v), want exactly the binding %s", rv, err, prev.Binding)
 			}
@@ -111,7 +116,7 @@ func TestLabRotateBoundTokens(t *testing.T) {
 			if cur.Token != prev.Token || link.Action != Unchanged {
 				t.Errorf("second pass: token kept %v, east's secret %s; want kept and unchanged", cur.Token == prev.Token, link.Action)
 			}
-			if rv, err := RevokeSuperseded(ctx, westKube, acct, cur, 0, time.Now()); err != nil || len(rv) != 0 {
+			if rv, err := RevokeSuperseded(ctx, westKube, acct, cur, 0, time.Now(), nil); err != nil || len(rv) != 0 {
 				t.Errorf("revoked %+v (%v), want nothing: no token superseded", rv, err)
 			}
 			return cur

@@ -237,7 +237,7 @@ func (h *Hub) rotateRevoke(ctx context.Context, conns map[string]*kube.Cluster, 
 	r.IstiodSyncedMillis = h.now().Sub(written).Milliseconds()
 	rec.add(ctx, Step{Cluster: t.Cluster, Step: step, Action: "synced", Detail: fmt.Sprintf("every reading istiod reports %s synced %s after the new secrets", t.Cluster, time.Duration(r.IstiodSyncedMillis)*time.Millisecond)})
 	revokedAt := h.now()
-	revoked, err := federation.RevokeSuperseded(ctx, kc, t.Account, cur, 0, time.Now())
+	revoked, err := federation.RevokeSuperseded(ctx, kc, t.Account, cur, 0, time.Now(), nil)
 	for _, rv := range revoked {
 		r.Revoked = append(r.Revoked, rv.Binding)
 		rec.add(ctx, Step{Cluster: t.Cluster, Step: step, Action: "revoked", Detail: "binding secret " + t.Account.Namespace + "/" + rv.Binding + " deleted"})

@@ -45,13 +45,16 @@ func (h *Hub) revokeSuperseded(ctx context.Context, res *federation.Result, conn
 		if !ok || keep.Binding == "" || !linksWritten(res, t.Cluster) {
 			continue
 		}
-		if why := istiodsNotSynced(ctx, conns, readersOfTarget(res.Plan, t.Cluster), t.Cluster); why != "" {
-			h.progressf(t.Cluster, "reader %s: superseded tokens kept: %s", t.Account, why)
-			continue
+		hold := func(ctx context.Context) bool {
+			why := istiodsNotSynced(ctx, conns, readersOfTarget(res.Plan, t.Cluster), t.Cluster)
+			if why != "" {
+				h.progressf(t.Cluster, "reader %s: superseded tokens kept: %s", t.Account, why)
+			}
+			return why != ""
 		}
 		// Real time against the API server's timestamps: the grace is for
 		// istiod, whatever the hub's clock says.
-		revoked, err := federation.RevokeSuperseded(ctx, kc, t.Account, keep, grace, time.Now())
+		revoked, err := federation.RevokeSuperseded(ctx, kc, t.Account, keep, grace, time.Now(), hold)
 		for _, r := range revoked {
 			rec.add(ctx, Step{Cluster: t.Cluster, Step: "reader " + t.Account.String(), Action: "revoked",
 				Detail: fmt.Sprintf("superseded token (binding secret %s/%s deleted; replaced %s)", t.Account.Namespace, r.Binding, r.Superseded.UTC().Format(time.RFC3339))})
