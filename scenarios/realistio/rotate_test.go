@@ -213,7 +213,11 @@ func TestRotateUnderTraffic(t *testing.T) {
 		ts.mu.Unlock()
 		vs := views[c]
 		vs.mu.Lock()
-		t.Logf("%s's istiod clusterz (pod proxy), %s as seen in %d reads: %v", c, other[c], vs.reads, vs.seen)
+		t.Logf("%s's istiod clusterz (pod proxy), %s as seen in %d reads: %v, longest time not synced %s (istiod lists the replacement as syncing while the previous one serves); %d reads unanswered (%s)",
+			c, other[c], vs.reads, vs.seen, vs.longest.Round(time.Millisecond), vs.failed, vs.lastErr)
+		if !vs.since.IsZero() {
+			t.Errorf("%s's istiod: %s not synced at the end (since %s)", c, other[c], vs.since.Format(time.RFC3339Nano))
+		}
 		for st, n := range vs.seen {
 			if st != "synced" && st != "syncing" {
 				t.Errorf("%s's istiod: %s was %s in %d of %d reads of clusterz", c, other[c], st, n, vs.reads)
@@ -442,7 +446,14 @@ func (ts *trafficStats) request(client *http.Client, inflight *sync.WaitGroup) {
 type clusterzStats struct {
 	mu    sync.Mutex
 	reads int
-	seen  map[string]int // status ("missing" when not listed, "error: ..." when unread)
+	seen  map[string]int // status ("missing" when not listed)
+	// failed counts the reads that got no answer, lastErr the last error.
+	failed  int
+	lastErr string
+	// since is when the current run of reads other than synced began;
+	// longest is the longest such run that ended.
+	since   time.Time
+	longest time.Duration
 }
 
 // poll reads istiod's /debug/clusterz through the API server's pod proxy
@@ -464,17 +475,27 @@ func (vs *clusterzStats) poll(ctx context.Context, kc *kube.Cluster, in lab.Isti
 		if err == nil {
 			err = json.Unmarshal(body, &clusters)
 		}
-		if err != nil {
-			st = "error: " + err.Error()
-		}
 		for _, c := range clusters {
 			if c.ID == id {
 				st = c.SyncStatus
 			}
 		}
 		vs.mu.Lock()
-		vs.reads++
-		vs.seen[st]++
+		if err != nil {
+			// The read failed (a busy API server): istiod said nothing.
+			vs.failed++
+			vs.lastErr = err.Error()
+		} else {
+			vs.reads++
+			vs.seen[st]++
+			switch {
+			case st != "synced" && vs.since.IsZero():
+				vs.since = time.Now()
+			case st == "synced" && !vs.since.IsZero():
+				vs.longest = max(vs.longest, time.Since(vs.since))
+				vs.since = time.Time{}
+			}
+		}
 		vs.mu.Unlock()
 		time.Sleep(100 * time.Millisecond)
 	}
