@@ -50,7 +50,10 @@ var helloLine = regexp.MustCompile(`Hello version: (v\d+), instance: `)
 // versions keep answering each client (the remote version is reachable only
 // while istiod reads the other cluster). istiod's /debug/clusterz, read
 // through the API server's pod proxy as flotilla reads it, is polled all
-// along: the other cluster must never be missing, timed out or closed.
+// along: the other cluster must never be missing, timed out or closed
+// (istiod lists the replacement built from the new secret as syncing for a
+// moment while the previous one keeps serving: make-before-break; the test
+// measures that span and requires synced at the end).
 // istiod's own log must say, after each rotation, that it replaced the
 // remote cluster once the one built from the new secret synced; every
 // replaced token is refused afterwards (401 on a real request).
