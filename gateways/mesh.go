@@ -90,6 +90,9 @@ func withGateway(p deploy.ClusterPlan) (ClusterPlan, error) {
 			// Injected by the external istiod's revision, not the default one.
 			g.Revision = deploy.ExternalIstiodName
 		}
+		if p.ExposesAPIServer {
+			g.Ports = append(g.Ports, Port{deploy.PortAPIServerName, PortAPIServer})
+		}
 	default:
 		return ClusterPlan{}, fmt.Errorf("%s: unknown gateway kind %q", p.Cluster, p.GatewayKind)
 	}
@@ -116,6 +119,9 @@ func withGateway(p deploy.ClusterPlan) (ClusterPlan, error) {
 		}
 		if p.ExposesIstiod {
 			extra = append(extra, IstiodGateway(p.Namespace), IstiodVirtualService(p.Namespace))
+		}
+		if p.ExposesAPIServer {
+			extra = append(extra, APIServerGateway(p.Namespace), APIServerVirtualService(p.Namespace))
 		}
 	}
 	for _, u := range extra {
