@@ -29,8 +29,10 @@ rootFingerprint, observedAt, clusters[]. Per cluster: name, role, network,
 reachable, error, networkLabel, gatewayAddress, rootFingerprint,
 intermediateSerial, intermediateNotAfter, intermediateChainValid, istio
 {name, version, meshID, clusterName, network}, remoteSecrets[] {name,
-namespace, target, expected, healthy, error}, missingRemoteSecrets[]
-(namespace/name), drift[] (strings).`,
+namespace, target, expected, healthy, error, server, tlsServerName, path
+(direct <server>, or via gateway <host:port>)}, missingRemoteSecrets[]
+(namespace/name), drift[] (strings). The table lists the clusters, then
+every remote secret as a link: reader, target, path and health.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(output, "table", "json", "yaml"); err != nil {
@@ -111,7 +113,30 @@ func printStatus(w io.Writer, st *server.Status, output string) error {
 			fmt.Fprintf(w, "replica %s reconciles %s\n", o, strings.Join(owned[o], ", "))
 		}
 	}
-	return nil
+	return printLinks(w, st)
+}
+
+// printLinks lists every remote secret as a link: who reads whom, by which
+// path (direct, or via the target's east-west gateway) and whether the
+// reader authenticates through it.
+func printLinks(w io.Writer, st *server.Status) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	n := 0
+	for _, c := range st.Clusters {
+		for _, rs := range c.RemoteSecrets {
+			if n == 0 {
+				fmt.Fprintln(w)
+				fmt.Fprintln(tw, "READER\tTARGET\tPATH\tSECRET\tHEALTHY")
+			}
+			n++
+			health := "yes"
+			if !rs.Healthy {
+				health = "no: " + rs.Error
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s/%s\t%s\n", c.Name, orDash(rs.Target), orDash(rs.Path), rs.Namespace, rs.Name, health)
+		}
+	}
+	return tw.Flush()
 }
 
 func newCheckCommand(g *globals) *cobra.Command {

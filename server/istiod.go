@@ -169,7 +169,7 @@ func istiodCheck(c ClusterStatus) *Check {
 		for id, st := range v.RemoteClusters {
 			seen[id] = st
 			if st != "synced" {
-				problems = append(problems, fmt.Sprintf("istiod %s/%s: cluster %s is %s", v.Namespace, v.Pod, id, st))
+				problems = append(problems, fmt.Sprintf("istiod %s/%s: cluster %s is %s%s", v.Namespace, v.Pod, id, st, readPath(c, id)))
 			}
 		}
 	}
@@ -195,6 +195,17 @@ func istiodCheck(c ClusterStatus) *Check {
 	sort.Strings(ids)
 	ck.Message = "synced: " + strings.Join(ids, ", ")
 	return ck
+}
+
+// readPath is " (read <path>)" for the remote secret of c that reads
+// target, so that a cluster istiod cannot sync names the way it is read.
+func readPath(c ClusterStatus, target string) string {
+	for _, rs := range c.RemoteSecrets {
+		if rs.Target == target && rs.Path != "" {
+			return " (read " + rs.Path + ")"
+		}
+	}
+	return ""
 }
 
 // istiodCACheck says whether the cluster's istiods sign with the plug-in CA
