@@ -292,6 +292,10 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 				runGatewayInjection(bg, c, logw)
 			}()
 		}
+		if o.RealIstio {
+			l.wg.Add(1)
+			go func() { defer l.wg.Done(); runAPIEndpoint(bg, c, logw) }()
+		}
 	}
 	fmt.Fprintf(logw, "lab: %d cluster(s) ready in %s; KUBECONFIG=%s\n", len(l.clusters), time.Since(start).Round(100*time.Millisecond), l.Kubeconfig)
 	return l, nil
