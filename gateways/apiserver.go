@@ -1,10 +1,17 @@
 package gateways
 
 import (
+	"context"
+	"fmt"
+
 	networking "istio.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/flotillamesh/flotilla/deploy"
+	"github.com/flotillamesh/flotilla/deploy/kube"
 )
 
 // Names of the resources that expose a cluster's API server on its
@@ -54,4 +61,40 @@ func APIServerVirtualService(namespace string) *unstructured.Unstructured {
 			}}},
 		}},
 	})
+}
+
+// UnexposeAPIServer deletes the API server's Gateway and VirtualService
+// from namespace when flotilla wrote them (its managed-by label), for a
+// cluster no longer read through its gateway: leaving them would keep the
+// API server exposed after the spec says direct. (The gateway Service's
+// tls-kube-api port goes with the next apply of the Service, whose ports
+// flotilla's field manager owns.) It returns the objects deleted.
+func UnexposeAPIServer(ctx context.Context, c *kube.Cluster, namespace string) ([]string, error) {
+	var deleted []string
+	for _, u := range []*unstructured.Unstructured{APIServerGateway(namespace), APIServerVirtualService(namespace)} {
+		ref := kube.ObjectRef(u)
+		gvr, _, err := c.Resource(u.GroupVersionKind())
+		if meta.IsNoMatchError(err) {
+			continue // no Istio CRDs: nothing of the kind was written
+		}
+		if err != nil {
+			return deleted, fmt.Errorf("%s: %s: %w", c.Name, ref, err)
+		}
+		ri := c.Dynamic.Resource(gvr).Namespace(namespace)
+		got, err := ri.Get(ctx, u.GetName(), metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return deleted, fmt.Errorf("%s: read %s: %w", c.Name, ref, err)
+		}
+		if got.GetLabels()[ManagedByLabel] != ManagedBy {
+			continue // someone else's
+		}
+		if err := ri.Delete(ctx, u.GetName(), c.DeleteOptions()); err != nil && !apierrors.IsNotFound(err) {
+			return deleted, fmt.Errorf("%s: delete %s: %w", c.Name, ref, err)
+		}
+		deleted = append(deleted, ref)
+	}
+	return deleted, nil
 }

@@ -207,6 +207,17 @@ func ApplyMeshScoped(ctx context.Context, clusters map[string]*kube.Cluster, l *
 				refused = append(refused, err)
 			}
 		}
+		if !p.ExposesAPIServer {
+			gone, err := UnexposeAPIServer(ctx, c.As(kube.ManagerGateways), p.Namespace)
+			for _, ref := range gone {
+				if progress != nil {
+					progress(fmt.Sprintf("%s: %s: deleted (the API server is no longer read through the gateway)", p.Cluster, ref))
+				}
+			}
+			if err != nil {
+				return res, err
+			}
+		}
 	}
 	addresses := map[string]string{}
 	for _, p := range plans {
