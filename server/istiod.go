@@ -185,6 +185,9 @@ func istiodCheck(c ClusterStatus) *Check {
 	if len(problems) > 0 {
 		ck.Message = strings.Join(problems, "; ")
 		ck.Hint = "istiod reads remote clusters with the remote secrets' reader tokens: run flotilla apply, then look at istiod's log for the remote cluster's sync errors (a missing permission in the reader's ClusterRole shows there)"
+		if strings.Contains(ck.Message, "(read direct ") {
+			ck.Hint += "; a cluster read directly whose API server is not reachable from the reading cluster's network (a private cluster) needs apiServerAccess: gateway in the spec"
+		}
 		return ck
 	}
 	ck.OK = true
