@@ -52,7 +52,8 @@ spec:
   - {name: east, context: east, network: network1, kubeconfig: %[1]s, apiServerAccess: gateway}
   - {name: west, context: west, network: network2, kubeconfig: %[1]s, apiServerAccess: gateway}
 `, l.Kubeconfig)
-	h, m := applyUntilClean(t, ctx, l, doc)
+	h := labHub(t, ctx, l)
+	m := applyUntilClean(t, ctx, h, doc)
 
 	gw := map[string]string{}
 	for _, c := range l.Clusters() {
@@ -172,18 +173,17 @@ spec:
 	}
 }
 
-// applyUntilClean applies doc with the lab's hub until an apply succeeds
+// applyUntilClean applies doc with hub h until an apply succeeds
 // in every cluster (at most three): a gateway path answers once the
 // gateway's router has its listeners from istiod, which the first apply
 // may reach before, as an operator's second apply or the hub's reconcile
 // would.
-func applyUntilClean(t *testing.T, ctx context.Context, l *lab.Lab, doc string) (*server.Hub, *spec.Mesh) {
+func applyUntilClean(t *testing.T, ctx context.Context, h *server.Hub, doc string) *spec.Mesh {
 	t.Helper()
 	m, err := spec.Parse("mesh.yaml", []byte(doc))
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := labHub(t, ctx, l)
 	var last error
 	for i := 1; i <= 3; i++ {
 		start := time.Now()
@@ -193,13 +193,13 @@ func applyUntilClean(t *testing.T, ctx context.Context, l *lab.Lab, doc string) 
 		}
 		if last = rep.Err(); last == nil {
 			t.Logf("apply %d: clean in %s", i, time.Since(start).Round(100*time.Millisecond))
-			return h, m
+			return m
 		}
 		t.Logf("apply %d: %v", i, last)
 		time.Sleep(5 * time.Second)
 	}
 	t.Fatalf("apply: %v", last)
-	return nil, nil
+	return nil
 }
 
 // labHub is a hub whose state lives with the lab, not the test: every test
