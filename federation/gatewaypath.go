@@ -1,10 +1,12 @@
 package federation
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
 	"strconv"
+	"time"
 
 	"k8s.io/client-go/rest"
 
@@ -63,4 +65,34 @@ func (ep Endpoint) Path() string {
 		return "via gateway " + ep.Gateway
 	}
 	return "direct " + ep.Server
+}
+
+// DefaultGatewayWait is Options.GatewayWait's default.
+const DefaultGatewayWait = 30 * time.Second
+
+// probePath probes ep once for a direct path; a gateway path is probed
+// again every second, up to o.GatewayWait, until it answers: the first
+// apply that exposes an API server writes the gateway's Gateway and
+// VirtualService moments before the gateway's proxy listens on the port.
+func probePath(ctx context.Context, cluster string, ep Endpoint, o Options) error {
+	err := Probe(ctx, cluster, ep, o.ProbeTimeout)
+	if err == nil || ep.Gateway == "" {
+		return err
+	}
+	wait := o.GatewayWait
+	if wait <= 0 {
+		wait = DefaultGatewayWait
+	}
+	deadline := time.Now().Add(wait)
+	for time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Second):
+		}
+		if err = Probe(ctx, cluster, ep, o.ProbeTimeout); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w (through its east-west gateway %s, for %s)", err, ep.Gateway, wait)
 }

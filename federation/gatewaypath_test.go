@@ -1,8 +1,15 @@
 package federation
 
 import (
+	"context"
+	"encoding/pem"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"k8s.io/client-go/rest"
 )
@@ -55,5 +62,71 @@ func TestGatewayEndpoint(t *testing.T) {
 	}
 	if p := (Endpoint{Server: "https://10.0.0.1:6443"}).Path(); p != "direct https://10.0.0.1:6443" {
 		t.Errorf("direct path %q", p)
+	}
+}
+
+// TestProbePathWaitsForGateway: a gateway path that starts answering a
+// moment after the first probe is taken once it does; one that never
+// answers fails after GatewayWait naming the gateway; a direct path is
+// probed once.
+func TestProbePathWaitsForGateway(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusUnauthorized) }))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // the gateway's port: nothing listens yet
+	srv.StartTLS()
+	defer srv.Close()
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	// httptest's certificate names example.com: the name the probe sends.
+	late := func(d time.Duration) {
+		time.Sleep(d)
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return
+		}
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					up, err := net.Dial("tcp", srv.Listener.Addr().String())
+					if err != nil {
+						c.Close()
+						return
+					}
+					go func() { _, _ = io.Copy(up, c); up.Close() }()
+					_, _ = io.Copy(c, up)
+					c.Close()
+				}()
+			}
+		}()
+		t.Cleanup(func() { l.Close() })
+	}
+	ep := Endpoint{Server: "https://" + addr, CAData: ca, TLSServerName: "example.com", Gateway: addr}
+	ctx := context.Background()
+
+	go late(1500 * time.Millisecond)
+	start := time.Now()
+	if err := probePath(ctx, "west", ep, Options{GatewayWait: 10 * time.Second}); err != nil {
+		t.Fatalf("gateway path answering after 1.5s: %v", err)
+	}
+	t.Logf("taken after %s", time.Since(start).Round(100*time.Millisecond))
+
+	dead := ep
+	dead.Server, dead.Gateway = "https://127.0.0.1:1", "127.0.0.1:1"
+	err = probePath(ctx, "west", dead, Options{GatewayWait: 2 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "through its east-west gateway 127.0.0.1:1, for 2s") {
+		t.Errorf("dead gateway path: %v", err)
+	}
+	direct := dead
+	direct.Gateway = ""
+	start = time.Now()
+	if err := probePath(ctx, "west", direct, Options{GatewayWait: 10 * time.Second}); err == nil || time.Since(start) > 5*time.Second {
+		t.Errorf("dead direct path: %v after %s, want a failure at once", err, time.Since(start))
 	}
 }

@@ -93,6 +93,10 @@ type Options struct {
 	AllowLoopback bool
 	// ProbeTimeout bounds each API server reachability probe (5s).
 	ProbeTimeout time.Duration
+	// GatewayWait bounds how long a gateway path is probed again until it
+	// answers (30s): a gateway just configured to expose the API server
+	// opens its port once its proxy has the listener.
+	GatewayWait time.Duration
 	// Parallelism bounds the clusters worked on at once (8).
 	Parallelism int
 	// Scope, when not empty, limits the reconcile to the writes into these
@@ -351,7 +355,7 @@ func prepareTarget(ctx context.Context, spec *Cluster, access deploy.APIServerAc
 		return nil, err
 	}
 	tr.Endpoint = ep
-	if err := Probe(ctx, spec.Name, ep, o.ProbeTimeout); err != nil {
+	if err := probePath(ctx, spec.Name, ep, o); err != nil {
 		return nil, err
 	}
 	if err := ApplyAccount(ctx, c, acct); err != nil {
