@@ -29,9 +29,12 @@ rootFingerprint, observedAt, clusters[]. Per cluster: name, role, network,
 reachable, error, networkLabel, gatewayAddress, rootFingerprint,
 intermediateSerial, intermediateNotAfter, intermediateChainValid, istio
 {name, version, meshID, clusterName, network}, remoteSecrets[] {name,
-namespace, target, expected, healthy, error}, missingRemoteSecrets[]
+namespace, target, expected, healthy, error, server, tlsServerName, path
+(direct <server>, or via gateway <host:port>)}, missingRemoteSecrets[]
 (namespace/name), drift[] (strings). credentials[]: the reader tokens in
-remote secrets {cluster, heldBy[], issuedAt, expiresAt, renewAt}.`,
+remote secrets {cluster, heldBy[], issuedAt, expiresAt, renewAt}. The table
+lists the clusters, then every remote secret as a link (reader, target,
+path and health), then every reader credential with its next renewal.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(output, "table", "json", "yaml"); err != nil {
@@ -112,12 +115,43 @@ func printStatus(w io.Writer, st *server.Status, output string) error {
 			fmt.Fprintf(w, "replica %s reconciles %s\n", o, strings.Join(owned[o], ", "))
 		}
 	}
+	if err := printLinks(w, st); err != nil {
+		return err
+	}
+	return printCredentials(w, st)
+}
+
+// printLinks lists every remote secret as a link: who reads whom, by which
+// path (direct, or via the target's east-west gateway) and whether the
+// reader authenticates through it.
+func printLinks(w io.Writer, st *server.Status) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	n := 0
+	for _, c := range st.Clusters {
+		for _, rs := range c.RemoteSecrets {
+			if n == 0 {
+				fmt.Fprintln(w)
+				fmt.Fprintln(tw, "READER\tTARGET\tPATH\tSECRET\tHEALTHY")
+			}
+			n++
+			health := "yes"
+			if !rs.Healthy {
+				health = "no: " + rs.Error
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s/%s\t%s\n", c.Name, orDash(rs.Target), orDash(rs.Path), rs.Namespace, rs.Name, health)
+		}
+	}
+	return tw.Flush()
+}
+
+// printCredentials lists the reader tokens with their expiry and next renewal.
+func printCredentials(w io.Writer, st *server.Status) error {
 	if len(st.Credentials) == 0 {
 		return nil
 	}
 	fmt.Fprintln(w)
-	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "READER CREDENTIAL OF	HELD BY	ISSUED	EXPIRES	NEXT RENEWAL")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "READER CREDENTIAL OF\tHELD BY\tISSUED\tEXPIRES\tNEXT RENEWAL")
 	for _, c := range st.Credentials {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Cluster, orDash(strings.Join(c.HeldBy, ",")), when(c.IssuedAt), when(c.ExpiresAt), when(c.RenewAt))
 	}

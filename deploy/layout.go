@@ -98,6 +98,10 @@ type Placement struct {
 	// ExposesIstiod: the east-west gateway exposes this primary's istiod to
 	// the remotes it serves.
 	ExposesIstiod bool
+	// ExposesAPIServer: the east-west gateway passes TLS through to this
+	// cluster's API server (APIServerAccess gateway), and the secrets that
+	// read it name the gateway.
+	ExposesAPIServer bool
 }
 
 // HoldsCA reports whether the cluster holds an intermediate CA (cacerts).
@@ -202,6 +206,11 @@ func Compile(t Topology, members []Member, ns Namespaces) (*Layout, error) {
 		if m.Role == "" {
 			m.Role = RolePrimary
 		}
+		access, err := normalizeAccess(m)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		m.APIServerAccess = access
 		if msgs := validation.IsDNS1123Label(m.Name); len(msgs) > 0 {
 			errs = append(errs, fmt.Errorf("cluster %q: invalid name: %s", m.Name, strings.Join(msgs, "; ")))
 			continue
@@ -264,6 +273,14 @@ func Compile(t Topology, members []Member, ns Namespaces) (*Layout, error) {
 	l.links = l.compileLinks()
 	for i := range l.Clusters {
 		l.place(&l.Clusters[i])
+	}
+	for _, p := range l.Clusters {
+		if p.APIServerAccess == APIServerViaGateway && len(p.ReadBy) == 0 {
+			errs = append(errs, fmt.Errorf("cluster %s: apiServerAccess gateway, but no cluster of topology %s reads it (only the clusters remote secrets read expose their API server)", p.Name, l.Topology))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	return l, nil
 }
@@ -344,6 +361,7 @@ func (l *Layout) place(p *Placement) {
 		p.GatewayKind = EastWestGateway
 		p.CrossNetwork = l.MultiNetwork
 		p.ExposesIstiod = exposesIstiod(*p)
+		p.ExposesAPIServer = p.APIServerAccess == APIServerViaGateway
 	}
 }
 
@@ -390,10 +408,11 @@ func exposesIstiod(p Placement) bool {
 
 // hasEastWest: clusters with workloads on a multi-network mesh route
 // cross-network traffic through their east-west gateway; a primary serving
-// remotes exposes istiod through it even on a single network.
+// remotes exposes istiod through it, and a cluster read through its gateway
+// its API server, even on a single network.
 func (l *Layout) hasEastWest(p Placement) bool {
 	if p.Role == RoleControlPlane {
 		return false
 	}
-	return l.MultiNetwork || exposesIstiod(p)
+	return l.MultiNetwork || exposesIstiod(p) || p.APIServerAccess == APIServerViaGateway
 }

@@ -135,6 +135,9 @@ type ClusterPlan struct {
 	// ExposesIstiod: the east-west gateway exposes this primary's istiod to
 	// the remotes it serves.
 	ExposesIstiod bool
+	// ExposesAPIServer: the east-west gateway passes TLS through to the
+	// cluster's API server on PortAPIServer.
+	ExposesAPIServer bool
 	// Setup are the namespaces.
 	Setup []kube.Object
 	// ControlPlane are the Sail IstioCNI and Istio resources.
@@ -207,7 +210,7 @@ func (l *Layout) plan(m Placement, opts Options, addresses map[string]string) (C
 	p := &planner{l: l, m: m, opts: opts}
 	p.out = ClusterPlan{Cluster: m.Name, Role: m.Role, Network: m.Network, Namespace: m.Namespace,
 		ExternalNamespace: l.Namespaces.External, Exposure: opts.Exposure[m.Name],
-		GatewayKind: m.GatewayKind, CrossNetwork: m.CrossNetwork, ExposesIstiod: m.ExposesIstiod}
+		GatewayKind: m.GatewayKind, CrossNetwork: m.CrossNetwork, ExposesIstiod: m.ExposesIstiod, ExposesAPIServer: m.ExposesAPIServer}
 	if err := opts.Exposure[m.Name].Validate(); err != nil {
 		return ClusterPlan{}, fmt.Errorf("%s: gateway: %w", m.Name, err)
 	}

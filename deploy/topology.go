@@ -53,6 +53,9 @@ type Member struct {
 	// primary, a data-plane cluster's control-plane cluster); "" lets the only
 	// candidate be chosen.
 	ControlPlane string
+	// APIServerAccess is how the clusters that read this one reach its API
+	// server; "" is direct.
+	APIServerAccess APIServerAccess
 }
 
 // ServedBy returns the cluster whose istiod serves m: m itself for primaries

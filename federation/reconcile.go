@@ -39,6 +39,11 @@ type Cluster struct {
 	// for an APIServer behind a different certificate.
 	CAData        []byte
 	TLSServerName string
+	// Gateway is where the cluster's east-west gateway exposes its API
+	// server, for a cluster the layout says is read through it
+	// (apiServerAccess: gateway); APIServer and TLSServerName are then not
+	// used. nil while the gateway has no address.
+	Gateway *GatewayPath
 }
 
 // Mesh is the clusters to federate and how.
@@ -88,6 +93,10 @@ type Options struct {
 	AllowLoopback bool
 	// ProbeTimeout bounds each API server reachability probe (5s).
 	ProbeTimeout time.Duration
+	// GatewayWait bounds how long a gateway path is probed again until it
+	// answers (30s): a gateway just configured to expose the API server
+	// opens its port once its proxy has the listener.
+	GatewayWait time.Duration
 	// Parallelism bounds the clusters worked on at once (8).
 	Parallelism int
 	// Scope, when not empty, limits the reconcile to the writes into these
@@ -236,13 +245,14 @@ func Reconcile(ctx context.Context, m Mesh, known []Credential, o Options) (*Res
 		spec := byName[l.Target]
 		acct := o.AccountFor(plan.Topology, l, normalize([]Member{spec.Member})[0].Role)
 		tr := TargetResult{Cluster: l.Target, Account: acct}
+		place, _ := layout.Cluster(l.Target)
 		if !o.inScope(l.Target) {
 			tr.OutOfScope = true
-			creds[i], tr.Err = storedTarget(spec, conns[l.Target], acct, knownBy, o, &tr)
+			creds[i], tr.Err = storedTarget(spec, place.APIServerAccess, conns[l.Target], acct, knownBy, o, &tr)
 			res.Targets[i] = tr
 			return
 		}
-		cred, err := prepareTarget(ctx, spec, conns[l.Target], acct, plan.ControlPlaneClusters[l.Target], knownBy, o, &tr)
+		cred, err := prepareTarget(ctx, spec, place.APIServerAccess, conns[l.Target], acct, plan.ControlPlaneClusters[l.Target], knownBy, o, &tr)
 		tr.Err = err
 		res.Targets[i] = tr
 		creds[i] = cred
@@ -334,24 +344,18 @@ func connectAll(clusters []Cluster) map[string]connection {
 	return out
 }
 
-func prepareTarget(ctx context.Context, spec *Cluster, conn connection, acct Account, controlPlane string,
+func prepareTarget(ctx context.Context, spec *Cluster, access deploy.APIServerAccess, conn connection, acct Account, controlPlane string,
 	known map[string]*Credential, o Options, tr *TargetResult) (*Credential, error) {
 	if conn.err != nil {
 		return nil, conn.err
 	}
 	c := conn.kube
-	ep, err := ResolveEndpoint(spec.Name, spec.APIServer, c.Config, o.AllowLoopback)
+	ep, err := targetEndpoint(spec, access, c, o)
 	if err != nil {
 		return nil, err
 	}
-	if len(spec.CAData) > 0 {
-		ep.CAData = spec.CAData
-	}
-	if spec.TLSServerName != "" {
-		ep.TLSServerName = spec.TLSServerName
-	}
 	tr.Endpoint = ep
-	if err := Probe(ctx, spec.Name, ep, o.ProbeTimeout); err != nil {
+	if err := probePath(ctx, spec.Name, ep, o); err != nil {
 		return nil, err
 	}
 	if err := ApplyAccount(ctx, c, acct); err != nil {
@@ -374,19 +378,13 @@ func prepareTarget(ctx context.Context, spec *Cluster, conn connection, acct Acc
 // storedTarget is a target outside the reconcile's scope: its address from
 // the connection's config and its stored credential, without a request to
 // it (its own reconcile probes it, keeps its account and renews the token).
-func storedTarget(spec *Cluster, conn connection, acct Account, known map[string]*Credential, o Options, tr *TargetResult) (*Credential, error) {
+func storedTarget(spec *Cluster, access deploy.APIServerAccess, conn connection, acct Account, known map[string]*Credential, o Options, tr *TargetResult) (*Credential, error) {
 	if conn.err != nil {
 		return nil, conn.err
 	}
-	ep, err := ResolveEndpoint(spec.Name, spec.APIServer, conn.kube.Config, o.AllowLoopback)
+	ep, err := targetEndpoint(spec, access, conn.kube, o)
 	if err != nil {
 		return nil, err
-	}
-	if len(spec.CAData) > 0 {
-		ep.CAData = spec.CAData
-	}
-	if spec.TLSServerName != "" {
-		ep.TLSServerName = spec.TLSServerName
 	}
 	tr.Endpoint = ep
 	key := Credential{Cluster: spec.Name, Namespace: acct.Namespace, Account: acct.Name}.Key()
@@ -395,6 +393,34 @@ func storedTarget(spec *Cluster, conn connection, acct Account, known map[string
 		return nil, fmt.Errorf("%s: no stored credential for %s yet (issued by the reconcile that owns %s)", spec.Name, acct, spec.Name)
 	}
 	return cred, nil
+}
+
+// targetEndpoint is how the readers of spec reach its API server: through
+// its east-west gateway when the layout says so, else directly.
+func targetEndpoint(spec *Cluster, access deploy.APIServerAccess, c *kube.Cluster, o Options) (Endpoint, error) {
+	var ep Endpoint
+	var err error
+	if access == deploy.APIServerViaGateway {
+		var gw GatewayPath
+		if spec.Gateway != nil {
+			gw = *spec.Gateway
+		}
+		// The gateway routes on the API server's name: no other server
+		// name would reach it.
+		ep, err = GatewayEndpoint(spec.Name, gw, c.Config, o.AllowLoopback)
+	} else {
+		ep, err = ResolveEndpoint(spec.Name, spec.APIServer, c.Config, o.AllowLoopback)
+		if err == nil && spec.TLSServerName != "" {
+			ep.TLSServerName = spec.TLSServerName
+		}
+	}
+	if err != nil {
+		return Endpoint{}, err
+	}
+	if len(spec.CAData) > 0 {
+		ep.CAData = spec.CAData
+	}
+	return ep, nil
 }
 
 // annotateControlPlane names the primary that manages a remote on its

@@ -55,6 +55,10 @@ type Endpoint struct {
 	// TLSServerName overrides the name checked against the server's
 	// certificate, for an address the certificate does not name.
 	TLSServerName string
+	// Gateway is the east-west gateway (host:port) Server names when the
+	// API server is reached through it; "" for a direct path. Not written
+	// into kubeconfigs: Server says it.
+	Gateway string
 }
 
 // Kubeconfig builds the kubeconfig istiod uses to read cluster: one cluster,

@@ -244,6 +244,14 @@ func TestIstioResources(t *testing.T) {
 			wantRoutes: []string{"15012 * -> istiod.istio-system.svc.cluster.local:15012", "15017 * -> istiod.istio-system.svc.cluster.local:443"},
 		},
 		{
+			name: "API server gateway: its own port, passthrough, the API server's name only", u: APIServerGateway("istio-system"), wantName: "kube-apiserver-gateway",
+			wantServers: []string{"6443/tls-kube-api/TLS/PASSTHROUGH/kubernetes.default.svc"}, wantSel: "eastwestgateway",
+		},
+		{
+			name: "API server virtual service: SNI kubernetes.default.svc to the kubernetes Service", u: APIServerVirtualService("istio-system"), wantName: "kube-apiserver-vs",
+			wantRoutes: []string{"6443 kubernetes.default.svc -> kubernetes.default.svc.cluster.local:443"},
+		},
+		{
 			name: "external istiod gateway", u: ExternalIstiodGateway("external-istiod"), wantName: "external-istiod-gw",
 			wantServers: []string{"15012/tls-XDS/tls/PASSTHROUGH/*", "15017/tls-WEBHOOK/tls/PASSTHROUGH/*"}, wantSel: "ingressgateway",
 		},

@@ -153,7 +153,8 @@ func TestLabGatewayApplyIdempotent(t *testing.T) {
 			t.Errorf("%s: flotilla's managed fields changed on a second apply:\n%s\n%s", o.Ref(), first[o.Ref()], now)
 		}
 	}
-	for _, o := range []kube.Object{kube.Custom(CrossNetworkGateway(g.Namespace)), kube.Custom(IstiodGateway(g.Namespace)), kube.Custom(IstiodVirtualService(g.Namespace))} {
+	for _, o := range []kube.Object{kube.Custom(CrossNetworkGateway(g.Namespace)), kube.Custom(IstiodGateway(g.Namespace)), kube.Custom(IstiodVirtualService(g.Namespace)),
+		kube.Custom(APIServerGateway(g.Namespace)), kube.Custom(APIServerVirtualService(g.Namespace))} {
 		a, err := o.Apply(ctx, c)
 		if err != nil {
 			t.Fatalf("%s rejected by the Istio CRD schema: %v", o.Ref(), err)

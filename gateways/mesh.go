@@ -90,6 +90,9 @@ func withGateway(p deploy.ClusterPlan) (ClusterPlan, error) {
 			// Injected by the external istiod's revision, not the default one.
 			g.Revision = deploy.ExternalIstiodName
 		}
+		if p.ExposesAPIServer {
+			g.Ports = append(g.Ports, Port{deploy.PortAPIServerName, PortAPIServer})
+		}
 	default:
 		return ClusterPlan{}, fmt.Errorf("%s: unknown gateway kind %q", p.Cluster, p.GatewayKind)
 	}
@@ -116,6 +119,9 @@ func withGateway(p deploy.ClusterPlan) (ClusterPlan, error) {
 		}
 		if p.ExposesIstiod {
 			extra = append(extra, IstiodGateway(p.Namespace), IstiodVirtualService(p.Namespace))
+		}
+		if p.ExposesAPIServer {
+			extra = append(extra, APIServerGateway(p.Namespace), APIServerVirtualService(p.Namespace))
 		}
 	}
 	for _, u := range extra {
@@ -199,6 +205,17 @@ func ApplyMeshScoped(ctx context.Context, clusters map[string]*kube.Cluster, l *
 			}
 			if err != nil {
 				refused = append(refused, err)
+			}
+		}
+		if !p.ExposesAPIServer {
+			gone, err := UnexposeAPIServer(ctx, c.As(kube.ManagerGateways), p.Namespace)
+			for _, ref := range gone {
+				if progress != nil {
+					progress(fmt.Sprintf("%s: %s: deleted (the API server is no longer read through the gateway)", p.Cluster, ref))
+				}
+			}
+			if err != nil {
+				return res, err
 			}
 		}
 	}

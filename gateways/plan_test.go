@@ -272,3 +272,58 @@ func TestGatewayRevision(t *testing.T) {
 		})
 	}
 }
+
+// TestPlanAPIServerExposure: a cluster read through its gateway gets the
+// API server's Gateway and VirtualService and a gateway Service port of its
+// own, on a single network too; its readers' gateways, and a cluster read
+// directly, expose no API server.
+func TestPlanAPIServerExposure(t *testing.T) {
+	private := member("west", "primary", "n1")
+	private.APIServerAccess = deploy.APIServerViaGateway
+	exposure := []string{"Gateway istio-system/kube-apiserver-gateway", "VirtualService istio-system/kube-apiserver-vs"}
+	tests := []struct {
+		name     string
+		members  []deploy.Member
+		cluster  string
+		wantGW   []string
+		wantPort bool
+	}{
+		{"private cluster on a single network: a gateway for its API server only", []deploy.Member{member("east", "primary", "n1"), private}, "west",
+			cat(eastWestRefs("istio-system"), exposure), true},
+		{"its reader on the same network runs no gateway", []deploy.Member{member("east", "primary", "n1"), private}, "east", nil, false},
+		{"private cluster on its own network: cross-network and API server", []deploy.Member{member("east", "primary", "n0"), private}, "west",
+			cat(eastWestRefs("istio-system"), []string{"Gateway istio-system/cross-network-gateway"}, exposure), true},
+		{"its reader on another network: cross-network only", []deploy.Member{member("east", "primary", "n0"), private}, "east",
+			cat(eastWestRefs("istio-system"), []string{"Gateway istio-system/cross-network-gateway"}), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := planCluster(deploy.MultiPrimary, tt.members, tt.cluster, testOpts, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, gw, _ := refs(p); !reflect.DeepEqual(gw, tt.wantGW) {
+				t.Errorf("gateways = %v\nwant %v", gw, tt.wantGW)
+			}
+			hasPort := false
+			if p.Gateway != nil {
+				for _, port := range p.Gateway.Ports {
+					hasPort = hasPort || port == Port{"tls-kube-api", 6443}
+				}
+				svc := p.Gateway.Service()
+				n := 0
+				for _, sp := range svc.Spec.Ports {
+					if *sp.Name == "tls-kube-api" && *sp.Port == 6443 && sp.TargetPort.IntValue() == 6443 {
+						n++
+					}
+				}
+				if n != 0 != tt.wantPort {
+					t.Errorf("Service port tls-kube-api 6443: %d, want %v", n, tt.wantPort)
+				}
+			}
+			if hasPort != tt.wantPort {
+				t.Errorf("gateway port tls-kube-api 6443: %v, want %v", hasPort, tt.wantPort)
+			}
+		})
+	}
+}

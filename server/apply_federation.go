@@ -13,6 +13,7 @@ import (
 	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/deploy/kube"
 	"github.com/flotillamesh/flotilla/federation"
+	"github.com/flotillamesh/flotilla/gateways"
 	"github.com/flotillamesh/flotilla/server/state"
 )
 
@@ -79,6 +80,13 @@ func (h *Hub) federate(ctx context.Context, p *plan, conns map[string]*kube.Clus
 		h.revokeUntrackedTokens(ctx, mine, rec)
 	}
 	fm := h.federationMesh(p, p.Layout.Members(), conns)
+	paths, errs := gatewayPaths(ctx, p, conns)
+	for name, err := range errs {
+		rec.fail(ctx, name, "API server gateway path", err)
+	}
+	for i := range fm.Clusters {
+		fm.Clusters[i].Gateway = paths[fm.Clusters[i].Name]
+	}
 	fo := p.Federation
 	fo.Scope = o.Clusters
 	fo.Token.Rotate = rotate
@@ -95,9 +103,9 @@ func (h *Hub) federate(ctx context.Context, p *plan, conns map[string]*kube.Clus
 		if t.OutOfScope {
 			continue // its own pass reports it; a failure shows on the links
 		}
-		s := Step{Cluster: t.Cluster, Step: "reader " + t.Account.String(), Action: "unchanged"}
+		s := Step{Cluster: t.Cluster, Step: "reader " + t.Account.String(), Action: "unchanged", Detail: "read " + t.Endpoint.Path()}
 		if t.Renewed != federation.ReasonNone {
-			s.Action, s.Detail = "token issued", string(t.Renewed)
+			s.Action, s.Detail = "token issued", string(t.Renewed)+", read "+t.Endpoint.Path()
 		}
 		if t.Err != nil {
 			s.Action, s.Error = "failed", t.Err.Error()
@@ -167,6 +175,32 @@ func (h *Hub) federate(ctx context.Context, p *plan, conns map[string]*kube.Clus
 		return nil
 	}
 	return res
+}
+
+// gatewayPaths finds, for each cluster read through its east-west gateway
+// (apiServerAccess: gateway), where that gateway exposes the API server:
+// its external address and the reachable port of tls-kube-api (the node
+// port of a NodePort gateway). A cluster whose gateway has no address yet
+// is left out (federation then fails its links, saying so); errs are the
+// clusters that could not be read.
+func gatewayPaths(ctx context.Context, p *plan, conns map[string]*kube.Cluster) (map[string]*federation.GatewayPath, map[string]error) {
+	out, errs := map[string]*federation.GatewayPath{}, map[string]error{}
+	plans := p.planned()
+	for _, c := range p.Layout.Clusters {
+		g, kc := plans[c.Name].Gateway, conns[c.Name]
+		if !c.ExposesAPIServer || g == nil || kc == nil {
+			continue
+		}
+		addr, ok, err := gateways.LookupAddress(ctx, kc, g.Namespace, g.Name)
+		if err != nil {
+			errs[c.Name] = err
+			continue
+		}
+		if ok {
+			out[c.Name] = &federation.GatewayPath{Host: addr.Host, Port: addr.Ports[deploy.PortAPIServerName]}
+		}
+	}
+	return out, errs
 }
 
 func readersOf(p federation.Plan, target string) string {

@@ -128,6 +128,9 @@ func diagnose(p *plan, st *Status, now time.Time) []Check {
 			rsCheck.Hint = "run flotilla apply: it re-issues reader tokens and rewrites the secrets"
 		}
 		add(rsCheck)
+		for _, ck := range pathChecks(p, st, plans, c) {
+			add(ck)
+		}
 		ic := Check{Name: "Istio resource consistent", Cluster: c.Name}
 		switch {
 		case c.Istio == nil:

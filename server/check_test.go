@@ -80,6 +80,8 @@ func TestIstiodCheck(t *testing.T) {
 		{"no istiod", ClusterStatus{RemoteSecrets: west}, nil, ""},
 		{"synced", ClusterStatus{RemoteSecrets: west, Istiods: view(map[string]string{"west": "synced"})}, ptrBool(true), "synced: west"},
 		{"timeout", ClusterStatus{RemoteSecrets: west, Istiods: view(map[string]string{"west": "timeout"})}, ptrBool(false), "cluster west is timeout"},
+		{"timeout names the path", ClusterStatus{RemoteSecrets: []RemoteSecretStatus{{Name: "istio-remote-secret-west", Namespace: "istio-system", Target: "west", Expected: true, Healthy: true, Path: "direct https://10.0.0.2:6443"}},
+			Istiods: view(map[string]string{"west": "timeout"})}, ptrBool(false), "cluster west is timeout (read direct https://10.0.0.2:6443)"},
 		{"unknown to istiod", ClusterStatus{RemoteSecrets: west, Istiods: view(map[string]string{})}, ptrBool(false), "no istiod knows cluster west"},
 		{"unreadable", ClusterStatus{RemoteSecrets: west, Istiods: []IstiodView{{Namespace: "istio-system", Pod: "istiod-1", Error: "east: pod istio-system/istiod-1: /debug/clusterz: forbidden"}}}, ptrBool(false), "forbidden"},
 	}
@@ -220,6 +222,74 @@ func TestCRLCheck(t *testing.T) {
 				if ck.OK || !strings.Contains(ck.Message, tc.want) || ck.Hint == "" {
 					t.Errorf("got ok=%v %q (hint %q), want a failure saying %q", ck.OK, ck.Message, ck.Hint, tc.want)
 				}
+			}
+		})
+	}
+}
+
+// TestDiagnosePaths: per remote secret, check says which way the reader
+// reaches the target's API server, passes when that is the spec's
+// apiServerAccess and the reader authenticates through it, and fails naming
+// the link otherwise, with a hint for the path at fault.
+func TestDiagnosePaths(t *testing.T) {
+	m, err := spec.Parse("mesh.yaml", []byte(`apiVersion: flotilla.dev/v1alpha1
+kind: Mesh
+metadata: {name: mesh1}
+spec:
+  topology: multi-primary
+  clusters:
+  - {name: east, context: east, network: network1}
+  - {name: west, context: west, network: network2, apiServerAccess: gateway}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := func(target, path string, healthy bool, e string) RemoteSecretStatus {
+		return RemoteSecretStatus{Name: "istio-remote-secret-" + target, Namespace: "istio-system", Target: target, Expected: true, Healthy: healthy, Error: e, Path: path}
+	}
+	tests := []struct {
+		name    string
+		reader  string
+		rs      RemoteSecretStatus
+		ok      bool
+		message string
+		hint    string
+	}{
+		{"gateway path, authenticates", "east", secret("west", "via gateway 192.0.2.20:6443", true, ""), true, "west: via gateway 192.0.2.20:6443", ""},
+		{"gateway path, unreachable", "east", secret("west", "via gateway 192.0.2.20:6443", false, "connection refused"), false,
+			"west: via gateway 192.0.2.20:6443 does not work: connection refused", "Service istio-system/istio-eastwestgateway has port tls-kube-api"},
+		{"gateway wanted, secret direct", "east", secret("west", "direct https://10.0.0.2:6443", true, ""), false,
+			"west: secret istio-system/istio-remote-secret-west reads it direct https://10.0.0.2:6443, but its apiServerAccess is gateway", "run flotilla apply"},
+		{"gateway path to an old address", "east", secret("west", "via gateway 192.0.2.99:6443", true, ""), false,
+			"but its east-west gateway's address is 192.0.2.20", "run flotilla apply"},
+		{"direct path, authenticates", "west", secret("east", "direct https://10.0.0.1:6443", true, ""), true, "east: direct https://10.0.0.1:6443", ""},
+		{"direct path, unreachable", "west", secret("east", "direct https://10.0.0.1:6443", false, "i/o timeout"), false,
+			"east: direct https://10.0.0.1:6443 does not work: i/o timeout", "set apiServerAccess: gateway on cluster east"},
+		{"direct wanted, secret via gateway", "west", secret("east", "via gateway 192.0.2.10:6443", true, ""), false,
+			"but its apiServerAccess is direct", "run flotilla apply"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st := &Status{Clusters: []ClusterStatus{
+				{Name: "east", Reachable: true, Network: "network1", GatewayAddress: "192.0.2.10"},
+				{Name: "west", Reachable: true, Network: "network2", GatewayAddress: "192.0.2.20"},
+			}}
+			for i := range st.Clusters {
+				if st.Clusters[i].Name == tc.reader {
+					st.Clusters[i].RemoteSecrets = []RemoteSecretStatus{tc.rs}
+				}
+			}
+			var got []Check
+			for _, ck := range Diagnose(m, st, time.Now()) {
+				if ck.Name == "API server path" {
+					got = append(got, ck)
+				}
+			}
+			if len(got) != 1 || got[0].Cluster != tc.reader {
+				t.Fatalf("path checks %+v, want one for %s", got, tc.reader)
+			}
+			if got[0].OK != tc.ok || !strings.Contains(got[0].Message, tc.message) || !strings.Contains(got[0].Hint, tc.hint) {
+				t.Errorf("check = ok %v %q (hint %q), want ok %v containing %q (hint %q)", got[0].OK, got[0].Message, got[0].Hint, tc.ok, tc.message, tc.hint)
 			}
 		})
 	}

@@ -169,7 +169,7 @@ func istiodCheck(c ClusterStatus) *Check {
 		for id, st := range v.RemoteClusters {
 			seen[id] = st
 			if st != "synced" {
-				problems = append(problems, fmt.Sprintf("istiod %s/%s: cluster %s is %s", v.Namespace, v.Pod, id, st))
+				problems = append(problems, fmt.Sprintf("istiod %s/%s: cluster %s is %s%s", v.Namespace, v.Pod, id, st, readPath(c, id)))
 			}
 		}
 	}
@@ -185,6 +185,9 @@ func istiodCheck(c ClusterStatus) *Check {
 	if len(problems) > 0 {
 		ck.Message = strings.Join(problems, "; ")
 		ck.Hint = "istiod reads remote clusters with the remote secrets' reader tokens: run flotilla apply, then look at istiod's log for the remote cluster's sync errors (a missing permission in the reader's ClusterRole shows there)"
+		if strings.Contains(ck.Message, "(read direct ") {
+			ck.Hint += "; a cluster read directly whose API server is not reachable from the reading cluster's network (a private cluster) needs apiServerAccess: gateway in the spec"
+		}
 		return ck
 	}
 	ck.OK = true
@@ -195,6 +198,17 @@ func istiodCheck(c ClusterStatus) *Check {
 	sort.Strings(ids)
 	ck.Message = "synced: " + strings.Join(ids, ", ")
 	return ck
+}
+
+// readPath is " (read <path>)" for the remote secret of c that reads
+// target, so that a cluster istiod cannot sync names the way it is read.
+func readPath(c ClusterStatus, target string) string {
+	for _, rs := range c.RemoteSecrets {
+		if rs.Target == target && rs.Path != "" {
+			return " (read " + rs.Path + ")"
+		}
+	}
+	return ""
 }
 
 // istiodCACheck says whether the cluster's istiods sign with the plug-in CA

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"net/url"
 	"sort"
 	"strings"
 	"sync"
@@ -101,6 +102,13 @@ type RemoteSecretStatus struct {
 	// Healthy: the kubeconfig, used as-is, authenticates and may read services.
 	Healthy bool   `json:"healthy"`
 	Error   string `json:"error,omitempty"`
+	// Server and TLSServerName are what the kubeconfig names.
+	Server        string `json:"server,omitempty"`
+	TLSServerName string `json:"tlsServerName,omitempty"`
+	// Path is the way the secret reaches its target's API server: "via
+	// gateway <host:port>" (through the target's east-west gateway, by the
+	// API server's name) or "direct <server>".
+	Path string `json:"path,omitempty"`
 }
 
 // Status reads every cluster of m and compares it with m and the state.
@@ -214,6 +222,7 @@ func (h *Hub) observe(ctx context.Context, place deploy.Placement, p gateways.Cl
 		_, rs.Expected = expected[s.Name]
 		found[s.Name] = true
 		for _, data := range s.Data {
+			rs.Server, rs.TLSServerName, rs.Path = secretPath(data)
 			if err := probeKubeconfig(ctx, data); err != nil {
 				rs.Error = err.Error()
 			} else {
@@ -278,6 +287,29 @@ func istioStatus(u *unstructured.Unstructured) *IstioStatus {
 	s.ClusterName, _, _ = unstructured.NestedString(u.Object, "spec", "values", "global", "multiCluster", "clusterName")
 	s.Network, _, _ = unstructured.NestedString(u.Object, "spec", "values", "global", "network")
 	return s
+}
+
+// secretPath reads the server and TLS server name a remote secret's
+// kubeconfig names, and says which path that is: through a gateway when it
+// sends the API server's in-cluster name to another address (the way
+// flotilla writes a gateway path), else direct.
+func secretPath(data []byte) (server, tlsServerName, path string) {
+	cfg, err := clientcmd.Load(data)
+	if err != nil {
+		return "", "", ""
+	}
+	ctx := cfg.Contexts[cfg.CurrentContext]
+	if ctx == nil || cfg.Clusters[ctx.Cluster] == nil {
+		return "", "", ""
+	}
+	c := cfg.Clusters[ctx.Cluster]
+	ep := federation.Endpoint{Server: c.Server, TLSServerName: c.TLSServerName}
+	if c.TLSServerName == deploy.APIServerSNI {
+		if u, err := url.Parse(c.Server); err == nil {
+			ep.Gateway = u.Host
+		}
+	}
+	return c.Server, c.TLSServerName, ep.Path()
 }
 
 // probeKubeconfig uses a remote secret's kubeconfig as istiod would, and

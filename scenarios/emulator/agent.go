@@ -23,6 +23,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
@@ -114,6 +115,7 @@ type agent struct {
 	certs       int
 	clusters    map[string]*clusterv3.Cluster
 	loads       map[string]*endpointv3.ClusterLoadAssignment
+	lds         map[string]*listenerv3.Listener // a router's listeners (passthrough.go)
 	responses   map[string]int
 	err         error
 	crl         crlCache // the CRLs its Envoy holds (crl.go)
@@ -495,6 +497,9 @@ func (a *agent) ads(ctx context.Context, conn *grpc.ClientConn, env map[string]s
 	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: clusterType}); err != nil {
 		return fmt.Errorf("istiod ADS: %w", err)
 	}
+	if err := requestListeners(stream, node.Id); err != nil {
+		return err
+	}
 	var edsVersion, edsNonce string
 	var edsWatched []string
 	for {
@@ -551,9 +556,9 @@ func (a *agent) ads(ctx context.Context, conn *grpc.ClientConn, env map[string]s
 				return fmt.Errorf("istiod ADS: %w", err)
 			}
 		default:
-			a.mu.Lock()
-			a.responses[resp.TypeUrl]++
-			a.mu.Unlock()
+			if err := a.otherResponse(stream, resp); err != nil {
+				return err
+			}
 		}
 		a.kick()
 	}

@@ -306,6 +306,9 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 				addr := net.JoinHostPort(g.address, strconv.Itoa(crossNetworkPort))
 				want[addr], kinds[addr] = e.gatewayHandler(name, g.selector), "gateway "+name
 			}
+			if e.cfg.Istiod {
+				e.passthroughListeners(name, g, want, kinds)
+			}
 		}
 	}
 	e.mu.Lock()

@@ -27,6 +27,11 @@ func (l *Lab) startIstio(bg context.Context) error {
 		}
 		c.procs = append(c.procs, p)
 		c.istiods = newIstiodKubelet(c, filepath.Join(l.IstioDir, pilotDiscoveryBinary), l.log)
+		if c.private {
+			if c.istiods.net, err = newPrivateNet(bg, c, l.clusters, l.log); err != nil {
+				return err
+			}
+		}
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()

@@ -86,6 +86,7 @@ type istiodKubelet struct {
 	cs  kubernetes.Interface
 	log io.Writer
 
+	net  *privateNet // Options.PrivateAPIServers: where istiods run
 	mu   sync.Mutex
 	pods map[types.UID]*istiodPod
 	wg   sync.WaitGroup
@@ -330,6 +331,12 @@ func (p *istiodPod) start(ctx context.Context) (*process, error) {
 		return nil, err
 	}
 	cmd := exec.Command(p.k.bin, args...)
+	if n := p.k.net; n != nil {
+		if err := n.inward(p.info.Address, listenPorts(args, p.info.Address)); err != nil {
+			return nil, err
+		}
+		cmd = n.command(p.k.bin, args)
+	}
 	cmd.Dir = p.root
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = lf, lf

@@ -64,6 +64,11 @@ type Options struct {
 	// a real istiod runs for every istiod pod they make. Its binaries are
 	// built on first use (EnsureIstioBinaries).
 	RealIstio bool
+	// PrivateAPIServers (with RealIstio) runs each cluster's istiods in a
+	// network namespace of the cluster's own, from which no other
+	// cluster's API server is reachable, only load-balancer addresses
+	// (east-west gateways) and its own API server (privatenet.go).
+	PrivateAPIServers bool
 }
 
 // Lab is a set of running clusters.
@@ -112,6 +117,7 @@ type Cluster struct {
 	noApprover  bool
 	cmWebhook   bool
 	realIstio   bool
+	private     bool // Options.PrivateAPIServers
 	istiods     *istiodKubelet
 	net         *clusterNet
 }
@@ -259,6 +265,7 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 			noApprover:       o.CertManagerWithoutApprover,
 			cmWebhook:        o.CertManagerWebhook,
 			realIstio:        o.RealIstio,
+			private:          o.PrivateAPIServers,
 		}
 		l.clusters[i] = c
 		wg.Add(1)
@@ -291,6 +298,10 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 				defer l.wg.Done()
 				runGatewayInjection(bg, c, logw)
 			}()
+		}
+		if o.RealIstio {
+			l.wg.Add(1)
+			go func() { defer l.wg.Done(); runAPIEndpoint(bg, c, logw) }()
 		}
 	}
 	fmt.Fprintf(logw, "lab: %d cluster(s) ready in %s; KUBECONFIG=%s\n", len(l.clusters), time.Since(start).Round(100*time.Millisecond), l.Kubeconfig)

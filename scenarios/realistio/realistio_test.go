@@ -7,10 +7,8 @@ package realistio
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -31,7 +29,6 @@ import (
 	"github.com/flotillamesh/flotilla/scenarios/lab"
 	"github.com/flotillamesh/flotilla/server"
 	"github.com/flotillamesh/flotilla/server/spec"
-	"github.com/flotillamesh/flotilla/server/state"
 )
 
 var testLab = lab.NewSharedWith(lab.Options{Clusters: []string{"east", "west"}, RealIstio: true})
@@ -40,7 +37,7 @@ var testLab = lab.NewSharedWith(lab.Options{Clusters: []string{"east", "west"}, 
 // cert-manager PKI mode (its own clusters: one mesh per lab cluster).
 var cmLab = lab.NewSharedWith(lab.Options{Clusters: []string{"north", "south"}, RealIstio: true, CertManager: true})
 
-func TestMain(m *testing.M) { os.Exit(lab.RunShared(m, testLab, cmLab)) }
+func TestMain(m *testing.M) { os.Exit(lab.RunShared(m, testLab, cmLab, privLab)) }
 
 var istioGVR = schema.GroupVersionResource{Group: "sailoperator.io", Version: "v1", Resource: "istios"}
 
@@ -160,30 +157,7 @@ func applyDoc(t *testing.T, ctx context.Context, l *lab.Lab, doc string) (*serve
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The hub's state lives with the lab, not the test: every test of the
-	// package applies to the same clusters, as an operator runs apply again
-	// with the same state. A fresh state would make a new mesh root, and
-	// flotilla rightly refuses to overwrite cacerts that chain to another.
-	keyFile := filepath.Join(l.Dir, "flotilla-state.key")
-	if _, err := os.Stat(keyFile); errors.Is(err, fs.ErrNotExist) {
-		k, err := state.GenerateKey()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := state.WriteKeyFile(keyFile, k); err != nil {
-			t.Fatal(err)
-		}
-	}
-	key, err := state.ReadKeyFile(keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := state.Open(ctx, filepath.Join(l.Dir, "flotilla-state.db"), state.Options{Key: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	h := &server.Hub{Store: st}
+	h := labHub(t, ctx, l)
 	start := time.Now()
 	rep, err := h.Apply(ctx, m, server.ApplyOptions{})
 	if err != nil {

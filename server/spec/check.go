@@ -9,6 +9,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/federation"
 )
 
@@ -69,7 +70,9 @@ func CheckInputs(ctx context.Context, m *Mesh, kubeconfig string) error {
 			add(f+".context", "cluster %s: context %q refers to cluster %q, which has no server in %s", cl.Name, cl.Context, kctx.Cluster, where)
 			continue
 		}
-		if cl.APIServer == "" && !m.Spec.AllowLoopbackAPIServers && readByOthers(m, cl) {
+		// Read through its gateway, a cluster's own address is its admin
+		// path only: readers never use it.
+		if cl.APIServer == "" && cl.APIServerAccess != deploy.APIServerViaGateway && !m.Spec.AllowLoopbackAPIServers && readByOthers(m, cl) {
 			if u, err := url.Parse(kcl.Server); err == nil && IsLoopbackHost(u.Hostname()) {
 				add(f+".apiServer", "cluster %s: other clusters read this one, but context %q points at %s, a loopback address they cannot reach; set apiServer to an address they can (or spec.allowLoopbackAPIServers when every cluster runs on this host)", cl.Name, cl.Context, kcl.Server)
 			}

@@ -55,6 +55,8 @@ func TestCheckInputs(t *testing.T) {
 			[]string{`spec.clusters[1].apiServer: cluster west: other clusters read this one, but context "loop" points at https://127.0.0.1:6443`}},
 		{"loopback server overridden by apiServer", mesh("  topology: multi-primary", "  clusters:",
 			"  - {name: east, context: east, network: n1}", "  - {name: west, context: loop, network: n2, apiServer: 'https://10.9.9.9:6443'}"), nil},
+		{"loopback admin path of a cluster read through its gateway", mesh("  topology: multi-primary", "  clusters:",
+			"  - {name: east, context: east, network: n1}", "  - {name: west, context: loop, network: n2, apiServerAccess: gateway}"), nil},
 		{"loopback server allowed", mesh("  topology: multi-primary", "  allowLoopbackAPIServers: true", "  clusters:",
 			"  - {name: east, context: east, network: n1}", "  - {name: west, context: loop, network: n2}"), nil},
 		{"loopback server of a primary nobody reads", mesh("  topology: primary-remote", "  clusters:",

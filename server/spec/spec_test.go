@@ -1,7 +1,9 @@
 package spec
 
 import (
+	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -62,6 +64,11 @@ func TestParseRejects(t *testing.T) {
 		{"integer field given a string", mesh(mp, "  clusters:", "  - name: east", "    context: east", "    network: n1",
 			"    gateway: {serviceType: NodePort, nodePort: abc}"),
 			[]string{`line 11: spec.clusters[0].gateway.nodePort: expected an integer, got string "abc"`}, 1},
+		{"apiServerAccess neither direct nor gateway", mesh(mp, "  clusters:", "  - {name: east, context: east, network: n1, apiServerAccess: vpn}", "  - {name: west, context: west, network: n2}"),
+			[]string{`line 8: spec.clusters[0].apiServerAccess: "vpn" is not one of direct, gateway`}, 1},
+		{"apiServerAccess gateway beside apiServer", mesh(mp, "  clusters:", "  - {name: east, context: east, network: n1}", "  - name: west",
+			"    context: west", "    network: n2", "    apiServer: https://west.example.com:6443", "    apiServerAccess: gateway"),
+			[]string{"line 13: spec.clusters[1].apiServerAccess: gateway: the readers reach the API server through the east-west gateway's address, so apiServer is not used"}, 1},
 		{"list field given a mapping", mesh(mp, "  clusters: {name: east}"),
 			[]string{"line 7: spec.clusters: expected a list, got a mapping"}, 1},
 		{"bool field given a string", mesh(with([]string{mp, `  allowLoopbackAPIServers: "yes"`}, twoClusters...)...),
@@ -424,4 +431,28 @@ func mustParse(t *testing.T, in string) *Mesh {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// TestParseAPIServerAccess: apiServerAccess reaches the topology's members
+// as given; omitted it stays empty (direct), so that a spec written before
+// the field hashes as it did.
+func TestParseAPIServerAccess(t *testing.T) {
+	m, err := Parse("mesh.yaml", []byte(mesh("  topology: multi-primary", "  clusters:",
+		"  - {name: east, context: east, network: n1}",
+		"  - {name: west, context: west, network: n2, apiServerAccess: gateway}",
+		"  - {name: south, context: south, network: n3, apiServerAccess: direct}")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]deploy.APIServerAccess{}
+	for _, mem := range m.Members() {
+		got[mem.Name] = mem.APIServerAccess
+	}
+	want := map[string]deploy.APIServerAccess{"east": "", "west": deploy.APIServerViaGateway, "south": deploy.APIServerDirect}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("members' access = %v, want %v", got, want)
+	}
+	if c, _ := json.Marshal(m.Spec.Clusters[0]); strings.Contains(string(c), "apiServerAccess") {
+		t.Errorf("east without apiServerAccess marshals it: %s", c)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/federation"
 )
 
@@ -166,8 +167,13 @@ type Cluster struct {
 	Network    string `yaml:"network" json:"network"`
 	// APIServer is the URL other clusters use to read this one, when the one
 	// in the kubeconfig is not reachable from them.
-	APIServer string          `yaml:"apiServer" json:"apiServer,omitempty"`
-	Role      federation.Role `yaml:"role" json:"role"`
+	APIServer string `yaml:"apiServer" json:"apiServer,omitempty"`
+	// APIServerAccess is how the clusters that read this one reach its API
+	// server: direct (the default: apiServer, else the kubeconfig's
+	// address) or gateway (through this cluster's east-west gateway, for a
+	// private API server).
+	APIServerAccess deploy.APIServerAccess `yaml:"apiServerAccess" json:"apiServerAccess,omitempty"`
+	Role            federation.Role        `yaml:"role" json:"role"`
 	// ControlPlane names the cluster whose istiod serves a remote or data-plane cluster.
 	ControlPlane string  `yaml:"controlPlane" json:"controlPlane,omitempty"`
 	Gateway      Gateway `yaml:"gateway" json:"gateway"`
@@ -232,7 +238,7 @@ func (m *Mesh) Members() []federation.Member {
 		if role == "" {
 			role = federation.RolePrimary
 		}
-		out = append(out, federation.Member{Name: c.Name, Role: role, Network: c.Network, ControlPlane: c.ControlPlane})
+		out = append(out, federation.Member{Name: c.Name, Role: role, Network: c.Network, ControlPlane: c.ControlPlane, APIServerAccess: c.APIServerAccess})
 	}
 	return out
 }

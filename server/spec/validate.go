@@ -257,6 +257,15 @@ func (c *checker) clusters() {
 		if cl.APIServer != "" {
 			c.apiServer(f+".apiServer", cl.APIServer)
 		}
+		switch cl.APIServerAccess {
+		case "", deploy.APIServerDirect:
+		case deploy.APIServerViaGateway:
+			if cl.APIServer != "" {
+				c.add(f+".apiServerAccess", "gateway: the readers reach the API server through the east-west gateway's address, so apiServer is not used; remove one of them")
+			}
+		default:
+			c.add(f+".apiServerAccess", "%q is not one of %s", cl.APIServerAccess, list(deploy.APIServerAccesses()))
+		}
 		c.gateway(f+".gateway", cl.Gateway)
 	}
 	c.roles()
