@@ -36,10 +36,13 @@ func TestFederationRotateCommand(t *testing.T) {
 		t.Fatalf("rotate --cluster west: exit %d: %s\n%s", code, stderr, out)
 	}
 	r := decode(t, out)
-	if len(r.Readers) != 1 || r.Readers[0].Cluster != "west" || !r.Readers[0].OldTokenRefused || len(r.Readers[0].Revoked) != 1 {
+	// The lab is shared by the package's tests, each with a hub of its own,
+	// so west's reader may hold tokens other hubs minted: rotation revokes
+	// those too. At least the one this hub held must go.
+	if len(r.Readers) != 1 || r.Readers[0].Cluster != "west" || !r.Readers[0].OldTokenRefused || len(r.Readers[0].Revoked) == 0 {
 		t.Errorf("rotate --cluster west: %+v, want west's old token revoked and refused", r.Readers)
 	}
-	for _, want := range []string{"west", "token issued (rotated on demand)", "revoked", "refused"} {
+	for _, want := range []string{"west", "token issued (rotated on demand", "revoked", "refused"} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("progress lacks %q:\n%s", want, stderr)
 		}
