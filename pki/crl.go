@@ -142,27 +142,7 @@ func signCRL(issuer *x509.Certificate, priv crypto.Signer, revoked []RevokedCert
 
 // ParseCRLs decodes every X509 CRL block of a ca-crl.pem.
 func ParseCRLs(data []byte) ([]*x509.RevocationList, error) {
-	var out []*x509.RevocationList
-	rest := data
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "X509 CRL" {
-			return nil, fmt.Errorf("%w: unexpected PEM block %q where CRLs were expected", ErrInvalidPEM, b.Type)
-		}
-		crl, err := x509.ParseRevocationList(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%w: CRL: %v", ErrInvalidPEM, err)
-		}
-		out = append(out, crl)
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("%w: no PEM CRL found", ErrInvalidPEM)
-	}
-	return out, nil
+	return decodePEM(data, "X509 CRL", "CRL", x509.ParseRevocationList)
 }
 
 // CRLFrom returns the CRL of crls that issuer signed, nil when none.

@@ -186,7 +186,14 @@ func checkCA(cert *x509.Certificate, now time.Time) error {
 // parseCerts decodes every CERTIFICATE block; anything else in the input,
 // or no certificate at all, is ErrInvalidPEM.
 func parseCerts(data []byte) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
+	return decodePEM(data, "CERTIFICATE", "certificate", x509.ParseCertificate)
+}
+
+// decodePEM parses every PEM block of data, each of type blockType, with
+// parse; another type of block, or none at all, is ErrInvalidPEM. what
+// names a block in errors.
+func decodePEM[T any](data []byte, blockType, what string, parse func([]byte) (T, error)) ([]T, error) {
+	var out []T
 	rest := data
 	for {
 		var b *pem.Block
@@ -194,19 +201,19 @@ func parseCerts(data []byte) ([]*x509.Certificate, error) {
 		if b == nil {
 			break
 		}
-		if b.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("%w: unexpected PEM block %q where certificates were expected", ErrInvalidPEM, b.Type)
+		if b.Type != blockType {
+			return nil, fmt.Errorf("%w: unexpected PEM block %q where %ss were expected", ErrInvalidPEM, b.Type, what)
 		}
-		c, err := x509.ParseCertificate(b.Bytes)
+		v, err := parse(b.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrInvalidPEM, err)
+			return nil, fmt.Errorf("%w: %s: %v", ErrInvalidPEM, what, err)
 		}
-		certs = append(certs, c)
+		out = append(out, v)
 	}
-	if len(certs) == 0 {
-		return nil, fmt.Errorf("%w: no PEM certificate found", ErrInvalidPEM)
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: no PEM %s found", ErrInvalidPEM, what)
 	}
-	return certs, nil
+	return out, nil
 }
 
 func parseCert(data []byte) (*x509.Certificate, error) {
