@@ -134,28 +134,13 @@ func (h *Hub) applyPKI(ctx context.Context, p *plan, conns map[string]*kube.Clus
 		return
 	}
 	if p.PKI.Mode == spec.PKICertManager {
-		var wg sync.WaitGroup
-		for _, c := range p.Clusters {
-			if !inScope(o.Clusters, c.Name) {
-				continue
+		eachCAHolder(p, conns, o.Clusters, gate, func(kc *kube.Cluster, ns string) {
+			err := h.applyCertManager(ctx, p, kc, ns, root, bundle, o, rec)
+			if err != nil {
+				rec.fail(ctx, kc.Name, "cacerts", err)
 			}
-			kc := conns[c.Name]
-			ns, ok := p.caNamespace(c.Name)
-			if kc == nil || !ok {
-				gate.done(c.Name, nil) // no cacerts of its own (data plane)
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				err := h.applyCertManager(ctx, p, kc, ns, root, bundle, o, rec)
-				if err != nil {
-					rec.fail(ctx, c.Name, "cacerts", err)
-				}
-				gate.done(c.Name, err)
-			}()
-		}
-		wg.Wait()
+			gate.done(kc.Name, err)
+		})
 		return
 	}
 	// Built-in: every cluster's intermediate first, then the CRL (which
@@ -174,36 +159,22 @@ func (h *Hub) applyPKI(ctx context.Context, p *plan, conns map[string]*kube.Clus
 	}
 	ready := map[string]*prepared{}
 	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, c := range p.Clusters {
-		if !inScope(o.Clusters, c.Name) {
-			continue
+	eachCAHolder(p, conns, o.Clusters, gate, func(kc *kube.Cluster, ns string) {
+		in, issued, err := h.ensureIntermediate(ctx, p, kc.Name, ns, root, bundle, active, o, rec)
+		switch {
+		case err != nil:
+			rec.fail(ctx, kc.Name, "cacerts", err)
+			gate.done(kc.Name, err)
+		case in == nil:
+			gate.done(kc.Name, nil) // dry run: would issue
+		default:
+			mu.Lock()
+			ready[kc.Name] = &prepared{kc: kc, ns: ns, in: in, issued: issued}
+			mu.Unlock()
 		}
-		kc := conns[c.Name]
-		ns, ok := p.caNamespace(c.Name)
-		if kc == nil || !ok {
-			gate.done(c.Name, nil) // no cacerts of its own (data plane)
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			in, issued, err := h.ensureIntermediate(ctx, p, kc.Name, ns, root, bundle, active, o, rec)
-			switch {
-			case err != nil:
-				rec.fail(ctx, c.Name, "cacerts", err)
-				gate.done(c.Name, err)
-			case in == nil:
-				gate.done(c.Name, nil) // dry run: would issue
-			default:
-				mu.Lock()
-				ready[c.Name] = &prepared{kc: kc, ns: ns, in: in, issued: issued}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+	})
 	var crl []byte
+	var wg sync.WaitGroup
 	if root != nil {
 		if crl, err = h.ensureCRL(ctx, root, o.DryRun, rec); err != nil {
 			rec.fail(ctx, "", "CRL", err)
@@ -221,6 +192,31 @@ func (h *Hub) applyPKI(ctx context.Context, p *plan, conns map[string]*kube.Clus
 				rec.fail(ctx, name, "cacerts", err)
 			}
 			gate.done(name, err)
+		}()
+	}
+	wg.Wait()
+}
+
+// eachCAHolder runs f, in parallel, for every cluster of scope (all when
+// empty) that holds CA material of its own and is connected, and waits for
+// them all. A cluster without cacerts (a data plane) or without a
+// connection passes the gate at once.
+func eachCAHolder(p *plan, conns map[string]*kube.Cluster, scope []string, gate *cacertsGate, f func(kc *kube.Cluster, ns string)) {
+	var wg sync.WaitGroup
+	for _, c := range p.Clusters {
+		if !inScope(scope, c.Name) {
+			continue
+		}
+		kc := conns[c.Name]
+		ns, ok := p.caNamespace(c.Name)
+		if kc == nil || !ok {
+			gate.done(c.Name, nil) // no cacerts of its own (data plane)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f(kc, ns)
 		}()
 	}
 	wg.Wait()
