@@ -41,16 +41,24 @@ func ResolveEndpoint(cluster, override string, cfg *rest.Config, allowLoopback b
 	ep := Endpoint{Server: server}
 	if cfg != nil {
 		ep.TLSServerName = cfg.TLSClientConfig.ServerName
-		ep.CAData = cfg.TLSClientConfig.CAData
-		if len(ep.CAData) == 0 && cfg.TLSClientConfig.CAFile != "" {
-			ca, err := os.ReadFile(cfg.TLSClientConfig.CAFile)
-			if err != nil {
-				return Endpoint{}, fmt.Errorf("%s: read CA file: %w", cluster, err)
-			}
-			ep.CAData = ca
+		if ep.CAData, err = caData(cluster, cfg); err != nil {
+			return Endpoint{}, err
 		}
 	}
 	return ep, nil
+}
+
+// caData is the CA bundle cfg trusts for its API server, inline or read
+// from its CA file.
+func caData(cluster string, cfg *rest.Config) ([]byte, error) {
+	if len(cfg.TLSClientConfig.CAData) > 0 || cfg.TLSClientConfig.CAFile == "" {
+		return cfg.TLSClientConfig.CAData, nil
+	}
+	ca, err := os.ReadFile(cfg.TLSClientConfig.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s: read CA file: %w", cluster, err)
+	}
+	return ca, nil
 }
 
 // normalizeServer makes raw an https URL without a trailing slash.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"strconv"
 	"time"
 
@@ -46,13 +45,8 @@ func GatewayEndpoint(cluster string, gw GatewayPath, cfg *rest.Config, allowLoop
 	}
 	ep := Endpoint{Server: server, TLSServerName: deploy.APIServerSNI, Gateway: gw.String()}
 	if cfg != nil {
-		ep.CAData = cfg.TLSClientConfig.CAData
-		if len(ep.CAData) == 0 && cfg.TLSClientConfig.CAFile != "" {
-			ca, err := os.ReadFile(cfg.TLSClientConfig.CAFile)
-			if err != nil {
-				return Endpoint{}, fmt.Errorf("%s: read CA file: %w", cluster, err)
-			}
-			ep.CAData = ca
+		if ep.CAData, err = caData(cluster, cfg); err != nil {
+			return Endpoint{}, err
 		}
 	}
 	return ep, nil
