@@ -56,10 +56,39 @@ func helloImage(version string) (string, []*corev1ac.EnvVarApplyConfiguration) {
 	return "docker.io/istio/examples-helloworld-v1:1.0", []*corev1ac.EnvVarApplyConfiguration{corev1ac.EnvVar().WithName("SERVICE_VERSION").WithValue(version)}
 }
 
+// waitNamespaceGone waits while the sample's namespace is being deleted
+// (a verify run right after the sample was removed): an apply into it
+// succeeds for what still exists, but nothing new may be created there, so
+// the sample would never come up.
+func (h *Hub) waitNamespaceGone(ctx context.Context, c *verifyCluster) error {
+	said := false
+	for {
+		ns, err := c.kc.Kube.CoreV1().Namespaces().Get(ctx, sampleNamespace, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) || (err == nil && ns.DeletionTimestamp == nil) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s: read namespace %s: %w", c.name, sampleNamespace, err)
+		}
+		if !said {
+			h.progressf(c.name, "namespace %s is being deleted: waiting for it to go before writing the sample", sampleNamespace)
+			said = true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: namespace %s still being deleted: %w", c.name, sampleNamespace, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
 func (h *Hub) deploySample(ctx context.Context, clusters []*verifyCluster) error {
 	return forEachCluster(clusters, func(c *verifyCluster) error {
 		key, value := injectionLabel(ctx, c.kc)
 		kc := c.kc.Kube
+		if err := h.waitNamespaceGone(ctx, c); err != nil {
+			return err
+		}
 		ns := corev1ac.Namespace(sampleNamespace).WithLabels(map[string]string{key: value})
 		if _, err := kc.CoreV1().Namespaces().Apply(ctx, ns, c.kc.As(kube.ManagerVerify).ApplyOptions()); err != nil {
 			return fmt.Errorf("%s: write namespace %s: %w", c.name, sampleNamespace, err)
