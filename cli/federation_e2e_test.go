@@ -101,7 +101,7 @@ func TestFederationRotateCommand(t *testing.T) {
 		t.Fatalf("rotate through the hub: %+v, want east's and west's", r.Readers)
 	}
 	for _, rr := range r.Readers {
-		if !rr.OldTokenRefused || len(rr.Revoked) != 1 || rr.Error != "" {
+		if !rr.OldTokenRefused || len(rr.Revoked) == 0 || rr.Error != "" {
 			t.Errorf("rotate through the hub: %s: %+v", rr.Cluster, rr)
 		}
 	}

@@ -170,8 +170,11 @@ func TestRotateUnderTraffic(t *testing.T) {
 		rotationWrites = append(rotationWrites, counter.total())
 		rotationKinds = counter.String()
 		for _, rr := range r.Readers {
-			if !rr.OldTokenRefused || len(rr.Revoked) != 1 {
-				t.Errorf("rotation %d: %s: %+v, want one token revoked and refused", i+1, rr.Cluster, rr)
+			// The package's tests share the lab, each with a hub of its own:
+			// the reader may hold other hubs' tokens, which rotation revokes
+			// too. At least the one this hub held must go.
+			if !rr.OldTokenRefused || len(rr.Revoked) == 0 {
+				t.Errorf("rotation %d: %s: %+v, want the old token revoked and refused", i+1, rr.Cluster, rr)
 			}
 		}
 		// When every reading istiod replaced its remote cluster with the one
