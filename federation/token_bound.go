@@ -163,3 +163,31 @@ func RevokeSuperseded(ctx context.Context, c *kube.Cluster, a Account, keep Cred
 	}
 	return out, nil
 }
+
+// RevokeAll revokes every token of account a in cluster c that flotilla
+// bound, by deleting their binding Secrets: for a cluster no other cluster
+// reads any more, whose tokens only a leaving cluster held. A token minted
+// before flotilla bound them is not among them.
+func RevokeAll(ctx context.Context, c *kube.Cluster, a Account) ([]Revocation, error) {
+	c = c.As(kube.ManagerFederation)
+	list, err := c.Kube.CoreV1().Secrets(a.Namespace).List(ctx, metav1.ListOptions{LabelSelector: TokenBindingLabel + "=" + a.Name})
+	if err != nil {
+		return nil, fmt.Errorf("%s: list token binding secrets of %s: %w", c.Name, a, err)
+	}
+	sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].Name < list.Items[j].Name })
+	var out []Revocation
+	for i := range list.Items {
+		s := &list.Items[i]
+		if s.Labels[ManagedByLabel] != ManagedByValue {
+			continue
+		}
+		opts := c.DeleteOptions()
+		opts.Preconditions = &metav1.Preconditions{UID: &s.UID}
+		err := c.Kube.CoreV1().Secrets(a.Namespace).Delete(ctx, s.Name, opts)
+		if err != nil && !apierrors.IsNotFound(err) {
+			return out, fmt.Errorf("%s: revoke a token of %s: delete secret %s/%s: %w", c.Name, a, a.Namespace, s.Name, err)
+		}
+		out = append(out, Revocation{Cluster: c.Name, Account: a, Binding: s.Name})
+	}
+	return out, nil
+}

@@ -42,13 +42,17 @@ func pendingRemovals(tx *state.Tx, prev *spec.Mesh, clusters []spec.Cluster) (ma
 }
 
 func putPendingRemovals(tx *state.Tx, pending map[string]spec.Cluster) error {
+	if err := clearHeldTokenMarks(tx, pending); err != nil {
+		return err
+	}
 	if len(pending) == 0 {
 		return tx.DeleteValue(pendingRemovalsKey)
 	}
 	return tx.PutValue(pendingRemovalsKey, pending)
 }
 
-// removeClusters takes the clusters in leaving out of the mesh: every secret
+// removeClusters takes the clusters in leaving out of the mesh: the reader
+// tokens they held are retired (retireHeldTokens), every secret
 // that reads them is deleted, their reader accounts are deleted (which
 // revokes the tokens handed out), their intermediate is revoked (the PKI
 // step then writes the CRL into every remaining cacerts), and the state
@@ -86,6 +90,16 @@ func (h *Hub) removeClusters(ctx context.Context, p *plan, leaving map[string]sp
 	}
 	fm := h.federationMesh(&was, members, conns)
 	for _, name := range gone {
+		// First, and whether or not the leaving cluster answers: what it
+		// holds is out of the hub's reach.
+		held, err := h.retireHeldTokens(ctx, &was, p, name, leaving, conns)
+		if err != nil {
+			rec.fail(ctx, name, "remove from mesh", fmt.Errorf("%w (retried by the next apply)", err))
+			continue
+		}
+		if held != "" {
+			rec.add(ctx, Step{Cluster: name, Step: "tokens it held", Action: "retired", Detail: held})
+		}
 		if connErrs[name] != nil {
 			continue
 		}

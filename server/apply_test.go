@@ -23,7 +23,11 @@ import (
 
 var testLab = lab.NewShared("east", "west")
 
-func TestMain(m *testing.M) { os.Exit(testLab.Run(m)) }
+// trioLab is for what takes three clusters (one leaves, two stay and read
+// each other); started only by the tests that use it.
+var trioLab = lab.NewShared("north", "south", "centre")
+
+func TestMain(m *testing.M) { os.Exit(lab.RunShared(m, testLab, trioLab)) }
 
 // labMesh is a two-cluster multi-primary, multi-network spec for the lab.
 func labMesh(t testing.TB, l *lab.Lab, alg string) *spec.Mesh {
