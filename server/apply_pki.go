@@ -134,13 +134,7 @@ func (h *Hub) applyPKI(ctx context.Context, p *plan, conns map[string]*kube.Clus
 		return
 	}
 	if p.PKI.Mode == spec.PKICertManager {
-		eachCAHolder(p, conns, o.Clusters, gate, func(kc *kube.Cluster, ns string) {
-			err := h.applyCertManager(ctx, p, kc, ns, root, bundle, o, rec)
-			if err != nil {
-				rec.fail(ctx, kc.Name, "cacerts", err)
-			}
-			gate.done(kc.Name, err)
-		})
+		h.applyCertManagerPKI(ctx, p, conns, root, bundle, o, rec, gate)
 		return
 	}
 	// Built-in: every cluster's intermediate first, then the CRL (which
@@ -226,13 +220,72 @@ func eachCAHolder(p *plan, conns map[string]*kube.Cluster, scope []string, gate 
 // cluster's intermediate.
 const certManagerIssueTimeout = 2 * time.Minute
 
-// applyCertManager has cert-manager issue the cluster's intermediate under
-// the mesh root (or the user's issuer) and projects it into cacerts, so that
-// istiod keeps signing with a cert-manager-managed intermediate.
-func (h *Hub) applyCertManager(ctx context.Context, p *plan, kc *kube.Cluster, ns string, root *pki.Root, bundle *pki.Bundle, o ApplyOptions, rec *recorder) error {
+// applyCertManagerPKI is the PKI step in cert-manager mode, in the
+// built-in mode's order: every cluster's intermediate first (cert-manager
+// issues it), then the CRL (which holds one from each of them), then each
+// cacerts.
+func (h *Hub) applyCertManagerPKI(ctx context.Context, p *plan, conns map[string]*kube.Cluster, root *pki.Root, bundle *pki.Bundle, o ApplyOptions, rec *recorder, gate *cacertsGate) {
+	crl, err := h.certManagerCRL(ctx, p, root, rec)
+	if err != nil {
+		rec.fail(ctx, "", "CRL", err)
+		gate.doneAll(err)
+		return
+	}
+	type prepared struct {
+		kc     *kube.Cluster
+		ns     string
+		issued *certmanager.Issued
+	}
+	ready := map[string]*prepared{}
+	var mu sync.Mutex
+	eachCAHolder(p, conns, o.Clusters, gate, func(kc *kube.Cluster, ns string) {
+		issued, err := h.prepareCertManager(ctx, p, kc, ns, root, o, rec)
+		switch {
+		case err != nil:
+			rec.fail(ctx, kc.Name, "cacerts", err)
+			gate.done(kc.Name, err)
+		case issued == nil:
+			gate.done(kc.Name, nil) // dry run
+		default:
+			mu.Lock()
+			ready[kc.Name] = &prepared{kc: kc, ns: ns, issued: issued}
+			mu.Unlock()
+		}
+	})
+	if crl != nil && len(ready) > 0 {
+		inHand := map[string]*certmanager.Issued{}
+		for name, pr := range ready {
+			inHand[name] = pr.issued
+		}
+		if _, err = crl.sign(ctx, inHand); err != nil {
+			rec.fail(ctx, "", "CRL", err)
+		}
+	}
+	var wg sync.WaitGroup
+	for name, pr := range ready {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := err // a CRL that cannot be signed stops every cacerts write
+			if err == nil {
+				err = h.projectCertManager(ctx, p, pr.kc, pr.ns, pr.issued, bundle, crl.source(), o, rec)
+			}
+			if err != nil {
+				rec.fail(ctx, name, "cacerts", err)
+			}
+			gate.done(name, err)
+		}()
+	}
+	wg.Wait()
+}
+
+// prepareCertManager has cert-manager issue the cluster's intermediate
+// under the mesh root (or the user's issuer) and returns it; nil (and no
+// error) in a dry run.
+func (h *Hub) prepareCertManager(ctx context.Context, p *plan, kc *kube.Cluster, ns string, root *pki.Root, o ApplyOptions, rec *recorder) (*certmanager.Issued, error) {
 	if root == nil {
 		rec.add(ctx, Step{Cluster: kc.Name, Step: "cert-manager intermediate", Action: "would create", Detail: "under the new root"})
-		return nil
+		return nil, nil
 	}
 	cfg := certmanager.Config{
 		Cluster:      kc.Name,
@@ -246,7 +299,7 @@ func (h *Hub) applyCertManager(ctx context.Context, p *plan, kc *kube.Cluster, n
 	}
 	cmRes, err := certmanager.Apply(ctx, kc, cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if cmRes.RemovedLegacyRoot {
 		action := "deleted"
@@ -257,23 +310,30 @@ func (h *Hub) applyCertManager(ctx context.Context, p *plan, kc *kube.Cluster, n
 	}
 	if o.DryRun {
 		rec.add(ctx, Step{Cluster: kc.Name, Step: "cert-manager intermediate", Action: "validated"})
-		return nil
+		return nil, nil
 	}
 	wctx, cancel := context.WithTimeout(ctx, certManagerIssueTimeout)
 	defer cancel()
 	hub := h.meshIssuer(p.PKI, kc, ns, root)
 	if err := h.signWhileWaiting(ctx, wctx, hub); err != nil {
-		return err
+		return nil, err
 	}
 	issued, err := certmanager.WaitReady(wctx, kc, ns, nil)
 	if err != nil {
-		return fmt.Errorf("%s: waiting for cert-manager to issue the intermediate in %s: %w", kc.Name, ns, err)
+		return nil, fmt.Errorf("%s: waiting for cert-manager to issue the intermediate in %s: %w", kc.Name, ns, err)
 	}
 	// A root rotation's new signing root: the intermediate is re-issued under it.
 	if issued, _, err = h.reissueUnderRoot(ctx, wctx, hub, ns, root, issued); err != nil {
-		return err
+		return nil, err
 	}
-	res, err := certmanager.Project(ctx, kc, ns, bundle, o.CACertsPolicy)
+	return issued, nil
+}
+
+// projectCertManager projects the cluster's intermediate into cacerts, with
+// the CRL when crl gives one, so that istiod keeps signing with a
+// cert-manager-managed intermediate, and runs the csr-agent.
+func (h *Hub) projectCertManager(ctx context.Context, p *plan, kc *kube.Cluster, ns string, issued *certmanager.Issued, bundle *pki.Bundle, crl certmanager.CRLSource, o ApplyOptions, rec *recorder) error {
+	res, err := certmanager.ProjectCRL(ctx, kc, ns, bundle, o.CACertsPolicy, crl)
 	if err != nil {
 		return err
 	}
@@ -301,6 +361,9 @@ func (h *Hub) applyCertManager(ctx context.Context, p *plan, kc *kube.Cluster, n
 	detail := "issued by cert-manager"
 	if issued != nil && issued.Cert != nil {
 		detail += ", expires " + issued.Cert.NotAfter.UTC().Format(time.DateOnly)
+	}
+	if crl != nil {
+		detail += ", with " + pki.CRLFile
 	}
 	rec.add(ctx, Step{Cluster: kc.Name, Step: "cacerts " + ns + "/" + pki.SecretName, Action: string(res.Action), Detail: detail})
 	return nil

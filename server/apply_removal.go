@@ -121,10 +121,12 @@ func (h *Hub) removeClusters(ctx context.Context, p *plan, leaving map[string]sp
 		// The cluster's intermediate is revoked with its removal: from the
 		// state (built-in PKI), else from its cacerts (cert-manager's).
 		var inCert *x509.Certificate
+		var inKey pki.PrivateKeyPEM // cert-manager's, for the intermediate's last CRL
 		if was.Layout != nil {
 			if ns, ok := was.caNamespace(name); ok {
 				if cc, err := pki.ReadCACerts(ctx, conns[name], ns); err == nil && cc != nil {
 					inCert, _ = parseCertPEM(cc.CACerts.CACert)
+					inKey = cc.CACerts.CAKey
 				}
 			}
 		}
@@ -135,9 +137,10 @@ func (h *Hub) removeClusters(ctx context.Context, p *plan, leaving map[string]sp
 				if inCert, err = parseCertPEM(r.IntermediateCertPEM); err != nil {
 					return fmt.Errorf("stored intermediate: %w", err)
 				}
+				inKey = pki.PrivateKeyPEM{} // the state's
 			}
 			if inCert != nil {
-				if err := revoke(tx, name, inCert, h.now()); err != nil {
+				if err := revokeWithKey(tx, name, inCert, inKey, h.now()); err != nil {
 					return err
 				}
 			}

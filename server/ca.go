@@ -66,6 +66,11 @@ func (h *Hub) CAShow(ctx context.Context) (*CAInfo, error) {
 		}
 		return nil
 	})
+	if err == nil && info.CRL != nil {
+		if p, perr := h.planOf(ctx, nil); perr == nil {
+			info.CRL.Unenforced = crlUnenforced(p)
+		}
+	}
 	return info, err
 }
 
@@ -130,7 +135,7 @@ func (h *Hub) RotateIntermediate(ctx context.Context, m *spec.Mesh, cluster stri
 		return nil, errNoIntermediate(cluster)
 	}
 	if p.PKI.Mode == spec.PKICertManager {
-		return h.rotateCertManagerIntermediate(ctx, p.PKI, sc, ns)
+		return h.rotateCertManagerIntermediate(ctx, p, sc, ns)
 	}
 	root, bundle, _, err := h.loadCA(ctx)
 	if err != nil {

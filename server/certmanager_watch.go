@@ -96,8 +96,14 @@ func (w *cmWatch) sync(ctx context.Context) {
 			})
 		}
 		log := w.s.log
+		// A renewal's cacerts carries the CRL too (with the new
+		// intermediate's own); without it istiod would refuse the plug-in CA.
+		crl, err := h.certManagerCRL(ctx, p, root, &recorder{h: h})
+		if err != nil {
+			log.Warn("cacerts follow: CRL", "cluster", c.Name, "error", err.Error())
+		}
 		cw.done.Go(func() {
-			_ = certmanager.Follow(cctx, kc, ns, bundle, ApplyOptions{}.CACertsPolicy, func(r pki.WriteResult, err error) {
+			_ = certmanager.FollowCRL(cctx, kc, ns, bundle, ApplyOptions{}.CACertsPolicy, crl.source(), func(r pki.WriteResult, err error) {
 				switch {
 				case err != nil:
 					log.Warn("cacerts follow", "cluster", c.Name, "error", err.Error())

@@ -93,7 +93,7 @@ func diagnose(p *plan, st *Status, now time.Time) []Check {
 			add(ck)
 		}
 		if holdsCA {
-			if ck := crlCheck(st.CRL, c, caNS, now, p.PKI.Mode == spec.PKICertManager); ck != nil {
+			if ck := crlCheck(st.CRL, c, caNS, now); ck != nil {
 				add(*ck)
 			}
 		}
@@ -185,20 +185,19 @@ func diagnose(p *plan, st *Status, now time.Time) []Check {
 // cacerts carries the hub's current ca-crl.pem, whose next-update is not
 // close (istiod distributes it; Envoy refuses every peer under an expired
 // CRL). nil while nothing is revoked.
-func crlCheck(crl *CRLInfo, c ClusterStatus, ns string, now time.Time, certManager bool) *Check {
+func crlCheck(crl *CRLInfo, c ClusterStatus, ns string, now time.Time) *Check {
 	if crl == nil {
 		return nil
 	}
 	ck := &Check{Name: "cacerts carries the current CRL", Cluster: c.Name}
 	switch {
-	case certManager && crl.StillTrusted == 0:
+	case crl.Unenforced != "" && crl.StillTrusted == 0:
 		ck.OK = true
 		ck.Message = "the revoked intermediates chain to a root the mesh no longer trusts"
-	case certManager:
-		// Said rather than hidden: the projection from cert-manager's
-		// intermediate does not carry the CRL yet.
-		ck.Message = fmt.Sprintf("pki.mode cert-manager: flotilla writes no %s yet, so the data plane still trusts %d revoked intermediate(s) that ca show lists", pki.CRLFile, crl.StillTrusted)
-		ck.Hint = "cut them off with a root rotation (flotilla ca rotate root, three steps)"
+	case crl.Unenforced != "":
+		// Said rather than hidden: revocation is not possible here.
+		ck.Message = fmt.Sprintf("revocation is not possible: %s (%d revoked intermediate(s) that ca show lists)", crl.Unenforced, crl.StillTrusted)
+		ck.Hint = "revoke them at your issuer's CA, or cut them off by rotating that root and dropping the old one from the trust bundle"
 	case c.CRLSHA256 == "":
 		ck.Message = fmt.Sprintf("secret %s/cacerts has no %s", ns, pki.CRLFile)
 		ck.Hint = "run flotilla apply"

@@ -190,23 +190,26 @@ func TestCRLCheck(t *testing.T) {
 	current := &CRLInfo{Number: 3, NextUpdate: now.Add(pki.DefaultCRLLifetime), SHA256: "abc", StillTrusted: 1}
 	rotatedAway := &CRLInfo{Number: 3, NextUpdate: now.Add(pki.DefaultCRLLifetime), SHA256: "abc"}
 	stale := &CRLInfo{Number: 3, NextUpdate: now.Add(time.Hour), SHA256: "abc"}
+	// cert-manager mode with the user's issuer: the hub cannot revoke.
+	unenforced := &CRLInfo{StillTrusted: 1, Unenforced: "pki.certManager.issuerRef: ..."}
+	unenforcedRotatedAway := &CRLInfo{Unenforced: "pki.certManager.issuerRef: ..."}
 	for _, tc := range []struct {
 		name    string
 		crl     *CRLInfo
 		cluster string // the cacerts' ca-crl.pem hash
-		cm      bool   // cert-manager mode
 		want    string // "" no check; "ok"; else a message fragment
 	}{
-		{"nothing revoked: no check", nil, "", false, ""},
-		{"cacerts without ca-crl.pem", current, "", false, "has no ca-crl.pem"},
-		{"cacerts with an older CRL", current, "old", false, "holds another ca-crl.pem"},
-		{"next update close", stale, "abc", false, "next update is"},
-		{"current", current, "abc", false, "ok"},
-		{"cert-manager mode says revocation is not enforced", current, "", true, "still trusts 1 revoked intermediate"},
-		{"cert-manager mode after the root rotated away", rotatedAway, "", true, "ok"},
+		{"nothing revoked: no check", nil, "", ""},
+		{"cacerts without ca-crl.pem", current, "", "has no ca-crl.pem"},
+		{"cacerts with an older CRL", current, "old", "holds another ca-crl.pem"},
+		{"next update close", stale, "abc", "next update is"},
+		{"current", current, "abc", "ok"},
+		{"current after the root rotated away", rotatedAway, "abc", "ok"},
+		{"the user's issuer: revocation is not possible, said", unenforced, "", "revocation is not possible"},
+		{"the user's issuer after its root rotated away", unenforcedRotatedAway, "", "ok"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ck := crlCheck(tc.crl, ClusterStatus{Name: "east", CRLSHA256: tc.cluster}, "istio-system", now, tc.cm)
+			ck := crlCheck(tc.crl, ClusterStatus{Name: "east", CRLSHA256: tc.cluster}, "istio-system", now)
 			switch {
 			case tc.want == "":
 				if ck != nil {
@@ -290,6 +293,42 @@ spec:
 			}
 			if got[0].OK != tc.ok || !strings.Contains(got[0].Message, tc.message) || !strings.Contains(got[0].Hint, tc.hint) {
 				t.Errorf("check = ok %v %q (hint %q), want ok %v containing %q (hint %q)", got[0].OK, got[0].Message, got[0].Hint, tc.ok, tc.message, tc.hint)
+			}
+		})
+	}
+}
+
+// TestCRLUnenforced: the hub says revocation is not possible exactly where
+// the root that signs the intermediates is not the hub's.
+func TestCRLUnenforced(t *testing.T) {
+	for _, tc := range []struct {
+		name, pki string
+		want      string // "" enforced; else a fragment of the reason
+	}{
+		{"built-in", "{keyAlgorithm: ECDSA-P256}", ""},
+		{"cert-manager, the hub signs as MeshIssuer", "{mode: cert-manager}", ""},
+		{"cert-manager with the user's issuer", "{mode: cert-manager, certManager: {issuerRef: {name: corp, kind: ClusterIssuer}}}", "ClusterIssuer corp signs the intermediates"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := spec.Parse("mesh.yaml", []byte(`apiVersion: flotilla.dev/v1alpha1
+kind: Mesh
+metadata: {name: mesh1}
+spec:
+  topology: multi-primary
+  pki: `+tc.pki+`
+  clusters:
+  - {name: east, context: east, network: network1}
+`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := compile(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := crlUnenforced(p)
+			if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+				t.Errorf("got %q, want %q", got, tc.want)
 			}
 		})
 	}

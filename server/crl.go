@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/flotillamesh/flotilla/pki"
+	"github.com/flotillamesh/flotilla/server/spec"
 	"github.com/flotillamesh/flotilla/server/state"
 )
 
@@ -73,6 +74,13 @@ func readCRL(tx *state.Tx) (*crlRecord, error) {
 
 // revoke adds a leaving cluster's intermediate to the revoked list (once).
 func revoke(tx *state.Tx, cluster string, cert *x509.Certificate, at time.Time) error {
+	return revokeWithKey(tx, cluster, cert, pki.PrivateKeyPEM{}, at)
+}
+
+// revokeWithKey is revoke with the intermediate's key in hand (read from
+// the leaving cluster's cacerts, in cert-manager mode), for its last CRL;
+// a zero key is looked up in the state.
+func revokeWithKey(tx *state.Tx, cluster string, cert *x509.Certificate, inHand pki.PrivateKeyPEM, at time.Time) error {
 	r, err := readCRL(tx)
 	if err != nil {
 		return err
@@ -87,7 +95,11 @@ func revoke(tx *state.Tx, cluster string, cert *x509.Certificate, at time.Time) 
 	// Its own CRL stays in ca-crl.pem until next-update, its key being
 	// about to go: a peer's Envoy then refuses its workloads for the
 	// root's revocation, not only for a missing CRL.
-	if key, ok, err := tx.Secret(state.SecretIntermediateKey(cluster)); err == nil && ok && pki.CanSignCRL(cert) {
+	key, ok, err := tx.Secret(state.SecretIntermediateKey(cluster))
+	if !inHand.IsZero() {
+		key, ok, err = inHand.Reveal(), true, nil
+	}
+	if err == nil && ok && pki.CanSignCRL(cert) {
 		if in, err := pki.LoadIntermediate(cluster, "", encodePEMCert(cert), pki.NewPrivateKeyPEM(key)); err == nil {
 			r.Number++
 			crl, err := in.SignCRL(r.Number, at, pki.DefaultCRLLifetime)
@@ -167,6 +179,23 @@ func rootCRLCurrent(r *crlRecord, root *x509.Certificate, now time.Time, needFre
 // life; each current intermediate's CRL likewise. A dry run signs nothing
 // and reports what it would.
 func (h *Hub) ensureCRL(ctx context.Context, root *pki.Root, dryRun bool, rec *recorder) ([]byte, error) {
+	return h.ensureCRLWith(ctx, root, dryRun, rec, nil)
+}
+
+// externalCAs are the intermediates whose keys the hub does not keep
+// (cert-manager mode: cert-manager keeps them in each cluster).
+type externalCAs struct {
+	// Holders are the mesh's clusters with such an intermediate: their
+	// CRLs stay in ca-crl.pem while they are in the mesh.
+	Holders map[string]bool
+	// InHand are those read in this pass, each of which signs its own CRL
+	// when the record has none fresh from it.
+	InHand map[string]*pki.Intermediate
+}
+
+// ensureCRLWith is ensureCRL with the intermediates in ext (nil: built-in
+// PKI, the state's intermediates).
+func (h *Hub) ensureCRLWith(ctx context.Context, root *pki.Root, dryRun bool, rec *recorder, ext *externalCAs) ([]byte, error) {
 	now := h.now()
 	var out []byte
 	var signed []string
@@ -207,6 +236,35 @@ func (h *Hub) ensureCRL(ctx context.Context, root *pki.Root, dryRun bool, rec *r
 			return err
 		}
 		live := map[string]bool{}
+		if ext != nil {
+			recs = nil // the state keeps no intermediate of cert-manager's
+			for name := range ext.Holders {
+				live[name] = true
+			}
+			for _, name := range slices.Sorted(maps.Keys(ext.InHand)) {
+				in := ext.InHand[name]
+				live[name] = true
+				if crl, fresh := crlFresh(r.Intermediates[name], in.Cert, now); fresh {
+					continue
+				} else if crl == nil {
+					retire(r.Intermediates[name]) // the cluster's previous intermediate
+				}
+				if dryRun {
+					signed = append(signed, name)
+					continue
+				}
+				r.Number++
+				crl, err := in.SignCRL(r.Number, now, pki.DefaultCRLLifetime)
+				if err != nil {
+					return fmt.Errorf("%s: %w (its intermediate predates cRLSign: flotilla ca rotate intermediate %s)", name, err, name)
+				}
+				if r.Intermediates == nil {
+					r.Intermediates = map[string][]byte{}
+				}
+				r.Intermediates[name] = crl
+				signed, changed = append(signed, name), true
+			}
+		}
 		for _, c := range recs {
 			if len(c.IntermediateCertPEM) == 0 || !c.HasIntermediateKey {
 				continue
@@ -298,6 +356,20 @@ type CRLInfo struct {
 	// StillTrusted counts the revoked intermediates under a root the mesh
 	// still trusts: only a CRL keeps their workloads out.
 	StillTrusted int `json:"stillTrusted"`
+	// Unenforced says why the mesh writes no CRL although it revoked
+	// intermediates ("" when it does): the hub holds no key of the root
+	// that signed them.
+	Unenforced string `json:"unenforced,omitempty"`
+}
+
+// crlUnenforced is why the hub cannot revoke p's intermediates; "" when it
+// can. In cert-manager mode with an issuer of the user's (issuerRef), that
+// issuer's root signs the intermediates and its key is not the hub's.
+func crlUnenforced(p *plan) string {
+	if p.PKI.Mode == spec.PKICertManager && p.PKI.IssuerRef != nil {
+		return fmt.Sprintf("pki.certManager.issuerRef: %s %s signs the intermediates with a root whose key the hub does not hold, so the hub cannot sign the root's CRL and writes no %s: revoked intermediates stay trusted", p.PKI.IssuerRef.Kind, p.PKI.IssuerRef.Name, pki.CRLFile)
+	}
+	return ""
 }
 
 // RevokedInfo is one revoked intermediate, as ca show lists it.

@@ -86,8 +86,11 @@ func (h *Hub) reissueUnderRoot(ctx, wait context.Context, hub *issuer.Controller
 
 // rotateCertManagerIntermediate is `ca rotate intermediate` in
 // cert-manager mode: cert-manager re-issues the intermediate (a new key:
-// rotationPolicy Always), the hub's issuer signs it, cacerts follows.
-func (h *Hub) rotateCertManagerIntermediate(ctx context.Context, p pkiPlan, sc spec.Cluster, ns string) (*Step, error) {
+// rotationPolicy Always), the hub's issuer signs it, cacerts follows. Once
+// the mesh revoked an intermediate, the new one's CRL goes into the other
+// clusters' cacerts first, as in built-in mode.
+func (h *Hub) rotateCertManagerIntermediate(ctx context.Context, pl *plan, sc spec.Cluster, ns string) (*Step, error) {
+	p := pl.PKI
 	root, bundle, _, err := h.loadCA(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("state: %w", err)
@@ -113,7 +116,19 @@ func (h *Hub) rotateCertManagerIntermediate(ctx context.Context, p pkiPlan, sc s
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", sc.Name, err)
 	}
-	res, err := certmanager.Project(ctx, kc, ns, bundle, pki.Refuse)
+	crl, err := h.certManagerCRL(ctx, pl, root, &recorder{h: h})
+	if err != nil {
+		return nil, err
+	}
+	if crl != nil {
+		if _, err := crl.sign(ctx, map[string]*certmanager.Issued{sc.Name: in}); err != nil {
+			return nil, fmt.Errorf("%s: CRL: %w", sc.Name, err)
+		}
+		if err := crl.projectOthers(ctx, pl, sc.Name, bundle); err != nil {
+			return nil, fmt.Errorf("%s: the other clusters' CRL (rotate again, or run flotilla apply): %w", sc.Name, err)
+		}
+	}
+	res, err := certmanager.ProjectCRL(ctx, kc, ns, bundle, pki.Refuse, crl.source())
 	if err != nil {
 		return nil, err
 	}

@@ -138,6 +138,9 @@ func (h *Hub) status(ctx context.Context, p *plan) (*Status, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("state: %w", err)
 	}
+	if st.CRL != nil {
+		st.CRL.Unenforced = crlUnenforced(p)
+	}
 	conns, connErrs := h.connect(p.Clusters, false)
 	plans := p.planned()
 	st.Clusters = make([]ClusterStatus, len(p.Layout.Clusters))

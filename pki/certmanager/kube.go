@@ -299,6 +299,18 @@ func (in *Issued) CACerts(trust *pki.Bundle, now time.Time) (pki.CACerts, error)
 // current Secret: a no-op when it already matches, an update after
 // cert-manager renewed the intermediate.
 func Project(ctx context.Context, c *kube.Cluster, namespace string, trust *pki.Bundle, policy pki.ConflictPolicy) (pki.WriteResult, error) {
+	return ProjectCRL(ctx, c, namespace, trust, policy, nil)
+}
+
+// CRLSource gives the ca-crl.pem that the cacerts of cluster, whose
+// intermediate is in, carries (nil: none). The intermediate's key is in
+// hand only for the call: a source may sign the intermediate's own CRL
+// with it, and must keep no more than that CRL.
+type CRLSource func(ctx context.Context, cluster string, in *Issued) ([]byte, error)
+
+// ProjectCRL is Project whose cacerts also carries the CRL that crl gives
+// for the intermediate projected (none when crl is nil).
+func ProjectCRL(ctx context.Context, c *kube.Cluster, namespace string, trust *pki.Bundle, policy pki.ConflictPolicy, crl CRLSource) (pki.WriteResult, error) {
 	in, err := ReadIssued(ctx, c, namespace)
 	if err != nil {
 		return pki.WriteResult{}, err
@@ -306,6 +318,14 @@ func Project(ctx context.Context, c *kube.Cluster, namespace string, trust *pki.
 	cc, err := in.CACerts(trust, time.Now())
 	if err != nil {
 		return pki.WriteResult{}, fmt.Errorf("%s: secret %s/%s: %w", c.Name, namespace, IntermediateSecretName, err)
+	}
+	if crl != nil {
+		if cc.CRL, err = crl(ctx, c.Name, in); err != nil {
+			return pki.WriteResult{}, fmt.Errorf("%s: %s for secret %s/%s: %w", c.Name, pki.CRLFile, namespace, pki.SecretName, err)
+		}
+		if err := cc.Validate(time.Now()); err != nil {
+			return pki.WriteResult{}, fmt.Errorf("%s: secret %s/%s: %w", c.Name, namespace, pki.SecretName, err)
+		}
 	}
 	return pki.WriteCACerts(ctx, c, namespace, cc, policy)
 }
@@ -316,6 +336,11 @@ func Project(ctx context.Context, c *kube.Cluster, namespace string, trust *pki.
 // report, when not nil, sees each projection's outcome; ErrNotIssued
 // before cert-manager's first issuance is reported and waited out.
 func Follow(ctx context.Context, c *kube.Cluster, namespace string, trust *pki.Bundle, policy pki.ConflictPolicy, report func(pki.WriteResult, error)) error {
+	return FollowCRL(ctx, c, namespace, trust, policy, nil, report)
+}
+
+// FollowCRL is Follow whose every projection carries crl's CRL (ProjectCRL).
+func FollowCRL(ctx context.Context, c *kube.Cluster, namespace string, trust *pki.Bundle, policy pki.ConflictPolicy, crl CRLSource, report func(pki.WriteResult, error)) error {
 	factory := informers.NewSharedInformerFactoryWithOptions(c.Kube, 10*time.Minute,
 		informers.WithNamespace(namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -348,7 +373,7 @@ func Follow(ctx context.Context, c *kube.Cluster, namespace string, trust *pki.B
 			return nil
 		case <-kick:
 		}
-		res, err := Project(ctx, c, namespace, trust, policy)
+		res, err := ProjectCRL(ctx, c, namespace, trust, policy, crl)
 		if report != nil && ctx.Err() == nil {
 			report(res, err)
 		}
