@@ -25,6 +25,7 @@ import (
 	"github.com/flotillamesh/flotilla/scenarios/emulator"
 	"github.com/flotillamesh/flotilla/scenarios/lab"
 	"github.com/flotillamesh/flotilla/server"
+	"github.com/flotillamesh/flotilla/server/spec"
 )
 
 // TestRemovedClusterRefusedByDataPlane: when west leaves the mesh, its
@@ -42,6 +43,28 @@ func TestRemovedClusterRefusedByDataPlane(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	h, m := applyMultiPrimary(t, ctx, l)
+	removedClusterRefused(t, ctx, l, h, m)
+}
+
+// TestRemovedClusterRefusedByDataPlaneCertManager is
+// TestRemovedClusterRefusedByDataPlane in cert-manager mode (the hub signs
+// as MeshIssuer, so it holds the root's key; cert-manager keeps each
+// intermediate's): south leaves, north's sidecar refuses south's workloads
+// for the root's revocation, and accepts those of south's new
+// intermediate after the re-join.
+func TestRemovedClusterRefusedByDataPlaneCertManager(t *testing.T) {
+	l := cmLab.Get(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	h, m := applyCertManagerMesh(t, ctx, l)
+	removedClusterRefused(t, ctx, l, h, m)
+}
+
+// removedClusterRefused is the removal, refusal and re-join of the second
+// cluster of m (the one that leaves; west in the variables' names) as the
+// first one's (east's) data plane sees it.
+func removedClusterRefused(t *testing.T, ctx context.Context, l *lab.Lab, h *server.Hub, m *spec.Mesh) {
+	stays, leaves := m.Spec.Clusters[0].Name, m.Spec.Clusters[1].Name
 	conns := map[string]*kube.Cluster{}
 	for _, c := range l.Clusters() {
 		kc, err := c.Connect()
@@ -52,7 +75,7 @@ func TestRemovedClusterRefusedByDataPlane(t *testing.T) {
 		waitReconciled(t, ctx, kc, c, "default")
 		waitIstiodReady(t, ctx, c)
 	}
-	east, west := conns["east"], conns["west"]
+	east, west := conns[stays], conns[leaves]
 	logs := startEmulatorLogged(t, l)
 	res, err := h.Verify(ctx, m, server.VerifyOptions{Keep: true})
 	t.Cleanup(func() { removeSampleAndWait(t, l) })
@@ -83,15 +106,15 @@ func TestRemovedClusterRefusedByDataPlane(t *testing.T) {
 	eastIssuer, _ := issuer(east)
 	pods, err := east.Kube.CoreV1().Pods("sample").List(ctx, metav1.ListOptions{LabelSelector: "app=helloworld"})
 	if err != nil || len(pods.Items) == 0 {
-		t.Fatalf("east: helloworld pods: %v (%d)", err, len(pods.Items))
+		t.Fatalf("%s: helloworld pods: %v (%d)", stays, err, len(pods.Items))
 	}
 	target := pods.Items[0]
 	hello := func(is *pki.Issuer) error { return helloAs(ctx, t, is, target.Status.PodIP) }
 	if err := hello(westIssuer); err != nil {
-		t.Fatalf("before the removal, east's helloworld refuses a workload of west's intermediate: %v", err)
+		t.Fatalf("before the removal, %s's helloworld refuses a workload of %s's intermediate: %v", stays, leaves, err)
 	}
 
-	// West leaves.
+	// The second cluster (west) leaves.
 	eastOnly := *m
 	eastOnly.Spec.Clusters = m.Spec.Clusters[:1]
 	rep, err := h.Apply(ctx, &eastOnly, server.ApplyOptions{})
@@ -99,22 +122,22 @@ func TestRemovedClusterRefusedByDataPlane(t *testing.T) {
 		err = rep.Err()
 	}
 	if err != nil {
-		t.Fatalf("apply without west: %v", err)
+		t.Fatalf("apply without %s: %v", leaves, err)
 	}
 	cc, err := pki.ReadCACerts(ctx, east, "istio-system")
 	if err != nil || cc == nil {
-		t.Fatalf("east: cacerts: %v", err)
+		t.Fatalf("%s: cacerts: %v", stays, err)
 	}
 	crls, err := pki.ParseCRLs(cc.CACerts.CRL)
 	if err != nil {
-		t.Fatalf("east: cacerts %s: %v", pki.CRLFile, err)
+		t.Fatalf("%s: cacerts %s: %v", stays, pki.CRLFile, err)
 	}
 	root, err := x509.ParseCertificate(pemDER(t, cc.CACerts.RootCert))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c := pki.CRLFrom(crls, root); c == nil || !pki.Revokes(c, westInter.SerialNumber) {
-		t.Fatalf("east's cacerts: the root CRL does not revoke west's intermediate %s", pki.Describe(westInter).Serial)
+		t.Fatalf("%s's cacerts: the root CRL does not revoke %s's intermediate %s", stays, leaves, pki.Describe(westInter).Serial)
 	}
 
 	// istiod loaded it and published it where the sidecar mounts it from.
@@ -129,25 +152,25 @@ func TestRemovedClusterRefusedByDataPlane(t *testing.T) {
 		return published == string(cc.CACerts.CRL), nil
 	})
 	if err != nil {
-		t.Fatalf("east: istiod did not publish cacerts' CRL in sample/%s (it holds %d bytes, cacerts %d)", pki.CRLConfigMap, len(published), len(cc.CACerts.CRL))
+		t.Fatalf("%s: istiod did not publish cacerts' CRL in sample/%s (it holds %d bytes, cacerts %d)", stays, pki.CRLConfigMap, len(published), len(cc.CACerts.CRL))
 	}
-	t.Logf("east: istiod published the CRL in sample/%s %s after the apply", pki.CRLConfigMap, time.Since(start).Round(100*time.Millisecond))
+	t.Logf("%s: istiod published the CRL in sample/%s %s after the apply", stays, pki.CRLConfigMap, time.Since(start).Round(100*time.Millisecond))
 
 	// The data plane refuses west's workloads, and serves east's.
 	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
 		return hello(westIssuer) != nil, nil
 	})
 	if err != nil {
-		t.Fatal("east's helloworld sidecar still answers a workload certificate of west's revoked intermediate")
+		t.Fatalf("%s's helloworld sidecar still answers a workload certificate of %s's revoked intermediate", stays, leaves)
 	}
-	t.Logf("west's workload refused: %v", hello(westIssuer))
+	t.Logf("%s's workload refused: %v", leaves, hello(westIssuer))
 	// For the root's revocation (west's own CRL is still in ca-crl.pem),
 	// as the sidecar's log says.
 	if want := fmt.Sprintf("certificate %q (serial %x): certificate revoked", westInter.Subject, westInter.SerialNumber); !logs.contains(want) {
 		t.Errorf("the emulator's sidecar log never says %s", want)
 	}
 	if err := hello(eastIssuer); err != nil {
-		t.Errorf("east's helloworld sidecar refuses a workload of east's own intermediate: %v", err)
+		t.Errorf("%s's helloworld sidecar refuses a workload of its own intermediate: %v", stays, err)
 	}
 
 	// West re-joins: a new intermediate, whose workloads east accepts.
@@ -156,20 +179,20 @@ func TestRemovedClusterRefusedByDataPlane(t *testing.T) {
 		err = rep.Err()
 	}
 	if err != nil {
-		t.Fatalf("west re-joins: %v", err)
+		t.Fatalf("%s re-joins: %v", leaves, err)
 	}
 	newWest, newInter := issuer(west)
 	if newInter.SerialNumber.Cmp(westInter.SerialNumber) == 0 {
-		t.Fatal("re-joined west has its revoked intermediate")
+		t.Fatalf("re-joined %s has its revoked intermediate", leaves)
 	}
 	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(context.Context) (bool, error) {
 		return hello(newWest) == nil, nil
 	})
 	if err != nil {
-		t.Errorf("east's helloworld sidecar refuses west's new intermediate's workloads: %v", hello(newWest))
+		t.Errorf("%s's helloworld sidecar refuses %s's new intermediate's workloads: %v", stays, leaves, hello(newWest))
 	}
 	if err := hello(westIssuer); err == nil {
-		t.Error("after the re-join, east's sidecar answers west's revoked intermediate's workloads again")
+		t.Errorf("after the re-join, %s's sidecar answers %s's revoked intermediate's workloads again", stays, leaves)
 	}
 }
 
