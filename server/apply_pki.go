@@ -225,7 +225,7 @@ const certManagerIssueTimeout = 2 * time.Minute
 // issues it), then the CRL (which holds one from each of them), then each
 // cacerts.
 func (h *Hub) applyCertManagerPKI(ctx context.Context, p *plan, conns map[string]*kube.Cluster, root *pki.Root, bundle *pki.Bundle, o ApplyOptions, rec *recorder, gate *cacertsGate) {
-	crl, err := h.certManagerCRL(ctx, p, root, rec)
+	crl, err := h.certManagerCRL(ctx, p, root, bundle, rec)
 	if err != nil {
 		rec.fail(ctx, "", "CRL", err)
 		gate.doneAll(err)
@@ -257,7 +257,7 @@ func (h *Hub) applyCertManagerPKI(ctx context.Context, p *plan, conns map[string
 		for name, pr := range ready {
 			inHand[name] = pr.issued
 		}
-		if _, err = crl.sign(ctx, inHand); err != nil {
+		if _, _, err = crl.sign(ctx, inHand); err != nil {
 			rec.fail(ctx, "", "CRL", err)
 		}
 	}

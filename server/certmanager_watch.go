@@ -98,7 +98,7 @@ func (w *cmWatch) sync(ctx context.Context) {
 		log := w.s.log
 		// A renewal's cacerts carries the CRL too (with the new
 		// intermediate's own); without it istiod would refuse the plug-in CA.
-		crl, err := h.certManagerCRL(ctx, p, root, &recorder{h: h})
+		crl, err := h.certManagerCRL(ctx, p, root, bundle, &recorder{h: h})
 		if err != nil {
 			log.Warn("cacerts follow: CRL", "cluster", c.Name, "error", err.Error())
 		}

@@ -191,6 +191,8 @@ type externalCAs struct {
 	// InHand are those read in this pass, each of which signs its own CRL
 	// when the record has none fresh from it.
 	InHand map[string]*pki.Intermediate
+	// Signed is set to those of InHand that signed a new CRL.
+	Signed []string
 }
 
 // ensureCRLWith is ensureCRL with the intermediates in ext (nil: built-in
@@ -237,7 +239,8 @@ func (h *Hub) ensureCRLWith(ctx context.Context, root *pki.Root, dryRun bool, re
 		}
 		live := map[string]bool{}
 		if ext != nil {
-			recs = nil // the state keeps no intermediate of cert-manager's
+			ext.Signed = nil // the transaction may run again
+			recs = nil       // the state keeps no intermediate of cert-manager's
 			for name := range ext.Holders {
 				live[name] = true
 			}
@@ -263,6 +266,7 @@ func (h *Hub) ensureCRLWith(ctx context.Context, root *pki.Root, dryRun bool, re
 				}
 				r.Intermediates[name] = crl
 				signed, changed = append(signed, name), true
+				ext.Signed = append(ext.Signed, name)
 			}
 		}
 		for _, c := range recs {

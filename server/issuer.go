@@ -116,17 +116,11 @@ func (h *Hub) rotateCertManagerIntermediate(ctx context.Context, pl *plan, sc sp
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", sc.Name, err)
 	}
-	crl, err := h.certManagerCRL(ctx, pl, root, &recorder{h: h})
+	// The source writes the new intermediate's CRL into the other
+	// clusters' cacerts first.
+	crl, err := h.certManagerCRL(ctx, pl, root, bundle, &recorder{h: h})
 	if err != nil {
 		return nil, err
-	}
-	if crl != nil {
-		if _, err := crl.sign(ctx, map[string]*certmanager.Issued{sc.Name: in}); err != nil {
-			return nil, fmt.Errorf("%s: CRL: %w", sc.Name, err)
-		}
-		if err := crl.projectOthers(ctx, pl, sc.Name, bundle); err != nil {
-			return nil, fmt.Errorf("%s: the other clusters' CRL (rotate again, or run flotilla apply): %w", sc.Name, err)
-		}
 	}
 	res, err := certmanager.ProjectCRL(ctx, kc, ns, bundle, pki.Refuse, crl.source())
 	if err != nil {

@@ -27,7 +27,11 @@ import (
 
 var testLab = lab.NewSharedWith(lab.Options{Clusters: []string{"east", "west"}, CertManager: true})
 
-func TestMain(m *testing.M) { os.Exit(testLab.Run(m)) }
+// trioLab is for what takes three clusters (one leaves, two stay); started
+// only by the tests that use it.
+var trioLab = lab.NewSharedWith(lab.Options{Clusters: []string{"north", "south", "centre"}, CertManager: true})
+
+func TestMain(m *testing.M) { os.Exit(lab.RunShared(m, testLab, trioLab)) }
 
 // TestCertManagerMode applies a mesh whose intermediates cert-manager issues:
 // each cluster's cacerts is the projection of cert-manager's intermediate,

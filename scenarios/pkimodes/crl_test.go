@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
+	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +15,7 @@ import (
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/pki/certmanager"
 	"github.com/flotillamesh/flotilla/server"
+	"github.com/flotillamesh/flotilla/server/spec"
 )
 
 // TestCertManagerRemovalWritesCRL: in cert-manager mode (the hub signs as
@@ -143,4 +147,111 @@ func pemBlock(t *testing.T, b []byte) []byte {
 		t.Fatal("no PEM block")
 	}
 	return blk.Bytes
+}
+
+// TestHubFollowsRenewalWithCRL: once the mesh revoked an intermediate
+// (centre left), a renewal cert-manager makes on its own between
+// reconciles (forced here, with the hub server's reconcile an hour away)
+// is followed by the hub's watch with the CRL: north's cacerts carries its
+// new intermediate with that intermediate's CRL (istiod would refuse it
+// without), and south's cacerts carries that CRL no later than north's
+// cacerts changes (south's Envoys would refuse north's new workloads
+// without it).
+func TestHubFollowsRenewalWithCRL(t *testing.T) {
+	l := trioLab.Get(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	doc := func(names ...string) *spec.Mesh {
+		src := `apiVersion: flotilla.dev/v1alpha1
+kind: Mesh
+metadata: {name: mesh-cm-trio}
+spec:
+  topology: multi-primary
+  allowLoopbackAPIServers: true
+  pki: {mode: cert-manager, keyAlgorithm: ECDSA-P256}
+  clusters:
+`
+		for i, n := range names {
+			src += fmt.Sprintf("  - {name: %s, context: %s, network: network%d, kubeconfig: %s}\n", n, n, i+1, l.Kubeconfig)
+		}
+		m, err := spec.Parse("mesh.yaml", []byte(src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	h := newHub(t)
+	applyMesh(t, ctx, h, doc("north", "south", "centre"))
+	applyMesh(t, ctx, h, doc("north", "south"))
+	north, south := connectLab(t, l, "north"), connectLab(t, l, "south")
+
+	logs := &signalHandler{t: t, seen: make(chan string, 1)}
+	srv, err := server.NewServer(ctx, h, server.ServerOptions{
+		Listen: "127.0.0.1:0", Token: strings.Repeat("t", 32), Interval: time.Hour,
+		Logger: slog.New(logs), GracePeriod: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Run(runCtx) }()
+	t.Cleanup(func() { stop(); <-done })
+	select {
+	case msg := <-logs.seen:
+		if msg != "reconciled" {
+			t.Fatalf("the hub's first reconcile: %s", msg)
+		}
+	case <-ctx.Done():
+		t.Fatal("the hub never reconciled")
+	}
+
+	before, err := certmanager.ReadIssued(ctx, north, "istio-system")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// cacertsOf reads a cluster's cacerts: its intermediate and CRLs,
+	// valid as istiod checks it.
+	cacertsOf := func(kc *kube.Cluster) (*x509.Certificate, []*x509.RevocationList) {
+		t.Helper()
+		cc, err := pki.ReadCACerts(ctx, kc, "istio-system")
+		if err != nil || cc == nil {
+			t.Fatalf("%s: cacerts: %v", kc.Name, err)
+		}
+		if err := cc.CACerts.Validate(time.Now()); err != nil {
+			t.Fatalf("%s: cacerts: %v", kc.Name, err)
+		}
+		in, err := x509.ParseCertificate(pemBlock(t, cc.CACerts.CACert))
+		if err != nil {
+			t.Fatal(err)
+		}
+		crls, err := pki.ParseCRLs(cc.CACerts.CRL)
+		if err != nil {
+			t.Fatalf("%s: cacerts %s: %v", kc.Name, pki.CRLFile, err)
+		}
+		return in, crls
+	}
+	asked := time.Now()
+	if err := certmanager.Renew(ctx, north, "istio-system"); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		// North first: whatever north's cacerts shows, south's (read
+		// after) shows too if it was written first.
+		got, crls := cacertsOf(north)
+		if !got.Equal(before.Cert) {
+			if pki.CRLFrom(crls, got) == nil {
+				t.Error("north's cacerts holds the renewed intermediate without its CRL")
+			}
+			t.Logf("north: cacerts followed the renewal in %s", time.Since(asked).Round(time.Millisecond))
+			if _, southCRLs := cacertsOf(south); pki.CRLFrom(southCRLs, got) == nil {
+				t.Error("north's cacerts changed before south's carried the renewed intermediate's CRL")
+			}
+			return
+		}
+		if time.Since(asked) > followDeadline {
+			t.Fatalf("north: cacerts still holds serial %s %s after the forced renewal", before.Cert.SerialNumber, followDeadline)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
