@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -151,23 +150,11 @@ func (a *agent) withCRL(verify func([][]byte, [][]*x509.Certificate) error, root
 		if crls == nil {
 			return nil
 		}
-		var certs []*x509.Certificate
-		for _, r := range raw {
-			c, err := x509.ParseCertificate(r)
-			if err != nil {
-				return err
-			}
-			certs = append(certs, c)
+		verified, err := verifyChain(raw, roots)
+		if err != nil {
+			return err
 		}
-		inter := x509.NewCertPool()
-		for _, c := range certs[1:] {
-			inter.AddCert(c)
-		}
-		verified, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
-		if err != nil || len(verified) == 0 {
-			return errors.Join(errors.New("peer certificate"), err)
-		}
-		if err := checkCRLs(verified[0], crls, time.Now()); err != nil {
+		if err := checkCRLs(verified, crls, time.Now()); err != nil {
 			return fmt.Errorf("peer certificate: %w", err)
 		}
 		return nil

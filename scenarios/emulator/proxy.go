@@ -565,28 +565,40 @@ func verifyPeer(roots *x509.CertPool, trustDomain string, allowed map[string]boo
 		if len(raw) == 0 {
 			return errors.New("peer sent no certificate")
 		}
-		var certs []*x509.Certificate
-		for _, r := range raw {
-			c, err := x509.ParseCertificate(r)
-			if err != nil {
-				return err
-			}
-			certs = append(certs, c)
+		verified, err := verifyChain(raw, roots)
+		if err != nil {
+			return err
 		}
-		inter := x509.NewCertPool()
-		for _, c := range certs[1:] {
-			inter.AddCert(c)
-		}
-		if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-			return fmt.Errorf("peer certificate: %w", err)
-		}
-		for _, u := range certs[0].URIs {
+		leaf := verified[0]
+		for _, u := range leaf.URIs {
 			if u.Scheme == "spiffe" && u.Host == trustDomain && (len(allowed) == 0 || allowed[u.String()]) {
 				return nil
 			}
 		}
-		return fmt.Errorf("peer identity %v is not an expected SPIFFE ID of trust domain %s", certs[0].URIs, trustDomain)
+		return fmt.Errorf("peer identity %v is not an expected SPIFFE ID of trust domain %s", leaf.URIs, trustDomain)
 	}
+}
+
+// verifyChain parses a peer's certificates (leaf first) and verifies them
+// against roots; it returns the first verified chain, leaf first.
+func verifyChain(raw [][]byte, roots *x509.CertPool) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	for _, r := range raw {
+		c, err := x509.ParseCertificate(r)
+		if err != nil {
+			return nil, err
+		}
+		certs = append(certs, c)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	chains, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err != nil {
+		return nil, fmt.Errorf("peer certificate: %w", err)
+	}
+	return chains[0], nil
 }
 
 // dialEndpoint dials an endpoint istiod sent: a pod address (10/8, at its

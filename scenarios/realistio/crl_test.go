@@ -165,8 +165,17 @@ func removedClusterRefused(t *testing.T, ctx context.Context, l *lab.Lab, h *ser
 	}
 	t.Logf("%s's workload refused: %v", leaves, hello(westIssuer))
 	// For the root's revocation (west's own CRL is still in ca-crl.pem),
-	// as the sidecar's log says.
-	if want := fmt.Sprintf("certificate %q (serial %x): certificate revoked", westInter.Subject, westInter.SerialNumber); !logs.contains(want) {
+	// as the sidecar's log says. Asked again for a while: a first refusal
+	// under a CRL read moments earlier may give another reason.
+	want := fmt.Sprintf("certificate %q (serial %x): certificate revoked", westInter.Subject, westInter.SerialNumber)
+	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		if logs.contains(want) {
+			return true, nil
+		}
+		_ = hello(westIssuer)
+		return false, nil
+	})
+	if err != nil {
 		t.Errorf("the emulator's sidecar log never says %s", want)
 	}
 	if err := hello(eastIssuer); err != nil {
