@@ -165,17 +165,32 @@ func RevokeSuperseded(ctx context.Context, c *kube.Cluster, a Account, keep Cred
 }
 
 // RevokeAll revokes every token of account a in cluster c that flotilla
-// bound, by deleting their binding Secrets: for a cluster no other cluster
-// reads any more, whose tokens only a leaving cluster held. A token minted
-// before flotilla bound them is not among them.
+// bound, by deleting their binding Secrets, and its legacy token, by
+// deleting the token Secret flotilla made: for a cluster no other cluster
+// reads any more, whose tokens only a leaving cluster held. A bound token
+// minted before flotilla bound them is not among them.
 func RevokeAll(ctx context.Context, c *kube.Cluster, a Account) ([]Revocation, error) {
 	c = c.As(kube.ManagerFederation)
+	var out []Revocation
+	legacy, err := c.Kube.CoreV1().Secrets(a.Namespace).Get(ctx, LegacyTokenSecretName(a.Name), metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return nil, fmt.Errorf("%s: read token secret %s/%s: %w", c.Name, a.Namespace, LegacyTokenSecretName(a.Name), err)
+	case legacy.Labels[ManagedByLabel] == ManagedByValue:
+		opts := c.DeleteOptions()
+		opts.Preconditions = &metav1.Preconditions{UID: &legacy.UID}
+		err := c.Kube.CoreV1().Secrets(a.Namespace).Delete(ctx, legacy.Name, opts)
+		if err != nil && !apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("%s: revoke the legacy token of %s: delete secret %s/%s: %w", c.Name, a, a.Namespace, legacy.Name, err)
+		}
+		out = append(out, Revocation{Cluster: c.Name, Account: a, Binding: legacy.Name})
+	}
 	list, err := c.Kube.CoreV1().Secrets(a.Namespace).List(ctx, metav1.ListOptions{LabelSelector: TokenBindingLabel + "=" + a.Name})
 	if err != nil {
 		return nil, fmt.Errorf("%s: list token binding secrets of %s: %w", c.Name, a, err)
 	}
 	sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].Name < list.Items[j].Name })
-	var out []Revocation
 	for i := range list.Items {
 		s := &list.Items[i]
 		if s.Labels[ManagedByLabel] != ManagedByValue {

@@ -5,8 +5,10 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 )
@@ -145,4 +147,72 @@ func requestWith(ctx context.Context, cfg *rest.Config, token string) int {
 		return int(s.Status().Code)
 	}
 	return -1
+}
+
+// TestLabRevokeAll: every token of a reader flotilla minted (two bound
+// ones, beside each other as during a rotation, and a legacy one) is
+// refused once RevokeAll ran; a Secret of the account's binding label that
+// flotilla did not make stays.
+func TestLabRevokeAll(t *testing.T) {
+	ctx := ctxFor(t)
+	o := Options{Namespace: "revokeall-system", AllowLoopback: true}
+	m := labMesh(t, MultiPrimary, Member{Name: "east"}, Member{Name: "west"})
+	res := mustReconcile(t, ctx, m, nil, o)
+	westKube, err := testLab.Get(t).Cluster("west").Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	acct := Account{Namespace: o.Namespace, Name: ReaderServiceAccount}
+	var tokens []string
+	var prev []Credential
+	for _, c := range res.Credentials {
+		if c.Cluster == "west" {
+			tokens, prev = append(tokens, c.Token), []Credential{c}
+		}
+	}
+	ro := o
+	ro.Token.Rotate = map[string]bool{"west": true}
+	for _, c := range mustReconcile(t, ctx, m, prev, ro).Credentials {
+		if c.Cluster == "west" {
+			tokens = append(tokens, c.Token)
+		}
+	}
+	legacy, err := legacyToken(ctx, westKube, acct, false, TokenOptions{Legacy: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens = append(tokens, legacy.Token)
+	if len(tokens) != 3 || tokens[0] == tokens[1] {
+		t.Fatalf("want two bound tokens and a legacy one, got %d", len(tokens))
+	}
+	foreign, err := westKube.Kube.CoreV1().Secrets(o.Namespace).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{
+		Name: "not-flotillas", Namespace: o.Namespace, Labels: map[string]string{TokenBindingLabel: acct.Name},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, tok := range tokens {
+		if ok, err := Accepted(ctx, westKube, acct, tok); err != nil || !ok {
+			t.Fatalf("token %d refused before RevokeAll (%v)", i, err)
+		}
+	}
+	rv, err := RevokeAll(ctx, westKube, acct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rv) != 3 {
+		t.Errorf("RevokeAll deleted %d secrets, want 3 (two bindings and the legacy token's): %+v", len(rv), rv)
+	}
+	for i, tok := range tokens {
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+			ok, err := Accepted(ctx, westKube, acct, tok)
+			return err == nil && !ok, nil
+		})
+		if err != nil {
+			t.Errorf("token %d still accepted 30s after RevokeAll", i)
+		}
+	}
+	if _, err := westKube.Kube.CoreV1().Secrets(o.Namespace).Get(ctx, foreign.Name, metav1.GetOptions{}); err != nil {
+		t.Errorf("a secret flotilla did not make was deleted: %v", err)
+	}
 }

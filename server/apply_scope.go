@@ -7,8 +7,11 @@
 // Istio resources; its reader account and the token minted there; the
 // remote secrets it holds (built from the stored credentials of the
 // clusters it reads, which their own passes renew); and, once it has left
-// the spec, its removal. Other clusters are only read (gateway addresses,
-// API server endpoints). Mesh-wide state is written only in ways that
+// the spec, its removal (which also deletes the secrets that read it
+// elsewhere, drops the stored credentials it held so that their clusters'
+// passes re-issue them, and revokes the tokens of clusters nobody else
+// reads). Other clusters are otherwise only read (gateway addresses, API
+// server endpoints). Mesh-wide state is written only in ways that
 // commute: the root once (InitCA refuses a second), per-cluster records,
 // and credentials merged inside one transaction.
 
