@@ -71,7 +71,7 @@ func newCACommand(g *globals) *cobra.Command {
 				}
 			}
 			if c := info.CRL; c != nil && c.Unenforced != "" {
-				fmt.Fprintf(w, "revocation not possible: %s\n", c.Unenforced)
+				fmt.Fprintf(w, "revocation not enforced: %s\n", c.Unenforced)
 			} else if c != nil {
 				fmt.Fprintf(w, "CRL number %d, next update %s, in every cacerts as %s (sha256 %s)\n", c.Number, c.NextUpdate.UTC().Format(time.RFC3339), pki.CRLFile, shortFP(c.SHA256))
 			}

@@ -195,8 +195,8 @@ func crlCheck(crl *CRLInfo, c ClusterStatus, ns string, now time.Time) *Check {
 		ck.OK = true
 		ck.Message = "the revoked intermediates chain to a root the mesh no longer trusts"
 	case crl.Unenforced != "":
-		// Said rather than hidden: revocation is not possible here.
-		ck.Message = fmt.Sprintf("revocation is not possible: %s (%d revoked intermediate(s) that ca show lists)", crl.Unenforced, crl.StillTrusted)
+		// Said rather than hidden: revocation does not reach the data plane.
+		ck.Message = fmt.Sprintf("revocation is not enforced: %s (%d revoked intermediate(s) that ca show lists)", crl.Unenforced, crl.StillTrusted)
 		ck.Hint = "revoke them at your issuer's CA, or cut them off by rotating that root and dropping the old one from the trust bundle"
 	case c.CRLSHA256 == "":
 		ck.Message = fmt.Sprintf("secret %s/cacerts has no %s", ns, pki.CRLFile)

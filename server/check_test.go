@@ -205,7 +205,7 @@ func TestCRLCheck(t *testing.T) {
 		{"next update close", stale, "abc", "next update is"},
 		{"current", current, "abc", "ok"},
 		{"current after the root rotated away", rotatedAway, "abc", "ok"},
-		{"the user's issuer: revocation is not possible, said", unenforced, "", "revocation is not possible"},
+		{"the user's issuer: revocation is not enforced, said", unenforced, "", "revocation is not enforced"},
 		{"the user's issuer after its root rotated away", unenforcedRotatedAway, "", "ok"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -298,8 +298,9 @@ spec:
 	}
 }
 
-// TestCRLUnenforced: the hub says revocation is not possible exactly where
-// the root that signs the intermediates is not the hub's.
+// TestCRLUnenforced: the hub says revocation is not enforced exactly where
+// the root that signs the intermediates is not the hub's, or istiod, its CA
+// off, publishes no CRL to the sidecars.
 func TestCRLUnenforced(t *testing.T) {
 	for _, tc := range []struct {
 		name, pki string
@@ -308,6 +309,7 @@ func TestCRLUnenforced(t *testing.T) {
 		{"built-in", "{keyAlgorithm: ECDSA-P256}", ""},
 		{"cert-manager, the hub signs as MeshIssuer", "{mode: cert-manager}", ""},
 		{"cert-manager with the user's issuer", "{mode: cert-manager, certManager: {issuerRef: {name: corp, kind: ClusterIssuer}}}", "ClusterIssuer corp signs the intermediates"},
+		{"cert-manager with the csr-agent", "{mode: cert-manager, certManager: {csrAgent: {image: flotilla:test}}}", "istiod's CA is off"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m, err := spec.Parse("mesh.yaml", []byte(`apiVersion: flotilla.dev/v1alpha1

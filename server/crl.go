@@ -366,12 +366,19 @@ type CRLInfo struct {
 	Unenforced string `json:"unenforced,omitempty"`
 }
 
-// crlUnenforced is why the hub cannot revoke p's intermediates; "" when it
-// can. In cert-manager mode with an issuer of the user's (issuerRef), that
-// issuer's root signs the intermediates and its key is not the hub's.
+// crlUnenforced is why the revocation of p's intermediates does not reach
+// the data plane; "" when it does. In cert-manager mode with an issuer of
+// the user's (issuerRef), that issuer's root signs the intermediates and
+// its key is not the hub's. With the csr-agent, istiod's CA is off, and an
+// istiod without a CA neither loads cacerts nor runs the controller that
+// publishes the istio-ca-crl ConfigMap the sidecars mount (Istio's
+// maybeCreateCA, shouldStartNsController).
 func crlUnenforced(p *plan) string {
-	if p.PKI.Mode == spec.PKICertManager && p.PKI.IssuerRef != nil {
+	switch {
+	case p.PKI.Mode == spec.PKICertManager && p.PKI.IssuerRef != nil:
 		return fmt.Sprintf("pki.certManager.issuerRef: %s %s signs the intermediates with a root whose key the hub does not hold, so the hub cannot sign the root's CRL and writes no %s: revoked intermediates stay trusted", p.PKI.IssuerRef.Kind, p.PKI.IssuerRef.Name, pki.CRLFile)
+	case p.PKI.Mode == spec.PKICertManager && p.PKI.CSRAgent != nil:
+		return fmt.Sprintf("pki.certManager.csrAgent: istiod's CA is off, so istiod neither loads cacerts nor publishes its %s as the %s ConfigMap the sidecars mount: revoked intermediates stay trusted by the data plane", pki.CRLFile, pki.CRLConfigMap)
 	}
 	return ""
 }
