@@ -247,24 +247,25 @@ func (h *Hub) ensureCRLWith(ctx context.Context, root *pki.Root, dryRun bool, re
 			for _, name := range slices.Sorted(maps.Keys(ext.InHand)) {
 				in := ext.InHand[name]
 				live[name] = true
-				if crl, fresh := crlFresh(r.Intermediates[name], in.Cert, now); fresh {
+				crl, fresh := crlFresh(r.Intermediates[name], in.Cert, now)
+				switch {
+				case fresh:
 					continue
-				} else if crl == nil {
-					retire(r.Intermediates[name]) // the cluster's previous intermediate
-				}
-				if dryRun {
+				case dryRun:
 					signed = append(signed, name)
 					continue
+				case crl == nil:
+					retire(r.Intermediates[name]) // the cluster's previous intermediate
 				}
 				r.Number++
-				crl, err := in.SignCRL(r.Number, now, pki.DefaultCRLLifetime)
+				signedCRL, err := in.SignCRL(r.Number, now, pki.DefaultCRLLifetime)
 				if err != nil {
 					return fmt.Errorf("%s: %w (its intermediate predates cRLSign: flotilla ca rotate intermediate %s)", name, err, name)
 				}
 				if r.Intermediates == nil {
 					r.Intermediates = map[string][]byte{}
 				}
-				r.Intermediates[name] = crl
+				r.Intermediates[name] = signedCRL
 				signed, changed = append(signed, name), true
 				ext.Signed = append(ext.Signed, name)
 			}
@@ -360,9 +361,9 @@ type CRLInfo struct {
 	// StillTrusted counts the revoked intermediates under a root the mesh
 	// still trusts: only a CRL keeps their workloads out.
 	StillTrusted int `json:"stillTrusted"`
-	// Unenforced says why the mesh writes no CRL although it revoked
-	// intermediates ("" when it does): the hub holds no key of the root
-	// that signed them.
+	// Unenforced says why the mesh's revocations do not reach the data
+	// plane ("" when they do): the hub holds no key of the root that signed
+	// the intermediates, or istiod publishes no CRL.
 	Unenforced string `json:"unenforced,omitempty"`
 }
 
