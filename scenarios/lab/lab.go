@@ -221,6 +221,15 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 	if err != nil {
 		return l, err
 	}
+	gwDir, err := gatewayAPICRDDir(ctx)
+	if err != nil {
+		return l, err
+	}
+	gwCRDs, err := loadCRDs(gwDir)
+	if err != nil {
+		return l, err
+	}
+	crds = append(crds, gwCRDs...)
 	if o.BinDir == "" {
 		if o.Build.Log == nil {
 			o.Build.Log = logw
