@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
+	"github.com/flotillamesh/flotilla/gateways"
 	"github.com/flotillamesh/flotilla/pki"
 )
 
@@ -44,6 +45,10 @@ type NetworkGateway struct {
 	Cluster string `json:"cluster"`
 	Addr    string `json:"addr"`
 	Port    uint32 `json:"port"`
+	// HBONEPort is non-zero for a gateway that takes double HBONE (an
+	// ambient east-west gateway's 15008); istiod's model.NetworkGateway
+	// has no JSON tags, and its HBONEPort decodes into this.
+	HBONEPort uint32 `json:"hbonePort,omitempty"`
 }
 
 // Names of what istiod writes (Istio's security/pkg/pki/ca and
@@ -250,9 +255,11 @@ func istiodCACheck(c ClusterStatus) *Check {
 
 // istiodNetworksCheck says whether the cluster's istiods know the
 // cross-network gateway of every network they serve endpoints of (want:
-// the networks of this cluster and of the clusters it reads that run one).
-// Nil when there is nothing to know (a single network, or no istiod).
-func istiodNetworksCheck(c ClusterStatus, want []string) *Check {
+// the networks of this cluster and of the clusters it reads that run one);
+// in an ambient mesh, a gateway with its HBONE port, which is what ztunnel
+// is sent to. Nil when there is nothing to know (a single network, or no
+// istiod).
+func istiodNetworksCheck(c ClusterStatus, want []string, ambient bool) *Check {
 	if len(c.Istiods) == 0 || len(want) < 2 {
 		return nil
 	}
@@ -264,12 +271,17 @@ func istiodNetworksCheck(c ClusterStatus, want []string) *Check {
 		}
 		known := map[string]bool{}
 		for _, g := range v.Gateways {
-			if g.Addr != "" {
+			if g.Addr != "" && (!ambient || g.HBONEPort != 0) {
 				known[g.Network] = true
 			}
 		}
 		for _, n := range want {
-			if !known[n] {
+			if known[n] {
+				continue
+			}
+			if ambient {
+				problems = append(problems, fmt.Sprintf("istiod %s/%s knows no HBONE gateway (port %d) of network %s", v.Namespace, v.Pod, gateways.PortHBONE, n))
+			} else {
 				problems = append(problems, fmt.Sprintf("istiod %s/%s knows no gateway of network %s", v.Namespace, v.Pod, n))
 			}
 		}
@@ -281,6 +293,9 @@ func istiodNetworksCheck(c ClusterStatus, want []string) *Check {
 	}
 	ck.OK = true
 	ck.Message = "gateways of " + strings.Join(want, ", ")
+	if ambient {
+		ck.Message = fmt.Sprintf("HBONE gateways (port %d) of %s", gateways.PortHBONE, strings.Join(want, ", "))
+	}
 	return ck
 }
 

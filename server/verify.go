@@ -101,6 +101,9 @@ type verifyCluster struct {
 	name    string
 	kc      *kube.Cluster
 	version string
+	// ambient: the sample joins the mesh through ztunnel (namespace label
+	// istio.io/dataplane-mode=ambient) and its Service is global.
+	ambient bool
 }
 
 // Verify runs Istio's helloworld check across the workload clusters of m
@@ -126,7 +129,7 @@ func (h *Hub) Verify(ctx context.Context, m *spec.Mesh, o VerifyOptions) (*Verif
 		if err := errs[mem.Name]; err != nil {
 			return nil, err // names the cluster
 		}
-		clusters = append(clusters, &verifyCluster{name: mem.Name, kc: conns[mem.Name], version: fmt.Sprintf("v%d", len(clusters)+1)})
+		clusters = append(clusters, &verifyCluster{name: mem.Name, kc: conns[mem.Name], version: fmt.Sprintf("v%d", len(clusters)+1), ambient: mem.Ambient()})
 	}
 	if len(clusters) == 0 {
 		return nil, fmt.Errorf("mesh %s has no cluster that runs workloads", p.Name)
