@@ -1,10 +1,17 @@
 package gateways
 
 import (
+	"context"
+	"fmt"
 	"net"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/flotillamesh/flotilla/deploy/kube"
 )
 
 // The ambient east-west gateway (istio.io docs/ambient/install/multicluster,
@@ -81,4 +88,56 @@ func (g Gateway) GatewayAPI() *unstructured.Unstructured {
 		"metadata":   meta,
 		"spec":       spec,
 	}}
+}
+
+// RetireOtherMode deletes from namespace the east-west gateway objects
+// flotilla wrote for the other dataplane mode, after a cluster changed
+// mode: on an ambient cluster the classic gateway's workload, Service and
+// Istio Gateways (istiod's own deployment of the ambient Gateway takes the
+// name istio-eastwestgateway); on a sidecar cluster the Gateway API
+// Gateway (istiod then removes what it deployed for it). Only objects with
+// flotilla's managed-by label and no owner are deleted: istiod's
+// deployment of the ambient Gateway carries the Gateway's labels but is
+// owned by it. It returns the objects deleted.
+func RetireOtherMode(ctx context.Context, c *kube.Cluster, namespace string, ambient bool) ([]string, error) {
+	var stale []*unstructured.Unstructured
+	if ambient {
+		objs, err := EastWest(namespace, "", Exposure{}).Objects()
+		if err != nil {
+			return nil, err
+		}
+		for _, o := range objs {
+			stale = append(stale, o.Unstructured())
+		}
+		stale = append(stale, CrossNetworkGateway(namespace), IstiodGateway(namespace), IstiodVirtualService(namespace))
+	} else {
+		stale = append(stale, AmbientEastWest(namespace, "", Exposure{}).GatewayAPI())
+	}
+	var deleted []string
+	for _, u := range stale {
+		ref := kube.ObjectRef(u)
+		gvr, _, err := c.Resource(u.GroupVersionKind())
+		if meta.IsNoMatchError(err) {
+			continue // no such CRDs: nothing of the kind was written
+		}
+		if err != nil {
+			return deleted, fmt.Errorf("%s: %s: %w", c.Name, ref, err)
+		}
+		ri := c.Dynamic.Resource(gvr).Namespace(namespace)
+		got, err := ri.Get(ctx, u.GetName(), metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return deleted, fmt.Errorf("%s: read %s: %w", c.Name, ref, err)
+		}
+		if got.GetLabels()[ManagedByLabel] != ManagedBy || len(got.GetOwnerReferences()) > 0 {
+			continue // someone else's, or istiod's
+		}
+		if err := ri.Delete(ctx, u.GetName(), c.DeleteOptions()); err != nil && !apierrors.IsNotFound(err) {
+			return deleted, fmt.Errorf("%s: delete %s: %w", c.Name, ref, err)
+		}
+		deleted = append(deleted, ref)
+	}
+	return deleted, nil
 }

@@ -137,3 +137,105 @@ func TestLabAmbient(t *testing.T) {
 		})
 	})
 }
+
+// TestLabDataplaneModeSwitch: a cluster that moves from sidecar to ambient
+// loses flotilla's classic east-west gateway (whose name istiod's ambient
+// deployment takes) and gains the Gateway API Gateway; moving back
+// removes that Gateway and brings the classic one back. Objects of the
+// same names that are not flotilla's are left alone.
+func TestLabDataplaneModeSwitch(t *testing.T) {
+	ctx := context.Background()
+	_, all := labClusters(t, false)
+	clusters := map[string]*kube.Cluster{"east": all["east"], "west": all["west"]}
+	reset := func() {
+		resetSail(t, clusters)
+		for _, c := range clusters {
+			gvr, _, err := c.Resource(ztunnelGVK)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Dynamic.Resource(gvr).Delete(ctx, deploy.ZTunnelName, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				t.Fatalf("%s: delete ZTunnel: %v", c.Name, err)
+			}
+		}
+	}
+	reset()
+	t.Cleanup(reset)
+	opts := prefixed("switch", deploy.Options{MeshID: "mesh1", Version: "1.30.3"})
+	opts.ZTunnelNamespace = "switch-ztunnel"
+	ns := opts.ControlPlaneNamespace()
+	sidecar := []deploy.Member{member("east", "primary", "network1"), member("west", "primary", "network2")}
+	exists := func(c *kube.Cluster, gvk schema.GroupVersionKind, name string) bool {
+		t.Helper()
+		gvr, _, err := c.Resource(gvk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.Dynamic.Resource(gvr).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+		return err == nil
+	}
+	deployment := schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}
+	service := schema.GroupVersionKind{Version: "v1", Kind: "Service"}
+	gatewayAPI := schema.GroupVersionKind{Group: "gateway.networking.k8s.io", Version: "v1", Kind: "Gateway"}
+	type want struct{ classic, ambient bool }
+	look := func(step string, w want) {
+		t.Helper()
+		for name, c := range clusters {
+			got := want{
+				classic: exists(c, deployment, EastWestName) && exists(c, service, EastWestName) && exists(c, gatewayGVK, CrossNetworkGatewayName),
+				ambient: exists(c, gatewayAPI, EastWestName),
+			}
+			if got != w {
+				t.Errorf("%s: %s: classic gateway %v, ambient Gateway %v; want %v, %v", step, name, got.classic, got.ambient, w.classic, w.ambient)
+			}
+			if !got.classic && (exists(c, deployment, EastWestName) || exists(c, service, EastWestName) || exists(c, gatewayGVK, CrossNetworkGatewayName)) {
+				t.Errorf("%s: %s: part of the classic gateway is left", step, name)
+			}
+		}
+	}
+	apply := func(step string, members []deploy.Member) {
+		t.Helper()
+		var lines []string
+		if _, err := applyMesh(ctx, clusters, deploy.MultiPrimary, members, opts, func(s string) { lines = append(lines, s) }); err != nil {
+			t.Fatalf("%s: ApplyMesh: %v\n%s", step, err, strings.Join(lines, "\n"))
+		}
+	}
+	apply("sidecar", sidecar)
+	look("sidecar", want{classic: true})
+	apply("to ambient", ambientMembers())
+	look("to ambient", want{ambient: true})
+
+	// A Deployment of the classic name that is not flotilla's stays.
+	foreign := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "apps/v1", "kind": "Deployment",
+		"metadata": map[string]any{"name": EastWestName, "namespace": ns},
+		"spec": map[string]any{
+			"selector": map[string]any{"matchLabels": map[string]any{"app": "other"}},
+			"template": map[string]any{
+				"metadata": map[string]any{"labels": map[string]any{"app": "other"}},
+				"spec":     map[string]any{"containers": []any{map[string]any{"name": "c", "image": "example.com/other"}}},
+			},
+		},
+	}}
+	east := clusters["east"]
+	gvr, _, err := east.Resource(deployment)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := east.Dynamic.Resource(gvr).Namespace(ns).Create(ctx, foreign, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	apply("ambient again", ambientMembers())
+	if !exists(east, deployment, EastWestName) {
+		t.Error("east: a Deployment flotilla did not write was deleted")
+	}
+	if err := east.Dynamic.Resource(gvr).Namespace(ns).Delete(ctx, EastWestName, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	apply("back to sidecar", sidecar)
+	look("back to sidecar", want{classic: true})
+}

@@ -194,6 +194,20 @@ func ApplyMeshScoped(ctx context.Context, clusters map[string]*kube.Cluster, l *
 			continue
 		}
 		c := clusters[p.Cluster]
+		if p.GatewayKind == deploy.EastWestGateway || p.GatewayKind == deploy.AmbientEastWestGateway {
+			// Before the new mode's gateway: istiod's ambient deployment
+			// takes the classic gateway's name.
+			ambient := p.GatewayKind == deploy.AmbientEastWestGateway
+			gone, err := RetireOtherMode(ctx, c.As(kube.ManagerGateways), p.Namespace, ambient)
+			for _, ref := range gone {
+				if progress != nil {
+					progress(fmt.Sprintf("%s: %s: deleted (the cluster's dataplane mode is now %s)", p.Cluster, ref, p.DataplaneMode))
+				}
+			}
+			if err != nil {
+				return res, err
+			}
+		}
 		// The namespaces are the control plane's (they carry its network
 		// label), the gateway objects the gateways'.
 		for _, step := range []struct {
