@@ -275,6 +275,18 @@ func TestAmbientApplyLab(t *testing.T) {
 		if got := svc.Labels[deploy.GlobalServiceLabel]; got != "true" {
 			t.Errorf("service %s/%s: %s=%q, want true", sampleNamespace, helloService, deploy.GlobalServiceLabel, got)
 		}
+		// --local-service: the same sample, its Service left local.
+		vc[0].local = true
+		if err := h.deploySample(ctx, vc); err != nil {
+			t.Fatal(err)
+		}
+		svc, err = east.Kube.CoreV1().Services(sampleNamespace).Get(ctx, helloService, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := svc.Labels[deploy.GlobalServiceLabel]; ok {
+			t.Errorf("local-service: service %s/%s: %s=%q, want no label", sampleNamespace, helloService, deploy.GlobalServiceLabel, got)
+		}
 	})
 }
 

@@ -91,7 +91,9 @@ func (h *Hub) deploySample(ctx context.Context, clusters []*verifyCluster) error
 			// No sidecars: ztunnel carries the namespace's pods, and only a
 			// global service answers from the other clusters.
 			key, value = deploy.DataplaneModeLabel, string(deploy.DataplaneAmbient)
-			svcLabels[deploy.GlobalServiceLabel] = "true"
+			if !c.local {
+				svcLabels[deploy.GlobalServiceLabel] = "true"
+			}
 		}
 		kc := c.kc.Kube
 		if err := h.waitNamespaceGone(ctx, c); err != nil {
