@@ -56,6 +56,11 @@ func TestParseDataplaneMode(t *testing.T) {
 		{"ambient API server through the gateway", mesh(mp, "  dataplaneMode: ambient", "  clusters:",
 			"  - {name: east, context: east, network: n1, apiServerAccess: gateway}", "  - {name: west, context: west, network: n2}"), nil,
 			[]string{"line 9: spec.clusters[0].apiServerAccess: cluster east: apiServerAccess gateway is not supported in ambient mode"}},
+		{"ambient with the csr-agent", mesh(with([]string{mp, "  dataplaneMode: ambient", "  pki:", "    mode: cert-manager", "    certManager:", "      csrAgent: {image: example.com/flotilla:1}"}, twoClusters...)...), nil,
+			[]string{"line 11: spec.pki.certManager.csrAgent: not supported with dataplaneMode ambient: ztunnel requests its workloads' certificates on their behalf"}},
+		{"ambient with a pinned node port", mesh(mp, "  dataplaneMode: ambient", "  clusters:",
+			"  - {name: east, context: east, network: n1, gateway: {serviceType: NodePort, nodePort: 31443}}", "  - {name: west, context: west, network: n2}"), nil,
+			[]string{"spec.clusters[0].gateway.nodePort: not used in ambient mode"}},
 		{"ambient on an old Istio", mesh(with([]string{mp, "  dataplaneMode: ambient", "  istio: {version: 1.28.2}"}, twoClusters...)...), nil,
 			[]string{"line 8: spec.istio.version: 1.28.2: ambient multicluster needs Istio 1.29 or later"}},
 	}

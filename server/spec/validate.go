@@ -163,6 +163,16 @@ func (c *checker) dataplane() {
 	if v := s.Istio.Version; v != "" && istioVersion.MatchString(v) && olderThan(v, deploy.AmbientMinIstio) {
 		c.add("spec.istio.version", "%s: ambient multicluster needs Istio %s or later (multi-network ambient is beta since %s; Sail's ZTunnel accepts no older version)", v, deploy.AmbientMinIstio, deploy.AmbientMinIstio)
 	}
+	if cm := s.PKI.CertManager; s.PKI.Mode == PKICertManager && cm != nil && cm.CSRAgent != nil {
+		// ztunnel asks for its workloads' certificates on their behalf
+		// (impersonation), which only istiod's CA grants.
+		c.add("spec.pki.certManager.csrAgent", "not supported with dataplaneMode ambient: ztunnel requests its workloads' certificates on their behalf, which the csr-agent does not grant; leave csrAgent out (istiod signs with the cacerts cert-manager issues)")
+	}
+	for i, cl := range s.Clusters {
+		if cl.DataplaneMode == deploy.DataplaneAmbient && cl.Gateway.NodePort != 0 {
+			c.add(fmt.Sprintf("spec.clusters[%d].gateway.nodePort", i), "not used in ambient mode: istiod makes the east-west gateway's Service from its Gateway and allocates the node port")
+		}
+	}
 	if !s.Topology.Valid() {
 		return
 	}
