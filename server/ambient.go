@@ -5,12 +5,16 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -56,20 +60,42 @@ func readAmbientGateway(ctx context.Context, kc *kube.Cluster, g *gateways.Gatew
 	return out
 }
 
+// ServiceScope is one application service of an ambient cluster.
+type ServiceScope struct {
+	// Global: the service carries istio.io/global=true.
+	Global bool `json:"global"`
+	// Endpoints counts its ready endpoints in the cluster (EndpointSlices).
+	Endpoints int `json:"endpoints"`
+}
+
 // readServices maps the application services of an ambient cluster
-// (namespace/name) to whether they carry istio.io/global=true. System
-// namespaces and the API server's own Service are no application's.
-func readServices(ctx context.Context, kc *kube.Cluster, system []string) (map[string]bool, error) {
+// (namespace/name) to their scope and ready endpoints. System namespaces
+// and the API server's own Service are no application's.
+func readServices(ctx context.Context, kc *kube.Cluster, system []string) (map[string]ServiceScope, error) {
 	list, err := kc.Kube.CoreV1().Services("").List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("%s: list services: %w", kc.Name, err)
 	}
-	out := map[string]bool{}
+	sliceList, err := kc.Kube.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("%s: list endpointslices: %w", kc.Name, err)
+	}
+	ready := map[string]int{}
+	for _, es := range sliceList.Items {
+		svc := es.Labels[discoveryv1.LabelServiceName]
+		for _, ep := range es.Endpoints {
+			if ep.Conditions.Ready == nil || *ep.Conditions.Ready {
+				ready[es.Namespace+"/"+svc]++
+			}
+		}
+	}
+	out := map[string]ServiceScope{}
 	for _, s := range list.Items {
 		if strings.HasPrefix(s.Namespace, "kube-") || slices.Contains(system, s.Namespace) || s.Namespace == "default" && s.Name == "kubernetes" {
 			continue
 		}
-		out[s.Namespace+"/"+s.Name] = s.Labels[deploy.GlobalServiceLabel] == "true"
+		key := s.Namespace + "/" + s.Name
+		out[key] = ServiceScope{Global: s.Labels[deploy.GlobalServiceLabel] == "true", Endpoints: ready[key]}
 	}
 	return out, nil
 }
@@ -132,9 +158,9 @@ func globalServicesCheck(st *Status) *Check {
 			continue
 		}
 		readers++
-		for svc, global := range c.Services {
+		for svc, sc := range c.Services {
 			in[svc] = append(in[svc], c.Name)
-			if !global {
+			if !sc.Global {
 				local[svc] = append(local[svc], c.Name)
 			}
 		}
@@ -166,5 +192,117 @@ func globalServicesCheck(st *Status) *Check {
 	}
 	ck.OK = true
 	ck.Message = fmt.Sprintf("%d shared service(s), all global", shared)
+	return ck
+}
+
+// readAmbientz reads which clusters each service's workloads are in, as
+// istiod sends them to ztunnel: /debug/ambientz lists the workloads (as
+// the workload API's protobuf JSON: clusterId, and services keyed by
+// namespace/hostname).
+func readAmbientz(ctx context.Context, kc *kube.Cluster, p *corev1.Pod, v *IstiodView) error {
+	body, err := kc.Kube.CoreV1().Pods(p.Namespace).ProxyGet("http", p.Name, strconv.Itoa(monitoringPort(p)), "/debug/ambientz", nil).DoRaw(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: pod %s/%s: /debug/ambientz: %w", kc.Name, p.Namespace, p.Name, err)
+	}
+	clusters, err := serviceClusters(body)
+	if err != nil {
+		return fmt.Errorf("%s: pod %s/%s: /debug/ambientz: %w", kc.Name, p.Namespace, p.Name, err)
+	}
+	v.ServiceClusters = clusters
+	return nil
+}
+
+// serviceClusters maps namespace/name of each service in an ambientz
+// answer to the sorted clusters of its workloads.
+func serviceClusters(body []byte) (map[string][]string, error) {
+	var z struct {
+		Workloads []struct {
+			ClusterID string                     `json:"clusterId"`
+			Services  map[string]json.RawMessage `json:"services"`
+		} `json:"workloads"`
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return nil, nil
+	}
+	if err := json.Unmarshal(body, &z); err != nil {
+		return nil, err
+	}
+	sets := map[string]map[string]bool{}
+	for _, w := range z.Workloads {
+		for key := range w.Services {
+			// namespace/hostname, the hostname name.namespace.svc.<domain>.
+			ns, host, ok := strings.Cut(key, "/")
+			if !ok {
+				continue
+			}
+			name, _, _ := strings.Cut(host, ".")
+			svc := ns + "/" + name
+			if sets[svc] == nil {
+				sets[svc] = map[string]bool{}
+			}
+			sets[svc][w.ClusterID] = true
+		}
+	}
+	out := make(map[string][]string, len(sets))
+	for svc, cs := range sets {
+		out[svc] = slices.Sorted(maps.Keys(cs))
+	}
+	return out, nil
+}
+
+// globalEndpointsCheck: each ambient istiod's workload view has, for every
+// service that is global wherever it exists, workloads from every cluster
+// where it has ready endpoints; a cluster missing there is one whose
+// endpoints ztunnel is never sent. Nil when the cluster has no ambient
+// istiod view or no such service.
+func globalEndpointsCheck(c ClusterStatus, st *Status) *Check {
+	if c.Services == nil || len(c.Istiods) == 0 {
+		return nil
+	}
+	want := map[string][]string{}
+	local := map[string]bool{}
+	for _, o := range st.Clusters {
+		for svc, sc := range o.Services {
+			if !sc.Global {
+				local[svc] = true
+			}
+			if sc.Endpoints > 0 {
+				want[svc] = append(want[svc], o.Name)
+			}
+		}
+	}
+	ck := &Check{Name: "istiod has every cluster's endpoints of global services", Cluster: c.Name}
+	var problems []string
+	checked := 0
+	for _, svc := range slices.Sorted(maps.Keys(want)) {
+		if local[svc] || len(want[svc]) < 2 {
+			continue // the global services check names it; or nothing to share
+		}
+		checked++
+		for _, v := range c.Istiods {
+			if v.Error != "" {
+				continue // istiodCheck reports it
+			}
+			var missing []string
+			for _, cl := range want[svc] {
+				if !slices.Contains(v.ServiceClusters[svc], cl) {
+					missing = append(missing, cl)
+				}
+			}
+			if len(missing) > 0 {
+				problems = append(problems, fmt.Sprintf("istiod %s/%s has no workload of %s from %s", v.Namespace, v.Pod, svc, strings.Join(missing, ", ")))
+			}
+		}
+	}
+	if checked == 0 {
+		return nil
+	}
+	if len(problems) > 0 {
+		ck.Message = strings.Join(problems, "; ")
+		ck.Hint = "istiod reads the other clusters through its remote secrets (see the remote secrets checks) and shares only istio.io/global services; check the service's pods are Ready there"
+		return ck
+	}
+	ck.OK = true
+	ck.Message = fmt.Sprintf("%d global service(s) with endpoints from every cluster", checked)
 	return ck
 }

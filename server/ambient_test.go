@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -73,7 +74,14 @@ func TestGlobalServicesCheck(t *testing.T) {
 				if !ok {
 					continue
 				}
-				st.Clusters = append(st.Clusters, ClusterStatus{Name: name, Services: svcs})
+				var scopes map[string]ServiceScope
+				if svcs != nil {
+					scopes = map[string]ServiceScope{}
+					for svc, global := range svcs {
+						scopes[svc] = ServiceScope{Global: global, Endpoints: 1}
+					}
+				}
+				st.Clusters = append(st.Clusters, ClusterStatus{Name: name, Services: scopes})
 			}
 			ck := globalServicesCheck(st)
 			if tt.wantNil {
@@ -135,5 +143,66 @@ func TestNetworkzHBONEPort(t *testing.T) {
 	want := NetworkGateway{Network: "network2", Cluster: "west", Addr: "127.0.0.42", HBONEPort: 15008}
 	if len(got) != 1 || got[0] != want {
 		t.Errorf("decoded %+v, want %+v", got, want)
+	}
+}
+
+// TestServiceClusters: ambientz's workloads (protobuf JSON of the workload
+// API) give, per service, the clusters its workloads are in.
+func TestServiceClusters(t *testing.T) {
+	body := `{"workloads":[
+ {"uid":"east//Pod/sample/helloworld-v1-1","name":"helloworld-v1-1","namespace":"sample","clusterId":"east","network":"network1",
+  "services":{"sample/helloworld.sample.svc.cluster.local":{"ports":[{"servicePort":5000,"targetPort":5000}]}}},
+ {"uid":"west//Pod/sample/helloworld-v2-1","name":"helloworld-v2-1","namespace":"sample","clusterId":"west","network":"network2",
+  "services":{"sample/helloworld.sample.svc.cluster.local":{}}},
+ {"uid":"east//Pod/sample/curl-1","name":"curl-1","namespace":"sample","clusterId":"east"}
+],"services":[{"name":"helloworld","namespace":"sample","hostname":"helloworld.sample.svc.cluster.local"}],"policies":[]}`
+	got, err := serviceClusters([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string][]string{"sample/helloworld": {"east", "west"}}; !reflect.DeepEqual(got, want) {
+		t.Errorf("service clusters %v, want %v", got, want)
+	}
+}
+
+// TestGlobalEndpointsCheck: an ambient istiod must see workloads of a
+// global service from every cluster where it has ready endpoints.
+func TestGlobalEndpointsCheck(t *testing.T) {
+	global := func(n int) ServiceScope { return ServiceScope{Global: true, Endpoints: n} }
+	tests := []struct {
+		name     string
+		services map[string]map[string]ServiceScope
+		view     map[string][]string
+		wantNil  bool
+		ok       bool
+		message  string
+	}{
+		{"both clusters seen", map[string]map[string]ServiceScope{"east": {"sample/helloworld": global(1)}, "west": {"sample/helloworld": global(1)}},
+			map[string][]string{"sample/helloworld": {"east", "west"}}, false, true, "1 global service(s) with endpoints from every cluster"},
+		{"west's endpoints missing", map[string]map[string]ServiceScope{"east": {"sample/helloworld": global(1)}, "west": {"sample/helloworld": global(2)}},
+			map[string][]string{"sample/helloworld": {"east"}}, false, false, "istiod istio-system/istiod-1 has no workload of sample/helloworld from west"},
+		{"no endpoints in west: nothing to expect", map[string]map[string]ServiceScope{"east": {"sample/helloworld": global(1)}, "west": {"sample/helloworld": global(0)}},
+			map[string][]string{"sample/helloworld": {"east"}}, true, false, ""},
+		{"local somewhere: the other check's", map[string]map[string]ServiceScope{"east": {"a/b": global(1)}, "west": {"a/b": {Endpoints: 1}}},
+			nil, true, false, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := &Status{}
+			for _, n := range []string{"east", "west"} {
+				st.Clusters = append(st.Clusters, ClusterStatus{Name: n, Services: tt.services[n],
+					Istiods: []IstiodView{{Namespace: "istio-system", Pod: "istiod-1", ServiceClusters: tt.view}}})
+			}
+			ck := globalEndpointsCheck(st.Clusters[0], st)
+			if tt.wantNil {
+				if ck != nil {
+					t.Fatalf("check %+v, want none", ck)
+				}
+				return
+			}
+			if ck == nil || ck.OK != tt.ok || !strings.Contains(ck.Message, tt.message) {
+				t.Errorf("check %+v, want ok %v and a message with %q", ck, tt.ok, tt.message)
+			}
+		})
 	}
 }

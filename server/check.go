@@ -161,6 +161,9 @@ func diagnose(p *plan, st *Status, now time.Time) []Check {
 		if ck := istiodNetworksCheck(c, gatewayNetworks(p, plans, c.Name), p.Layout.Ambient()); ck != nil {
 			add(*ck)
 		}
+		if ck := globalEndpointsCheck(c, st); ck != nil {
+			add(*ck)
+		}
 	}
 	if ck := globalServicesCheck(st); ck != nil {
 		add(*ck)

@@ -30,6 +30,10 @@ type IstiodView struct {
 	RemoteClusters map[string]string `json:"remoteClusters,omitempty"`
 	// Gateways are the cross-network gateways istiod knows (networkz).
 	Gateways []NetworkGateway `json:"gateways,omitempty"`
+	// ServiceClusters maps each service (namespace/name) of an ambient
+	// istiod's workload view (ambientz) to the clusters its workloads are
+	// in, sorted.
+	ServiceClusters map[string][]string `json:"serviceClusters,omitempty"`
 	// Roots are the fingerprints of the roots istiod publishes to its
 	// workloads (ConfigMap istio-ca-root-cert in its namespace): its CA's.
 	Roots []string `json:"roots,omitempty"`
@@ -64,7 +68,8 @@ const istiodMonitoringPort = 15014
 
 // readIstiods asks every running istiod pod of the cluster (label
 // app=istiod, any namespace) for its clusterz.
-func readIstiods(ctx context.Context, kc *kube.Cluster) ([]IstiodView, error) {
+// In an ambient cluster it also reads istiod's workload view (ambientz).
+func readIstiods(ctx context.Context, kc *kube.Cluster, ambient bool) ([]IstiodView, error) {
 	pods, err := kc.Kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{LabelSelector: "app=istiod", FieldSelector: "status.phase=Running"})
 	if err != nil {
 		return nil, fmt.Errorf("%s: list istiod pods: %w", kc.Name, err)
@@ -98,6 +103,10 @@ func readIstiods(ctx context.Context, kc *kube.Cluster) ([]IstiodView, error) {
 			v.Error = err.Error()
 		} else if err := readIstiodCA(ctx, kc, &v); err != nil {
 			v.Error = err.Error()
+		} else if ambient {
+			if err := readAmbientz(ctx, kc, &p, &v); err != nil {
+				v.Error = err.Error()
+			}
 		}
 		out = append(out, v)
 	}

@@ -63,7 +63,7 @@ type ClusterStatus struct {
 	AmbientGateway *AmbientGatewayStatus `json:"ambientGateway,omitempty"`
 	// Services maps an ambient cluster's application services
 	// (namespace/name) to whether they are global (istio.io/global=true).
-	Services map[string]bool `json:"services,omitempty"`
+	Services map[string]ServiceScope `json:"services,omitempty"`
 	// RootFingerprint is the first root in the cluster's cacerts root-cert.pem.
 	RootFingerprint        string    `json:"rootFingerprint,omitempty"`
 	IntermediateSerial     string    `json:"intermediateSerial,omitempty"`
@@ -218,7 +218,7 @@ func (h *Hub) observe(ctx context.Context, place deploy.Placement, p gateways.Cl
 	}
 
 	cs.Istio = readIstio(ctx, kc, place.Istio)
-	if views, err := readIstiods(ctx, kc); err != nil {
+	if views, err := readIstiods(ctx, kc, place.Ambient()); err != nil {
 		cs.Drift = append(cs.Drift, err.Error())
 	} else {
 		cs.Istiods = views
