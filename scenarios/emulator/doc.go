@@ -109,6 +109,28 @@
 // domain that chains to istiod's root (no authorization policies are
 // played).
 //
+// Ambient mode, with Config.Istiod (ztunnel.go, hbone.go): every running
+// pod of the ztunnel chart's DaemonSet gets a ztunnel that connects to
+// istiod as that pod (XDS_ADDRESS/CA_ADDRESS of its container, a token of
+// its service account for audience istio-ca bound to it, node ztunnel~...),
+// subscribes to istio.workload.Address over delta xDS (wildcard) and keeps
+// what istiod sends; the pod is marked ready once the first response came.
+// For a pod that ambient mode captures (istio.io/dataplane-mode=ambient on
+// its namespace or itself, no sidecar), the emulator plays istio-cni's node
+// agent: once an istio-cni node pod runs on its node and that node's
+// ztunnel has istiod's view, it annotates the pod
+// ambient.istio.io/redirection=enabled (from which istiod gives the
+// workload tunnel protocol HBONE), and only then is the pod ready. A call
+// from such a pod goes through its node's ztunnel: the source must be a
+// workload of istiod's view (else it is refused, as ztunnel refuses an
+// unknown source), the destination service and its healthy workloads are
+// those of istiod's view, and the certificates are istiod's, asked for by
+// the ztunnel with ImpersonatedIdentity. HBONE is mTLS (TLS 1.3, ALPN h2)
+// to the workload's address at 15008, where the emulator listens for every
+// ambient pod, then one HTTP/2 CONNECT to <pod IP>:<target port>, joined
+// there to the app. Not played: waypoints, authorization policies,
+// multi-network (double HBONE through an east-west gateway).
+//
 // Not modelled: istiod's self-signed fallback CA (an istiod without cacerts
 // here has no CA and its proxies' calls fail), and injection webhooks
 // failing (a remote whose pilot address is wrong still gets its pods marked
