@@ -331,6 +331,9 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 				e.passthroughListeners(name, g, want, kinds)
 			}
 		}
+		if e.cfg.Istiod {
+			e.eastWestListeners(name, v, want, kinds)
+		}
 	}
 	e.mu.Lock()
 	if e.cfg.Istiod {
@@ -441,9 +444,11 @@ func (e *Emulator) syncAgents(w *world) {
 		for i := range v.pods {
 			p := &v.pods[i]
 			proxy := sidecarContainer(p)
-			if !running(p) || proxy == nil || p.Annotations[sidecarStatus] == "" {
+			if !running(p) || proxy == nil || p.Annotations[sidecarStatus] == "" && p.Labels[gatewayManagedLabel] == "" {
 				// Not injected: its istio-proxy is the template's
 				// placeholder (image auto), which no kubelet can run.
+				// A gateway istiod's deployment controller renders
+				// (Gateway API) has its proxy written out instead.
 				continue
 			}
 			key := agentKey(name, p)

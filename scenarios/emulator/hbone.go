@@ -51,6 +51,9 @@ func (e *Emulator) callViaZtunnel(ctx context.Context, cluster string, client *c
 		return answer{http.StatusServiceUnavailable, "curl: (56) Recv failure: Connection reset by peer (ztunnel: no healthy upstream)\n"}
 	}
 	b := backends[e.next(cluster+"/ztunnel/"+client.Namespace+"/"+client.Name+"/"+fqdn, len(backends))]
+	if b.gateway != nil {
+		return z.doubleHBONE(ctx, client, src, svc, b, host, port, path)
+	}
 	target := net.JoinHostPort(b.ip, strconv.Itoa(int(b.port)))
 	if b.w.TunnelProtocol != workloadapi.TunnelProtocol_HBONE {
 		// Not captured by ztunnel at the other end: plaintext, as ztunnel
@@ -85,7 +88,7 @@ func (e *Emulator) callViaZtunnel(ctx context.Context, cluster string, client *c
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return answer{http.StatusBadGateway, fmt.Sprintf("curl: (56) Recv failure: Connection reset by peer (HBONE TLS: %v)\n", err)}
 	}
-	stream, err := connect(ctx, tc, target)
+	stream, err := connect(ctx, tc, target, nil)
 	if err != nil {
 		return answer{http.StatusBadGateway, fmt.Sprintf("curl: (56) Recv failure: Connection reset by peer (HBONE CONNECT %s: %v)\n", target, err)}
 	}
@@ -94,8 +97,12 @@ func (e *Emulator) callViaZtunnel(ctx context.Context, cluster string, client *c
 	return roundTrip(stream, host, port, path)
 }
 
-// connect opens one HTTP/2 CONNECT stream to target over tc.
-func connect(ctx context.Context, tc *tls.Conn, target string) (net.Conn, error) {
+// connect opens one HTTP/2 CONNECT stream to target over conn, with the
+// given request headers.
+func connect(ctx context.Context, tc net.Conn, target string, hdr http.Header) (net.Conn, error) {
+	if hdr == nil {
+		hdr = http.Header{}
+	}
 	cc, err := (&http2.Transport{}).NewClientConn(tc)
 	if err != nil {
 		return nil, err
@@ -105,7 +112,7 @@ func connect(ctx context.Context, tc *tls.Conn, target string) (net.Conn, error)
 		Method: http.MethodConnect,
 		URL:    &url.URL{Host: target},
 		Host:   target,
-		Header: http.Header{},
+		Header: hdr,
 		Body:   pr,
 	}).WithContext(ctx)
 	resp, err := cc.RoundTrip(req)
@@ -191,12 +198,21 @@ func (e *Emulator) hboneInbound(cluster string, pod *corev1.Pod) func(net.Conn) 
 				return
 			}
 			host, port, err := net.SplitHostPort(r.Host)
-			if err != nil || host != podIP {
+			p, _ := strconv.Atoi(port)
+			if err == nil && net.ParseIP(host) == nil {
+				// Double HBONE's inner CONNECT names the service
+				// (hostname:service port): this workload's port for it.
+				p = int(z.targetPort(w, host, uint32(p)))
+				if p == 0 {
+					http.Error(rw, fmt.Sprintf("%s: this workload is no endpoint of that service", r.Host), http.StatusBadRequest)
+					return
+				}
+				z.logf("ztunnel %s: HBONE to %s/%s: CONNECT %s from network %q -> port %d", z.name(), ns, name, r.Host, r.Header.Get(originNetworkHeader), p)
+			} else if err != nil || host != podIP {
 				http.Error(rw, fmt.Sprintf("%s is not this workload's address", r.Host), http.StatusBadRequest)
 				return
 			}
-			p, _ := strconv.Atoi(port)
-			app, err := dialPod(r.Context(), host, int32(p))
+			app, err := dialPod(r.Context(), podIP, int32(p))
 			if err != nil {
 				http.Error(rw, err.Error(), http.StatusServiceUnavailable)
 				return
@@ -204,25 +220,7 @@ func (e *Emulator) hboneInbound(cluster string, pod *corev1.Pod) func(net.Conn) 
 			defer app.Close()
 			rw.WriteHeader(http.StatusOK)
 			rw.(http.Flusher).Flush()
-			go func() {
-				_, _ = io.Copy(app, r.Body)
-				if cw, ok := app.(interface{ CloseWrite() error }); ok {
-					_ = cw.CloseWrite()
-				}
-			}()
-			buf := make([]byte, 32<<10)
-			for {
-				n, err := app.Read(buf)
-				if n > 0 {
-					if _, werr := rw.Write(buf[:n]); werr != nil {
-						break
-					}
-					rw.(http.Flusher).Flush()
-				}
-				if err != nil {
-					break
-				}
-			}
+			pipeStream(rw, r.Body, app)
 		})})
 	}
 }

@@ -10,9 +10,11 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -306,7 +308,14 @@ func describe(got map[string]*workloadapi.Address) string {
 	var parts []string
 	for _, a := range got {
 		if w := a.GetWorkload(); w != nil {
-			parts = append(parts, fmt.Sprintf("workload %s/%s %s %s network %q cluster %q", w.Namespace, w.Name, ips(w.Addresses), w.TunnelProtocol, w.Network, w.ClusterId))
+			d := fmt.Sprintf("workload %s/%s %s %s network %q cluster %q", w.Namespace, w.Name, ips(w.Addresses), w.TunnelProtocol, w.Network, w.ClusterId)
+			if g := w.NetworkGateway; g != nil {
+				d += fmt.Sprintf(" network gateway %s:%d", gatewayDest(g), g.HboneMtlsPort)
+			}
+			if len(w.Services) > 0 {
+				d += fmt.Sprintf(" services %v", slices.Sorted(maps.Keys(w.Services)))
+			}
+			parts = append(parts, d)
 		}
 		if s := a.GetService(); s != nil {
 			parts = append(parts, fmt.Sprintf("service %s/%s", s.Namespace, s.Hostname))
@@ -317,6 +326,19 @@ func describe(got map[string]*workloadapi.Address) string {
 		return ""
 	}
 	return ": " + strings.Join(parts, "; ")
+}
+
+// gatewayDest is a network gateway's address or hostname, for the log.
+func gatewayDest(g *workloadapi.GatewayAddress) string {
+	if a := g.GetAddress(); a != nil {
+		if ip, ok := netip.AddrFromSlice(a.Address); ok {
+			return a.Network + "/" + ip.String()
+		}
+	}
+	if h := g.GetHostname(); h != nil {
+		return h.Namespace + "/" + h.Hostname
+	}
+	return "?"
 }
 
 func ips(addrs [][]byte) string {
@@ -351,11 +373,14 @@ func (z *ztunnel) workloadByIP(ip string) *workloadapi.Workload {
 	return nil
 }
 
-// backend is one workload a service port leads to.
+// backend is one workload a service port leads to; gateway is set for a
+// workload of another network (istiod's coalesced workload for that
+// network, behind its east-west gateway).
 type backend struct {
-	w    *workloadapi.Workload
-	ip   string
-	port uint32
+	w       *workloadapi.Workload
+	ip      string
+	port    uint32
+	gateway *workloadapi.GatewayAddress
 }
 
 // service finds the service of hostname in istiod's view and the healthy
@@ -386,7 +411,7 @@ func (z *ztunnel) service(hostname string, port uint32) (*workloadapi.Service, [
 			continue
 		}
 		pl, ok := w.Services[key]
-		if !ok || len(w.Addresses) == 0 {
+		if !ok {
 			continue
 		}
 		tp := target
@@ -395,13 +420,29 @@ func (z *ztunnel) service(hostname string, port uint32) (*workloadapi.Service, [
 				tp = p.TargetPort
 			}
 		}
+		if w.Network != "" && w.Network != z.env["NETWORK"] {
+			// Reached through its network's gateway only, never
+			// directly; ztunnel refuses one without a gateway.
+			if w.NetworkGateway == nil {
+				continue
+			}
+			// As many turns as the workloads it stands for (capacity).
+			n := max(int(w.GetCapacity().GetValue()), 1)
+			for range n {
+				out = append(out, backend{w: w, port: tp, gateway: w.NetworkGateway})
+			}
+			continue
+		}
+		if len(w.Addresses) == 0 {
+			continue
+		}
 		ip, ok := netip.AddrFromSlice(w.Addresses[0])
 		if !ok {
 			continue
 		}
 		out = append(out, backend{w: w, ip: ip.String(), port: tp})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ip < out[j].ip })
+	sort.SliceStable(out, func(i, j int) bool { return out[i].ip < out[j].ip })
 	return svc, out
 }
 
@@ -522,4 +563,54 @@ func (e *Emulator) redirectToZtunnel(ctx context.Context, v *clusterView, p *cor
 		return
 	}
 	e.logf("%s: istio-cni: pod %s/%s redirected to ztunnel %s", v.name, p.Namespace, p.Name, z.name())
+}
+
+// targetPort is the port w takes service hostname's port on, 0 when w is
+// no endpoint of that service in istiod's view.
+func (z *ztunnel) targetPort(w *workloadapi.Workload, hostname string, port uint32) uint32 {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	for key, pl := range w.Services {
+		if _, h, _ := strings.Cut(key, "/"); h != hostname {
+			continue
+		}
+		for _, p := range pl.Ports {
+			if p.ServicePort == port {
+				if p.TargetPort != 0 {
+					return p.TargetPort
+				}
+				return port
+			}
+		}
+		return port
+	}
+	return 0
+}
+
+// gatewayWorkload is the workload istiod's view has for a network gateway
+// address (its NetworkGateway/<network>/<address>/<port> workload), whose
+// identity the gateway presents.
+func (z *ztunnel) gatewayWorkload(g *workloadapi.GatewayAddress) (*workloadapi.Workload, string) {
+	a := g.GetAddress()
+	if a == nil {
+		return nil, ""
+	}
+	ip, ok := netip.AddrFromSlice(a.Address)
+	if !ok {
+		return nil, ""
+	}
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	for _, addr := range z.addrs {
+		w := addr.GetWorkload()
+		if w == nil || !strings.HasPrefix(w.Uid, "NetworkGateway/") {
+			continue
+		}
+		for _, b := range w.Addresses {
+			if got, ok := netip.AddrFromSlice(b); ok && got == ip {
+				return w, ip.String()
+			}
+		}
+	}
+	return nil, ip.String()
 }

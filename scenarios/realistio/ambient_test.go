@@ -2,6 +2,7 @@ package realistio
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -176,9 +178,15 @@ func TestAmbientSingleCluster(t *testing.T) {
 // hello sends GET /hello to helloworld.sample:5000 as the pod whose capture
 // address is capture (as curl in that pod would through kwok's Exec).
 func hello(ctx context.Context, capture string) (string, error) {
+	return helloAt(ctx, capture, "helloworld.sample:5000")
+}
+
+// helloAt sends GET /hello to hostPort as the pod whose capture address is
+// capture.
+func helloAt(ctx context.Context, capture, hostPort string) (string, error) {
 	proxy, _ := url.Parse("http://" + capture)
 	hc := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{Proxy: http.ProxyURL(proxy), DisableKeepAlives: true}}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://helloworld.sample:5000/hello", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+hostPort+"/hello", nil)
 	resp, err := hc.Do(req)
 	if err != nil {
 		return "", err
@@ -202,7 +210,8 @@ func createNamespace(t *testing.T, ctx context.Context, cs kubernetes.Interface,
 	}
 }
 
-// applySail creates the Sail resource kind named default with spec.
+// applySail creates the Sail resource kind named default with spec, or
+// merges spec into the one that exists.
 func applySail(t *testing.T, ctx context.Context, kc *kube.Cluster, kind string, spec map[string]any) {
 	t.Helper()
 	gvr := map[string]schema.GroupVersionResource{"Istio": istioGVR, "IstioCNI": istioCNIGVR, "ZTunnel": ztunnelGVR}[kind]
@@ -211,8 +220,14 @@ func applySail(t *testing.T, ctx context.Context, kc *kube.Cluster, kind string,
 		"metadata": map[string]any{"name": "default"},
 		"spec":     spec,
 	}}
-	if _, err := kc.Dynamic.Resource(gvr).Create(ctx, u, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create %s default: %v", kind, err)
+	_, err := kc.Dynamic.Resource(gvr).Create(ctx, u, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		// flotilla wrote it (a sidecar mesh's IstioCNI): change its spec.
+		patch, _ := json.Marshal(map[string]any{"spec": spec})
+		_, err = kc.Dynamic.Resource(gvr).Patch(ctx, "default", types.MergePatchType, patch, metav1.PatchOptions{})
+	}
+	if err != nil {
+		t.Fatalf("%s: write %s default: %v", kc.Name, kind, err)
 	}
 }
 
