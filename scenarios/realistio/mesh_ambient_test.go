@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/flotillamesh/flotilla/server"
 )
@@ -17,8 +21,11 @@ import (
 // gateway and gives the emulator's ztunnels their workload view. flotilla
 // check passes, istiod's networkz showing each network's gateway with its
 // HBONE port; flotilla verify (ambient sample namespace, global helloworld)
-// gets v1 and v2 from each side with no failed request; with the Service
-// left local (--local-service) each side gets only its own version.
+// gets v1 and v2 from each side with no failed request. Negative controls:
+// a Gateway stripped of its network label fails check until an apply
+// restores it; with
+// the Service left local (--local-service) each side gets only its own
+// version.
 func TestAmbientMultiNetworkApply(t *testing.T) {
 	l := ambNetLab.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
@@ -93,7 +100,35 @@ spec:
 		}
 	}
 
-	// The negative control: the same sample with helloworld left local.
+	// A negative control: west's Gateway loses its network label, without
+	// which the other istiods' ambient registry does not take it for
+	// network2's gateway (remoteK8sGatewayToNetworkGateways). check says
+	// so; an apply puts it back. (istiod's networkz still lists network2:
+	// it reads the Service istiod deployed, whose network label the
+	// gateway template falls back to west istiod's own global.network for.)
+	west := l.Cluster("amb-west")
+	wkc, err := west.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlabel := []byte(`{"metadata":{"labels":{"topology.istio.io/network":null}}}`)
+	if _, err := wkc.Dynamic.Resource(gatewayGVR).Namespace("istio-system").Patch(ctx, "istio-eastwestgateway", types.MergePatchType, unlabel, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ck := waitCheck(t, ctx, h, "ambient gateway on its network", "amb-west", false)
+	t.Logf("without the label: check %s [%s]: %s (hint: %s)", ck.Name, ck.Cluster, ck.Message, ck.Hint)
+	if !strings.Contains(ck.Message, `topology.istio.io/network="", want "network2"`) {
+		t.Errorf("check %s [%s]: %s, want it to name the missing label", ck.Name, ck.Cluster, ck.Message)
+	}
+	if rep, err := h.Apply(ctx, m, server.ApplyOptions{}); err != nil || rep.Err() != nil {
+		t.Fatalf("apply: %v %v", err, rep.Err())
+	}
+	waitCheck(t, ctx, h, "ambient gateway on its network", "amb-west", true)
+
+	// The negative control: a fresh sample with helloworld left local (not
+	// the global one relabelled: istiod and the ztunnels would take a
+	// moment to drop the other cluster's workloads).
+	removeSampleAndWait(t, l)
 	local, err := h.Verify(ctx, m, server.VerifyOptions{Requests: 10, Keep: true, LocalService: true})
 	if err != nil {
 		t.Fatalf("verify --local-service: %v", err)
