@@ -116,12 +116,13 @@
 // subscribes to istio.workload.Address over delta xDS (wildcard) and keeps
 // what istiod sends; the pod is marked ready once the first response came.
 // For a pod that ambient mode captures (istio.io/dataplane-mode=ambient on
-// its namespace or itself, no sidecar), the emulator plays istio-cni's node
-// agent: once an istio-cni node pod runs on its node and that node's
+// its namespace or itself, no sidecar) on a node where an istio-cni node
+// pod runs, the emulator plays istio-cni's node agent: once that node's
 // ztunnel has istiod's view, it annotates the pod
 // ambient.istio.io/redirection=enabled (from which istiod gives the
-// workload tunnel protocol HBONE), and only then is the pod ready. A call
-// from such a pod goes through its node's ztunnel: the source must be a
+// workload tunnel protocol HBONE), and only then is the pod ready (without
+// istio-cni on the node the pod runs unredirected, as without the CNI
+// plugin). A call from a redirected pod goes through its node's ztunnel: the source must be a
 // workload of istiod's view (else it is refused, as ztunnel refuses an
 // unknown source), the destination service and its healthy workloads are
 // those of istiod's view, and the certificates are istiod's, asked for by

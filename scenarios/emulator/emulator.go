@@ -296,7 +296,7 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 				continue
 			}
 			ambient := e.cfg.Istiod && ambientPod(v, p)
-			if ambient {
+			if ambient && redirected(p) {
 				if lb, ok := lab.Loopback(net.ParseIP(p.Status.PodIP)); ok {
 					addr := net.JoinHostPort(lb.String(), strconv.Itoa(hbonePort))
 					want[addr], kinds[addr] = e.hboneInbound(name, p), "ztunnel inbound "+name+"/"+p.Namespace+"/"+p.Name
@@ -305,7 +305,7 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 			if addr, ok := lab.PodCaptureAddress(net.ParseIP(p.Status.PodIP)); ok {
 				want[addr], kinds[addr] = e.captureHandler(name, &podRef{namespace: p.Namespace, name: p.Name, uid: string(p.UID)}), "capture "+name+"/"+p.Namespace+"/"+p.Name
 				execs = append(execs, podExec{cluster: name, capture: addr, pod: p,
-					redirect: ambient && p.Annotations[ambientRedirection] != ambientRedirectionEnabled})
+					redirect: ambient && !redirected(p) && cniOnNode(v, p.Spec.NodeName)})
 			}
 			if _, port, ok := helloVersion(p); ok {
 				if lb, ok := lab.Loopback(net.ParseIP(p.Status.PodIP)); ok {

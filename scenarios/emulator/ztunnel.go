@@ -531,24 +531,37 @@ func (z *ztunnel) certFor(ctx context.Context, w *workloadapi.Workload) (*tls.Ce
 	return tc, pool, nil
 }
 
-// redirectToZtunnel plays istio-cni's node agent for an ambient pod: once
-// an istio-cni node pod runs on the pod's node and that node's ztunnel has
-// istiod's view, the pod's traffic goes to that ztunnel, and the agent
-// annotates the pod so (the annotation istiod reads). Without istio-cni
-// or ztunnel on the node the pod stays unannotated and not ready.
-func (e *Emulator) redirectToZtunnel(ctx context.Context, v *clusterView, p *corev1.Pod) {
-	if v == nil {
-		return
-	}
-	cni := false
+// redirected says whether istio-cni handed the pod's traffic to its
+// node's ztunnel: only then does ztunnel carry its calls and take its
+// HBONE.
+func redirected(p *corev1.Pod) bool {
+	return p.Annotations[ambientRedirection] == ambientRedirectionEnabled
+}
+
+// cniOnNode says whether an istio-cni node pod runs on node: without one,
+// nothing redirects an ambient pod's traffic (no CNI plugin), and the pod
+// starts as any other.
+func cniOnNode(v *clusterView, node string) bool {
 	for i := range v.pods {
 		q := &v.pods[i]
-		if running(q) && q.Labels[cniNodeLabel] == cniNodeValue && q.Spec.NodeName == p.Spec.NodeName {
-			cni = true
+		if running(q) && q.Labels[cniNodeLabel] == cniNodeValue && q.Spec.NodeName == node {
+			return true
 		}
 	}
+	return false
+}
+
+// redirectToZtunnel plays istio-cni's node agent for an ambient pod on a
+// node where istio-cni runs: once that node's ztunnel has istiod's view,
+// the pod's traffic goes to that ztunnel, and the agent annotates the pod
+// so (the annotation istiod reads). Until then the pod is not ready, as
+// istio-cni's plugin holds a pod back while the node's ztunnel is not.
+func (e *Emulator) redirectToZtunnel(ctx context.Context, v *clusterView, p *corev1.Pod) {
+	if v == nil || !cniOnNode(v, p.Spec.NodeName) {
+		return
+	}
 	z := e.ztunnelFor(v.name, p.Spec.NodeName)
-	if !cni || z == nil || !z.ready() {
+	if z == nil || !z.ready() {
 		return
 	}
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{

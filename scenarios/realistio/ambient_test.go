@@ -117,6 +117,11 @@ func TestAmbientSingleCluster(t *testing.T) {
 
 	createHelloworld(t, ctx, cs, "sample", "v1")
 	client := createCurl(t, ctx, cs, "sample")
+	// istio-cni (played by the emulator) handed it to ztunnel before it
+	// turned ready; istiod reads this annotation for tunnel protocol HBONE.
+	if got := client.Annotations["ambient.istio.io/redirection"]; got != "enabled" {
+		t.Errorf("ready ambient pod sample/curl: annotation ambient.istio.io/redirection = %q, want enabled", got)
+	}
 	hidden := createCurl(t, ctx, cs, "hidden")
 	capture := func(p *corev1.Pod) string {
 		addr, ok := lab.PodCaptureAddress(net.ParseIP(p.Status.PodIP))
