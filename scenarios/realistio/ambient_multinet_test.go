@@ -136,7 +136,13 @@ spec:
 			t.Errorf("%s: helloworld-local (no istio.io/global) answered %v, want only the local %s", c.Name, local, versions[c.Name])
 		}
 	}
-	for _, want := range []string{"via double HBONE, network gateway", "east-west gateway amb-west/istio-system/istio-eastwestgateway: CONNECT helloworld.sample.svc.cluster.local:5000 -> workload sample/helloworld-v2", "east-west gateway amb-east/istio-system/istio-eastwestgateway: CONNECT helloworld.sample.svc.cluster.local:5000 -> workload sample/helloworld-v1"} {
+	// istiod's WDS gave each ztunnel the other network's helloworld as one
+	// coalesced workload behind that network's gateway.
+	for _, want := range []string{
+		"workload sample/network2/SplitHorizonWorkload/istio-system/istio-eastwestgateway/",
+		"workload sample/network1/SplitHorizonWorkload/istio-system/istio-eastwestgateway/",
+		"network gateway network2/", "network gateway network1/",
+		"via double HBONE, network gateway", "east-west gateway amb-west/istio-system/istio-eastwestgateway: CONNECT helloworld.sample.svc.cluster.local:5000 -> workload sample/helloworld-v2", "east-west gateway amb-east/istio-system/istio-eastwestgateway: CONNECT helloworld.sample.svc.cluster.local:5000 -> workload sample/helloworld-v1"} {
 		if !logs.contains(want) {
 			t.Errorf("the emulator's log never says %q", want)
 		}
