@@ -298,6 +298,9 @@ func istiodNetworksCheck(c ClusterStatus, want []string, ambient bool) *Check {
 	if len(problems) > 0 {
 		ck.Message = strings.Join(problems, "; ")
 		ck.Hint = "istiod finds a network's gateway by the topology.istio.io/network label on the east-west gateway's Service in a cluster it reads: run flotilla apply, and check that gateway's Service has an address"
+		if ambient {
+			ck.Hint = "istiod deploys each ambient east-west Gateway (class istio-east-west) as a Service with the HBONE port 15008 and reads the other clusters' through its remote secrets: run flotilla apply, check that istiod runs with AMBIENT_ENABLE_MULTI_NETWORK=true and that each gateway's Service has an address"
+		}
 		return ck
 	}
 	ck.OK = true
