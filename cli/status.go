@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/server"
 )
 
@@ -78,8 +79,12 @@ func printStatus(w io.Writer, st *server.Status, output string) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "CLUSTER\tROLE\tNETWORK\tGATEWAY\tINTERMEDIATE EXPIRES\tROOT\tREMOTE SECRETS\tDRIFT")
 	for _, c := range st.Clusters {
+		role := string(c.Role)
+		if c.DataplaneMode == deploy.DataplaneAmbient {
+			role += " (ambient)" // sidecar, the default, goes unsaid
+		}
 		if !c.Reachable {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\tunreachable: %s\n", c.Name, c.Role, c.Network, c.Error)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\tunreachable: %s\n", c.Name, role, c.Network, c.Error)
 			continue
 		}
 		healthy := 0
@@ -96,7 +101,7 @@ func printStatus(w io.Writer, st *server.Status, output string) error {
 		if len(c.Drift) > 0 {
 			drift = strings.Join(c.Drift, "; ")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d healthy\t%s\n", c.Name, c.Role, orDash(c.Network), orDash(c.GatewayAddress), exp,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d healthy\t%s\n", c.Name, role, orDash(c.Network), orDash(c.GatewayAddress), exp,
 			orDash(shortFP(c.RootFingerprint)), healthy, len(c.RemoteSecrets), drift)
 	}
 	if err := tw.Flush(); err != nil {

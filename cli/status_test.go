@@ -39,3 +39,38 @@ func TestPrintStatusLinks(t *testing.T) {
 		t.Errorf("links table without links:\n%s", b.String())
 	}
 }
+
+// TestPrintStatusDataplaneMode: an ambient cluster's role says so in the
+// table; a sidecar cluster's (the default) does not; -o json carries the
+// mode of every cluster.
+func TestPrintStatusDataplaneMode(t *testing.T) {
+	st := &server.Status{Mesh: "mesh1", Topology: "multi-primary", Clusters: []server.ClusterStatus{
+		{Name: "east", Role: "primary", DataplaneMode: "ambient", Reachable: true},
+		{Name: "west", Role: "primary", DataplaneMode: "sidecar"},
+	}}
+	var b bytes.Buffer
+	if err := printStatus(&b, st, "table"); err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]string{}
+	for _, l := range strings.Split(b.String(), "\n") {
+		if f := strings.Fields(l); len(f) > 1 {
+			rows[f[0]] = l
+		}
+	}
+	if !strings.Contains(rows["east"], "primary (ambient)") {
+		t.Errorf("east row %q, want role primary (ambient)", rows["east"])
+	}
+	if !strings.Contains(rows["west"], "primary") || strings.Contains(rows["west"], "(") {
+		t.Errorf("west row %q, want role primary alone", rows["west"])
+	}
+	b.Reset()
+	if err := printStatus(&b, st, "json"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"dataplaneMode": "ambient"`, `"dataplaneMode": "sidecar"`} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status -o json lacks %s:\n%s", want, b.String())
+		}
+	}
+}

@@ -26,7 +26,11 @@ that runs workloads (primaries, remotes, data-plane clusters): the helloworld
 Service (port 5000) everywhere, helloworld-v1 on the first cluster,
 helloworld-v2 on the second and so on, and a curl client in each. The
 namespace gets sidecar injection: istio-injection=enabled, or istio.io/rev
-when the cluster's control plane is a revision.
+when the cluster's control plane is a revision. In an ambient cluster it is
+labelled istio.io/dataplane-mode=ambient instead, and the helloworld Service
+istio.io/global=true (only global services answer across clusters); with
+--local-service it is left local, a negative control under which each
+client reaches only its own cluster's version.
 
 It waits for the rollouts, that is for every sample pod to be Ready (with a
 sidecar, Ready includes the proxy's readiness: it has its config), runs N
@@ -65,6 +69,7 @@ kubeconfigs nor a spec file.`,
 	f.BoolVar(&o.Keep, "keep", false, "leave the sample apps in place")
 	f.StringVarP(&output, "output", "o", "table", "output: table or json")
 	f.DurationVar(&o.Timeout, "timeout", server.DefaultVerifyTimeout, "how long to wait for the sample pods to be Ready")
+	f.BoolVar(&o.LocalService, "local-service", false, "ambient: leave the sample Service without istio.io/global (each client should reach only its own cluster)")
 	return c
 }
 

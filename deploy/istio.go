@@ -21,6 +21,9 @@ const (
 	// the revision name, which the guide's webhook and ConfigMap names embed.
 	ExternalIstiodName = "external-istiod"
 	IstioCNIName       = "default"
+	// AmbientProfile is the Istio, IstioCNI and ZTunnel profile of ambient
+	// clusters.
+	AmbientProfile = "ambient"
 )
 
 // PendingAddress stands in for a gateway address that is not known yet, in
@@ -64,10 +67,45 @@ func (p *planner) istio(name, namespace, profile string, values map[string]any) 
 }
 
 func (p *planner) istioCNI() *unstructured.Unstructured {
-	return sailResource("IstioCNI", IstioCNIName, map[string]any{
+	spec := map[string]any{
 		"version":   SailVersion(p.opts.Version),
 		"namespace": p.opts.cniNamespace(),
+	}
+	if p.m.Ambient() {
+		// The CNI redirects ambient pods' traffic to the node's ztunnel.
+		spec["profile"] = AmbientProfile
+	}
+	return sailResource("IstioCNI", IstioCNIName, spec)
+}
+
+// ztunnel is the Sail ZTunnel of an ambient cluster. Its values are the
+// ztunnel chart's (Sail merges values.ztunnel over them): ztunnel reports
+// its cluster to istiod (ISTIO_META_CLUSTER_ID) and its network, which
+// must agree with the Istio resource's.
+func (p *planner) ztunnel() *unstructured.Unstructured {
+	zt := map[string]any{"multiCluster": map[string]any{"clusterName": p.m.Name}}
+	if p.m.Network != "" {
+		zt["network"] = p.m.Network
+	}
+	return sailResource("ZTunnel", ZTunnelName, map[string]any{
+		"version":   SailVersion(p.opts.Version),
+		"namespace": p.opts.ztunnelNamespace(),
+		"values":    map[string]any{"ztunnel": zt},
 	})
+}
+
+// ambientValues: an ambient primary names its mesh, cluster and network as
+// every primary does, trusts ztunnel in its namespace, and on a
+// multi-network mesh turns on ambient multi-network (which also serves the
+// istio-east-west GatewayClass its east-west gateway uses).
+func (p *planner) ambientValues() map[string]any {
+	values := p.primaryValues()
+	pilot := map[string]any{"trustedZtunnelNamespace": p.opts.ztunnelNamespace()}
+	if p.l.MultiNetwork {
+		pilot["env"] = map[string]any{AmbientMultiNetworkEnv: "true"}
+	}
+	values["pilot"] = pilot
+	return values
 }
 
 // primaryValues: every primary names its mesh, cluster and network; one that

@@ -211,6 +211,12 @@ func Compile(t Topology, members []Member, ns Namespaces) (*Layout, error) {
 			errs = append(errs, err)
 		}
 		m.APIServerAccess = access
+		switch {
+		case m.DataplaneMode == "":
+			m.DataplaneMode = DataplaneSidecar
+		case !m.DataplaneMode.Valid():
+			errs = append(errs, fmt.Errorf("cluster %s: dataplaneMode %q is not one of sidecar, ambient", m.Name, m.DataplaneMode))
+		}
 		if msgs := validation.IsDNS1123Label(m.Name); len(msgs) > 0 {
 			errs = append(errs, fmt.Errorf("cluster %q: invalid name: %s", m.Name, strings.Join(msgs, "; ")))
 			continue
@@ -239,6 +245,9 @@ func Compile(t Topology, members []Member, ns Namespaces) (*Layout, error) {
 	if len(named) > 0 && len(unnamed) > 0 {
 		errs = append(errs, fmt.Errorf("clusters %s name a network and %s do not: name every cluster's network (clusters on one network share its name) or none",
 			strings.Join(named, ", "), strings.Join(unnamed, ", ")))
+	}
+	for _, p := range AmbientProblems(t, valid) {
+		errs = append(errs, p)
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -357,6 +366,11 @@ func (l *Layout) place(p *Placement) {
 	switch {
 	case p.Role == RoleControlPlane:
 		p.GatewayKind = IngressGateway
+	case l.hasEastWest(*p) && p.Ambient():
+		// Ambient multicluster has primaries only and no API server
+		// exposure (ambientProblems): the gateway carries mesh traffic only.
+		p.GatewayKind = AmbientEastWestGateway
+		p.CrossNetwork = l.MultiNetwork
 	case l.hasEastWest(*p):
 		p.GatewayKind = EastWestGateway
 		p.CrossNetwork = l.MultiNetwork
@@ -415,4 +429,14 @@ func (l *Layout) hasEastWest(p Placement) bool {
 		return false
 	}
 	return l.MultiNetwork || exposesIstiod(p) || p.APIServerAccess == APIServerViaGateway
+}
+
+// Ambient reports whether any cluster of the mesh runs ambient.
+func (l *Layout) Ambient() bool {
+	for _, p := range l.Clusters {
+		if p.Ambient() {
+			return true
+		}
+	}
+	return false
 }

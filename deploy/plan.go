@@ -50,8 +50,12 @@ type Options struct {
 	ExternalNamespace string
 	// CNINamespace is IstioCNI's namespace; "" is istio-cni.
 	CNINamespace string
-	// NoCNI leaves out IstioCNI (and its namespace). OpenShift needs it;
-	// upstream Kubernetes can run sidecars without it.
+	// ZTunnelNamespace is the ZTunnel's namespace on ambient clusters; ""
+	// is ztunnel.
+	ZTunnelNamespace string
+	// NoCNI leaves out IstioCNI (and its namespace) on sidecar clusters.
+	// OpenShift needs it; upstream Kubernetes can run sidecars without it.
+	// Ambient clusters always run it: it redirects pods to ztunnel.
 	NoCNI bool
 	// Exposure says how each cluster's gateway Service is reached, by
 	// cluster name; missing means LoadBalancer.
@@ -80,6 +84,9 @@ func (o Options) ExternalIstiodNamespace() string {
 	return or(o.ExternalNamespace, DefaultExternalNamespace)
 }
 func (o Options) cniNamespace() string { return or(o.CNINamespace, DefaultCNINamespace) }
+func (o Options) ztunnelNamespace() string {
+	return or(o.ZTunnelNamespace, DefaultZTunnelNamespace)
+}
 
 // AddressWait bounds each wait for a gateway address (AddressTimeout, or
 // DefaultAddressTimeout).
@@ -109,6 +116,10 @@ const (
 	// IngressGateway fronts an external control plane on a control-plane
 	// cluster.
 	IngressGateway GatewayKind = "ingress"
+	// AmbientEastWestGateway carries an ambient cluster's cross-network
+	// traffic: a Gateway API Gateway of class istio-east-west whose
+	// deployment istiod makes (double HBONE on 15008).
+	AmbientEastWestGateway GatewayKind = "ambient-east-west"
 )
 
 // ClusterPlan is what one cluster needs of deploy, in apply order: Setup,
@@ -119,6 +130,8 @@ type ClusterPlan struct {
 	Cluster string
 	Role    Role
 	Network string
+	// DataplaneMode is the cluster's, defaulted (sidecar or ambient).
+	DataplaneMode DataplaneMode
 	// Namespace is the cluster's control-plane namespace (the one labelled
 	// with its network).
 	Namespace string
@@ -140,7 +153,8 @@ type ClusterPlan struct {
 	ExposesAPIServer bool
 	// Setup are the namespaces.
 	Setup []kube.Object
-	// ControlPlane are the Sail IstioCNI and Istio resources.
+	// ControlPlane are the Sail IstioCNI, ZTunnel (ambient) and Istio
+	// resources.
 	ControlPlane []kube.Object
 	// AddressOf names the cluster whose gateway address ControlPlane embeds
 	// ("" for none; the cluster itself for a control-plane cluster).
@@ -208,7 +222,7 @@ func (l *Layout) plan(m Placement, opts Options, addresses map[string]string) (C
 		return ClusterPlan{}, errors.New("no Istio version")
 	}
 	p := &planner{l: l, m: m, opts: opts}
-	p.out = ClusterPlan{Cluster: m.Name, Role: m.Role, Network: m.Network, Namespace: m.Namespace,
+	p.out = ClusterPlan{Cluster: m.Name, Role: m.Role, Network: m.Network, DataplaneMode: m.DataplaneMode, Namespace: m.Namespace,
 		ExternalNamespace: l.Namespaces.External, Exposure: opts.Exposure[m.Name],
 		GatewayKind: m.GatewayKind, CrossNetwork: m.CrossNetwork, ExposesIstiod: m.ExposesIstiod, ExposesAPIServer: m.ExposesAPIServer}
 	if err := opts.Exposure[m.Name].Validate(); err != nil {
@@ -230,22 +244,31 @@ func (l *Layout) plan(m Placement, opts Options, addresses map[string]string) (C
 	if m.Role == RoleControlPlane {
 		p.setup(NamespaceObject(l.Namespaces.External, "", nil))
 	}
-	cni := !opts.NoCNI && m.Role != RoleControlPlane
+	cni := (!opts.NoCNI || m.Ambient()) && m.Role != RoleControlPlane
 	if cni {
 		p.setup(NamespaceObject(opts.cniNamespace(), "", nil))
 	}
+	if m.Ambient() {
+		p.setup(NamespaceObject(opts.ztunnelNamespace(), "", nil))
+	}
 
-	// Control plane.
+	// Control plane, in the order the Sail guide installs ambient: CNI,
+	// ZTunnel, Istio.
 	if cni {
 		p.out.ControlPlane = append(p.out.ControlPlane, kube.Custom(p.istioCNI()))
 	}
-	switch m.Role {
-	case RolePrimary:
+	if m.Ambient() {
+		p.controlPlane(p.ztunnel())
+	}
+	switch {
+	case m.Role == RolePrimary && m.Ambient():
+		p.controlPlane(p.istio(IstioName, p.out.Namespace, AmbientProfile, p.ambientValues()))
+	case m.Role == RolePrimary:
 		p.controlPlane(p.istio(IstioName, p.out.Namespace, "", p.primaryValues()))
-	case RoleRemote:
+	case m.Role == RoleRemote:
 		addr := p.address(m.ServedBy, addresses)
 		p.controlPlane(p.istio(IstioName, p.out.Namespace, "remote", p.remoteValues(addr)))
-	case RoleControlPlane:
+	case m.Role == RoleControlPlane:
 		// The control-plane cluster's own control plane injects and
 		// configures the ingress gateway.
 		var values map[string]any
@@ -255,7 +278,7 @@ func (l *Layout) plan(m Placement, opts Options, addresses map[string]string) (C
 		p.controlPlane(p.istio(IstioName, p.out.Namespace, "", values))
 		addr := p.address(m.Name, addresses)
 		p.controlPlane(p.istio(ExternalIstiodName, l.Namespaces.External, "empty", p.externalIstiodValues(addr, m.ConfigCluster)))
-	case RoleDataPlane:
+	case m.Role == RoleDataPlane:
 		addr := p.address(m.ServedBy, addresses)
 		p.controlPlane(p.istio(ExternalIstiodName, p.out.Namespace, "remote", p.dataPlaneValues(addr, m.ConfigCluster == m.Name)))
 	}

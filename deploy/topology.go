@@ -56,6 +56,9 @@ type Member struct {
 	// APIServerAccess is how the clusters that read this one reach its API
 	// server; "" is direct.
 	APIServerAccess APIServerAccess
+	// DataplaneMode is how the cluster's workloads join the mesh; "" is
+	// sidecar.
+	DataplaneMode DataplaneMode
 }
 
 // ServedBy returns the cluster whose istiod serves m: m itself for primaries

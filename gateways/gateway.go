@@ -90,6 +90,10 @@ type Gateway struct {
 	// renders only webhooks that select istio.io/rev=<revision>, and Sail
 	// drops values.defaultRevision, so the pods must name it.
 	Revision string
+	// Ambient: the gateway is a Gateway API Gateway of class
+	// istio-east-west (GatewayAPI), whose pods and Service istiod makes;
+	// flotilla writes no workload of its own for it.
+	Ambient  bool
 	Ports    []Port
 	Exposure Exposure
 	// MinReplicas and MaxReplicas bound the HorizontalPodAutoscaler.
@@ -297,6 +301,9 @@ func (g Gateway) SDSRoleBinding() *rbacv1ac.RoleBindingApplyConfiguration {
 // the pods that use them, the Service last but one so its address is
 // allocated while the autoscaler is written.
 func (g Gateway) Objects() ([]kube.Object, error) {
+	if g.Ambient {
+		return []kube.Object{kube.Custom(g.GatewayAPI())}, nil
+	}
 	var objs []kube.Object
 	add := func(o kube.Object, err error) error {
 		if err != nil {

@@ -51,6 +51,8 @@ func (p ClusterPlan) HelmReleases() []HelmRelease {
 		switch u.GetKind() {
 		case "IstioCNI":
 			out = append(out, HelmRelease{Name: "istio-cni", Chart: "cni", Namespace: ns, Values: values})
+		case "ZTunnel":
+			out = append(out, HelmRelease{Name: "ztunnel", Chart: "ztunnel", Namespace: ns, Values: ztunnelHelmValues(values)})
 		case "Istio":
 			name := "istiod"
 			if u.GetName() != deploy.IstioName {
@@ -61,7 +63,9 @@ func (p ClusterPlan) HelmReleases() []HelmRelease {
 			out = append(out, HelmRelease{Name: name, Chart: "istiod", Namespace: ns, Values: values})
 		}
 	}
-	if g := p.Gateway; g != nil {
+	// istiod deploys an ambient gateway from its Gateway API Gateway, which
+	// stays in the plan's objects: there is no gateway chart release.
+	if g := p.Gateway; g != nil && !g.Ambient {
 		values := map[string]any{"name": g.Name, "labels": toAny(g.PodLabels())}
 		if g.Network != "" {
 			// networkGateway adds the network label, the requested network
@@ -86,6 +90,28 @@ func (p ClusterPlan) HelmReleases() []HelmRelease {
 		out = append(out, HelmRelease{Name: g.Name, Chart: "gateway", Namespace: g.Namespace, Values: values})
 	}
 	return out
+}
+
+// ztunnelHelmValues are a Sail ZTunnel's values as the ztunnel chart takes
+// them: Sail merges values.ztunnel over the chart's top level; the network
+// goes where Istio's install guide sets it (global.network, which the chart
+// flattens into its network value).
+func ztunnelHelmValues(sail map[string]any) map[string]any {
+	zt, _ := sail["ztunnel"].(map[string]any)
+	out := deploy.MergeValues(nil, zt)
+	if global, ok := sail["global"].(map[string]any); ok {
+		out["global"] = deploy.MergeValues(nil, global)
+	}
+	if n, ok := out["network"]; ok {
+		delete(out, "network")
+		out["global"] = deploy.MergeValues(asMap(out["global"]), map[string]any{"network": n})
+	}
+	return out
+}
+
+func asMap(v any) map[string]any {
+	m, _ := v.(map[string]any)
+	return m
 }
 
 func toAny(m map[string]string) map[string]any {

@@ -84,6 +84,8 @@ func withGateway(p deploy.ClusterPlan) (ClusterPlan, error) {
 		return out, nil
 	case deploy.IngressGateway:
 		g = ControlPlaneIngress(p.Namespace, p.Exposure)
+	case deploy.AmbientEastWestGateway:
+		g = AmbientEastWest(p.Namespace, p.Network, p.Exposure)
 	case deploy.EastWestGateway:
 		g = EastWest(p.Namespace, p.Network, p.Exposure)
 		if p.Role == deploy.RoleDataPlane {
@@ -192,6 +194,20 @@ func ApplyMeshScoped(ctx context.Context, clusters map[string]*kube.Cluster, l *
 			continue
 		}
 		c := clusters[p.Cluster]
+		if p.GatewayKind == deploy.EastWestGateway || p.GatewayKind == deploy.AmbientEastWestGateway {
+			// Before the new mode's gateway: istiod's ambient deployment
+			// takes the classic gateway's name.
+			ambient := p.GatewayKind == deploy.AmbientEastWestGateway
+			gone, err := RetireOtherMode(ctx, c.As(kube.ManagerGateways), p.Namespace, ambient)
+			for _, ref := range gone {
+				if progress != nil {
+					progress(fmt.Sprintf("%s: %s: deleted (the cluster's dataplane mode is now %s)", p.Cluster, ref, p.DataplaneMode))
+				}
+			}
+			if err != nil {
+				return res, err
+			}
+		}
 		// The namespaces are the control plane's (they carry its network
 		// label), the gateway objects the gateways'.
 		for _, step := range []struct {
@@ -221,7 +237,10 @@ func ApplyMeshScoped(ctx context.Context, clusters map[string]*kube.Cluster, l *
 	}
 	addresses := map[string]string{}
 	for _, p := range plans {
-		if p.Gateway == nil {
+		// istiod makes an ambient gateway's Service, so it has no address
+		// before the control plane runs; no Istio resource embeds it
+		// (ambient has no remotes), so it is only looked up at the end.
+		if p.Gateway == nil || p.Gateway.Ambient {
 			continue
 		}
 		c := clusters[p.Cluster]
@@ -284,6 +303,18 @@ func ApplyMeshScoped(ctx context.Context, clusters map[string]*kube.Cluster, l *
 			}
 		}
 	}
+	for _, p := range res.Plans {
+		if p.Gateway == nil || !p.Gateway.Ambient {
+			continue
+		}
+		a, ok, err := LookupAddress(ctx, clusters[p.Cluster], p.Gateway.Namespace, p.Gateway.Name)
+		if err != nil {
+			return res, err
+		}
+		if ok {
+			res.Addresses[p.Cluster] = a
+		}
+	}
 	return res, errors.Join(refused...)
 }
 
@@ -304,7 +335,8 @@ func waitInjected(ctx context.Context, clusters map[string]*kube.Cluster, plans 
 	}
 	errs := make([]error, len(plans))
 	for i, p := range plans {
-		if isServer(p.Role) != servers || p.Gateway == nil {
+		// istiod deploys an ambient gateway already injected.
+		if isServer(p.Role) != servers || p.Gateway == nil || p.Gateway.Ambient {
 			continue
 		}
 		wg.Add(1)

@@ -139,6 +139,13 @@ func verifyOptions(r *http.Request) (VerifyOptions, error) {
 		}
 		o.Timeout = d
 	}
+	if v := q.Get("localService"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return o, fmt.Errorf("localService %q: %w", v, err)
+		}
+		o.LocalService = b
+	}
 	return o, o.Validate()
 }
 

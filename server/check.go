@@ -109,8 +109,14 @@ func diagnose(p *plan, st *Status, now time.Time) []Check {
 			if !gw.OK {
 				gw.Message = "service " + g.Namespace + "/" + g.Name + " has no external address"
 				gw.Hint = "give the cluster a load balancer, or set gateway.serviceType NodePort or a fixed gateway.address in the spec"
+				if g.Ambient {
+					gw.Hint = "istiod makes this Service from the Gateway of class " + gateways.EastWestClassName + " (with " + deploy.AmbientMultiNetworkEnv + "=true): check istiod runs, then give the cluster a load balancer or set gateway.serviceType or a fixed gateway.address"
+				}
 			}
 			add(gw)
+		}
+		if ck := ambientGatewayCheck(c); ck != nil {
+			add(*ck)
 		}
 		var bad []string
 		for _, rs := range c.RemoteSecrets {
@@ -152,9 +158,15 @@ func diagnose(p *plan, st *Status, now time.Time) []Check {
 		if ck := istiodCACheck(c); ck != nil {
 			add(*ck)
 		}
-		if ck := istiodNetworksCheck(c, gatewayNetworks(p, plans, c.Name)); ck != nil {
+		if ck := istiodNetworksCheck(c, gatewayNetworks(p, plans, c.Name), p.Layout.Ambient()); ck != nil {
 			add(*ck)
 		}
+		if ck := globalEndpointsCheck(c, st); ck != nil {
+			add(*ck)
+		}
+	}
+	if ck := globalServicesCheck(st); ck != nil {
+		add(*ck)
 	}
 	if builtin {
 		same := Check{Name: "same root everywhere", OK: len(roots) == 1}
@@ -226,7 +238,7 @@ func gatewayNetworks(p *plan, plans map[string]gateways.ClusterPlan, name string
 	}
 	seen := map[string]bool{}
 	for _, n := range append([]string{name}, readTargets(c)...) {
-		if cp := plans[n]; cp.GatewayKind == deploy.EastWestGateway && cp.CrossNetwork && cp.Network != "" {
+		if cp := plans[n]; (cp.GatewayKind == deploy.EastWestGateway || cp.GatewayKind == deploy.AmbientEastWestGateway) && cp.CrossNetwork && cp.Network != "" {
 			seen[cp.Network] = true
 		}
 	}

@@ -174,7 +174,7 @@ func TestIstiodNetworksCheck(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := istiodNetworksCheck(ClusterStatus{Name: "east", Istiods: tc.istiods}, tc.want)
+			got := istiodNetworksCheck(ClusterStatus{Name: "east", Istiods: tc.istiods}, tc.want, false)
 			if (got == nil) != (tc.ok == nil) {
 				t.Fatalf("check = %+v, want ok %v", got, tc.ok)
 			}

@@ -140,6 +140,9 @@ func (c *Client) Verify(ctx context.Context, m *spec.Mesh, o VerifyOptions) (*Ve
 	if o.Timeout != 0 {
 		q.Set("timeout", o.Timeout.String())
 	}
+	if o.LocalService {
+		q.Set("localService", "true")
+	}
 	var res VerifyResult
 	if err := c.do(ctx, http.MethodPost, "/api/v1/verify", q, m, &res); err != nil {
 		return nil, err

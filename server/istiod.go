@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/flotillamesh/flotilla/deploy/kube"
+	"github.com/flotillamesh/flotilla/gateways"
 	"github.com/flotillamesh/flotilla/pki"
 )
 
@@ -29,6 +30,10 @@ type IstiodView struct {
 	RemoteClusters map[string]string `json:"remoteClusters,omitempty"`
 	// Gateways are the cross-network gateways istiod knows (networkz).
 	Gateways []NetworkGateway `json:"gateways,omitempty"`
+	// ServiceClusters maps each service (namespace/name) of an ambient
+	// istiod's workload view (ambientz) to the clusters its workloads are
+	// in, sorted.
+	ServiceClusters map[string][]string `json:"serviceClusters,omitempty"`
 	// Roots are the fingerprints of the roots istiod publishes to its
 	// workloads (ConfigMap istio-ca-root-cert in its namespace): its CA's.
 	Roots []string `json:"roots,omitempty"`
@@ -44,6 +49,10 @@ type NetworkGateway struct {
 	Cluster string `json:"cluster"`
 	Addr    string `json:"addr"`
 	Port    uint32 `json:"port"`
+	// HBONEPort is non-zero for a gateway that takes double HBONE (an
+	// ambient east-west gateway's 15008); istiod's model.NetworkGateway
+	// has no JSON tags, and its HBONEPort decodes into this.
+	HBONEPort uint32 `json:"hbonePort,omitempty"`
 }
 
 // Names of what istiod writes (Istio's security/pkg/pki/ca and
@@ -59,7 +68,8 @@ const istiodMonitoringPort = 15014
 
 // readIstiods asks every running istiod pod of the cluster (label
 // app=istiod, any namespace) for its clusterz.
-func readIstiods(ctx context.Context, kc *kube.Cluster) ([]IstiodView, error) {
+// In an ambient cluster it also reads istiod's workload view (ambientz).
+func readIstiods(ctx context.Context, kc *kube.Cluster, ambient bool) ([]IstiodView, error) {
 	pods, err := kc.Kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{LabelSelector: "app=istiod", FieldSelector: "status.phase=Running"})
 	if err != nil {
 		return nil, fmt.Errorf("%s: list istiod pods: %w", kc.Name, err)
@@ -93,6 +103,10 @@ func readIstiods(ctx context.Context, kc *kube.Cluster) ([]IstiodView, error) {
 			v.Error = err.Error()
 		} else if err := readIstiodCA(ctx, kc, &v); err != nil {
 			v.Error = err.Error()
+		} else if ambient {
+			if err := readAmbientz(ctx, kc, &p, &v); err != nil {
+				v.Error = err.Error()
+			}
 		}
 		out = append(out, v)
 	}
@@ -250,9 +264,11 @@ func istiodCACheck(c ClusterStatus) *Check {
 
 // istiodNetworksCheck says whether the cluster's istiods know the
 // cross-network gateway of every network they serve endpoints of (want:
-// the networks of this cluster and of the clusters it reads that run one).
-// Nil when there is nothing to know (a single network, or no istiod).
-func istiodNetworksCheck(c ClusterStatus, want []string) *Check {
+// the networks of this cluster and of the clusters it reads that run one);
+// in an ambient mesh, a gateway with its HBONE port, which is what ztunnel
+// is sent to. Nil when there is nothing to know (a single network, or no
+// istiod).
+func istiodNetworksCheck(c ClusterStatus, want []string, ambient bool) *Check {
 	if len(c.Istiods) == 0 || len(want) < 2 {
 		return nil
 	}
@@ -264,12 +280,17 @@ func istiodNetworksCheck(c ClusterStatus, want []string) *Check {
 		}
 		known := map[string]bool{}
 		for _, g := range v.Gateways {
-			if g.Addr != "" {
+			if g.Addr != "" && (!ambient || g.HBONEPort != 0) {
 				known[g.Network] = true
 			}
 		}
 		for _, n := range want {
-			if !known[n] {
+			if known[n] {
+				continue
+			}
+			if ambient {
+				problems = append(problems, fmt.Sprintf("istiod %s/%s knows no HBONE gateway (port %d) of network %s", v.Namespace, v.Pod, gateways.PortHBONE, n))
+			} else {
 				problems = append(problems, fmt.Sprintf("istiod %s/%s knows no gateway of network %s", v.Namespace, v.Pod, n))
 			}
 		}
@@ -277,10 +298,16 @@ func istiodNetworksCheck(c ClusterStatus, want []string) *Check {
 	if len(problems) > 0 {
 		ck.Message = strings.Join(problems, "; ")
 		ck.Hint = "istiod finds a network's gateway by the topology.istio.io/network label on the east-west gateway's Service in a cluster it reads: run flotilla apply, and check that gateway's Service has an address"
+		if ambient {
+			ck.Hint = "istiod deploys each ambient east-west Gateway (class istio-east-west) as a Service with the HBONE port 15008 and reads the other clusters' through its remote secrets: run flotilla apply, check that istiod runs with AMBIENT_ENABLE_MULTI_NETWORK=true and that each gateway's Service has an address"
+		}
 		return ck
 	}
 	ck.OK = true
 	ck.Message = "gateways of " + strings.Join(want, ", ")
+	if ambient {
+		ck.Message = fmt.Sprintf("HBONE gateways (port %d) of %s", gateways.PortHBONE, strings.Join(want, ", "))
+	}
 	return ck
 }
 

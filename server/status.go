@@ -47,6 +47,8 @@ type ClusterStatus struct {
 	Name    string          `json:"name"`
 	Role    federation.Role `json:"role"`
 	Network string          `json:"network"`
+	// DataplaneMode is the spec's: sidecar or ambient.
+	DataplaneMode deploy.DataplaneMode `json:"dataplaneMode"`
 	// ControlPlane is the cluster whose istiod serves this one: itself for
 	// a primary or control-plane cluster.
 	ControlPlane string `json:"controlPlane,omitempty"`
@@ -57,6 +59,11 @@ type ClusterStatus struct {
 	NetworkLabel string `json:"networkLabel,omitempty"`
 	// GatewayAddress is the east-west gateway's external address.
 	GatewayAddress string `json:"gatewayAddress,omitempty"`
+	// AmbientGateway is an ambient cluster's east-west Gateway as found.
+	AmbientGateway *AmbientGatewayStatus `json:"ambientGateway,omitempty"`
+	// Services maps an ambient cluster's application services
+	// (namespace/name) to whether they are global (istio.io/global=true).
+	Services map[string]ServiceScope `json:"services,omitempty"`
 	// RootFingerprint is the first root in the cluster's cacerts root-cert.pem.
 	RootFingerprint        string    `json:"rootFingerprint,omitempty"`
 	IntermediateSerial     string    `json:"intermediateSerial,omitempty"`
@@ -147,7 +154,7 @@ func (h *Hub) status(ctx context.Context, p *plan) (*Status, error) {
 	var wg sync.WaitGroup
 	for i, mem := range p.Layout.Clusters {
 		cs := &st.Clusters[i]
-		*cs = ClusterStatus{Name: mem.Name, Role: mem.Role, Network: mem.Network, ControlPlane: mem.ServedBy, RemoteSecrets: []RemoteSecretStatus{}, Drift: []string{}}
+		*cs = ClusterStatus{Name: mem.Name, Role: mem.Role, Network: mem.Network, DataplaneMode: mem.DataplaneMode, ControlPlane: mem.ServedBy, RemoteSecrets: []RemoteSecretStatus{}, Drift: []string{}}
 		if err := connErrs[mem.Name]; err != nil {
 			cs.Error = err.Error()
 			continue
@@ -156,6 +163,13 @@ func (h *Hub) status(ctx context.Context, p *plan) (*Status, error) {
 		go func() {
 			defer wg.Done()
 			h.observe(ctx, mem, plans[mem.Name], conns[mem.Name], root, cs)
+			if mem.Ambient() && cs.Reachable {
+				svcs, err := readServices(ctx, conns[mem.Name], p.systemNamespaces(plans[mem.Name]))
+				if err != nil {
+					cs.Drift = append(cs.Drift, err.Error())
+				}
+				cs.Services = svcs
+			}
 		}()
 	}
 	wg.Wait()
@@ -184,6 +198,9 @@ func (h *Hub) observe(ctx context.Context, place deploy.Placement, p gateways.Cl
 		if addr, ok, err := gateways.LookupAddress(ctx, kc, gw.Namespace, gw.Name); err == nil && ok {
 			cs.GatewayAddress = addr.Host
 		}
+		if gw.Ambient {
+			cs.AmbientGateway = readAmbientGateway(ctx, kc, gw)
+		}
 	}
 
 	// Both PKI modes end in a cacerts: written by flotilla, or projected from
@@ -201,7 +218,7 @@ func (h *Hub) observe(ctx context.Context, place deploy.Placement, p gateways.Cl
 	}
 
 	cs.Istio = readIstio(ctx, kc, place.Istio)
-	if views, err := readIstiods(ctx, kc); err != nil {
+	if views, err := readIstiods(ctx, kc, place.Ambient()); err != nil {
 		cs.Drift = append(cs.Drift, err.Error())
 	} else {
 		cs.Istiods = views

@@ -100,7 +100,7 @@ func istiodsNotSynced(ctx context.Context, conns map[string]*kube.Cluster, reade
 		if kc == nil {
 			continue
 		}
-		views, err := readIstiods(ctx, kc)
+		views, err := readIstiods(ctx, kc, false)
 		if err != nil {
 			continue
 		}

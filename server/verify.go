@@ -35,6 +35,10 @@ type VerifyOptions struct {
 	// Timeout bounds the wait for the sample pods to be Ready
 	// (DefaultVerifyTimeout when zero).
 	Timeout time.Duration
+	// LocalService leaves the sample Service of ambient clusters without
+	// istio.io/global: a negative control, under which each client should
+	// reach only its own cluster's version.
+	LocalService bool
 }
 
 // Defaults and bounds of VerifyOptions.
@@ -101,6 +105,10 @@ type verifyCluster struct {
 	name    string
 	kc      *kube.Cluster
 	version string
+	// ambient: the sample joins the mesh through ztunnel (namespace label
+	// istio.io/dataplane-mode=ambient) and its Service is global unless
+	// local (VerifyOptions.LocalService).
+	ambient, local bool
 }
 
 // Verify runs Istio's helloworld check across the workload clusters of m
@@ -126,7 +134,7 @@ func (h *Hub) Verify(ctx context.Context, m *spec.Mesh, o VerifyOptions) (*Verif
 		if err := errs[mem.Name]; err != nil {
 			return nil, err // names the cluster
 		}
-		clusters = append(clusters, &verifyCluster{name: mem.Name, kc: conns[mem.Name], version: fmt.Sprintf("v%d", len(clusters)+1)})
+		clusters = append(clusters, &verifyCluster{name: mem.Name, kc: conns[mem.Name], version: fmt.Sprintf("v%d", len(clusters)+1), ambient: mem.Ambient(), local: o.LocalService})
 	}
 	if len(clusters) == 0 {
 		return nil, fmt.Errorf("mesh %s has no cluster that runs workloads", p.Name)

@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/remotecommand"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/deploy/kube"
 )
 
@@ -85,6 +86,15 @@ func (h *Hub) waitNamespaceGone(ctx context.Context, c *verifyCluster) error {
 func (h *Hub) deploySample(ctx context.Context, clusters []*verifyCluster) error {
 	return forEachCluster(clusters, func(c *verifyCluster) error {
 		key, value := injectionLabel(ctx, c.kc)
+		svcLabels := map[string]string{"app": helloService, "service": helloService}
+		if c.ambient {
+			// No sidecars: ztunnel carries the namespace's pods, and only a
+			// global service answers from the other clusters.
+			key, value = deploy.DataplaneModeLabel, string(deploy.DataplaneAmbient)
+			if !c.local {
+				svcLabels[deploy.GlobalServiceLabel] = "true"
+			}
+		}
 		kc := c.kc.Kube
 		if err := h.waitNamespaceGone(ctx, c); err != nil {
 			return err
@@ -94,7 +104,7 @@ func (h *Hub) deploySample(ctx context.Context, clusters []*verifyCluster) error
 			return fmt.Errorf("%s: write namespace %s: %w", c.name, sampleNamespace, err)
 		}
 		svc := corev1ac.Service(helloService, sampleNamespace).
-			WithLabels(map[string]string{"app": helloService, "service": helloService}).
+			WithLabels(svcLabels).
 			WithSpec(corev1ac.ServiceSpec().
 				WithSelector(map[string]string{"app": helloService}).
 				WithPorts(corev1ac.ServicePort().WithName("http").WithPort(helloPort).WithTargetPort(intstr.FromInt32(helloPort))))
@@ -360,6 +370,9 @@ func (h *Hub) diagnoseVerify(ctx context.Context, p *plan, clusters []*verifyClu
 		}
 	}
 	for _, c := range clusters {
+		if c.ambient {
+			continue // no sidecars to look for
+		}
 		pods, err := c.kc.Kube.CoreV1().Pods(sampleNamespace).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			out = append(out, Check{Name: "sidecar injected", Cluster: c.name, Message: err.Error()})

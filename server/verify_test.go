@@ -162,6 +162,8 @@ func TestVerifyOptions(t *testing.T) {
 		{"requests=many", VerifyOptions{}, "requests \"many\""},
 		{"timeout=-1s", VerifyOptions{}, "--timeout -1s"},
 		{"keep=perhaps", VerifyOptions{}, "keep \"perhaps\""},
+		{"localService=true", VerifyOptions{LocalService: true}, ""},
+		{"localService=maybe", VerifyOptions{}, "localService \"maybe\""},
 	} {
 		t.Run(tc.query, func(t *testing.T) {
 			r := httptest.NewRequest(http.MethodPost, "/api/v1/verify?"+tc.query, nil)

@@ -109,6 +109,48 @@
 // domain that chains to istiod's root (no authorization policies are
 // played).
 //
+// Ambient mode, with Config.Istiod (ztunnel.go, hbone.go): every running
+// pod of the ztunnel chart's DaemonSet gets a ztunnel that connects to
+// istiod as that pod (XDS_ADDRESS/CA_ADDRESS of its container, a token of
+// its service account for audience istio-ca bound to it, node ztunnel~...),
+// subscribes to istio.workload.Address over delta xDS (wildcard) and keeps
+// what istiod sends; the pod is marked ready once the first response came.
+// For a pod that ambient mode captures (istio.io/dataplane-mode=ambient on
+// its namespace or itself, no sidecar) on a node where an istio-cni node
+// pod runs, the emulator plays istio-cni's node agent: once that node's
+// ztunnel has istiod's view, it annotates the pod
+// ambient.istio.io/redirection=enabled (from which istiod gives the
+// workload tunnel protocol HBONE), and only then is the pod ready (without
+// istio-cni on the node the pod runs unredirected, as without the CNI
+// plugin). A call from a redirected pod goes through its node's ztunnel: the source must be a
+// workload of istiod's view (else it is refused, as ztunnel refuses an
+// unknown source), the destination service and its healthy workloads are
+// those of istiod's view, and the certificates are istiod's, asked for by
+// the ztunnel with ImpersonatedIdentity. HBONE is mTLS (TLS 1.3, ALPN h2)
+// to the workload's address at 15008, where the emulator listens for every
+// ambient pod, then one HTTP/2 CONNECT to <pod IP>:<target port>, joined
+// there to the app (an inner CONNECT may name the service instead:
+// hostname:service port, the workload's port for it).
+//
+// Ambient multi-network (eastwest.go): a workload istiod's view puts in
+// another network than the ztunnel's (NETWORK) is reached only through
+// the network gateway istiod names on it (for a global service, istiod's
+// one coalesced workload per other network, weighted by capacity), by
+// double HBONE: mTLS to the gateway's address and HBONE port checked
+// against the gateway workload's identity, an outer CONNECT naming the
+// service, inside it an inner mTLS session with the source's certificate
+// and an inner CONNECT naming the service with x-istio-origin-network. A
+// Gateway API Gateway of class istio-east-west with a status address (from
+// istiod's deployment controller and the lab's load balancer) opens its
+// HBONE port there once a pod of it (rendered by istiod, label
+// gateway.istio.io/managed; its agent runs as for an injected pod) has a
+// ready agent: it ends the outer tunnel with the identity istiod's CA gave
+// that pod and passes the inner one unread to the HBONE port of a local
+// HBONE workload of the service. Which workload is taken from istiod's
+// workload view (the cluster's ztunnel's), not from the gateway Envoy's
+// own listeners and clusters. Not played: waypoints, authorization
+// policies, hostname gateway addresses.
+//
 // Not modelled: istiod's self-signed fallback CA (an istiod without cacerts
 // here has no CA and its proxies' calls fail), and injection webhooks
 // failing (a remote whose pilot address is wrong still gets its pods marked

@@ -66,6 +66,7 @@ type Emulator struct {
 	remotes   map[string]remoteClient     // by remote secret content
 	execs     map[string]bool             // kwok Execs written, by cluster/pod/uid/capture
 	agents    map[string]*agent           // Config.Istiod: by cluster/pod/uid
+	ztunnels  map[string]*ztunnel         // Config.Istiod: by cluster/pod/uid of the ztunnel pod
 	runCtx    context.Context             // Run's: agents live as long as it
 	kick      chan struct{}               // asks Run for a sync
 	rr        map[string]int              // round-robin position per client and service
@@ -110,7 +111,7 @@ func New(cfg Config) (*Emulator, error) {
 		cfg.Log = io.Discard
 	}
 	e := &Emulator{cfg: cfg, listeners: map[string]*listener{}, certs: map[string]*tls.Certificate{},
-		remotes: map[string]remoteClient{}, rr: map[string]int{}, execs: map[string]bool{}, agents: map[string]*agent{},
+		remotes: map[string]remoteClient{}, rr: map[string]int{}, execs: map[string]bool{}, agents: map[string]*agent{}, ztunnels: map[string]*ztunnel{},
 		kick: make(chan struct{}, 1)}
 	for _, c := range cfg.Clusters {
 		rc := rest.CopyConfig(c.Config)
@@ -267,8 +268,12 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 	type podExec struct {
 		cluster, capture string
 		pod              *corev1.Pod
+		// redirect: an ambient pod istio-cni has not yet handed to its
+		// node's ztunnel (annotation ambient.istio.io/redirection).
+		redirect bool
 	}
 	var execs []podExec
+	var hostNet []podExec
 	for _, name := range w.order {
 		v := w.views[name]
 		if v.nodeIP != nil {
@@ -282,9 +287,25 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 			if !running(p) {
 				continue
 			}
+			if p.Spec.HostNetwork {
+				// It shares the node's network, and so the node's capture
+				// address: no listener of its own (istio-cni's node agent).
+				if p.Annotations[lab.DataPlaneAnnotation] != lab.DataPlaneReady {
+					hostNet = append(hostNet, podExec{cluster: name, pod: p})
+				}
+				continue
+			}
+			ambient := e.cfg.Istiod && ambientPod(v, p)
+			if ambient && redirected(p) {
+				if lb, ok := lab.Loopback(net.ParseIP(p.Status.PodIP)); ok {
+					addr := net.JoinHostPort(lb.String(), strconv.Itoa(hbonePort))
+					want[addr], kinds[addr] = e.hboneInbound(name, p), "ztunnel inbound "+name+"/"+p.Namespace+"/"+p.Name
+				}
+			}
 			if addr, ok := lab.PodCaptureAddress(net.ParseIP(p.Status.PodIP)); ok {
 				want[addr], kinds[addr] = e.captureHandler(name, &podRef{namespace: p.Namespace, name: p.Name, uid: string(p.UID)}), "capture "+name+"/"+p.Namespace+"/"+p.Name
-				execs = append(execs, podExec{cluster: name, capture: addr, pod: p})
+				execs = append(execs, podExec{cluster: name, capture: addr, pod: p,
+					redirect: ambient && !redirected(p) && cniOnNode(v, p.Spec.NodeName)})
 			}
 			if _, port, ok := helloVersion(p); ok {
 				if lb, ok := lab.Loopback(net.ParseIP(p.Status.PodIP)); ok {
@@ -309,6 +330,9 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 			if e.cfg.Istiod {
 				e.passthroughListeners(name, g, want, kinds)
 			}
+		}
+		if e.cfg.Istiod {
+			e.eastWestListeners(name, v, want, kinds)
 		}
 	}
 	e.mu.Lock()
@@ -365,12 +389,31 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 			e.mu.Lock()
 			e.execs[execKey(x.cluster, x.pod, x.capture)] = true
 			e.mu.Unlock()
+			if x.redirect {
+				e.redirectToZtunnel(ctx, w.views[x.cluster], x.pod)
+				return // ready once the annotation shows in a later sync
+			}
 			if e.proxyReady(x.cluster, x.pod) {
 				e.markDataPlaneReady(ctx, x.cluster, x.pod)
 			}
 		}()
 	}
+	for _, x := range hostNet {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.markDataPlaneReady(ctx, x.cluster, x.pod)
+		}()
+	}
 	for _, x := range unready {
+		if x.redirect {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				e.redirectToZtunnel(ctx, w.views[x.cluster], x.pod)
+			}()
+			continue
+		}
 		if !e.proxyReady(x.cluster, x.pod) {
 			continue // its agent kicks a sync once it is
 		}
@@ -401,9 +444,11 @@ func (e *Emulator) syncAgents(w *world) {
 		for i := range v.pods {
 			p := &v.pods[i]
 			proxy := sidecarContainer(p)
-			if !running(p) || proxy == nil || p.Annotations[sidecarStatus] == "" {
+			if !running(p) || proxy == nil || p.Annotations[sidecarStatus] == "" && p.Labels[gatewayManagedLabel] == "" {
 				// Not injected: its istio-proxy is the template's
 				// placeholder (image auto), which no kubelet can run.
+				// A gateway istiod's deployment controller renders
+				// (Gateway API) has its proxy written out instead.
 				continue
 			}
 			key := agentKey(name, p)
@@ -425,6 +470,51 @@ func (e *Emulator) syncAgents(w *world) {
 			delete(e.agents, key)
 		}
 	}
+	e.syncZtunnels(w)
+}
+
+// syncZtunnels (Config.Istiod; e.mu held) plays every running ztunnel pod
+// (ztunnel.go) and stops those of pods that are gone.
+func (e *Emulator) syncZtunnels(w *world) {
+	want := map[string]bool{}
+	for _, name := range w.order {
+		v := w.views[name]
+		for i := range v.pods {
+			p := &v.pods[i]
+			c := sidecarContainer(p)
+			if !running(p) || !isZtunnelPod(p) || c == nil {
+				continue
+			}
+			key := agentKey(name, p)
+			want[key] = true
+			if e.ztunnels[key] != nil || e.runCtx == nil {
+				continue
+			}
+			ctx, cancel := context.WithCancel(e.runCtx)
+			z := &ztunnel{cluster: name, kube: e.member(name).kube, pod: p.DeepCopy(), env: proxyEnv(c), cancel: cancel,
+				done: make(chan struct{}), kick: e.requestSync, logf: e.logf}
+			e.ztunnels[key] = z
+			go z.run(ctx)
+		}
+	}
+	for key, z := range e.ztunnels {
+		if !want[key] {
+			z.cancel()
+			delete(e.ztunnels, key)
+		}
+	}
+}
+
+// ztunnelFor is the ztunnel playing the ztunnel pod on node, nil when none.
+func (e *Emulator) ztunnelFor(cluster, node string) *ztunnel {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, z := range e.ztunnels {
+		if z.cluster == cluster && z.pod.Spec.NodeName == node {
+			return z
+		}
+	}
+	return nil
 }
 
 // waitAgents waits for the agents to end with Run's context, so that none
@@ -434,6 +524,9 @@ func (e *Emulator) waitAgents() {
 	var done []chan struct{}
 	for _, a := range e.agents {
 		done = append(done, a.done)
+	}
+	for _, z := range e.ztunnels {
+		done = append(done, z.done)
 	}
 	e.mu.Unlock()
 	for _, d := range done {
@@ -481,6 +574,11 @@ func (e *Emulator) agentFor(cluster string, p *corev1.Pod) *agent {
 func (e *Emulator) proxyReady(cluster string, p *corev1.Pod) bool {
 	if !e.cfg.Istiod || sidecarContainer(p) == nil {
 		return true
+	}
+	if isZtunnelPod(p) {
+		// ztunnel is ready once istiod's workload view came.
+		z := e.ztunnelFor(cluster, p.Spec.NodeName)
+		return z != nil && z.pod.UID == p.UID && z.ready()
 	}
 	a := e.agentFor(cluster, p)
 	return a != nil && a.ready()

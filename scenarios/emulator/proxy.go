@@ -141,6 +141,9 @@ func (e *Emulator) call(ctx context.Context, cluster string, caller *podRef, req
 	if e.cfg.Istiod && sidecarContainer(client) != nil {
 		return e.callAsProxy(ctx, cluster, client, host, port, svcName, ns, path)
 	}
+	if e.cfg.Istiod && ambientPod(v, client) && redirected(client) {
+		return e.callViaZtunnel(ctx, cluster, client, host, port, svcName, ns, path)
+	}
 	if injector == nil || e.cfg.Istiod {
 		cpNS := ""
 		if v.cp != nil {

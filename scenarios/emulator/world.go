@@ -158,6 +158,9 @@ type clusterView struct {
 	namespaces map[string]map[string]string
 	pods       []corev1.Pod
 	gateways   []gatewayInfo
+	// eastWest are the Gateway API Gateways of class istio-east-west
+	// (ambient multi-network) with a status address.
+	eastWest []eastWestGateway
 }
 
 func readCluster(ctx context.Context, name string, kc kubernetes.Interface, dyn dynamic.Interface) (*clusterView, error) {
@@ -200,6 +203,10 @@ func readCluster(ctx context.Context, name string, kc kubernetes.Interface, dyn 
 		}
 	}
 	v.gateways, err = readGateways(ctx, name, kc, dyn)
+	if err != nil {
+		return v, err
+	}
+	v.eastWest, err = readEastWestGateways(ctx, name, dyn)
 	return v, err
 }
 

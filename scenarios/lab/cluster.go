@@ -148,7 +148,7 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 	if _, err := run("kube-controller-manager",
 		"--kubeconfig="+kcfg,
 		"--authentication-kubeconfig="+kcfg, "--authorization-kubeconfig="+kcfg,
-		"--controllers=namespace,serviceaccount,serviceaccount-token,deployment,replicaset,statefulset,endpointslice,garbagecollector",
+		"--controllers=namespace,serviceaccount,serviceaccount-token,deployment,replicaset,statefulset,daemonset,endpointslice,garbagecollector",
 		"--service-account-private-key-file="+filepath.Join(pkiDir, "sa.key"),
 		"--root-ca-file="+filepath.Join(pkiDir, "ca.crt"),
 		"--use-service-account-credentials=false",

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -149,4 +150,25 @@ func established(c *apiextensionsv1.CustomResourceDefinition) bool {
 		}
 	}
 	return false
+}
+
+// gatewayAPICRDDir is the standard channel of the Gateway API CRDs
+// (config/crd/standard of the sigs.k8s.io/gateway-api module the flotilla
+// module requires), or $FLOTILLA_GATEWAY_API_CRDS: ambient east-west
+// gateways are Gateway API Gateways, and the real schemas check them.
+func gatewayAPICRDDir(ctx context.Context) (string, error) {
+	if d := os.Getenv("FLOTILLA_GATEWAY_API_CRDS"); d != "" {
+		return d, nil
+	}
+	root := RepoRoot()
+	if root == "" {
+		return "", fmt.Errorf("Gateway API CRDs: set FLOTILLA_GATEWAY_API_CRDS, or run from the flotilla checkout")
+	}
+	list := exec.CommandContext(ctx, goTool(), "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api")
+	list.Dir, list.Env = root, goBuildEnv()
+	out, err := list.Output()
+	if err != nil || strings.TrimSpace(string(out)) == "" {
+		return "", fmt.Errorf("find the sigs.k8s.io/gateway-api module directory (or set FLOTILLA_GATEWAY_API_CRDS): %v", err)
+	}
+	return filepath.Join(strings.TrimSpace(string(out)), "config", "crd", "standard"), nil
 }

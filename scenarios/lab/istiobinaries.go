@@ -21,7 +21,7 @@ const (
 	// flags or the layout of the cache entry change, and when sail-lab's
 	// own code (scenarios/istio/sail, cmd/sail-lab) changes: the key holds
 	// no hash of it.
-	istioRecipe = "1"
+	istioRecipe = "2"
 )
 
 // Istio's parts in their cache entry: istiod, the lab's Sail Operator and

@@ -60,9 +60,10 @@ type Options struct {
 	// signer (RBAC verb approve, resource signers, group cert-manager.io).
 	CertManagerWebhook bool
 	// RealIstio runs Istio itself in each cluster: the lab's Sail Operator
-	// installs Istio's own charts for Sail Istio and IstioCNI resources, and
-	// a real istiod runs for every istiod pod they make. Its binaries are
-	// built on first use (EnsureIstioBinaries).
+	// installs Istio's own charts for Sail Istio, IstioCNI and ZTunnel
+	// resources (their DaemonSets' pods run under kwok: their data path is
+	// the emulator's), and a real istiod runs for every istiod pod they
+	// make. Its binaries are built on first use (EnsureIstioBinaries).
 	RealIstio bool
 	// PrivateAPIServers (with RealIstio) runs each cluster's istiods in a
 	// network namespace of the cluster's own, from which no other
@@ -221,6 +222,15 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 	if err != nil {
 		return l, err
 	}
+	gwDir, err := gatewayAPICRDDir(ctx)
+	if err != nil {
+		return l, err
+	}
+	gwCRDs, err := loadCRDs(gwDir)
+	if err != nil {
+		return l, err
+	}
+	crds = append(crds, gwCRDs...)
 	if o.BinDir == "" {
 		if o.Build.Log == nil {
 			o.Build.Log = logw

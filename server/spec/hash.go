@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"slices"
 	"strings"
+
+	"github.com/flotillamesh/flotilla/deploy"
 )
 
 // Canonical is the spec as JSON with defaults applied and clusters sorted by
@@ -28,6 +30,16 @@ func (m *Mesh) Canonical() []byte {
 		c.Spec.PKI.CertManager = &cp
 	}
 	c.Default()
+	// Sidecar is the mode every spec had before dataplaneMode existed:
+	// left out, so that their hashes (the journal's keys) stay the same.
+	if c.Spec.DataplaneMode == deploy.DataplaneSidecar {
+		c.Spec.DataplaneMode = ""
+	}
+	for i := range c.Spec.Clusters {
+		if c.Spec.Clusters[i].DataplaneMode == deploy.DataplaneSidecar {
+			c.Spec.Clusters[i].DataplaneMode = ""
+		}
+	}
 	slices.SortStableFunc(c.Spec.Clusters, func(a, b Cluster) int { return strings.Compare(a.Name, b.Name) })
 	b, err := json.Marshal(&c)
 	if err != nil {

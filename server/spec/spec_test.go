@@ -275,8 +275,13 @@ func TestParseAcceptsEveryTopology(t *testing.T) {
 				t.Fatalf("members %+v, want %+v", got, tc.members)
 			}
 			for i := range got {
-				if got[i] != tc.members[i] {
-					t.Errorf("member %d: %+v, want %+v", i, got[i], tc.members[i])
+				want := tc.members[i]
+				// A cluster that names no dataplane mode has the mesh's default.
+				if want.DataplaneMode == "" {
+					want.DataplaneMode = deploy.DataplaneSidecar
+				}
+				if got[i] != want {
+					t.Errorf("member %d: %+v, want %+v", i, got[i], want)
 				}
 			}
 			// Who serves whom is the compiled layout's (deploy.Compile).

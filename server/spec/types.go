@@ -63,10 +63,14 @@ type MeshSpec struct {
 	// Topology is required: it decides which roles clusters may have.
 	Topology              federation.Topology `yaml:"topology" json:"topology"`
 	ControlPlaneNamespace string              `yaml:"controlPlaneNamespace" json:"controlPlaneNamespace"`
-	Istio                 Istio               `yaml:"istio" json:"istio"`
-	PKI                   PKI                 `yaml:"pki" json:"pki"`
-	Federation            Federation          `yaml:"federation" json:"federation"`
-	Clusters              []Cluster           `yaml:"clusters" json:"clusters"`
+	// DataplaneMode is how workloads join the mesh (sidecar, the default,
+	// or ambient); a cluster may say otherwise where Istio supports a
+	// mixed mesh.
+	DataplaneMode deploy.DataplaneMode `yaml:"dataplaneMode" json:"dataplaneMode,omitempty"`
+	Istio         Istio                `yaml:"istio" json:"istio"`
+	PKI           PKI                  `yaml:"pki" json:"pki"`
+	Federation    Federation           `yaml:"federation" json:"federation"`
+	Clusters      []Cluster            `yaml:"clusters" json:"clusters"`
 	// AllowLoopbackAPIServers accepts API server addresses on 127.0.0.0/8 or
 	// ::1 in remote secrets: only useful when every cluster runs on one host
 	// (the lab), since elsewhere another cluster cannot reach them.
@@ -174,6 +178,8 @@ type Cluster struct {
 	// private API server).
 	APIServerAccess deploy.APIServerAccess `yaml:"apiServerAccess" json:"apiServerAccess,omitempty"`
 	Role            federation.Role        `yaml:"role" json:"role"`
+	// DataplaneMode is this cluster's; "" takes the mesh's.
+	DataplaneMode deploy.DataplaneMode `yaml:"dataplaneMode" json:"dataplaneMode,omitempty"`
 	// ControlPlane names the cluster whose istiod serves a remote or data-plane cluster.
 	ControlPlane string  `yaml:"controlPlane" json:"controlPlane,omitempty"`
 	Gateway      Gateway `yaml:"gateway" json:"gateway"`
@@ -238,7 +244,11 @@ func (m *Mesh) Members() []federation.Member {
 		if role == "" {
 			role = federation.RolePrimary
 		}
-		out = append(out, federation.Member{Name: c.Name, Role: role, Network: c.Network, ControlPlane: c.ControlPlane, APIServerAccess: c.APIServerAccess})
+		mode := c.DataplaneMode
+		if mode == "" {
+			mode = m.Spec.DataplaneMode
+		}
+		out = append(out, federation.Member{Name: c.Name, Role: role, Network: c.Network, ControlPlane: c.ControlPlane, APIServerAccess: c.APIServerAccess, DataplaneMode: mode})
 	}
 	return out
 }

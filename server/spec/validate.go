@@ -28,6 +28,9 @@ func (m *Mesh) Default() {
 	if s.ControlPlaneNamespace == "" {
 		s.ControlPlaneNamespace = DefaultControlPlaneNamespace
 	}
+	if s.DataplaneMode == "" {
+		s.DataplaneMode = deploy.DataplaneSidecar
+	}
 	if s.PKI.Mode == "" {
 		s.PKI.Mode = PKIBuiltin
 	}
@@ -58,6 +61,9 @@ func (m *Mesh) Default() {
 		}
 		if c.Gateway.ServiceType == "" {
 			c.Gateway.ServiceType = LoadBalancer
+		}
+		if c.DataplaneMode == "" {
+			c.DataplaneMode = s.DataplaneMode
 		}
 	}
 }
@@ -130,7 +136,71 @@ func (m *Mesh) validate() []Problem {
 		c.add("spec.federation.tokenTTL", "%s is shorter than the %s Kubernetes issues a token for", tokenTTL, MinTokenTTL)
 	}
 	c.clusters()
+	c.dataplane()
 	return c.problems
+}
+
+// dataplane checks the dataplane modes: known values, and only what the
+// pinned Istio supports in ambient mode (deploy.AmbientProblems), each
+// problem on the field at fault.
+func (c *checker) dataplane() {
+	s := &c.m.Spec
+	if !slices.Contains(deploy.DataplaneModes(), s.DataplaneMode) {
+		c.add("spec.dataplaneMode", "%q is not a dataplane mode (one of %s)", s.DataplaneMode, list(deploy.DataplaneModes()))
+	}
+	index := map[string]int{}
+	ambient := false
+	for i, cl := range s.Clusters {
+		index[cl.Name] = i
+		if !slices.Contains(deploy.DataplaneModes(), cl.DataplaneMode) {
+			c.add(fmt.Sprintf("spec.clusters[%d].dataplaneMode", i), "%q is not a dataplane mode (one of %s)", cl.DataplaneMode, list(deploy.DataplaneModes()))
+		}
+		ambient = ambient || cl.DataplaneMode == deploy.DataplaneAmbient
+	}
+	if !ambient {
+		return
+	}
+	if v := s.Istio.Version; v != "" && istioVersion.MatchString(v) && olderThan(v, deploy.AmbientMinIstio) {
+		c.add("spec.istio.version", "%s: ambient multicluster needs Istio %s or later (multi-network ambient is beta since %s; Sail's ZTunnel accepts no older version)", v, deploy.AmbientMinIstio, deploy.AmbientMinIstio)
+	}
+	if cm := s.PKI.CertManager; s.PKI.Mode == PKICertManager && cm != nil && cm.CSRAgent != nil {
+		// ztunnel asks for its workloads' certificates on their behalf
+		// (impersonation), which only istiod's CA grants.
+		c.add("spec.pki.certManager.csrAgent", "not supported with dataplaneMode ambient: ztunnel requests its workloads' certificates on their behalf, which the csr-agent does not grant; leave csrAgent out (istiod signs with the cacerts cert-manager issues)")
+	}
+	for i, cl := range s.Clusters {
+		if cl.DataplaneMode == deploy.DataplaneAmbient && cl.Gateway.NodePort != 0 {
+			c.add(fmt.Sprintf("spec.clusters[%d].gateway.nodePort", i), "not used in ambient mode: istiod makes the east-west gateway's Service from its Gateway and allocates the node port")
+		}
+	}
+	if !s.Topology.Valid() {
+		return
+	}
+	for _, p := range deploy.AmbientProblems(s.Topology, c.m.Members()) {
+		field := "spec." + p.Field
+		if i, ok := index[p.Cluster]; ok && p.Cluster != "" {
+			field = fmt.Sprintf("spec.clusters[%d].%s", i, p.Field)
+			// A cluster that inherits the mesh's mode is pointed at the
+			// mesh's field.
+			if _, given := c.m.lines[field]; !given && p.Field == "dataplaneMode" {
+				field = "spec.dataplaneMode"
+			}
+		}
+		c.add(field, "%s", p.Message)
+	}
+}
+
+// olderThan reports whether Istio version v ("1.28.2", "v1.29") is of a
+// release line before minor ("1.29").
+func olderThan(v, minor string) bool {
+	var a, b, x, y int
+	if _, err := fmt.Sscanf(strings.TrimPrefix(v, "v"), "%d.%d", &a, &b); err != nil {
+		return false
+	}
+	if _, err := fmt.Sscanf(minor, "%d.%d", &x, &y); err != nil {
+		return false
+	}
+	return a < x || (a == x && b < y)
 }
 
 var istioVersion = regexp.MustCompile(`^v?[0-9]+\.[0-9]+(\.[0-9]+)?(-[0-9A-Za-z.-]+)?$`)

@@ -26,12 +26,19 @@ import (
 var (
 	IstioGVR    = schema.GroupVersionResource{Group: "sailoperator.io", Version: "v1", Resource: "istios"}
 	IstioCNIGVR = schema.GroupVersionResource{Group: "sailoperator.io", Version: "v1", Resource: "istiocnis"}
+	ZTunnelGVR  = schema.GroupVersionResource{Group: "sailoperator.io", Version: "v1", Resource: "ztunnels"}
+)
+
+// ChartZTunnel is the ztunnel chart; Sail names its release "ztunnel".
+const (
+	ChartZTunnel   = "ztunnel"
+	releaseZTunnel = "ztunnel"
 )
 
 // Finalizer is Sail's: the releases go before the resource does.
 const Finalizer = "sailoperator.io/sail-operator"
 
-// Controller reconciles Istio and IstioCNI resources of one cluster.
+// Controller reconciles Istio, IstioCNI and ZTunnel resources of one cluster.
 type Controller struct {
 	// Cluster names the cluster in errors and logs.
 	Cluster string
@@ -48,7 +55,7 @@ type Controller struct {
 }
 
 type key struct {
-	kind string // "Istio" or "IstioCNI"
+	kind string // "Istio", "IstioCNI" or "ZTunnel"
 	name string
 }
 
@@ -61,7 +68,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	df := dynamicinformer.NewDynamicSharedInformerFactory(c.Dynamic, 10*time.Minute)
 	c.listers = map[string]cache.GenericLister{}
-	for kind, gvr := range map[string]schema.GroupVersionResource{"Istio": IstioGVR, "IstioCNI": IstioCNIGVR} {
+	for kind, gvr := range map[string]schema.GroupVersionResource{"Istio": IstioGVR, "IstioCNI": IstioCNIGVR, "ZTunnel": ZTunnelGVR} {
 		inf := df.ForResource(gvr)
 		c.listers[kind] = inf.Lister()
 		enqueue := func(obj any) {
@@ -81,16 +88,30 @@ func (c *Controller) Run(ctx context.Context) error {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = "app=istiod" }))
 	deploys := kf.Apps().V1().Deployments().Informer()
 	if _, err := deploys.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { c.enqueueAll("Istio") },
-		UpdateFunc: func(any, any) { c.enqueueAll("Istio") },
-		DeleteFunc: func(any) { c.enqueueAll("Istio") },
+		// A ZTunnel copies values from the Istio it targets, and its
+		// revision follows that Istio's: look again at ZTunnels too.
+		AddFunc:    func(any) { c.enqueueAll("Istio"); c.enqueueAll("ZTunnel") },
+		UpdateFunc: func(any, any) { c.enqueueAll("Istio"); c.enqueueAll("ZTunnel") },
+		DeleteFunc: func(any) { c.enqueueAll("Istio"); c.enqueueAll("ZTunnel") },
+	}); err != nil {
+		return err
+	}
+	// A ztunnel DaemonSet's pods turning ready changes its ZTunnel's Ready.
+	zf := informers.NewSharedInformerFactoryWithOptions(c.Kube, 10*time.Minute,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = "app.kubernetes.io/name=ztunnel" }))
+	if _, err := zf.Apps().V1().DaemonSets().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { c.enqueueAll("ZTunnel") },
+		UpdateFunc: func(any, any) { c.enqueueAll("ZTunnel") },
+		DeleteFunc: func(any) { c.enqueueAll("ZTunnel") },
 	}); err != nil {
 		return err
 	}
 	df.Start(ctx.Done())
 	kf.Start(ctx.Done())
+	zf.Start(ctx.Done())
 	df.WaitForCacheSync(ctx.Done())
 	kf.WaitForCacheSync(ctx.Done())
+	zf.WaitForCacheSync(ctx.Done())
 	go func() { <-ctx.Done(); c.queue.ShutDown() }()
 	for {
 		k, quit := c.queue.Get()
@@ -130,8 +151,11 @@ func (c *Controller) ensureOperatorNamespace(ctx context.Context) error {
 }
 
 func (c *Controller) gvr(kind string) schema.GroupVersionResource {
-	if kind == "IstioCNI" {
+	switch kind {
+	case "IstioCNI":
 		return IstioCNIGVR
+	case "ZTunnel":
+		return ZTunnelGVR
 	}
 	return IstioGVR
 }
@@ -187,11 +211,16 @@ func (c *Controller) reconcile(ctx context.Context, k key) error {
 		}
 		st.set("Reconciled", true, "Reconciled", "")
 	}
-	if k.kind == "Istio" {
+	switch k.kind {
+	case "Istio":
 		if err := c.readiness(ctx, u, st); err != nil {
 			return err
 		}
-	} else {
+	case "ZTunnel":
+		if err := c.ztunnelReadiness(ctx, u, st); err != nil {
+			return err
+		}
+	default:
 		st.set("Ready", true, "Healthy", "")
 		st.state = "Healthy"
 	}
@@ -204,7 +233,8 @@ func (c *Controller) client(kind string) dynamic.ResourceInterface {
 
 // install applies the resource's releases: for an Istio, <revision>-istiod
 // in spec.namespace and, for the default revision, <revision>-base in the
-// operator's namespace; for an IstioCNI, istio-cni in spec.namespace.
+// operator's namespace; for an IstioCNI, istio-cni in spec.namespace; for a
+// ZTunnel, ztunnel in spec.namespace.
 func (c *Controller) install(ctx context.Context, kind string, u *unstructured.Unstructured, st *status) error {
 	spec, _, _ := unstructured.NestedMap(u.Object, "spec")
 	ns, _, _ := unstructured.NestedString(spec, "namespace")
@@ -223,13 +253,33 @@ func (c *Controller) install(ctx context.Context, kind string, u *unstructured.U
 		APIVersion: u.GetAPIVersion(), Kind: u.GetKind(), Name: u.GetName(), UID: u.GetUID(),
 		Controller: ptr(true), BlockOwnerDeletion: ptr(true),
 	}
-	if kind == "IstioCNI" {
+	switch kind {
+	case "IstioCNI":
 		values, err := CNIValues(profile, user)
 		if err != nil {
 			return err
 		}
 		_, err = c.Charts.Apply(ctx, ChartCNI, ns, releaseCNI, values, owner)
 		return err
+	case "ZTunnel":
+		if u.GetName() != "default" {
+			// Sail's ZTunnel is a singleton named default.
+			return fmt.Errorf("metadata.name must be 'default'")
+		}
+		target, err := c.ztunnelTarget(spec)
+		if err != nil {
+			return err
+		}
+		values, err := ZTunnelValues(user, target)
+		if err != nil {
+			return err
+		}
+		rel, err := c.Charts.Apply(ctx, ChartZTunnel, ns, releaseZTunnel, values, owner)
+		if err != nil {
+			return err
+		}
+		c.Log.Info("release", "cluster", c.Cluster, "release", rel.Namespace+"/"+rel.Name, "version", rel.Version, "status", rel.Status)
+		return nil
 	}
 	strategy, _, _ := unstructured.NestedString(spec, "updateStrategy", "type")
 	version, _, _ := unstructured.NestedString(spec, "version")
@@ -256,8 +306,11 @@ func (c *Controller) install(ctx context.Context, kind string, u *unstructured.U
 
 func (c *Controller) uninstall(kind string, u *unstructured.Unstructured) error {
 	ns, _, _ := unstructured.NestedString(u.Object, "spec", "namespace")
-	if kind == "IstioCNI" {
+	switch kind {
+	case "IstioCNI":
 		return c.Charts.Uninstall(ns, releaseCNI)
+	case "ZTunnel":
+		return c.Charts.Uninstall(ns, releaseZTunnel)
 	}
 	strategy, _, _ := unstructured.NestedString(u.Object, "spec", "updateStrategy", "type")
 	version, _, _ := unstructured.NestedString(u.Object, "spec", "version")
@@ -306,6 +359,66 @@ func (c *Controller) readiness(ctx context.Context, u *unstructured.Unstructured
 	} else {
 		st.set("Ready", false, "IstiodNotReady", "istiod Deployment is not ready")
 		st.state = "IstiodNotReady"
+	}
+	return nil
+}
+
+// ztunnelTarget reads the values a ZTunnel copies from the Istio its
+// spec.targetRef names; none without a targetRef. Sail resolves an Istio to
+// its active revision; an IstioRevision target is not played by the lab.
+func (c *Controller) ztunnelTarget(spec map[string]any) (map[string]any, error) {
+	kind, _, _ := unstructured.NestedString(spec, "targetRef", "kind")
+	name, _, _ := unstructured.NestedString(spec, "targetRef", "name")
+	switch kind {
+	case "":
+		return nil, nil
+	case "Istio":
+	default:
+		return nil, fmt.Errorf("spec.targetRef: kind %s is not played by the lab (only Istio)", kind)
+	}
+	obj, err := c.listers["Istio"].Get(name)
+	if apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("spec.targetRef: Istio %s not found", name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return nil, fmt.Errorf("istio %s: unexpected type %T", name, obj)
+	}
+	return ztunnelTarget(u), nil
+}
+
+// ztunnelReadiness: a ZTunnel is Ready when its DaemonSet has pods
+// scheduled and every one of them is ready, as Sail's ZTunnel controller
+// decides (the lab's kwok pods turn ready once the emulator plays their
+// data plane).
+func (c *Controller) ztunnelReadiness(ctx context.Context, u *unstructured.Unstructured, st *status) error {
+	if !st.reconciled() {
+		return nil
+	}
+	ns, _, _ := unstructured.NestedString(u.Object, "spec", "namespace")
+	name := "ztunnel"
+	if rn, ok, _ := unstructured.NestedString(u.Object, "spec", "values", "ztunnel", "resourceName"); ok && rn != "" {
+		name = rn
+	}
+	ds, err := c.Kube.AppsV1().DaemonSets(ns).Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		st.set("Ready", false, "DaemonSetNotReady", "ztunnel DaemonSet not found")
+		st.state = "DaemonSetNotReady"
+	case err != nil:
+		return fmt.Errorf("%s: read DaemonSet %s/%s: %w", c.Cluster, ns, name, err)
+	case ds.Status.CurrentNumberScheduled == 0:
+		st.set("Ready", false, "DaemonSetNotReady", "no ztunnel pods are currently scheduled")
+		st.state = "DaemonSetNotReady"
+	case ds.Status.NumberReady < ds.Status.CurrentNumberScheduled:
+		st.set("Ready", false, "DaemonSetNotReady", "not all ztunnel pods are ready")
+		st.state = "DaemonSetNotReady"
+	default:
+		st.set("Ready", true, "Healthy", "")
+		st.state = "Healthy"
 	}
 	return nil
 }

@@ -1,5 +1,5 @@
 // Package sail is the lab's stand-in for the Sail Operator: for each Sail
-// Istio and IstioCNI resource it installs Istio's own Helm charts, from the
+// Istio, IstioCNI and ZTunnel resource it installs Istio's own Helm charts, from the
 // pinned istio.io/istio module, as Helm releases through the Helm SDK, the
 // way the operator does (sail-operator pkg/reconcile, pkg/istiovalues,
 // pkg/helm), and reports the outcome on the resource's status.
@@ -18,6 +18,8 @@ package sail
 import (
 	"fmt"
 	"strings"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
 // DefaultRevision is the revision of an Istio resource named "default".
@@ -109,6 +111,46 @@ func CNIValues(profile string, user map[string]any) (map[string]any, error) {
 		return nil, err
 	}
 	return mergeOverwrite(values, deepCopy(user)), nil
+}
+
+// ZTunnelValues computes the ztunnel chart's values for a ZTunnel resource,
+// as Sail's ZTunnel controller does: the default profile and ambient (a
+// ZTunnel's profile is always ambient), then target, the values Sail copies
+// from the Istio resource spec.targetRef names (its global, meshConfig and
+// revision), then the resource's values; and last the resource's
+// values.ztunnel once more at the top level, since the ztunnel chart reads
+// its own settings there (it has no descoping template for ztunnel.*, as
+// istio-cni has for cni.*).
+func ZTunnelValues(user, target map[string]any) (map[string]any, error) {
+	values, err := profileValues("ambient")
+	if err != nil {
+		return nil, err
+	}
+	values = mergeOverwrite(values, deepCopy(target))
+	values = mergeOverwrite(values, deepCopy(user))
+	if zt, ok := user["ztunnel"].(map[string]any); ok {
+		values = mergeOverwrite(values, deepCopy(zt))
+	}
+	return values, nil
+}
+
+// ztunnelTarget is what a ZTunnel takes from the Istio resource it
+// targets: spec.values.global and meshConfig, and the active revision.
+func ztunnelTarget(istio *unstructured.Unstructured) map[string]any {
+	out := map[string]any{}
+	for _, k := range []string{"global", "meshConfig"} {
+		if v, ok, _ := unstructured.NestedMap(istio.Object, "spec", "values", k); ok {
+			out[k] = v
+		}
+	}
+	strategy, _, _ := unstructured.NestedString(istio.Object, "spec", "updateStrategy", "type")
+	version, _, _ := unstructured.NestedString(istio.Object, "spec", "version")
+	rev := RevisionName(istio.GetName(), strategy, version)
+	if rev == DefaultRevision {
+		rev = ""
+	}
+	out["revision"] = rev
+	return out
 }
 
 // mergeOverwrite merges overrides into base key by key where both hold a

@@ -86,3 +86,60 @@ func TestRevisionName(t *testing.T) {
 		}
 	}
 }
+
+func TestZTunnelValues(t *testing.T) {
+	base := func() map[string]any {
+		return map[string]any{
+			"profile":         "ambient",
+			"defaultRevision": "",
+			"global":          map[string]any{"istioNamespace": "istio-system", "configValidation": true},
+			"ztunnel":         map[string]any{"resourceName": "ztunnel"},
+		}
+	}
+	tests := []struct {
+		name         string
+		user, target map[string]any
+		want         func(map[string]any)
+	}{
+		{
+			name: "ambient profile always, ztunnel.* also at the top level",
+			user: map[string]any{"ztunnel": map[string]any{"multiCluster": map[string]any{"clusterName": "east"}, "network": "network1"}},
+			want: func(m map[string]any) {
+				m["ztunnel"] = map[string]any{"resourceName": "ztunnel", "multiCluster": map[string]any{"clusterName": "east"}, "network": "network1"}
+				m["multiCluster"] = map[string]any{"clusterName": "east"}
+				m["network"] = "network1"
+			},
+		},
+		{
+			name: "global from the values",
+			user: map[string]any{"global": map[string]any{"network": "network2"}},
+			want: func(m map[string]any) {
+				m["global"].(map[string]any)["network"] = "network2"
+			},
+		},
+		{
+			name:   "target Istio's global, meshConfig and revision, the ZTunnel's own values win",
+			target: map[string]any{"global": map[string]any{"network": "network1", "meshID": "mesh1"}, "meshConfig": map[string]any{"trustDomain": "td"}, "revision": "canary"},
+			user:   map[string]any{"global": map[string]any{"network": "network9"}},
+			want: func(m map[string]any) {
+				g := m["global"].(map[string]any)
+				g["network"], g["meshID"] = "network9", "mesh1"
+				m["meshConfig"] = map[string]any{"trustDomain": "td"}
+				m["revision"] = "canary"
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ZTunnelValues(tt.user, tt.target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := base()
+			tt.want(want)
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("got  %v\nwant %v", got, want)
+			}
+		})
+	}
+}

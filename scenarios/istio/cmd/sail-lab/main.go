@@ -1,5 +1,5 @@
 // Command sail-lab is the lab's Sail Operator: it installs Istio's own Helm
-// charts for the Sail Istio and IstioCNI resources of one cluster (package
+// charts for the Sail Istio, IstioCNI and ZTunnel resources of one cluster (package
 // sail), until it is stopped.
 package main
 
