@@ -179,6 +179,9 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 	if err := ValidateNames(o.Clusters); err != nil {
 		return nil, err
 	}
+	if len(o.Clusters) > maxClusters {
+		return nil, fmt.Errorf("lab options: %d clusters, at most %d fit the address plan", len(o.Clusters), maxClusters)
+	}
 	if (o.CertManagerWithoutApprover || o.CertManagerWebhook) && !o.CertManager {
 		return nil, errors.New("lab options: CertManagerWithoutApprover and CertManagerWebhook need CertManager")
 	}
