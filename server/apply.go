@@ -277,9 +277,18 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		h.applyControlPlanes(ctx, p, conns, o, rec, gate)
-		// Remote secrets after the namespaces exist (the control planes made them).
-		h.applyFederation(ctx, p, conns, o, rec)
+		// Remote secrets after the namespaces exist and before any istiod
+		// starts (deploy.Options.BeforeControlPlanes); after everything
+		// when the control planes stop before that point.
+		federated := false
+		h.applyControlPlanes(ctx, p, conns, o, rec, gate, func(ctx context.Context) error {
+			federated = true
+			h.applyFederation(ctx, p, conns, o, rec)
+			return nil
+		})
+		if !federated {
+			h.applyFederation(ctx, p, conns, o, rec)
+		}
 	}()
 	wg.Wait()
 
