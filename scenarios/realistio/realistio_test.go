@@ -40,7 +40,7 @@ var testLab = lab.NewSharedWith(lab.Options{Clusters: []string{"east", "west"}, 
 // cert-manager PKI mode (its own clusters: one mesh per lab cluster).
 var cmLab = lab.NewSharedWith(lab.Options{Clusters: []string{"north", "south"}, RealIstio: true, CertManager: true})
 
-func TestMain(m *testing.M) { os.Exit(lab.RunShared(m, testLab, cmLab)) }
+func TestMain(m *testing.M) { os.Exit(lab.RunShared(m, testLab, cmLab, prLab, extLab)) }
 
 var istioGVR = schema.GroupVersionResource{Group: "sailoperator.io", Version: "v1", Resource: "istios"}
 
