@@ -327,16 +327,22 @@ func (p *istiodPod) start(ctx context.Context) (*process, error) {
 	if err != nil {
 		return nil, err
 	}
-	inCluster := p.hasKubeconfig(env)
-	if !inCluster {
+	// Without a KUBECONFIG file istiod reads the cluster it runs in: here
+	// through the pod's identity as a kubeconfig (client-go falls back to
+	// in-cluster config when the KUBECONFIG files are missing).
+	if !p.hasKubeconfig(env) {
 		args = append(args, "--kubeconfig="+kc)
 	}
+	// An external istiod that watches remote secrets where it runs
+	// (Istio's multicluster secret controller) reads that cluster through
+	// rest.InClusterConfig, as every pod can, whether or not its
+	// istio-kubeconfig (an optional volume) is there; without it, it
+	// panics. So does an istiod with a KUBECONFIG of its own.
+	inCluster := p.hasKubeconfig(env) || envTrue(env, "EXTERNAL_ISTIOD") && envTrue(env, "LOCAL_CLUSTER_SECRET_WATCHER")
 	argv := append([]string{p.k.bin}, args...)
 	sys := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if inCluster {
-		// istiod with a KUBECONFIG of its own (an external istiod reading
-		// its config cluster) still reads the cluster it runs in through
-		// rest.InClusterConfig, whose token and CA paths are fixed.
+		// rest.InClusterConfig's token and CA paths are fixed.
 		if argv, err = p.inClusterCommand(argv); err != nil {
 			return nil, err
 		}
@@ -387,6 +393,18 @@ func istiodContainerOf(pod *corev1.Pod) *corev1.Container {
 		}
 	}
 	return nil
+}
+
+// envTrue says whether env sets name to true (as Istio's boolean
+// features read it).
+func envTrue(env []string, name string) bool {
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, name+"="); ok {
+			b, err := strconv.ParseBool(v)
+			return err == nil && b
+		}
+	}
+	return false
 }
 
 // hasKubeconfig: a KUBECONFIG whose files exist is what istiod reads;
