@@ -97,6 +97,9 @@ type IstioStatus struct {
 	MeshID      string `json:"meshID,omitempty"`
 	ClusterName string `json:"clusterName,omitempty"`
 	Network     string `json:"network,omitempty"`
+	// RemotePilotAddress is global.remotePilotAddress: where a remote's
+	// (or a data plane's) webhooks and proxies reach the istiod serving it.
+	RemotePilotAddress string `json:"remotePilotAddress,omitempty"`
 }
 
 // RemoteSecretStatus is one remote secret a cluster holds.
@@ -349,6 +352,7 @@ func istioStatus(u *unstructured.Unstructured) *IstioStatus {
 	s.MeshID, _, _ = unstructured.NestedString(u.Object, "spec", "values", "global", "meshID")
 	s.ClusterName, _, _ = unstructured.NestedString(u.Object, "spec", "values", "global", "multiCluster", "clusterName")
 	s.Network, _, _ = unstructured.NestedString(u.Object, "spec", "values", "global", "network")
+	s.RemotePilotAddress, _, _ = unstructured.NestedString(u.Object, "spec", "values", "global", "remotePilotAddress")
 	return s
 }
 

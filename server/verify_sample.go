@@ -190,6 +190,9 @@ func (h *Hub) waitRollouts(ctx context.Context, clusters []*verifyCluster) error
 						if pods := notReady(rctx, c, d.Spec.Template.Labels["app"]); pods != "" {
 							detail += ": " + pods
 						}
+						if f := replicaFailure(d); f != "" {
+							detail += ": " + f
+						}
 						why = append(why, detail)
 					}
 				}
@@ -199,6 +202,18 @@ func (h *Hub) waitRollouts(ctx context.Context, clusters []*verifyCluster) error
 			}
 		}
 	})
+}
+
+// replicaFailure is why the deployment's pods could not be created (its
+// ReplicaFailure condition: an admission webhook that refused or could not
+// be called, such as a sidecar injector istiod does not answer), "" if none.
+func replicaFailure(d *appsv1.Deployment) string {
+	for _, c := range d.Status.Conditions {
+		if c.Type == appsv1.DeploymentReplicaFailure && c.Status == corev1.ConditionTrue {
+			return fmt.Sprintf("pods not created (%s): %s", c.Reason, c.Message)
+		}
+	}
+	return ""
 }
 
 func rolloutLine(d *appsv1.Deployment) string {
