@@ -159,8 +159,11 @@
 // own listeners and clusters. Not played: waypoints, authorization
 // policies, hostname gateway addresses.
 //
-// Not modelled: istiod's self-signed fallback CA (an istiod without cacerts
-// here has no CA and its proxies' calls fail), and injection webhooks
-// failing (a remote whose pilot address is wrong still gets its pods marked
+// Without Config.Istiod (flotilla-emulator without --istiod) the emulator
+// still plays istiod's part as described above; no scenario runs so any
+// more: every one in scenarios/ runs real istiods. Not modelled in that
+// mode: istiod's self-signed fallback CA (an istiod without cacerts here
+// has no CA and its proxies' calls fail), and injection webhooks failing
+// (a remote whose pilot address is wrong still gets its pods marked
 // injected; their proxies then have no config).
 package emulator
