@@ -38,6 +38,14 @@ type Options struct {
 	// objects (the Istio resource that starts istiod) are written; an error
 	// stops the apply. The hub waits there for the cluster's cacerts.
 	BeforeControlPlane func(ctx context.Context, cluster string) error
+	// BeforeControlPlanes, when set, runs once after the namespaces and
+	// gateways are written and their addresses known, before any Sail
+	// resource; an error stops the apply. The hub installs the remote
+	// secrets there: an external istiod must find its istio-kubeconfig when
+	// it starts (the chart mounts it as an optional volume, read once), and
+	// a serving istiod patches its remotes' injection webhooks only once it
+	// reads them, which their gateways' injection waits for.
+	BeforeControlPlanes func(ctx context.Context) error
 	// MeshID is global.meshID.
 	MeshID string
 	// Version is the Istio version, Sail's spec.version ("1.30.3" or "v1.30.3").

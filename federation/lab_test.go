@@ -188,11 +188,22 @@ func assertReads(t *testing.T, ctx context.Context, lr LinkResult, writer bool) 
 			}, metav1.CreateOptions{})
 			return err
 		}()},
-		{"delete service", c.CoreV1().Services("default").Delete(ctx, "kubernetes", metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}})},
 		{"delete namespace", c.CoreV1().Namespaces().Delete(ctx, "default", metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}})},
 		{"delete endpointslices", c.DiscoveryV1().EndpointSlices("default").DeleteCollection(ctx, metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}}, metav1.ListOptions{})},
 		{"list roles", func() error { _, err := c.RbacV1().Roles("").List(ctx, metav1.ListOptions{}); return err }()},
-		{"list serviceaccounts", func() error { _, err := c.CoreV1().ServiceAccounts("").List(ctx, metav1.ListOptions{}); return err }()},
+		{"delete secret", c.CoreV1().Secrets("default").Delete(ctx, "intruder", metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}})},
+	}
+	if lr.Kind != LinkConfig {
+		// An external istiod's gateway deployment controller manages
+		// services and service accounts on its config cluster, as the
+		// chart's istiod-gateway-controller role allows; readers do not.
+		refused = append(refused, []struct {
+			what string
+			err  error
+		}{
+			{"delete service", c.CoreV1().Services("default").Delete(ctx, "kubernetes", metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}})},
+			{"list serviceaccounts", func() error { _, err := c.CoreV1().ServiceAccounts("").List(ctx, metav1.ListOptions{}); return err }()},
+		}...)
 	}
 	if !writer {
 		refused = append(refused, struct {

@@ -211,3 +211,31 @@ func TestMissingDiscoveryReads(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigRulesCoverGatewayController: the external istiod's account on
+// its config cluster may do what the chart's istiod-gateway-controller
+// ClusterRole allows, which istiod's gateway deployment controller needs
+// before its discovery turns ready where the Gateway API CRDs exist.
+func TestConfigRulesCoverGatewayController(t *testing.T) {
+	allows := func(group, resource, verb string) bool {
+		for _, r := range ConfigRules() {
+			if slices.Contains(r.APIGroups, group) && slices.Contains(r.Resources, resource) && (slices.Contains(r.Verbs, verb) || slices.Contains(r.Verbs, "*")) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, tc := range []struct{ group, resource string }{
+		{"apps", "deployments"},
+		{"autoscaling", "horizontalpodautoscalers"},
+		{"policy", "poddisruptionbudgets"},
+		{"", "services"},
+		{"", "serviceaccounts"},
+	} {
+		for _, verb := range []string{"get", "list", "watch", "create", "update", "patch", "delete"} {
+			if !allows(tc.group, tc.resource, verb) {
+				t.Errorf("ConfigRules does not allow %s %s in group %q", verb, tc.resource, tc.group)
+			}
+		}
+	}
+}

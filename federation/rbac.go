@@ -98,8 +98,12 @@ func ReaderRules(writer bool) []*rbacv1ac.PolicyRuleApplyConfiguration {
 // ConfigRules mirrors the cluster-wide rules of Istio's istiod-clusterrole
 // that an external istiod needs on its config cluster: it reads all mesh
 // config and discovery objects there, writes webhooks, status and root-cert
-// ConfigMaps, and reviews tokens. The gateway deployment controller, CSR
-// signing and MCS rules are left out.
+// ConfigMaps, and reviews tokens. With them go the rules of the chart's
+// istiod-gateway-controller ClusterRole: where the Gateway API CRDs are
+// installed istiod runs its gateway deployment controller against the
+// config cluster, and without them its discovery never turns ready (real
+// istiod: "deployments.apps is forbidden"), so its injector never answers.
+// CSR signing and MCS rules are left out.
 func ConfigRules() []*rbacv1ac.PolicyRuleApplyConfiguration {
 	all := []string{"get", "list", "watch", "update", "patch", "create", "delete"}
 	return []*rbacv1ac.PolicyRuleApplyConfiguration{
@@ -124,6 +128,11 @@ func ConfigRules() []*rbacv1ac.PolicyRuleApplyConfiguration {
 		}, []string{"update", "patch"}),
 		rule([]string{""}, []string{"secrets"}, verbsRead),
 		rule([]string{"multicluster.x-k8s.io"}, []string{"serviceimports"}, verbsRead),
+		// istiod-gateway-controller
+		rule([]string{"apps"}, []string{"deployments"}, all),
+		rule([]string{"autoscaling"}, []string{"horizontalpodautoscalers"}, all),
+		rule([]string{"policy"}, []string{"poddisruptionbudgets"}, all),
+		rule([]string{""}, []string{"services", "serviceaccounts"}, all),
 	}
 }
 

@@ -153,7 +153,8 @@ type Result struct {
 // that embed their addresses, each group followed by (5) the wait for its
 // gateways' pods to be injected by their revision (WaitForInjection: the
 // gateways were written before their revision's webhook existed, so a
-// first install restarts them once it does). Namespaces and Sail resources
+// first install restarts them once it does). opts.BeforeControlPlanes runs
+// between (3) and (4). Namespaces and Sail resources
 // are written as kube.ManagerControlPlane, the gateway objects as
 // kube.ManagerGateways. clusters maps every member's name to its connection.
 //
@@ -268,6 +269,11 @@ func ApplyMeshScoped(ctx context.Context, clusters map[string]*kube.Cluster, l *
 	final.AllowPendingAddress = opts.AllowPendingAddress || dryRun
 	if res.Plans, err = Plan(l, final, addresses); err != nil {
 		return res, err
+	}
+	if opts.BeforeControlPlanes != nil {
+		if err := opts.BeforeControlPlanes(ctx); err != nil {
+			return res, err
+		}
 	}
 	// Control planes first: their istiod serves the others.
 	for _, servers := range []bool{true, false} {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotillamesh/flotilla/deploy"
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/server/spec"
 	"github.com/flotillamesh/flotilla/server/state"
@@ -277,9 +278,23 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		h.applyControlPlanes(ctx, p, conns, o, rec, gate)
-		// Remote secrets after the namespaces exist (the control planes made them).
-		h.applyFederation(ctx, p, conns, o, rec)
+		// Remote secrets after the namespaces exist: where an istiod serves
+		// clusters that run none, before any istiod starts
+		// (deploy.Options.BeforeControlPlanes), else (or when the control
+		// planes stop before that point) after the control planes.
+		federated := false
+		var early func(context.Context) error
+		if federatesFirst(p.Layout) {
+			early = func(ctx context.Context) error {
+				federated = true
+				h.applyFederation(ctx, p, conns, o, rec)
+				return nil
+			}
+		}
+		h.applyControlPlanes(ctx, p, conns, o, rec, gate, early)
+		if !federated {
+			h.applyFederation(ctx, p, conns, o, rec)
+		}
 	}()
 	wg.Wait()
 
@@ -305,4 +320,23 @@ func (h *Hub) Apply(ctx context.Context, m *spec.Mesh, o ApplyOptions) (*ApplyRe
 		}
 	}
 	return rep, nil
+}
+
+// federatesFirst says whether remote secrets and istio-kubeconfig go in
+// before any Sail resource: when some cluster runs no istiod of its own
+// (a remote, a data-plane cluster). An external istiod reads its
+// istio-kubeconfig once, at start, and a serving istiod patches a remote's
+// injection webhook only once it reads the remote, which the remote's
+// gateway injection waits for. In multi-primary each istiod picks remote
+// secrets up as they come, and a secret that reads its target through the
+// target's east-west gateway (apiServerAccess: gateway) is probed through
+// it, which answers only once that cluster's istiod configured the gateway:
+// there they go in after the control planes.
+func federatesFirst(l *deploy.Layout) bool {
+	for _, m := range l.Members() {
+		if m.Role == deploy.RoleRemote || m.Role == deploy.RoleDataPlane {
+			return true
+		}
+	}
+	return false
 }

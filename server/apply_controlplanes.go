@@ -19,7 +19,8 @@ import (
 	"github.com/flotillamesh/flotilla/server/state"
 )
 
-func (h *Hub) applyControlPlanes(ctx context.Context, p *plan, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder, gate *cacertsGate) {
+// federate runs where gateways.ApplyMesh calls BeforeControlPlanes.
+func (h *Hub) applyControlPlanes(ctx context.Context, p *plan, conns map[string]*kube.Cluster, o ApplyOptions, rec *recorder, gate *cacertsGate, federate func(context.Context) error) {
 	if len(conns) != len(p.Clusters) {
 		rec.add(ctx, Step{Step: "control planes", Action: "skipped", Error: "not every cluster is reachable; gateways and Istio resources need them all"})
 		return
@@ -31,6 +32,7 @@ func (h *Hub) applyControlPlanes(ctx context.Context, p *plan, conns map[string]
 	}
 	opts.AllowPendingAddress = dry
 	opts.BeforeControlPlane = gate.wait
+	opts.BeforeControlPlanes = federate
 	// A scoped pass writes only into its clusters; the others are read
 	// for the gateway addresses their plans embed.
 	res, err := gateways.ApplyMeshScoped(ctx, conns, p.Layout, opts, o.Clusters, func(line string) { h.progressf("", "%s", line) })

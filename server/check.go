@@ -63,6 +63,10 @@ func diagnose(p *plan, st *Status, now time.Time) []Check {
 	builtin := true
 
 	roots := map[string][]string{}
+	gatewayOf := map[string]string{}
+	for _, c := range st.Clusters {
+		gatewayOf[c.Name] = c.GatewayAddress
+	}
 	for _, c := range st.Clusters {
 		if !c.Reachable {
 			add(Check{Name: "cluster reachable", Cluster: c.Name, Message: c.Error,
@@ -148,6 +152,10 @@ func diagnose(p *plan, st *Status, now time.Time) []Check {
 		case c.Istio.Network != "" && c.Network != "" && c.Istio.Network != c.Network:
 			ic.Message = fmt.Sprintf("global.network %q, want %q", c.Istio.Network, c.Network)
 			ic.Hint = "run flotilla apply"
+		case pilotMismatch(plans[c.Name], c.Name, c.Istio.RemotePilotAddress, gatewayOf):
+			by := plans[c.Name].AddressOf
+			ic.Message = fmt.Sprintf("global.remotePilotAddress %q, want %s's gateway address %s", c.Istio.RemotePilotAddress, by, gatewayOf[by])
+			ic.Hint = fmt.Sprintf("run flotilla apply: %s's injection webhook and proxies reach the istiod serving it at that address, through %s's gateway", c.Name, by)
 		default:
 			ic.OK = true
 		}
@@ -227,6 +235,17 @@ func crlCheck(crl *CRLInfo, c ClusterStatus, ns string, now time.Time) *Check {
 }
 
 func isNotFound(err error) bool { return apierrors.IsNotFound(err) }
+
+// pilotMismatch says whether a cluster served by another's istiod (a
+// remote, a data plane) names, as its remotePilotAddress, an address other
+// than the serving cluster's gateway, once both are known.
+func pilotMismatch(cp gateways.ClusterPlan, cluster, pilot string, gatewayOf map[string]string) bool {
+	by := cp.AddressOf
+	if by == "" || by == cluster || gatewayOf[by] == "" {
+		return false
+	}
+	return pilot != gatewayOf[by]
+}
 
 // gatewayNetworks are the networks whose cross-network gateway the istiod
 // of cluster name must know: its own and those of the clusters it reads,

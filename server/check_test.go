@@ -335,3 +335,50 @@ spec:
 		})
 	}
 }
+
+// TestDiagnoseRemotePilotAddress: a remote whose Istio resource sends its
+// webhooks and proxies anywhere but its primary's gateway fails "Istio
+// resource consistent", naming both addresses; the right address, or a
+// gateway address not known yet, passes.
+func TestDiagnoseRemotePilotAddress(t *testing.T) {
+	m, err := spec.Parse("mesh.yaml", []byte(`apiVersion: flotilla.dev/v1alpha1
+kind: Mesh
+metadata: {name: mesh1}
+spec:
+  topology: primary-remote
+  clusters:
+  - {name: east, context: east, network: network1}
+  - {name: west, context: west, network: network2, role: remote}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, pilot, eastGateway string
+		ok                       bool
+		message                  string
+	}{
+		{"primary's gateway", "10.1.101.10", "10.1.101.10", true, ""},
+		{"elsewhere", "10.1.101.250", "10.1.101.10", false, `global.remotePilotAddress "10.1.101.250", want east's gateway address 10.1.101.10`},
+		{"gateway address not known", "10.1.101.250", "", true, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := &Status{Clusters: []ClusterStatus{
+				{Name: "east", Reachable: true, Network: "network1", GatewayAddress: tc.eastGateway, Istio: &IstioStatus{Name: "default"}},
+				{Name: "west", Reachable: true, Network: "network2", Istio: &IstioStatus{Name: "default", RemotePilotAddress: tc.pilot}},
+			}}
+			var got *Check
+			for _, c := range Diagnose(m, st, time.Now()) {
+				if c.Name == "Istio resource consistent" && c.Cluster == "west" {
+					got = &c
+				}
+			}
+			if got == nil {
+				t.Fatal("no Istio resource check for west")
+			}
+			if got.OK != tc.ok || !strings.Contains(got.Message, tc.message) {
+				t.Errorf("check = ok %v %q, want ok %v containing %q", got.OK, got.Message, tc.ok, tc.message)
+			}
+		})
+	}
+}

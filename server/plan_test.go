@@ -88,3 +88,35 @@ func TestIssuedForOtherNamespace(t *testing.T) {
 		}
 	}
 }
+
+// TestFederatesFirst: remote secrets go in before the Sail resources only
+// where an istiod serves a cluster that runs none (primary-remote, external
+// control plane); in multi-primary they follow the control planes.
+func TestFederatesFirst(t *testing.T) {
+	for _, tc := range []struct {
+		name, topology, second string
+		want                   bool
+	}{
+		{"multi-primary", "multi-primary", "{name: west, context: west, network: n2}", false},
+		{"primary-remote", "primary-remote", "{name: west, context: west, network: n2, role: remote}", true},
+		{"external control plane", "external-control-plane", "{name: west, context: west, network: n1, role: data-plane}", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			first := "{name: east, context: east, network: n1}"
+			if tc.topology == "external-control-plane" {
+				first = "{name: east, context: east, network: n1, role: control-plane}"
+			}
+			m, err := spec.Parse("mesh.yaml", []byte("apiVersion: flotilla.dev/v1alpha1\nkind: Mesh\nmetadata: {name: mesh1}\nspec:\n  topology: "+tc.topology+"\n  clusters:\n  - "+first+"\n  - "+tc.second+"\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := compile(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := federatesFirst(p.Layout); got != tc.want {
+				t.Errorf("federatesFirst = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

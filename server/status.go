@@ -97,6 +97,9 @@ type IstioStatus struct {
 	MeshID      string `json:"meshID,omitempty"`
 	ClusterName string `json:"clusterName,omitempty"`
 	Network     string `json:"network,omitempty"`
+	// RemotePilotAddress is global.remotePilotAddress: where a remote's
+	// (or a data plane's) webhooks and proxies reach the istiod serving it.
+	RemotePilotAddress string `json:"remotePilotAddress,omitempty"`
 }
 
 // RemoteSecretStatus is one remote secret a cluster holds.
@@ -173,7 +176,50 @@ func (h *Hub) status(ctx context.Context, p *plan) (*Status, error) {
 		}()
 	}
 	wg.Wait()
+	for i, mem := range p.Layout.Clusters {
+		h.observeConfigCluster(ctx, mem, conns, &st.Clusters[i])
+	}
 	return st, nil
+}
+
+// meshIstiods are the istiods of the mesh among those a cluster runs: the
+// one in the namespace of its cacerts. A control-plane cluster also runs
+// an istiod of its own in istio-system that serves only its ingress
+// gateway, under a CA of its own: not the mesh's, and reading no other
+// cluster nor network.
+func meshIstiods(place deploy.Placement, views []IstiodView) []IstiodView {
+	if place.Role != deploy.RoleControlPlane || !place.HoldsCA() {
+		return views
+	}
+	var out []IstiodView
+	for _, v := range views {
+		if v.Namespace == place.CANamespace {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// observeConfigCluster reads what an external istiod publishes where it
+// publishes it: in its config cluster (the one its istio-kubeconfig reads),
+// not in the cluster it runs in, whose own istiod publishes there.
+func (h *Hub) observeConfigCluster(ctx context.Context, place deploy.Placement, conns map[string]*kube.Cluster, cs *ClusterStatus) {
+	kc := conns[place.ConfigCluster]
+	if place.Role != deploy.RoleControlPlane || place.ConfigCluster == "" || kc == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	for i := range cs.Istiods {
+		v := &cs.Istiods[i]
+		if v.Error != "" {
+			continue
+		}
+		v.Roots, v.SelfSignedCA = nil, false
+		if err := readIstiodCA(ctx, kc, v); err != nil {
+			v.Error = err.Error()
+		}
+	}
 }
 
 func (h *Hub) observe(ctx context.Context, place deploy.Placement, p gateways.ClusterPlan, kc *kube.Cluster, root *pki.Root, cs *ClusterStatus) {
@@ -221,7 +267,7 @@ func (h *Hub) observe(ctx context.Context, place deploy.Placement, p gateways.Cl
 	if views, err := readIstiods(ctx, kc, place.Ambient()); err != nil {
 		cs.Drift = append(cs.Drift, err.Error())
 	} else {
-		cs.Istiods = views
+		cs.Istiods = meshIstiods(place, views)
 	}
 
 	// A cluster that reads nothing may still hold secrets: look where it would.
@@ -306,6 +352,7 @@ func istioStatus(u *unstructured.Unstructured) *IstioStatus {
 	s.MeshID, _, _ = unstructured.NestedString(u.Object, "spec", "values", "global", "meshID")
 	s.ClusterName, _, _ = unstructured.NestedString(u.Object, "spec", "values", "global", "multiCluster", "clusterName")
 	s.Network, _, _ = unstructured.NestedString(u.Object, "spec", "values", "global", "network")
+	s.RemotePilotAddress, _, _ = unstructured.NestedString(u.Object, "spec", "values", "global", "remotePilotAddress")
 	return s
 }
 

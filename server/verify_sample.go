@@ -162,7 +162,7 @@ func (h *Hub) waitRollouts(ctx context.Context, clusters []*verifyCluster) error
 				d, err := c.kc.Kube.AppsV1().Deployments(sampleNamespace).Get(ctx, n, metav1.GetOptions{})
 				if err != nil {
 					if ctx.Err() != nil {
-						return fmt.Errorf("%s: deployment %s/%s: rollout not finished: %w", c.name, sampleNamespace, n, ctx.Err())
+						return notRolledOut(c, names, ctx.Err()) // the deadline passed during the read
 					}
 					return fmt.Errorf("%s: read deployment %s/%s: %w", c.name, sampleNamespace, n, err)
 				}
@@ -180,25 +180,45 @@ func (h *Hub) waitRollouts(ctx context.Context, clusters []*verifyCluster) error
 			}
 			select {
 			case <-ctx.Done():
-				// The deadline passed: a short grace to say what is not ready.
-				rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				var why []string
-				for _, n := range names {
-					if d, err := c.kc.Kube.AppsV1().Deployments(sampleNamespace).Get(rctx, n, metav1.GetOptions{}); err == nil && !rolledOut(d) {
-						detail := fmt.Sprintf("deployment %s/%s %s", sampleNamespace, n, rolloutLine(d))
-						if pods := notReady(rctx, c, d.Spec.Template.Labels["app"]); pods != "" {
-							detail += ": " + pods
-						}
-						why = append(why, detail)
-					}
-				}
-				return fmt.Errorf("%s: sample pods not Ready in time (the data plane of each must be ready before verify calls through it): %s: %w",
-					c.name, strings.Join(why, "; "), ctx.Err())
+				return notRolledOut(c, names, ctx.Err())
 			case <-time.After(500 * time.Millisecond):
 			}
 		}
 	})
+}
+
+// notRolledOut says, once verify's deadline passed (a short grace to read
+// with), which of the sample's deployments in c did not roll out and why.
+func notRolledOut(c *verifyCluster, names []string, cause error) error {
+	rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var why []string
+	for _, n := range names {
+		if d, err := c.kc.Kube.AppsV1().Deployments(sampleNamespace).Get(rctx, n, metav1.GetOptions{}); err == nil && !rolledOut(d) {
+			detail := fmt.Sprintf("deployment %s/%s %s", sampleNamespace, n, rolloutLine(d))
+			if pods := notReady(rctx, c, d.Spec.Template.Labels["app"]); pods != "" {
+				detail += ": " + pods
+			}
+			if f := replicaFailure(d); f != "" {
+				detail += ": " + f
+			}
+			why = append(why, detail)
+		}
+	}
+	return fmt.Errorf("%s: sample pods not Ready in time (the data plane of each must be ready before verify calls through it): %s: %w",
+		c.name, strings.Join(why, "; "), cause)
+}
+
+// replicaFailure is why the deployment's pods could not be created (its
+// ReplicaFailure condition: an admission webhook that refused or could not
+// be called, such as a sidecar injector istiod does not answer), "" if none.
+func replicaFailure(d *appsv1.Deployment) string {
+	for _, c := range d.Status.Conditions {
+		if c.Type == appsv1.DeploymentReplicaFailure && c.Status == corev1.ConditionTrue {
+			return fmt.Sprintf("pods not created (%s): %s", c.Reason, c.Message)
+		}
+	}
+	return ""
 }
 
 func rolloutLine(d *appsv1.Deployment) string {

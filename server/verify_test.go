@@ -72,6 +72,28 @@ func TestRolledOut(t *testing.T) {
 	}
 }
 
+// TestReplicaFailure: a rollout that timed out says why its pods were not
+// created (the ReplicaFailure condition), and nothing when they were.
+func TestReplicaFailure(t *testing.T) {
+	refused := "Internal error occurred: failed calling webhook \"namespace.sidecar-injector.istio.io\": connection refused"
+	for _, tc := range []struct {
+		name  string
+		conds []appsv1.DeploymentCondition
+		want  string
+	}{
+		{"no condition", nil, ""},
+		{"pods refused", []appsv1.DeploymentCondition{{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionTrue}, {Type: appsv1.DeploymentReplicaFailure, Status: corev1.ConditionTrue, Reason: "FailedCreate", Message: refused}}, "pods not created (FailedCreate): " + refused},
+		{"failure cleared", []appsv1.DeploymentCondition{{Type: appsv1.DeploymentReplicaFailure, Status: corev1.ConditionFalse, Reason: "FailedCreate", Message: refused}}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &appsv1.Deployment{Status: appsv1.DeploymentStatus{Conditions: tc.conds}}
+			if got := replicaFailure(d); got != tc.want {
+				t.Errorf("replicaFailure: %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
 func TestHasSidecar(t *testing.T) {
 	for _, tc := range []struct {
 		name string

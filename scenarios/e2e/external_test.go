@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -15,8 +16,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/scenarios/lab"
@@ -46,11 +45,11 @@ func TestExternalControlPlane(t *testing.T) {
 	wantExternalMesh(t, startExternal(t))
 }
 
-// startExternal starts cp, east and west and applies the external control
-// plane mesh.
+// startExternal joins externalLab (cp, east and west) and applies the
+// external control plane mesh.
 func startExternal(t *testing.T) *scenario {
 	t.Helper()
-	s := startModel(t, "cp", "east", "west")
+	s := startSharedLab(t, externalLab)
 	s.apply("external-control-plane", externalClusters...)
 	return s
 }
@@ -59,7 +58,13 @@ func startExternal(t *testing.T) *scenario {
 func wantExternalMesh(t *testing.T, s *scenario) {
 	t.Helper()
 	r, code := s.verify(requests, "--keep")
+	t.Cleanup(s.removeSample)
 	wantAll(t, r, code, "east", "west")
+	for _, c := range []string{"east", "west"} {
+		if got := s.lab.Cluster(c).Istiods(); len(got) != 0 {
+			t.Errorf("data-plane cluster %s runs istiods %+v, want none", c, got)
+		}
+	}
 	if len(r.Clients) != 2 || r.answers("cp") != nil {
 		t.Errorf("clients %+v: want east and west only (cp runs no workloads)", r.Clients)
 	}
@@ -198,50 +203,43 @@ func wantIssuedBy(t *testing.T, who string, chain []*x509.Certificate, cc pki.CA
 func TestExternalControlPlaneNegative(t *testing.T) {
 	t.Run("NoConfigSecret", func(t *testing.T) {
 		s := startExternal(t)
-		// Without istio-kubeconfig the external istiod reads the cluster it
-		// runs in as its config cluster: east's endpoints are gone, west's
-		// still come through its remote secret.
+		// The chart mounts istio-kubeconfig as an optional volume, which
+		// istiod reads once at start: without it a restarted external
+		// istiod (a rescheduled pod) reads the cluster it runs in, cp, as
+		// its config cluster, under east's cluster ID. It still injects
+		// (the webhooks reach it through cp's ingress) and still reads
+		// west through its remote secret, but east's pods are not in what
+		// it reads: their proxies get no configuration.
 		cp := s.lab.Cluster("cp").Client()
 		if err := cp.CoreV1().Secrets(externalNamespace).Delete(context.Background(), "istio-kubeconfig", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		r, code := s.verify(requests)
+		t.Cleanup(func() {
+			s.run("apply", "-f", s.mesh)
+			s.restartIstiod("cp")
+		})
+		s.restartIstiodPods("cp")
+		out, errs, code := s.exec("verify", "--requests", fmt.Sprint(requests), "--timeout", "45s")
+		t.Logf("verify: exit %d\n%s\n%s", code, out, errs)
 		if code == 0 {
 			t.Fatal("verify passed without the external istiod's config cluster")
 		}
-		for _, c := range []string{"east", "west"} {
-			if a := r.answers(c); a["v1"] != 0 || a["v2"] == 0 {
-				t.Errorf("client %s answers %v: want only v2 (the istiod sees west through its remote secret, not east)", c, a)
-			}
+		if !strings.Contains(errs, "east: sample pods not Ready in time") || !strings.Contains(errs, "DataPlaneNotReady") {
+			t.Errorf("verify's error does not say east's sample pods have no data plane:\n%s", errs)
 		}
-		if !r.diagnosed("remote secrets authenticate", "cp") {
-			t.Errorf("diagnosis lacks cp's istio-kubeconfig: %+v", r.Diagnosis)
+		if strings.Contains(errs, "west: sample pods not Ready") {
+			t.Errorf("verify's error names west, whose pods the istiod still serves:\n%s", errs)
 		}
+		checks, code := s.checks()
+		if code == 0 {
+			t.Error("check passed without the external istiod's config cluster")
+		}
+		wantCheck(t, checks, "remote secrets authenticate", "cp", "secret external-istiod/istio-kubeconfig is missing")
+		wantCheck(t, checks, "istiod knows every network's gateway", "cp", "knows no gateway of network network1")
 	})
 
 	t.Run("DataPlaneWrongPilotAddress", func(t *testing.T) {
 		s := startExternal(t)
-		kc, err := s.lab.Cluster("west").Connect()
-		if err != nil {
-			t.Fatal(err)
-		}
-		gvr := schema.GroupVersionResource{Group: "sailoperator.io", Version: "v1", Resource: "istios"}
-		patch := []byte(`{"spec":{"values":{"global":{"remotePilotAddress":"127.0.0.9"}}}}`)
-		if _, err := kc.Dynamic.Resource(gvr).Patch(context.Background(), "external-istiod", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		r, code := s.verify(requests)
-		if code == 0 {
-			t.Fatal("verify passed with west pointing at the wrong pilot")
-		}
-		if a := r.answers("west"); len(a) != 0 {
-			t.Errorf("west answers %v: want none (its proxies have no istiod)", a)
-		}
-		if f := r.lastFailure("west"); !strings.Contains(f, "remotePilotAddress") {
-			t.Errorf("west failure %q does not name the pilot address", f)
-		}
-		if a := r.answers("east"); a["v1"] == 0 || a["v2"] != 0 {
-			t.Errorf("east answers %v: want only v1 (west's gateway has no config)", a)
-		}
+		wantWrongPilotRefused(t, s, "west", externalNamespace, externalNamespace, "istiod-"+externalNamespace)
 	})
 }

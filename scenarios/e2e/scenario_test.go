@@ -2,14 +2,15 @@
 // flotilla apply, the data-plane emulator and flotilla verify, run as the
 // binary a user runs.
 //
-// The multi-primary scenarios run against Istio itself
-// (lab.Options.RealIstio): Istio's charts installed as the Sail Operator
-// installs them, a real istiod per istiod pod, sidecars injected by
-// istiod's webhook, and the emulator playing only Envoy and istio-agent
-// (emulator.Config.Istiod), with certificates and endpoints from the
-// istiods. Those over two networks share one lab (realLab), each leaving
-// its mesh working; the others start clusters of their own, so the tests
-// run one after another.
+// Every scenario runs against Istio itself (lab.Options.RealIstio): Istio's
+// charts installed as the Sail Operator installs them, a real istiod per
+// istiod pod, sidecars injected by istiod's webhook, and the emulator
+// playing only Envoy and istio-agent (emulator.Config.Istiod), with
+// certificates and endpoints from the istiods. The multi-primary ones over
+// two networks share one lab (realLab), the primary-remote ones another
+// (remoteLab) and the external control plane ones a third (externalLab),
+// each scenario leaving its mesh working; the others start clusters of
+// their own, so the tests run one after another.
 //
 //	go test ./scenarios/e2e -run TestMultiPrimaryMultiNetwork -v
 package e2e
@@ -46,6 +47,16 @@ import (
 // kept with the lab). A scenario that breaks the mesh puts it back.
 var realLab = lab.NewSharedWith(lab.Options{Clusters: []string{"east", "west"}, RealIstio: true})
 
+// remoteLab is east (primary) and west (its remote) for the primary-remote
+// scenarios, and externalLab cp, east and west for the external control
+// plane ones, each shared the same way. Their load-balancer addresses are
+// lab addresses: Istio's remote profile puts the serving gateway's address
+// in an EndpointSlice.
+var (
+	remoteLab   = lab.NewSharedWith(lab.Options{Clusters: []string{"east", "west"}, RealIstio: true, LabLoadBalancers: true})
+	externalLab = lab.NewSharedWith(lab.Options{Clusters: []string{"cp", "east", "west"}, RealIstio: true, LabLoadBalancers: true})
+)
+
 // flotilla is the binary under test, built once by TestMain.
 var flotilla string
 
@@ -63,7 +74,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	code := lab.RunShared(m, realLab)
+	code := lab.RunShared(m, realLab, remoteLab, externalLab)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -145,18 +156,31 @@ type scenario struct {
 	pki string
 	// real: the lab runs Istio itself (lab.Options.RealIstio).
 	real bool
-	// primaries are the clusters of the last apply that run an istiod.
+	// primaries are the clusters of the last apply whose istiod serves
+	// themselves (multi-primary: all; primary-remote: the primary).
 	primaries []string
+	// served are the clusters of the last apply that run no istiod of the
+	// mesh: a primary's remotes, the data planes of an external control
+	// plane; server is the cluster whose istiod serves them, in namespace
+	// serverNS.
+	served           []string
+	server, serverNS string
 }
 
 // startShared joins realLab with an emulator of its own (playing Envoy
 // against the real istiods) and the lab's flotilla state.
 func startShared(t *testing.T) *scenario {
 	t.Helper()
+	return startSharedLab(t, realLab)
+}
+
+// startSharedLab is startShared on shared lab sl.
+func startSharedLab(t *testing.T, sl *lab.Shared) *scenario {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("starts lab clusters")
 	}
-	l := realLab.Get(t)
+	l := sl.Get(t)
 	return newScenario(t, l, filepath.Join(l.Dir, "e2e-state"), true)
 }
 
@@ -165,14 +189,6 @@ func startShared(t *testing.T) *scenario {
 func startReal(t *testing.T, certManager bool, names ...string) *scenario {
 	t.Helper()
 	return startLab(t, lab.Options{Clusters: names, CertManager: certManager, RealIstio: true})
-}
-
-// startModel starts the named clusters without Istio: the emulator plays
-// istiod too. Only the topologies whose remotes real istiod does not yet
-// serve in the lab (primary-remote, external control plane) still run so.
-func startModel(t *testing.T, names ...string) *scenario {
-	t.Helper()
-	return startLab(t, lab.Options{Clusters: names})
 }
 
 func startLab(t *testing.T, o lab.Options) *scenario {
@@ -266,18 +282,33 @@ spec:
 		s.t.Fatal(err)
 	}
 	s.run("apply", "-f", s.mesh)
-	s.primaries = nil
-	if topology == "multi-primary" {
-		for _, c := range clusters {
-			if m := clusterName.FindStringSubmatch(c); m != nil {
-				s.primaries = append(s.primaries, m[1])
-			}
+	s.primaries, s.served, s.server, s.serverNS = nil, nil, "", ""
+	for _, c := range clusters {
+		m := clusterName.FindStringSubmatch(c)
+		if m == nil {
+			continue
+		}
+		role := "primary"
+		if r := clusterRole.FindStringSubmatch(c); r != nil {
+			role = r[1]
+		}
+		switch role {
+		case "primary":
+			s.primaries = append(s.primaries, m[1])
+			s.server, s.serverNS = m[1], "istio-system"
+		case "control-plane":
+			s.server, s.serverNS = m[1], "external-istiod"
+		default:
+			s.served = append(s.served, m[1])
 		}
 	}
 	s.waitIstio()
 }
 
-var clusterName = regexp.MustCompile(`name: ([a-z0-9-]+)`)
+var (
+	clusterName = regexp.MustCompile(`name: ([a-z0-9-]+)`)
+	clusterRole = regexp.MustCompile(`role: ([a-z-]+)`)
+)
 
 // waitIstio waits, in a lab running Istio, until a verify can count on
 // what a control plane just (re)started serves: in every primary a ready
@@ -304,14 +335,98 @@ func (s *scenario) waitIstio() {
 			s.t.Fatalf("%s: Istio not ready: %s (logs in %s)", name, why, filepath.Dir(c.Log("sail-lab")))
 		}
 	}
+	if len(s.served) > 0 {
+		var why string
+		err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+			why = s.servedNotReady(ctx)
+			return why == "", nil
+		})
+		if err != nil {
+			s.t.Fatalf("%s serving %v: Istio not ready: %s (logs in %s)", s.server, s.served, why, filepath.Dir(s.lab.Cluster(s.server).Log("sail-lab")))
+		}
+	}
 	var why string
 	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		why = s.gatewaysNotReady(ctx)
 		return why == "", nil
 	})
 	if err != nil {
-		s.t.Fatalf("east-west gateways: %s", why)
+		s.t.Fatalf("gateways: %s", why)
 	}
+}
+
+// servedNotReady says what of the istiod serving clusters that run none
+// (s.server's, in s.serverNS) is not ready yet, "" when all is: the istiod
+// ready, every served cluster synced in its clusterz (a data plane it
+// reads as its config cluster excepted: istio-kubeconfig, not a remote
+// secret), and every served cluster's injector webhooks trusting the root
+// of the serving cacerts, which the istiod patches in once it reads the
+// cluster (the API server refuses pods until then: failurePolicy Fail).
+func (s *scenario) servedNotReady(ctx context.Context) string {
+	c := s.lab.Cluster(s.server)
+	var istiods []lab.IstiodInfo
+	for _, in := range c.Istiods() {
+		if in.Namespace == s.serverNS {
+			istiods = append(istiods, in)
+		}
+	}
+	if len(istiods) == 0 {
+		return "no istiod runs in " + s.serverNS
+	}
+	cc, err := c.Client().CoreV1().Secrets(s.serverNS).Get(ctx, "cacerts", metav1.GetOptions{})
+	if err != nil {
+		return "cacerts: " + err.Error()
+	}
+	root := bytes.TrimSpace(cc.Data["root-cert.pem"])
+	for _, in := range istiods {
+		if in.Ready.IsZero() {
+			return "istiod " + in.Pod + " not ready"
+		}
+		var clusters []struct {
+			ID         string `json:"id"`
+			SyncStatus string `json:"syncStatus"`
+		}
+		if err := getJSON(ctx, in.Address, "/debug/clusterz", &clusters); err != nil {
+			return "istiod clusterz: " + err.Error()
+		}
+		status := map[string]string{}
+		for _, cl := range clusters {
+			status[cl.ID] = cl.SyncStatus
+		}
+		// An external istiod reads one data plane, its config cluster,
+		// through istio-kubeconfig: that one may be missing.
+		missing := 0
+		if s.serverNS != "istio-system" {
+			missing = 1
+		}
+		for _, r := range s.served {
+			st, ok := status[r]
+			if !ok && missing > 0 {
+				missing--
+				continue
+			}
+			if st != "synced" {
+				return fmt.Sprintf("istiod %s has not synced %s: %+v", in.Pod, r, clusters)
+			}
+		}
+	}
+	for _, r := range s.served {
+		hooks, err := s.lab.Cluster(r).Client().AdmissionregistrationV1().MutatingWebhookConfigurations().List(ctx, metav1.ListOptions{LabelSelector: "app=sidecar-injector"})
+		if err != nil {
+			return r + ": injector webhooks: " + err.Error()
+		}
+		if len(hooks.Items) == 0 {
+			return r + ": no injector webhook"
+		}
+		for _, h := range hooks.Items {
+			for _, w := range h.Webhooks {
+				if !bytes.Contains(w.ClientConfig.CABundle, root) {
+					return r + ": webhook " + h.Name + "/" + w.Name + " does not trust the serving cacerts' root yet"
+				}
+			}
+		}
+	}
+	return ""
 }
 
 // istioNotReady says what of cluster c's control plane is not ready yet,
@@ -387,24 +502,33 @@ func istioNotReady(ctx context.Context, c *lab.Cluster, primaries []string) stri
 	return ""
 }
 
-// gatewaysNotReady says which cluster's east-west gateway has no proxy
-// that istiod configured and that is connected to istiod (after a restart
-// of istiod a proxy reconnects with backoff, missing pushes meanwhile),
-// "" when every gateway has.
+// gatewaysNotReady says which cluster's gateway (east-west, or the
+// ingress in front of an external istiod) has no proxy that istiod
+// configured and that is connected to istiod (after a restart of istiod a
+// proxy reconnects with backoff, missing pushes meanwhile), "" when every
+// gateway has.
 func (s *scenario) gatewaysNotReady(ctx context.Context) string {
 	ready := map[string]bool{}
 	for _, p := range s.em.Proxies() {
-		if p.Namespace == "istio-system" && strings.HasPrefix(p.Pod, "istio-eastwestgateway") && p.Ready && p.Connected {
-			ready[p.Cluster] = true
+		if p.Ready && p.Connected {
+			ready[p.Cluster+"/"+p.Namespace+"/"+p.Pod] = true
 		}
 	}
 	for _, c := range s.lab.Clusters() {
-		pods, err := c.Client().CoreV1().Pods("istio-system").List(ctx, metav1.ListOptions{LabelSelector: "istio=eastwestgateway"})
+		pods, err := c.Client().CoreV1().Pods("").List(ctx, metav1.ListOptions{LabelSelector: "istio in (eastwestgateway,ingressgateway)"})
 		if err != nil {
 			return c.Name + ": " + err.Error()
 		}
-		if len(pods.Items) > 0 && !ready[c.Name] {
-			return c.Name + ": no east-west gateway proxy configured by istiod yet"
+		kinds := map[string]bool{}
+		for _, p := range pods.Items {
+			if p.DeletionTimestamp == nil {
+				kinds[p.Namespace+"/"+p.Labels["istio"]] = kinds[p.Namespace+"/"+p.Labels["istio"]] || ready[c.Name+"/"+p.Namespace+"/"+p.Name]
+			}
+		}
+		for k, ok := range kinds {
+			if !ok {
+				return c.Name + ": no " + k + " proxy configured by istiod yet"
+			}
 		}
 	}
 	return ""
@@ -431,6 +555,14 @@ func getJSON(ctx context.Context, addr, path string, into any) error {
 // restarts istiod, and waits for Istio to serve again (waitIstio).
 func (s *scenario) restartIstiod(clusters ...string) {
 	s.t.Helper()
+	s.restartIstiodPods(clusters...)
+	s.waitIstio()
+}
+
+// restartIstiodPods deletes the istiod pods of the clusters and waits for
+// new ready ones, without waiting for what they serve.
+func (s *scenario) restartIstiodPods(clusters ...string) {
+	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	for _, name := range clusters {
@@ -455,7 +587,6 @@ func (s *scenario) restartIstiod(clusters ...string) {
 			s.t.Fatalf("%s: no new ready istiod after deleting %v: %+v", name, old, c.Istiods())
 		}
 	}
-	s.waitIstio()
 }
 
 // verify runs flotilla verify (with extra flags) and decodes its result;

@@ -2,13 +2,17 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -76,11 +80,19 @@ func TestMultiPrimarySingleNetwork(t *testing.T) {
 // helloCluster is the outbound cluster istiod sends for the sample service.
 const helloCluster = "outbound|5000||helloworld.sample.svc.cluster.local"
 
-// TestPrimaryRemoteMultiNetwork: west's proxies get config and certificates
-// from east's istiod through east's east-west gateway.
+// primaryRemote is the mesh of remoteLab: east the primary, west its
+// remote on another network.
+var primaryRemote = []string{"{name: east, context: east, network: network1}", "{name: west, context: west, network: network2, role: remote}"}
+
+// TestPrimaryRemoteMultiNetwork: west runs no istiod; its pods are injected
+// by east's istiod through east's east-west gateway (15017), and their
+// proxies get config and certificates from it the same way (15012).
 func TestPrimaryRemoteMultiNetwork(t *testing.T) {
-	s := startModel(t, "east", "west")
-	s.apply("primary-remote", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2, role: remote}")
+	s := startSharedLab(t, remoteLab)
+	s.apply("primary-remote", primaryRemote...)
+	if got := s.lab.Cluster("west").Istiods(); len(got) != 0 {
+		t.Errorf("remote west runs istiods %+v, want none", got)
+	}
 	r, code := s.verify(requests)
 	wantAll(t, r, code, "east", "west")
 }
@@ -296,30 +308,153 @@ func TestNegativeControls(t *testing.T) {
 	})
 
 	t.Run("RemoteWithWrongPilotAddress", func(t *testing.T) {
-		s := startModel(t, "east", "west")
-		s.apply("primary-remote", "{name: east, context: east, network: network1}", "{name: west, context: west, network: network2, role: remote}")
-		west := s.lab.Cluster("west")
-		kc, err := west.Connect()
-		if err != nil {
-			t.Fatal(err)
-		}
-		gvr := schema.GroupVersionResource{Group: "sailoperator.io", Version: "v1", Resource: "istios"}
-		patch := []byte(`{"spec":{"values":{"global":{"remotePilotAddress":"127.0.0.9"}}}}`)
-		if _, err := kc.Dynamic.Resource(gvr).Patch(context.Background(), "default", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		r, code := s.verify(requests)
-		if code == 0 {
-			t.Fatal("verify passed with the remote pointing at the wrong pilot")
-		}
-		if a := r.answers("west"); len(a) != 0 {
-			t.Errorf("west answers %v: want none (its proxies have no istiod)", a)
-		}
-		if f := r.lastFailure("west"); !strings.Contains(f, "remotePilotAddress") {
-			t.Errorf("west failure %q does not name the pilot address", f)
-		}
-		if a := r.answers("east"); a["v2"] != 0 {
-			t.Errorf("east answers %v: west's unconfigured gateway passed traffic", a)
-		}
+		s := startSharedLab(t, remoteLab)
+		s.apply("primary-remote", primaryRemote...)
+		wantWrongPilotRefused(t, s, "west", "default", "istio-system", "istiod")
 	})
 }
+
+// wantWrongPilotRefused points cluster's remote Istio resource (name) at a
+// lab address where no istiod listens, as a remotePilotAddress of a wrong
+// gateway would, and checks that verify fails the way real Istio fails:
+// the remote chart's Service svcNS/svc (the injection webhook's and the
+// proxies' discovery address) now ends there, so the sample's pods in that
+// cluster are refused at admission, or, admitted through a connection to
+// the injector the API server still held, have proxies that reach no
+// istiod; verify names that cluster's pods and why, and check names the
+// address against the serving gateway's. Pods already running keep their
+// proxies' connections (istio-agent reconnects only when they break).
+// flotilla apply, as check's hint says, puts the resource back when the
+// test ends.
+func wantWrongPilotRefused(t *testing.T, s *scenario, cluster, name, svcNS, svc string) {
+	t.Helper()
+	ctx := context.Background()
+	kc, err := s.lab.Cluster(cluster).Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := kc.Dynamic.Resource(istioGVR).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	right, _, _ := unstructured.NestedString(u.Object, "spec", "values", "global", "remotePilotAddress")
+	ip := net.ParseIP(right).To4()
+	if ip == nil {
+		t.Fatalf("%s: Istio %s: remotePilotAddress %q is not an IPv4 address", cluster, name, right)
+	}
+	// The same gateway pool, an address no Service holds.
+	wrong := net.IPv4(ip[0], ip[1], ip[2], 250).String()
+	// check's hint: apply puts flotilla's value back.
+	t.Cleanup(func() {
+		s.run("apply", "-f", s.mesh)
+		waitIstiodEndpoint(t, s, cluster, svcNS, svc, right)
+		s.waitIstio()
+	})
+	patch := fmt.Appendf(nil, `{"spec":{"values":{"global":{"remotePilotAddress":%q}}}}`, wrong)
+	if _, err := kc.Dynamic.Resource(istioGVR).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitIstiodEndpoint(t, s, cluster, svcNS, svc, wrong)
+
+	out, errs, code := s.exec("verify", "--requests", fmt.Sprint(requests), "--timeout", "45s")
+	t.Logf("verify: exit %d\n%s\n%s", code, out, errs)
+	if code == 0 {
+		t.Fatalf("verify passed with %s's remotePilotAddress at %s, where no istiod listens", cluster, wrong)
+	}
+	if !strings.Contains(errs, cluster+": sample pods not Ready in time") {
+		t.Errorf("verify's error does not name %s's sample pods:\n%s", cluster, errs)
+	}
+	for _, c := range s.lab.Clusters() {
+		if c.Name != cluster && strings.Contains(errs, c.Name+": sample pods not Ready") {
+			t.Errorf("verify's error names %s, which the istiod still serves:\n%s", c.Name, errs)
+		}
+	}
+	// Which of two ways depends on the API server's connections: a new
+	// one to the injector goes where the Service now ends, and is refused
+	// (failurePolicy Fail); one it still holds from before the change
+	// reaches istiod (as conntrack keeps an established flow in a real
+	// cluster), the pods are injected, and their agents, dialling the
+	// discovery address anew, reach no istiod.
+	refused := strings.Contains(errs, "pods not created (FailedCreate)") && strings.Contains(errs, "failed calling webhook") && strings.Contains(errs, "sidecar-injector.istio.io")
+	noIstiod := strings.Contains(errs, "DataPlaneNotReady")
+	switch {
+	case refused:
+		t.Logf("%s's pods were refused at admission", cluster)
+	case noIstiod:
+		t.Logf("%s's pods were injected; their proxies reach no istiod", cluster)
+	default:
+		t.Errorf("verify's error says neither that the injector could not be called nor that the data plane is not ready:\n%s", errs)
+	}
+	s.removeSample()
+
+	// check names the address against the serving gateway's.
+	checks, code := s.checks()
+	if code == 0 {
+		t.Error("check passed with the wrong remotePilotAddress")
+	}
+	wantCheck(t, checks, "Istio resource consistent", cluster, fmt.Sprintf("global.remotePilotAddress %q, want", wrong))
+	wantCheck(t, checks, "Istio resource consistent", cluster, "gateway address "+right)
+}
+
+// checkResult is one check of `flotilla check -o json`.
+type checkResult struct {
+	Name, Cluster, Message string
+	OK                     bool
+}
+
+// checks runs flotilla check -o json; code is its exit code.
+func (s *scenario) checks() ([]checkResult, int) {
+	s.t.Helper()
+	out, errs, code := s.exec("check", "-o", "json")
+	var checks []checkResult
+	if err := json.Unmarshal([]byte(out), &checks); err != nil {
+		s.t.Fatalf("check: exit %d, output is not JSON: %v\n%s\n%s", code, err, out, errs)
+	}
+	for _, c := range checks {
+		if !c.OK {
+			s.t.Logf("check %q [%s] failed: %s", c.Name, c.Cluster, c.Message)
+		}
+	}
+	return checks, code
+}
+
+// wantCheck asserts that check name of cluster failed with a message
+// holding msg.
+func wantCheck(t *testing.T, checks []checkResult, name, cluster, msg string) {
+	t.Helper()
+	for _, c := range checks {
+		if c.Name == name && c.Cluster == cluster {
+			if c.OK || !strings.Contains(c.Message, msg) {
+				t.Errorf("check %q [%s]: ok %v %q, want it failed saying %q", name, cluster, c.OK, c.Message, msg)
+			}
+			return
+		}
+	}
+	t.Errorf("no check %q for %s", name, cluster)
+}
+
+// waitIstiodEndpoint waits until the remote chart's istiod Service in
+// cluster ends at addr (its EndpointSlice, rendered from remotePilotAddress).
+func waitIstiodEndpoint(t *testing.T, s *scenario, cluster, ns, svc, addr string) {
+	t.Helper()
+	cs := s.lab.Cluster(cluster).Client()
+	var got []string
+	err := wait.PollUntilContextTimeout(context.Background(), 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		sls, err := cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + svc})
+		if err != nil {
+			return false, nil
+		}
+		got = nil
+		for _, sl := range sls.Items {
+			for _, ep := range sl.Endpoints {
+				got = append(got, ep.Addresses...)
+			}
+		}
+		return slices.Equal(got, []string{addr}), nil
+	})
+	if err != nil {
+		t.Fatalf("%s: service %s/%s ends at %v, want %s", cluster, ns, svc, got, addr)
+	}
+}
+
+var istioGVR = schema.GroupVersionResource{Group: "sailoperator.io", Version: "v1", Resource: "istios"}

@@ -115,7 +115,7 @@ type agent struct {
 	certs       int
 	clusters    map[string]*clusterv3.Cluster
 	loads       map[string]*endpointv3.ClusterLoadAssignment
-	lds         map[string]*listenerv3.Listener // a router's listeners (passthrough.go)
+	listeners   map[string]*listenerv3.Listener // a router's (passthrough.go)
 	responses   map[string]int
 	err         error
 	crl         crlCache // the CRLs its Envoy holds (crl.go)
@@ -256,11 +256,7 @@ func (a *agent) run(ctx context.Context) {
 // session dials istiod, gets a certificate and follows the ADS stream
 // until either fails.
 func (a *agent) session(ctx context.Context, addr string, env map[string]string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("istiod address %q: %w", addr, err)
-	}
-	dial, err := resolveService(ctx, a.cluster, a.kube, host, port)
+	dial, serverName, err := istiodTarget(ctx, a.cluster, a.kube, addr, env)
 	if err != nil {
 		return err
 	}
@@ -276,8 +272,9 @@ func (a *agent) session(ctx context.Context, addr string, env map[string]string)
 		a.connected = false
 		a.mu.Unlock()
 	}()
-	// istiod's serving certificate is for its Service name, signed by its CA.
-	creds := credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: host, MinVersion: tls.VersionTLS12})
+	// istiod's serving certificate names its Service and its discovery
+	// address, signed by its CA.
+	creds := credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS12})
 	conn, err := grpc.NewClient("passthrough:///"+dial, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return fmt.Errorf("istiod %s (%s): %w", addr, dial, err)
@@ -497,11 +494,9 @@ func (a *agent) ads(ctx context.Context, conn *grpc.ClientConn, env map[string]s
 	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: clusterType}); err != nil {
 		return fmt.Errorf("istiod ADS: %w", err)
 	}
-	if err := requestListeners(stream, node.Id); err != nil {
-		return err
-	}
 	var edsVersion, edsNonce string
 	var edsWatched []string
+	ldsAsked := false
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
@@ -533,6 +528,14 @@ func (a *agent) ads(ctx context.Context, conn *grpc.ClientConn, env map[string]s
 					return fmt.Errorf("istiod ADS: %w", err)
 				}
 			}
+			// A router's listeners say what it passes through
+			// (passthrough.go); Envoy asks for them after its clusters.
+			if a.isRouter() && !ldsAsked {
+				ldsAsked = true
+				if err := stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: listenerType}); err != nil {
+					return fmt.Errorf("istiod ADS: %w", err)
+				}
+			}
 		case endpointType:
 			loads := map[string]*endpointv3.ClusterLoadAssignment{}
 			for _, r := range resp.Resources {
@@ -555,10 +558,17 @@ func (a *agent) ads(ctx context.Context, conn *grpc.ClientConn, env map[string]s
 			if err := stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: endpointType, ResourceNames: edsWatched, VersionInfo: edsVersion, ResponseNonce: edsNonce}); err != nil {
 				return fmt.Errorf("istiod ADS: %w", err)
 			}
-		default:
-			if err := a.otherResponse(stream, resp); err != nil {
+		case listenerType:
+			if err := a.setListeners(resp); err != nil {
 				return err
 			}
+			if err := stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: listenerType, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}); err != nil {
+				return fmt.Errorf("istiod ADS: %w", err)
+			}
+		default:
+			a.mu.Lock()
+			a.responses[resp.TypeUrl]++
+			a.mu.Unlock()
 		}
 		a.kick()
 	}

@@ -77,8 +77,10 @@
 // every running pod with an istio-proxy container (native sidecar or
 // classic) it plays istio-agent from what the injector wrote in that
 // container: CA_ADDR and PROXY_CONFIG's discoveryAddress (a Service name,
-// resolved to a ready endpoint at its loopback stand-in), TRUST_DOMAIN and
-// the ISTIO_META_* variables. It trusts istiod with the root in the pod's
+// resolved to a ready endpoint at its loopback stand-in: in a remote, the
+// chart's istiod Service whose EndpointSlice holds the primary's gateway
+// address; or an address, an external control plane's ingress, dialled at
+// its stand-in: remote.go), TRUST_DOMAIN and the ISTIO_META_* variables. It trusts istiod with the root in the pod's
 // namespace's istio-ca-root-cert ConfigMap, authenticates with a
 // TokenRequest token for the pod's service account (audience istio-ca,
 // bound to the pod) and the ClusterID header, asks istiod's CA
@@ -102,12 +104,18 @@
 // 15443 listener opens once a gateway pod (label istio=<selector>) has a
 // ready agent, connected as a router node, and passes a connection to an
 // endpoint istiod sent that router for the cluster its SNI names
-// (AUTO_PASSTHROUGH's SNI-DNAT clusters). Still read from the clusters in
-// that mode: which gateway Services take 15443 (a Gateway resource with
-// AUTO_PASSTHROUGH selecting them, and their load-balancer address), not
-// from istiod's listeners; the inbound side accepts any peer of the trust
-// domain that chains to istiod's root (no authorization policies are
-// played).
+// (AUTO_PASSTHROUGH's SNI-DNAT clusters). A gateway's router also takes
+// its listeners from istiod, and each Service port whose target port has a
+// TLS passthrough listener (istiod exposed on 15012 and 15017 by a Gateway
+// in PASSTHROUGH mode) opens on the gateway's address and passes the
+// connection to an endpoint of the tcp_proxy cluster of the filter chain
+// that matches its SNI (passthrough.go): that is how a remote's proxies and
+// API server reach the primary's or the external istiod. Still read from
+// the clusters in that mode: which gateway Services take 15443 (a Gateway
+// resource with AUTO_PASSTHROUGH selecting them, and their load-balancer
+// address), not from istiod's listeners; the inbound side accepts any peer
+// of the trust domain that chains to istiod's root (no authorization
+// policies are played).
 //
 // Ambient mode, with Config.Istiod (ztunnel.go, hbone.go): every running
 // pod of the ztunnel chart's DaemonSet gets a ztunnel that connects to
@@ -151,8 +159,11 @@
 // own listeners and clusters. Not played: waypoints, authorization
 // policies, hostname gateway addresses.
 //
-// Not modelled: istiod's self-signed fallback CA (an istiod without cacerts
-// here has no CA and its proxies' calls fail), and injection webhooks
-// failing (a remote whose pilot address is wrong still gets its pods marked
+// Without Config.Istiod (flotilla-emulator without --istiod) the emulator
+// still plays istiod's part as described above; no scenario runs so any
+// more: every one in scenarios/ runs real istiods. Not modelled in that
+// mode: istiod's self-signed fallback CA (an istiod without cacerts here
+// has no CA and its proxies' calls fail), and injection webhooks failing
+// (a remote whose pilot address is wrong still gets its pods marked
 // injected; their proxies then have no config).
 package emulator

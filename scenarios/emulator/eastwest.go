@@ -183,7 +183,7 @@ func (e *Emulator) eastWestHandler(cluster string, g eastWestGateway) func(net.C
 				return
 			}
 			b := local[e.next(cluster+"/eastwest/"+r.Host, len(local))]
-			up, err := dialPod(r.Context(), b.ip, hbonePort)
+			up, err := dialEndpoint(r.Context(), b.ip, hbonePort)
 			if err != nil {
 				http.Error(rw, err.Error(), http.StatusServiceUnavailable)
 				return

@@ -324,15 +324,19 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 			// With real istiods, a gateway's Envoy listens once istiod
 			// configured it: a gateway pod's agent is ready.
 			if g.crossNetwork && (!e.cfg.Istiod || e.gatewayAgent(name, g.selector) != nil) {
-				addr := net.JoinHostPort(g.address, strconv.Itoa(crossNetworkPort))
-				want[addr], kinds[addr] = e.gatewayHandler(name, g.selector), "gateway "+name
-			}
-			if e.cfg.Istiod {
-				e.passthroughListeners(name, g, want, kinds)
+				if lb, ok := lab.Dialable(net.ParseIP(g.address)); ok {
+					addr := net.JoinHostPort(lb.String(), strconv.Itoa(crossNetworkPort))
+					want[addr], kinds[addr] = e.gatewayHandler(name, g.selector), "gateway "+name
+				}
 			}
 		}
 		if e.cfg.Istiod {
 			e.eastWestListeners(name, v, want, kinds)
+		}
+	}
+	if e.cfg.Istiod {
+		for _, name := range w.order {
+			e.passthroughListeners(w.views[name], want, kinds)
 		}
 	}
 	e.mu.Lock()

@@ -58,7 +58,7 @@ func (e *Emulator) callViaZtunnel(ctx context.Context, cluster string, client *c
 	if b.w.TunnelProtocol != workloadapi.TunnelProtocol_HBONE {
 		// Not captured by ztunnel at the other end: plaintext, as ztunnel
 		// sends to a workload outside the mesh.
-		conn, err := dialPod(ctx, b.ip, int32(b.port))
+		conn, err := dialEndpoint(ctx, b.ip, int32(b.port))
 		if err != nil {
 			return answer{http.StatusBadGateway, fmt.Sprintf("curl: (7) Failed to connect: %v\n", err)}
 		}
@@ -71,7 +71,7 @@ func (e *Emulator) callViaZtunnel(ctx context.Context, cluster string, client *c
 		return answer{http.StatusBadGateway, fmt.Sprintf("curl: (56) Recv failure: Connection reset by peer (%v)\n", err)}
 	}
 	peer := z.identity(b.w)
-	conn, err := dialPod(ctx, b.ip, hbonePort)
+	conn, err := dialEndpoint(ctx, b.ip, hbonePort)
 	if err != nil {
 		return answer{http.StatusBadGateway, fmt.Sprintf("curl: (56) Recv failure: Connection reset by peer (HBONE %s: %v)\n", b.ip, err)}
 	}
@@ -212,7 +212,7 @@ func (e *Emulator) hboneInbound(cluster string, pod *corev1.Pod) func(net.Conn) 
 				http.Error(rw, fmt.Sprintf("%s is not this workload's address", r.Host), http.StatusBadRequest)
 				return
 			}
-			app, err := dialPod(r.Context(), podIP, int32(p))
+			app, err := dialEndpoint(r.Context(), podIP, int32(p))
 			if err != nil {
 				http.Error(rw, err.Error(), http.StatusServiceUnavailable)
 				return

@@ -157,7 +157,7 @@ func (e *Emulator) call(ctx context.Context, cluster string, caller *podRef, req
 			return answer{http.StatusBadGateway, "curl: (7) Failed to connect: no endpoints\n"}
 		}
 		ep := eps[e.next(cluster+"/kube-proxy/"+ns+"/"+svcName, len(eps))]
-		conn, err := dialPod(ctx, ep.ip, ep.port)
+		conn, err := dialEndpoint(ctx, ep.ip, ep.port)
 		if err != nil {
 			return answer{http.StatusBadGateway, fmt.Sprintf("curl: (7) Failed to connect: %v\n", err)}
 		}
@@ -201,7 +201,7 @@ func (e *Emulator) call(ctx context.Context, cluster string, caller *podRef, req
 	if t.gateway != "" {
 		conn, err = dialTCP(ctx, net.JoinHostPort(t.gateway, strconv.Itoa(crossNetworkPort)))
 	} else {
-		conn, err = dialPod(ctx, t.ep.ip, t.ep.port)
+		conn, err = dialEndpoint(ctx, t.ep.ip, t.ep.port)
 	}
 	if err != nil {
 		return envoyFailure("connection failure", err)
@@ -444,15 +444,7 @@ func (e *Emulator) serverHandler(cluster, ns, name string) func(net.Conn) {
 // clusters are named as the SNI).
 func (e *Emulator) gatewayHandler(cluster, selector string) func(net.Conn) {
 	return func(c net.Conn) {
-		var hello bytes.Buffer
-		sni := ""
-		errSeen := errors.New("client hello read")
-		_ = tls.Server(&peekedConn{Conn: c, r: io.TeeReader(c, &hello), noWrite: true}, &tls.Config{
-			GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
-				sni = h.ServerName
-				return nil, errSeen
-			},
-		}).Handshake()
+		sni, hello := peekSNI(c)
 		port, svc, ns, ok := parseSNI(sni)
 		if !ok {
 			e.logf("%s: gateway: SNI %q is not outbound_.<port>_._.<service>.<namespace>.svc.cluster.local", cluster, sni)
@@ -461,7 +453,7 @@ func (e *Emulator) gatewayHandler(cluster, selector string) func(net.Conn) {
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		defer cancel()
 		if e.cfg.Istiod {
-			e.passThroughAsGateway(ctx, c, &hello, cluster, selector, sni)
+			e.passThroughAsGateway(ctx, c, hello, cluster, selector, sni)
 			return
 		}
 		m := e.member(cluster)
@@ -496,7 +488,7 @@ func (e *Emulator) gatewayHandler(cluster, selector string) func(net.Conn) {
 			return
 		}
 		ep := eps[e.next(cluster+"/gateway/"+ns+"/"+svc, len(eps))]
-		up, err := dialPod(ctx, ep.ip, ep.port)
+		up, err := dialEndpoint(ctx, ep.ip, ep.port)
 		if err != nil {
 			e.logf("%s: gateway: %v", cluster, err)
 			return
@@ -604,34 +596,25 @@ func verifyChain(raw [][]byte, roots *x509.CertPool) ([]*x509.Certificate, error
 	return chains[0], nil
 }
 
-// dialEndpoint dials an endpoint istiod sent: a pod address (10/8, at its
-// loopback stand-in) or a gateway's load-balancer address (loopback).
+// dialEndpoint dials an endpoint istiod sent: a pod address or a gateway's
+// load-balancer address, each at its loopback stand-in.
 func dialEndpoint(ctx context.Context, ip string, port int32) (net.Conn, error) {
-	if a := net.ParseIP(ip); a != nil && a.IsLoopback() {
-		return dialTCP(ctx, net.JoinHostPort(ip, strconv.Itoa(int(port))))
-	}
-	return dialPod(ctx, ip, port)
+	return dialTCP(ctx, net.JoinHostPort(ip, strconv.Itoa(int(port))))
 }
 
-func dialPod(ctx context.Context, ip string, port int32) (net.Conn, error) {
-	lb, ok := lab.Loopback(net.ParseIP(ip))
-	if !ok {
-		return nil, fmt.Errorf("pod address %s is outside the lab's 10.L.b.c plan: not dialled", ip)
-	}
-	return dialTCP(ctx, net.JoinHostPort(lb.String(), strconv.Itoa(int(port))))
-}
-
-// dialTCP dials loopback addresses only: the lab sends nothing elsewhere.
+// dialTCP dials a lab address at its loopback stand-in (lab.Dialable), or
+// a loopback address: the lab sends nothing elsewhere.
 func dialTCP(ctx context.Context, addr string) (net.Conn, error) {
-	host, _, err := net.SplitHostPort(addr)
+	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, err
 	}
-	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-		return nil, fmt.Errorf("%s is not a loopback address: not dialled", addr)
+	ip, ok := lab.Dialable(net.ParseIP(host))
+	if !ok {
+		return nil, fmt.Errorf("%s is outside the lab's addresses: not dialled", addr)
 	}
 	var d net.Dialer
-	return d.DialContext(ctx, "tcp", addr)
+	return d.DialContext(ctx, "tcp", net.JoinHostPort(ip.String(), port))
 }
 
 // roundTrip sends one GET and reads the answer.

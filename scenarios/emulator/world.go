@@ -144,7 +144,11 @@ type gatewayInfo struct {
 	istiodHost string
 	// istiodHostNS is that VirtualService's namespace, for a short host.
 	istiodHostNS string
+	// ports are the Service's ports with a numeric target port.
+	ports []servicePort
 }
+
+type servicePort struct{ port, target int32 }
 
 // clusterView is one lab cluster as its own components (kubelet, kube-proxy,
 // an in-cluster istiod) see it, read with the emulator's admin connection.
@@ -367,6 +371,14 @@ func readGateways(ctx context.Context, name string, kc kubernetes.Interface, dyn
 		g := gatewayInfo{selector: s.Labels["istio"], network: s.Labels[networkLabel], address: lbAddress(&s)}
 		if g.address == "" {
 			continue
+		}
+		for _, p := range s.Spec.Ports {
+			switch {
+			case p.TargetPort.IntValue() != 0:
+				g.ports = append(g.ports, servicePort{port: p.Port, target: int32(p.TargetPort.IntValue())})
+			case p.TargetPort.StrVal == "":
+				g.ports = append(g.ports, servicePort{port: p.Port, target: p.Port})
+			}
 		}
 		for _, gw := range gws.Items {
 			sel, _, _ := unstructured.NestedStringMap(gw.Object, "spec", "selector")

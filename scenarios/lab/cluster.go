@@ -281,16 +281,25 @@ func (c *Cluster) startOnce(ctx context.Context, bin string, crds []crd, logw io
 // of processes exec'd in a cluster's pods, as Envoy's outbound capture port.
 const ProxyCapturePort = 15001
 
-// Loopback maps a lab pod or node address 10.L.b.c (b < 156) to the
-// loopback address 127.L.(100+b).c that stands in for it: the lab never
-// sends packets to 10.L/16, which this host does not route. LoadBalancer
-// addresses (127.L.i.x, i < 100) never collide with these.
+// Loopback maps a lab pod, node or load-balancer address 10.L.b.c
+// (b < 156) to the loopback address 127.L.(100+b).c that stands in for it:
+// the lab never sends packets to 10.L/16, which this host does not route.
 func Loopback(ip net.IP) (net.IP, bool) {
 	v4 := ip.To4()
 	if v4 == nil || v4[0] != 10 || v4[2] > 155 {
 		return nil, false
 	}
 	return net.IPv4(127, v4[1], 100+v4[2], v4[3]), true
+}
+
+// Dialable is where the lab reaches ip: a loopback address as is, a lab
+// address at its loopback stand-in (Loopback); false for anything else,
+// which the lab never sends to.
+func Dialable(ip net.IP) (net.IP, bool) {
+	if ip != nil && ip.IsLoopback() {
+		return ip, true
+	}
+	return Loopback(ip)
 }
 
 // kwokExecConfig makes kwok answer exec in any pod by running the command

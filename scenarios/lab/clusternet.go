@@ -28,8 +28,9 @@ import (
 // logs at the kubelet) as HTTP CONNECT requests to a Unix socket here, and
 // clusterNet connects each as the cluster's network would, to loopback only:
 //
-//	127.0.0.0/8          as is (kwok's kubelet server, load-balancer addresses)
-//	pod address 10.L.b.c its loopback stand-in (Loopback), same port
+//	127.0.0.0/8          as is (kwok's kubelet server)
+//	lab address 10.L.b.c its loopback stand-in (Loopback), same port: pods,
+//	                     nodes, load-balancer addresses
 //	service address      a ready endpoint of the Service, at the target port,
 //	                     as kube-proxy would (serviceCIDR)
 //

@@ -52,8 +52,12 @@ import (
 //
 // In-cluster API access (the kube-api-access volume and the
 // KUBERNETES_SERVICE_* env) is a kubeconfig with the pod's bound
-// service-account token, given with --kubeconfig only when no kubeconfig
-// named by KUBECONFIG exists: as istiod falls back to in-cluster config.
+// service-account token, given with --kubeconfig when no kubeconfig named
+// by KUBECONFIG exists: as istiod falls back to in-cluster config. An
+// istiod that has one (an external istiod's istio-kubeconfig) and still
+// reads the cluster it runs in through rest.InClusterConfig gets the real
+// thing: the volume's files at their fixed path in a mount namespace of
+// its own, and KUBERNETES_SERVICE_HOST/PORT naming the API server.
 
 // istiodSelector picks the pods of the Deployments Istio's istiod chart
 // renders (app: istiod on the pod template).
@@ -319,28 +323,52 @@ func (p *istiodPod) start(ctx context.Context) (*process, error) {
 	}
 	args = rootPaths(args, p.root, ctr.VolumeMounts)
 	args = istiodListenArgs(args, p.info.Address)
+	kc, err := p.writeAccessKubeconfig(ctx, pod)
+	if err != nil {
+		return nil, err
+	}
+	// Without a KUBECONFIG file istiod reads the cluster it runs in: here
+	// through the pod's identity as a kubeconfig (client-go falls back to
+	// in-cluster config when the KUBECONFIG files are missing).
 	if !p.hasKubeconfig(env) {
-		kc, err := p.writeAccessKubeconfig(ctx, pod)
-		if err != nil {
+		args = append(args, "--kubeconfig="+kc)
+	}
+	// An external istiod that watches remote secrets where it runs
+	// (Istio's multicluster secret controller) reads that cluster through
+	// rest.InClusterConfig, as every pod can, whether or not its
+	// istio-kubeconfig (an optional volume) is there; without it, it
+	// panics. So does an istiod with a KUBECONFIG of its own.
+	inCluster := p.hasKubeconfig(env) || envTrue(env, "EXTERNAL_ISTIOD") && envTrue(env, "LOCAL_CLUSTER_SECRET_WATCHER")
+	argv := append([]string{p.k.bin}, args...)
+	sys := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if inCluster {
+		// rest.InClusterConfig's token and CA paths are fixed.
+		if argv, err = p.inClusterCommand(argv); err != nil {
 			return nil, err
 		}
-		args = append(args, "--kubeconfig="+kc)
+		// Go makes the new namespace's mounts private before the shell runs.
+		sys.Unshareflags = syscall.CLONE_NEWNS
+		_, port, _ := net.SplitHostPort(strings.TrimPrefix(p.k.c.Server, "https://"))
+		env = append(env, "KUBERNETES_SERVICE_HOST=127.0.0.1", "KUBERNETES_SERVICE_PORT="+port)
+	}
+	if n := p.k.net; n != nil {
+		// Its own network namespace (PrivateAPIServers), around the mount
+		// namespace if any: ip netns exec makes one of its own too, slave
+		// to ours, so the bind mount stays istiod's.
+		if err := n.inward(p.info.Address, listenPorts(args, p.info.Address)); err != nil {
+			return nil, err
+		}
+		argv = n.command(argv)
 	}
 	lf, err := os.OpenFile(p.info.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(p.k.bin, args...)
-	if n := p.k.net; n != nil {
-		if err := n.inward(p.info.Address, listenPorts(args, p.info.Address)); err != nil {
-			return nil, err
-		}
-		cmd = n.command(p.k.bin, args)
-	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.SysProcAttr = sys
 	cmd.Dir = p.root
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		lf.Close()
 		return nil, err
@@ -367,6 +395,18 @@ func istiodContainerOf(pod *corev1.Pod) *corev1.Container {
 	return nil
 }
 
+// envTrue says whether env sets name to true (as Istio's boolean
+// features read it).
+func envTrue(env []string, name string) bool {
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, name+"="); ok {
+			b, err := strconv.ParseBool(v)
+			return err == nil && b
+		}
+	}
+	return false
+}
+
 // hasKubeconfig: a KUBECONFIG whose files exist is what istiod reads;
 // otherwise it uses in-cluster config.
 func (p *istiodPod) hasKubeconfig(env []string) bool {
@@ -384,13 +424,20 @@ func (p *istiodPod) hasKubeconfig(env []string) bool {
 
 // writeAccessKubeconfig is the pod's in-cluster identity: its service
 // account's token bound to the pod, refreshed by syncVolumes, read by
-// client-go from tokenFile as it changes.
+// client-go from tokenFile as it changes; beside it the files of the
+// kube-api-access volume (token, ca.crt, namespace) for inClusterCommand.
 func (p *istiodPod) writeAccessKubeconfig(ctx context.Context, pod *corev1.Pod) (string, error) {
 	tok, err := p.token(ctx, pod, "kube-api-access", nil, 3607)
 	if err != nil {
 		return "", err
 	}
 	if err := writeFileAtomic(filepath.Join(p.access, "token"), tok); err != nil {
+		return "", err
+	}
+	if err := writeFileAtomic(filepath.Join(p.access, "ca.crt"), p.k.c.CAData); err != nil {
+		return "", err
+	}
+	if err := writeFileAtomic(filepath.Join(p.access, "namespace"), []byte(pod.Namespace)); err != nil {
 		return "", err
 	}
 	cfg := clientcmdapi.NewConfig()
@@ -400,6 +447,24 @@ func (p *istiodPod) writeAccessKubeconfig(ctx context.Context, pod *corev1.Pod) 
 	cfg.CurrentContext = "in-cluster"
 	path := filepath.Join(p.access, "kubeconfig")
 	return path, clientcmd.WriteToFile(*cfg, path)
+}
+
+// serviceAccountDir is where rest.InClusterConfig reads the pod's token
+// and the cluster's CA (the kubelet's kube-api-access mount).
+const serviceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+// inClusterCommand runs pilot-discovery in a mount namespace of its own in
+// which the pod's kube-api-access files are at serviceAccountDir, as a
+// container sees them; the host keeps only the empty mount point. It
+// needs root (CAP_SYS_ADMIN), as a kubelet does.
+func (p *istiodPod) inClusterCommand(argv []string) ([]string, error) {
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("in-cluster config for an istiod with its own KUBECONFIG needs a mount namespace: run the lab as root")
+	}
+	if err := os.MkdirAll(serviceAccountDir, 0o755); err != nil {
+		return nil, fmt.Errorf("mount point %s: %w", serviceAccountDir, err)
+	}
+	return append([]string{"/bin/sh", "-c", `mount --bind "$0" ` + serviceAccountDir + ` && exec "$@"`, p.access}, argv...), nil
 }
 
 // token returns a service-account token for the pod's account, bound to

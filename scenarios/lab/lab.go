@@ -70,6 +70,14 @@ type Options struct {
 	// cluster's API server is reachable, only load-balancer addresses
 	// (east-west gateways) and its own API server (privatenet.go).
 	PrivateAPIServers bool
+	// LabLoadBalancers gives load-balancer addresses 10.L.(100+i).n, with
+	// loopback stand-ins, instead of 127.L.i.n: Istio's remote profile
+	// (primary-remote, external control plane) puts the primary's gateway
+	// address in an EndpointSlice, where the API server refuses loopback.
+	// The host never sends to them, so the hub and tests cannot dial a
+	// gateway there (an API server read through its gateway): an istiod
+	// can, from a private network (PrivateAPIServers), which stands them in.
+	LabLoadBalancers bool
 }
 
 // Lab is a set of running clusters.
@@ -186,6 +194,9 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 	if err := ValidateNames(o.Clusters); err != nil {
 		return nil, err
 	}
+	if len(o.Clusters) > maxClusters {
+		return nil, fmt.Errorf("lab options: %d clusters, at most %d fit the address plan", len(o.Clusters), maxClusters)
+	}
 	if (o.CertManagerWithoutApprover || o.CertManagerWebhook) && !o.CertManager {
 		return nil, errors.New("lab options: CertManagerWithoutApprover and CertManagerWebhook need CertManager")
 	}
@@ -268,7 +279,7 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 			Kubeconfig:       l.Kubeconfig,
 			PodCIDR:          podCIDR(l.net.octet, i+1),
 			NodeIP:           nodeIP(l.net.octet, i+1),
-			LoadBalancerCIDR: lbCIDR(l.net.octet, i+1),
+			LoadBalancerCIDR: lbCIDR(l.net.octet, i+1, o.LabLoadBalancers),
 			dir:              filepath.Join(o.Dir, name),
 			octet:            l.net.octet,
 			certManager:      o.CertManager,

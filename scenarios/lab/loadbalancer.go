@@ -132,7 +132,7 @@ func (a *allocator) pick(svc *corev1.Service) (string, error) {
 		}
 	}
 	for n := lbFirst; n <= lbEnd; n++ {
-		ip := lbIP(a.cluster.octet, a.cluster.Index, n).String()
+		ip := lbIP(pool, n).String()
 		if !a.used[ip] {
 			return ip, nil
 		}

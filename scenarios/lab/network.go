@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 )
 
@@ -14,18 +15,28 @@ import (
 // the lab (1-based) gets:
 //
 //	node IP              10.L.0.i
-//	pods                 10.L.i.0/24   (not loopback: EndpointSlices reject 127/8)
-//	LoadBalancer ingress 127.L.i.10-250 (loopback: reachable without routing)
+//	pods                 10.L.i.0/24
+//	LoadBalancer ingress 127.L.i.10-250, or with
+//	                     Options.LabLoadBalancers 10.L.(100+i).10-250
 //	services             172.20.0.0/16 (per cluster, as in real clusters)
 //
-// Pod and node addresses are never sent traffic by the lab itself; the
-// data-plane emulation maps them to loopback sockets.
+// Pod and node addresses are not loopback: the API server rejects loopback
+// addresses in EndpointSlices. Nothing is ever sent to 10.L/16: the lab and
+// the data-plane emulation use each address's loopback stand-in (Loopback,
+// Dialable). Load-balancer addresses are loopback by default, so that the
+// hub and an istiod on the host reach a gateway as any client would (an
+// API server read through its gateway); Istio's remote profile needs them
+// off loopback (LabLoadBalancers), as it puts the primary's gateway address
+// (remotePilotAddress) in an EndpointSlice.
 const (
 	minOctet       = 10
 	maxOctet       = 250
 	serviceCIDR    = "172.20.0.0/16"
 	kubernetesSvc  = "172.20.0.1"
 	lbFirst, lbEnd = 10, 250
+	// maxClusters keeps lab load-balancer addresses 10.L.(100+i).n
+	// within Loopback's reach (third octet < 156).
+	maxClusters = 55
 )
 
 // netLock holds one lab's octet.
@@ -61,5 +72,18 @@ func (n *netLock) release() {
 
 func podCIDR(octet, i int) string { return fmt.Sprintf("10.%d.%d.0/24", octet, i) }
 func nodeIP(octet, i int) string  { return fmt.Sprintf("10.%d.0.%d", octet, i) }
-func lbIP(octet, i, n int) net.IP { return net.IPv4(127, byte(octet), byte(i), byte(n)) }
-func lbCIDR(octet, i int) string  { return fmt.Sprintf("127.%d.%d.0/24", octet, i) }
+
+// lbCIDR is cluster i's load-balancer pool: loopback, or lab addresses.
+func lbCIDR(octet, i int, labAddresses bool) string {
+	if labAddresses {
+		return fmt.Sprintf("10.%d.%d.0/24", octet, 100+i)
+	}
+	return fmt.Sprintf("127.%d.%d.0/24", octet, i)
+}
+
+// lbIP is address n of a load-balancer pool.
+func lbIP(pool *net.IPNet, n int) net.IP {
+	ip := slices.Clone(pool.IP.To4())
+	ip[3] = byte(n)
+	return ip
+}

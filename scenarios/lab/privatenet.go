@@ -25,8 +25,12 @@ import (
 // From inside, the lab forwards (TCP, untouched) to the host's loopback:
 //
 //	the cluster's own API server  127.0.0.1:<its port>, as in-cluster
-//	every load-balancer address   127.L.i.x:<port> of every lab cluster's
-//	                              LoadBalancer Services (east-west gateways)
+//	every load-balancer address   of every lab cluster's LoadBalancer
+//	                              Services (east-west gateways), on their
+//	                              ports: a loopback one as is, a lab one
+//	                              (Options.LabLoadBalancers) added to the
+//	                              namespace's lo and forwarded to its
+//	                              loopback stand-in (Dialable)
 //
 // and nothing else: another cluster's API server is not reachable from
 // there (connection refused), as a private API server is not from another
@@ -42,12 +46,13 @@ type privateNet struct {
 	peers []*Cluster
 	log   io.Writer
 
-	mu  sync.Mutex
-	lns map[string]net.Listener // "out <addr>" inside, "in <addr>" on the host
+	mu    sync.Mutex
+	lns   map[string]net.Listener // "out <addr>" inside, "in <addr>" on the host
+	addrs map[string]bool         // lab addresses put on the namespace's lo
 }
 
 func newPrivateNet(ctx context.Context, c *Cluster, peers []*Cluster, logw io.Writer) (*privateNet, error) {
-	n := &privateNet{c: c, name: fmt.Sprintf("flotilla-lab-%d-%s", c.octet, c.Name), peers: peers, log: logw, lns: map[string]net.Listener{}}
+	n := &privateNet{c: c, name: fmt.Sprintf("flotilla-lab-%d-%s", c.octet, c.Name), peers: peers, log: logw, lns: map[string]net.Listener{}, addrs: map[string]bool{}}
 	n.path = "/var/run/netns/" + n.name
 	_ = exec.Command("ip", "netns", "del", n.name).Run() // a killed lab's
 	for _, args := range [][]string{{"netns", "add", n.name}, {"-n", n.name, "link", "set", "lo", "up"}} {
@@ -59,7 +64,7 @@ func newPrivateNet(ctx context.Context, c *Cluster, peers []*Cluster, logw io.Wr
 	if err != nil {
 		return nil, err
 	}
-	if err := n.outward(u.Host); err != nil {
+	if err := n.outward(u.Host, u.Host); err != nil {
 		n.close()
 		return nil, fmt.Errorf("cluster %s: private network: %w", c.Name, err)
 	}
@@ -68,9 +73,9 @@ func newPrivateNet(ctx context.Context, c *Cluster, peers []*Cluster, logw io.Wr
 	return n, nil
 }
 
-// command runs bin in the namespace.
-func (n *privateNet) command(bin string, args []string) *exec.Cmd {
-	return exec.Command("ip", append([]string{"netns", "exec", n.name, bin}, args...)...)
+// command is argv run in the namespace.
+func (n *privateNet) command(argv []string) []string {
+	return append([]string{"ip", "netns", "exec", n.name}, argv...)
 }
 
 // listenPorts are the ports istiod's args bind on addr.
@@ -110,8 +115,8 @@ func (n *privateNet) inward(addr string, ports []string) error {
 	return nil
 }
 
-// outward forwards addr from inside the namespace to the host.
-func (n *privateNet) outward(addr string) error {
+// outward forwards addr from inside the namespace to target on the host.
+func (n *privateNet) outward(addr, target string) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.lns["out "+addr] != nil {
@@ -127,7 +132,23 @@ func (n *privateNet) outward(addr string) error {
 		return err
 	}
 	n.lns["out "+addr] = ln
-	go acceptEach(ln, func(c net.Conn) { forwardTCP(c, addr) })
+	go acceptEach(ln, func(c net.Conn) { forwardTCP(c, target) })
+	return nil
+}
+
+// onLo puts a lab address (not loopback) on the namespace's lo, so that
+// istiod's connections to it stay inside, where outward listens.
+func (n *privateNet) onLo(ip net.IP) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	key := "addr " + ip.String()
+	if n.addrs[key] {
+		return nil
+	}
+	if out, err := exec.Command("ip", "-n", n.name, "addr", "add", ip.String()+"/32", "dev", "lo").CombinedOutput(); err != nil && !strings.Contains(string(out), "File exists") {
+		return fmt.Errorf("ip addr add %s: %v: %s", ip, err, out)
+	}
+	n.addrs[key] = true
 	return nil
 }
 
@@ -146,9 +167,24 @@ func (n *privateNet) followGateways(ctx context.Context) {
 					continue
 				}
 				for _, in := range s.Status.LoadBalancer.Ingress {
+					ip := net.ParseIP(in.IP)
+					stand, ok := Dialable(ip)
+					if !ok {
+						continue
+					}
+					if !ip.IsLoopback() {
+						if err := n.onLo(ip); err != nil {
+							if !said[in.IP] {
+								said[in.IP] = true
+								fmt.Fprintf(n.log, "lab: %s: private network: %v\n", n.c.Name, err)
+							}
+							continue
+						}
+					}
 					for _, sp := range s.Spec.Ports {
 						a := net.JoinHostPort(in.IP, strconv.Itoa(int(sp.Port)))
-						if err := n.outward(a); err != nil && !said[a] {
+						target := net.JoinHostPort(stand.String(), strconv.Itoa(int(sp.Port)))
+						if err := n.outward(a, target); err != nil && !said[a] {
 							said[a] = true
 							fmt.Fprintf(n.log, "lab: %s: private network: %s: %v\n", n.c.Name, a, err)
 						}

@@ -38,7 +38,7 @@ var testLab = lab.NewSharedWith(lab.Options{Clusters: []string{"east", "west"}, 
 var cmLab = lab.NewSharedWith(lab.Options{Clusters: []string{"north", "south"}, RealIstio: true, CertManager: true})
 
 func TestMain(m *testing.M) {
-	os.Exit(lab.RunShared(m, testLab, cmLab, privLab, trioLab, ambLab, ambNetLab))
+	os.Exit(lab.RunShared(m, testLab, cmLab, privLab, trioLab, ambLab, ambNetLab, prLab, extLab))
 }
 
 var istioGVR = schema.GroupVersionResource{Group: "sailoperator.io", Version: "v1", Resource: "istios"}
