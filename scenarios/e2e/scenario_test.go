@@ -5,7 +5,7 @@
 // Every scenario runs against Istio itself (lab.Options.RealIstio): Istio's
 // charts installed as the Sail Operator installs them, a real istiod per
 // istiod pod, sidecars injected by istiod's webhook, and the emulator
-// playing only Envoy and istio-agent (emulator.Config.Istiod), with
+// playing only Envoy and istio-agent, with
 // certificates and endpoints from the istiods. The multi-primary ones over
 // two networks share one lab (realLab), the primary-remote ones another
 // (remoteLab) and the external control plane ones a third (externalLab),
@@ -215,7 +215,7 @@ func newScenario(t *testing.T, l *lab.Lab, dir string, real bool) *scenario {
 	for _, c := range l.Clusters() {
 		cs = append(cs, emulator.Cluster{Name: c.Name, Config: c.RESTConfig()})
 	}
-	em, err := emulator.New(emulator.Config{Clusters: cs, Istiod: real, Log: testWriter{t}})
+	em, err := emulator.New(emulator.Config{Clusters: cs, Log: testWriter{t}})
 	if err != nil {
 		t.Fatal(err)
 	}

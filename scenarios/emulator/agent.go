@@ -41,7 +41,7 @@ import (
 	"github.com/flotillamesh/flotilla/scenarios/lab"
 )
 
-// With Config.Istiod the emulator plays istio-agent for every pod that
+// The emulator plays istio-agent for every pod that
 // carries an istio-proxy container: it reads the container the injector
 // wrote (CA_ADDR, PROXY_CONFIG's discoveryAddress, ISTIO_META_*,
 // TRUST_DOMAIN), asks that istiod's CA for the workload certificate and

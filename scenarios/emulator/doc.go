@@ -1,46 +1,22 @@
-// Package emulator is the lab's data plane: what Envoy sidecars, east-west
-// gateways, istiod's endpoint discovery and CA (unless the lab runs real
-// istiods: Config.Istiod, below), kube-proxy and the helloworld app would
-// do, for clusters where none of them can run (kwok pods run no
-// containers).
+// Package emulator is the lab's data plane: what Envoy sidecars and
+// gateways, istio-agent, kube-proxy and the helloworld app would do, for
+// clusters where none of them can run (kwok pods run no containers). The
+// lab runs Istio itself (lab.Options.RealIstio): certificates, endpoints
+// and listeners come from the real istiods over their CA and xDS, and
+// injection from istiod's webhook; the emulator models no part of istiod.
 //
-// It decides everything from the clusters' APIs, never from flotilla's
-// state. Per cluster it reads every Sail Istio resource (revision,
-// namespace, profile, meshID, network, clusterName, trust domain,
-// remotePilotAddress, defaultRevision, pilot.enabled and pilot.env), and in
-// each one's namespace cacerts, the remote secrets (istio/multiCluster=true)
-// and istio-kubeconfig; namespace labels; gateway Services with their
-// load-balancer addresses, and the Istio Gateway and VirtualService
-// resources that say what those gateways do.
-//
-// Which istiod serves a pod: the revision its namespace selects
-// (istio.io/rev, or istio-injection=enabled for the default revision or
-// values.defaultRevision). When that Istio resource runs an istiod, it is
-// that one. When it is a remote (profile remote: a primary-remote's remote,
-// an external control plane's data-plane cluster), it is the istiod that
-// remotePilotAddress reaches: a gateway Service with that address in any
-// cluster, a Gateway opening 15012 on it, a VirtualService bound to that
-// Gateway routing 15012 to a Service istiod[-<revision>].<namespace>, and
-// the Istio resource of that revision and namespace. The istiod signs with
-// the cacerts of its own namespace in the cluster it runs in (an external
-// istiod: external-istiod on the control-plane cluster).
-//
-// What an istiod sees: its config cluster, read through the kubeconfig in
-// istio-kubeconfig (key config) when its namespace holds one (the chart
-// mounts it as KUBECONFIG; an external istiod reads its config cluster with
-// that secret's token), else the cluster it runs in; and every cluster its
-// remote secrets reach, with their reader tokens. It finds those secrets in
-// the cluster it runs in when EXTERNAL_ISTIOD and
-// LOCAL_CLUSTER_SECRET_WATCHER are set, else in its config cluster, and
-// ignores one for its own cluster ID (CLUSTER_ID, else clusterName).
+// It decides everything from the clusters' APIs and istiod's answers, never
+// from flotilla's state. Per cluster it reads nodes, namespaces, pods, and
+// the gateway Services (label istio) with their load-balancer addresses and
+// the Istio Gateway resources that select them.
 //
 // Addresses: a pod or node IP 10.L.b.c stands for loopback 127.L.(100+b).c
 // (lab.Loopback); nothing is ever sent to 10/8. Per pod:
 //
 //   - helloworld pods (image examples-helloworld-*) answer GET /hello on
 //     their container port at their loopback address. With a proxy the port
-//     takes mTLS with a workload certificate signed by the serving istiod's
-//     cacerts intermediate, and plaintext (PERMISSIVE).
+//     takes mTLS with the workload certificate istiod's CA issued, and
+//     plaintext (PERMISSIVE).
 //   - every running pod gets a capture listener at its own loopback
 //     address, port 15001, and a kwok Exec (lab.PodExec, owned by the pod)
 //     whose environment sets http_proxy to it: kwok runs processes exec'd in
@@ -58,23 +34,15 @@
 //     are several.
 //   - a cluster with a cross-network Gateway (15443, AUTO_PASSTHROUGH) and an
 //     east-west gateway Service with a load-balancer address gets a listener
-//     on address:15443 that routes by SNI outbound_.<port>_._.<host> to a
-//     local endpoint, passing TLS through.
+//     on address:15443 once istiod configured the gateway (below).
 //
-// Injection, without Config.Istiod: the emulator plays the sidecar
-// injector for pods a revision selects through their namespace
-// (istio.io/rev, or istio-injection=enabled), annotating them
-// sidecar.istio.io/status with that revision. Gateway pods (injection
-// template gateway, selected by their own labels) are the lab's: in a lab
-// without RealIstio its stand-in marks them once their revision's Sail
-// Istio resource exists (package lab, injection.go), running with or
-// without an emulator, so that flotilla's apply, which waits for its
-// gateways to be injected, passes in every lab. With Config.Istiod the
-// emulator marks nothing: istiod's webhook injects.
+// Injection is istiod's webhook's. Gateway pods (injection template
+// gateway, selected by their own labels) are marked by the lab's stand-in
+// only in labs without RealIstio (package lab, injection.go), where no
+// emulator runs, so that flotilla's apply, which waits for its gateways to
+// be injected, passes in every lab.
 //
-// With Config.Istiod (a lab with real istiods, lab.Options.RealIstio) the
-// emulator models no part of istiod's signing or endpoint discovery. For
-// every running pod with an istio-proxy container (native sidecar or
+// Per injected pod: for every running pod with an istio-proxy container (native sidecar or
 // classic) it plays istio-agent from what the injector wrote in that
 // container: CA_ADDR and PROXY_CONFIG's discoveryAddress (a Service name,
 // resolved to a ready endpoint at its loopback stand-in: in a remote, the
@@ -111,13 +79,13 @@
 // connection to an endpoint of the tcp_proxy cluster of the filter chain
 // that matches its SNI (passthrough.go): that is how a remote's proxies and
 // API server reach the primary's or the external istiod. Still read from
-// the clusters in that mode: which gateway Services take 15443 (a Gateway
+// the clusters: which gateway Services take 15443 (a Gateway
 // resource with AUTO_PASSTHROUGH selecting them, and their load-balancer
 // address), not from istiod's listeners; the inbound side accepts any peer
 // of the trust domain that chains to istiod's root (no authorization
 // policies are played).
 //
-// Ambient mode, with Config.Istiod (ztunnel.go, hbone.go): every running
+// Ambient mode (ztunnel.go, hbone.go): every running
 // pod of the ztunnel chart's DaemonSet gets a ztunnel that connects to
 // istiod as that pod (XDS_ADDRESS/CA_ADDRESS of its container, a token of
 // its service account for audience istio-ca bound to it, node ztunnel~...),
@@ -158,12 +126,4 @@
 // workload view (the cluster's ztunnel's), not from the gateway Envoy's
 // own listeners and clusters. Not played: waypoints, authorization
 // policies, hostname gateway addresses.
-//
-// Without Config.Istiod (flotilla-emulator without --istiod) the emulator
-// still plays istiod's part as described above; no scenario runs so any
-// more: every one in scenarios/ runs real istiods. Not modelled in that
-// mode: istiod's self-signed fallback CA (an istiod without cacerts here
-// has no CA and its proxies' calls fail), and injection webhooks failing
-// (a remote whose pilot address is wrong still gets its pods marked
-// injected; their proxies then have no config).
 package emulator

@@ -20,7 +20,7 @@ import (
 	"github.com/flotillamesh/flotilla/scenarios/emulator/workloadapi"
 )
 
-// Ambient multi-network (Config.Istiod): istiod gives each ztunnel, for a
+// Ambient multi-network: istiod gives each ztunnel, for a
 // global service, one coalesced workload per other network, with no
 // address and that network's gateway (the status address of its
 // istio-east-west Gateway) with its HBONE port. ztunnel reaches it by

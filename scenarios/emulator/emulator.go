@@ -2,12 +2,6 @@ package emulator
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,9 +19,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/flotillamesh/flotilla/pki"
 	"github.com/flotillamesh/flotilla/scenarios/lab"
 )
 
@@ -35,7 +27,7 @@ import (
 type Cluster struct {
 	Name string
 	// Config is an admin connection: the emulator acts as the cluster's
-	// kubelet, kube-proxy and in-cluster istiod with it, for this cluster only.
+	// kubelet, kube-proxy and Envoys with it, for this cluster only.
 	Config *rest.Config
 }
 
@@ -46,12 +38,6 @@ type Config struct {
 	SyncInterval time.Duration
 	// Log receives one line per listener change and per failed call; nil discards.
 	Log io.Writer
-	// Istiod says the clusters run real istiods (lab.Options.RealIstio):
-	// every pod with an istio-proxy container then takes its workload
-	// certificate from istiod's CA and its endpoints from istiod over xDS,
-	// as istio-agent and Envoy do (agent.go), and injection is left to
-	// istiod's webhook. Without it the emulator models istiod itself.
-	Istiod bool
 }
 
 // Emulator runs the lab's data plane until its context ends.
@@ -61,15 +47,13 @@ type Emulator struct {
 	world    atomic.Pointer[world]
 
 	mu        sync.Mutex
-	listeners map[string]*listener        // by address
-	certs     map[string]*tls.Certificate // by pod, signer and root
-	remotes   map[string]remoteClient     // by remote secret content
-	execs     map[string]bool             // kwok Execs written, by cluster/pod/uid/capture
-	agents    map[string]*agent           // Config.Istiod: by cluster/pod/uid
-	ztunnels  map[string]*ztunnel         // Config.Istiod: by cluster/pod/uid of the ztunnel pod
-	runCtx    context.Context             // Run's: agents live as long as it
-	kick      chan struct{}               // asks Run for a sync
-	rr        map[string]int              // round-robin position per client and service
+	listeners map[string]*listener // by address
+	execs     map[string]bool      // kwok Execs written, by cluster/pod/uid/capture
+	agents    map[string]*agent    // by cluster/pod/uid
+	ztunnels  map[string]*ztunnel  // by cluster/pod/uid of the ztunnel pod
+	runCtx    context.Context      // Run's: agents live as long as it
+	kick      chan struct{}        // asks Run for a sync
+	rr        map[string]int       // round-robin position per client and service
 	syncMu    sync.Mutex
 	lastSync  time.Time
 	// firstSeen is when the pod watch first saw a pod running, by UID: the
@@ -89,11 +73,6 @@ type world struct {
 	order []string
 }
 
-type remoteClient struct {
-	kube kubernetes.Interface
-	host string
-}
-
 type listener struct {
 	ln   net.Listener
 	kind string
@@ -110,8 +89,7 @@ func New(cfg Config) (*Emulator, error) {
 	if cfg.Log == nil {
 		cfg.Log = io.Discard
 	}
-	e := &Emulator{cfg: cfg, listeners: map[string]*listener{}, certs: map[string]*tls.Certificate{},
-		remotes: map[string]remoteClient{}, rr: map[string]int{}, execs: map[string]bool{}, agents: map[string]*agent{}, ztunnels: map[string]*ztunnel{},
+	e := &Emulator{cfg: cfg, listeners: map[string]*listener{}, rr: map[string]int{}, execs: map[string]bool{}, agents: map[string]*agent{}, ztunnels: map[string]*ztunnel{},
 		kick: make(chan struct{}, 1)}
 	for _, c := range cfg.Clusters {
 		rc := rest.CopyConfig(c.Config)
@@ -295,7 +273,7 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 				}
 				continue
 			}
-			ambient := e.cfg.Istiod && ambientPod(v, p)
+			ambient := ambientPod(v, p)
 			if ambient && redirected(p) {
 				if lb, ok := lab.Loopback(net.ParseIP(p.Status.PodIP)); ok {
 					addr := net.JoinHostPort(lb.String(), strconv.Itoa(hbonePort))
@@ -313,36 +291,24 @@ func (e *Emulator) reconcileListeners(ctx context.Context, w *world) {
 					want[addr], kinds[addr] = e.serverHandler(name, p.Namespace, p.Name), "pod "+name+"/"+p.Namespace+"/"+p.Name
 				}
 			}
-			if cp := v.injector(p); !e.cfg.Istiod && cp != nil && p.Annotations[sidecarStatus] == "" {
-				e.markInjected(ctx, name, p, cp)
-			}
-		}
-		if !e.cfg.Istiod && e.serving(w, v, v.cp) == nil {
-			continue // a gateway's Envoy without istiod has no config
 		}
 		for _, g := range v.gateways {
-			// With real istiods, a gateway's Envoy listens once istiod
-			// configured it: a gateway pod's agent is ready.
-			if g.crossNetwork && (!e.cfg.Istiod || e.gatewayAgent(name, g.selector) != nil) {
+			// A gateway's Envoy listens once istiod configured it: a
+			// gateway pod's agent is ready.
+			if g.crossNetwork && e.gatewayAgent(name, g.selector) != nil {
 				if lb, ok := lab.Dialable(net.ParseIP(g.address)); ok {
 					addr := net.JoinHostPort(lb.String(), strconv.Itoa(crossNetworkPort))
 					want[addr], kinds[addr] = e.gatewayHandler(name, g.selector), "gateway "+name
 				}
 			}
 		}
-		if e.cfg.Istiod {
-			e.eastWestListeners(name, v, want, kinds)
-		}
+		e.eastWestListeners(name, v, want, kinds)
 	}
-	if e.cfg.Istiod {
-		for _, name := range w.order {
-			e.passthroughListeners(w.views[name], want, kinds)
-		}
+	for _, name := range w.order {
+		e.passthroughListeners(w.views[name], want, kinds)
 	}
 	e.mu.Lock()
-	if e.cfg.Istiod {
-		e.syncAgents(w)
-	}
+	e.syncAgents(w)
 	for addr, l := range e.listeners {
 		if _, ok := want[addr]; !ok || kinds[addr] != l.kind {
 			l.ln.Close()
@@ -438,7 +404,7 @@ func agentKey(cluster string, p *corev1.Pod) string {
 	return cluster + "/" + p.Namespace + "/" + p.Name + "/" + string(p.UID)
 }
 
-// syncAgents (Config.Istiod; e.mu held) starts an agent for every running
+// syncAgents (e.mu held) starts an agent for every running
 // pod with an istio-proxy container and stops those of pods that are gone.
 // Agents start only under Run, whose context they live in.
 func (e *Emulator) syncAgents(w *world) {
@@ -477,7 +443,7 @@ func (e *Emulator) syncAgents(w *world) {
 	e.syncZtunnels(w)
 }
 
-// syncZtunnels (Config.Istiod; e.mu held) plays every running ztunnel pod
+// syncZtunnels (e.mu held) plays every running ztunnel pod
 // (ztunnel.go) and stops those of pods that are gone.
 func (e *Emulator) syncZtunnels(w *world) {
 	want := map[string]bool{}
@@ -546,7 +512,7 @@ func (e *Emulator) requestSync() {
 	}
 }
 
-// gatewayAgent (Config.Istiod) is the ready agent of a gateway pod of
+// gatewayAgent is the ready agent of a gateway pod of
 // cluster with label istio=selector, nil when there is none.
 func (e *Emulator) gatewayAgent(cluster, selector string) *agent {
 	e.mu.Lock()
@@ -565,18 +531,18 @@ func (e *Emulator) gatewayAgent(cluster, selector string) *agent {
 	return nil
 }
 
-// agentFor is the pod's agent (Config.Istiod), nil when it has none.
+// agentFor is the pod's agent, nil when it has none.
 func (e *Emulator) agentFor(cluster string, p *corev1.Pod) *agent {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.agents[agentKey(cluster, p)]
 }
 
-// proxyReady says whether the pod's sidecar is ready: always without
-// Config.Istiod or without a sidecar; else once its agent holds a
-// certificate from istiod and istiod's clusters and endpoints.
+// proxyReady says whether the pod's sidecar is ready: always without a
+// sidecar; else once its agent holds a certificate from istiod and
+// istiod's clusters and endpoints.
 func (e *Emulator) proxyReady(cluster string, p *corev1.Pod) bool {
-	if !e.cfg.Istiod || sidecarContainer(p) == nil {
+	if sidecarContainer(p) == nil {
 		return true
 	}
 	if isZtunnelPod(p) {
@@ -588,7 +554,7 @@ func (e *Emulator) proxyReady(cluster string, p *corev1.Pod) bool {
 	return a != nil && a.ready()
 }
 
-// Proxies reports what each pod's proxy got from istiod (Config.Istiod).
+// Proxies reports what each pod's proxy got from istiod.
 func (e *Emulator) Proxies() []ProxyStatus {
 	e.mu.Lock()
 	var agents []*agent
@@ -665,116 +631,6 @@ func (e *Emulator) closeAll() {
 		l.ln.Close()
 		delete(e.listeners, addr)
 	}
-}
-
-// markInjected records on the pod what Istio's injector would have: the
-// pod runs a sidecar, of control plane cp's revision. (kwok pods are
-// admitted without the webhook.)
-func (e *Emulator) markInjected(ctx context.Context, cluster string, p *corev1.Pod, cp *controlPlane) {
-	m := e.member(cluster)
-	status, _ := json.Marshal(map[string]any{"containers": []string{"istio-proxy"}, "initContainers": []string{"istio-init"}, "revision": cp.revision})
-	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{sidecarStatus: string(status)}}})
-	if _, err := m.kube.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		e.logf("%s: annotate pod %s/%s as injected: %v", cluster, p.Namespace, p.Name, err)
-	}
-}
-
-// serving returns the istiod that configures and certifies the proxies of
-// control plane cp in cluster v: cp's own when it runs one; for a remote or
-// data-plane cluster (profile remote), the istiod behind remotePilotAddress,
-// found as Istio routes it: a gateway Service with that address, a Gateway
-// opening 15012 on it, a VirtualService sending that port to an istiod
-// Service, and the Istio resource whose revision and namespace own that
-// Service. nil: the proxies get no config.
-func (e *Emulator) serving(w *world, v *clusterView, cp *controlPlane) *servingCP {
-	if cp == nil {
-		return nil
-	}
-	if cp.runsIstiod() {
-		return &servingCP{cluster: v.name, cp: cp}
-	}
-	if !cp.remote() || cp.remotePilotAddress == "" {
-		return nil
-	}
-	for _, name := range w.order {
-		p := w.views[name]
-		for _, g := range p.gateways {
-			if g.address != cp.remotePilotAddress || g.istiodHost == "" {
-				continue
-			}
-			svc, ns := serviceOf(g.istiodHost, g.istiodHostNS)
-			for _, c := range p.cps {
-				if c.runsIstiod() && c.namespace == ns && c.istiodService() == svc {
-					return &servingCP{cluster: p.name, cp: c}
-				}
-			}
-		}
-	}
-	return nil
-}
-
-// servingCP is an istiod: the cluster it runs in and its Istio resource.
-type servingCP struct {
-	cluster string
-	cp      *controlPlane
-}
-
-// workloadCert returns the pod's certificate from the serving istiod's CA,
-// made once per pod, signer and root.
-func (e *Emulator) workloadCert(s *servingCP, cluster string, p *corev1.Pod) (*tls.Certificate, pki.SPIFFEID, error) {
-	sa := p.Spec.ServiceAccountName
-	if sa == "" {
-		sa = "default"
-	}
-	id := pki.SPIFFEID{TrustDomain: s.cp.trustDomain, Namespace: p.Namespace, ServiceAccount: sa}
-	if s.cp.issuer == nil {
-		return nil, id, fmt.Errorf("istiod in %s has no CA: %v", s.cluster, s.cp.cacertsOK)
-	}
-	sum := sha256.Sum256([]byte(s.cp.rootsPEM))
-	key := cluster + "/" + p.Namespace + "/" + p.Name + "/" + string(p.UID) + "/" + s.cluster + "/" + hex.EncodeToString(sum[:8]) + "/" + id.String()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if c := e.certs[key]; c != nil {
-		return c, id, nil
-	}
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, id, err
-	}
-	wc, err := s.cp.issuer.SignWorkload(pki.WorkloadRequest{ID: id, PublicKey: k.Public()}, time.Now())
-	if err != nil {
-		return nil, id, fmt.Errorf("%s: sign workload certificate for %s: %w", s.cluster, id, err)
-	}
-	c := &tls.Certificate{PrivateKey: k, Leaf: wc.Cert}
-	for _, pemCert := range wc.Chain {
-		c.Certificate = append(c.Certificate, pemToDER(pemCert))
-	}
-	e.certs[key] = c
-	return c, id, nil
-}
-
-// remoteKube connects with a remote secret's kubeconfig, as istiod does.
-func (e *Emulator) remoteKube(rs remoteSecret) (remoteClient, error) {
-	sum := sha256.Sum256(rs.data)
-	key := hex.EncodeToString(sum[:])
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if c, ok := e.remotes[key]; ok {
-		return c, nil
-	}
-	cfg, err := clientcmd.RESTConfigFromKubeConfig(rs.data)
-	if err != nil {
-		return remoteClient{}, fmt.Errorf("remote secret %s: kubeconfig: %w", rs.name, err)
-	}
-	cfg.Timeout = 5 * time.Second
-	cfg.QPS, cfg.Burst = 100, 200
-	kc, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return remoteClient{}, fmt.Errorf("remote secret %s: %w", rs.name, err)
-	}
-	c := remoteClient{kube: kc, host: cfg.Host}
-	e.remotes[key] = c
-	return c, nil
 }
 
 func (e *Emulator) logf(format string, args ...any) {

@@ -26,7 +26,7 @@ import (
 // serves and connects to the app there.
 
 // callViaZtunnel makes a call from an ambient pod as its node's ztunnel
-// does (Config.Istiod): the source workload and the destination service
+// does: the source workload and the destination service
 // and its workloads as istiod's WDS gave them, and HBONE to the chosen
 // workload's 15008 with the source's certificate. A source or service
 // istiod's view lacks is refused, as ztunnel refuses an unknown source.

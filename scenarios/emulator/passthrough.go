@@ -20,7 +20,7 @@ import (
 	"github.com/flotillamesh/flotilla/scenarios/lab"
 )
 
-// With Config.Istiod a gateway's router also passes TLS through on the
+// A gateway's router also passes TLS through on the
 // ports its Gateway resources open in PASSTHROUGH mode (an east-west
 // gateway exposing istiod on 15012 and 15017 to remote clusters, the
 // control-plane cluster's ingress exposing an external istiod), as istiod
@@ -205,7 +205,7 @@ func (e *Emulator) passthroughHandler(cluster, selector string, port int32) func
 	}
 }
 
-// passthroughListeners (Config.Istiod) adds to want, per gateway of
+// passthroughListeners adds to want, per gateway of
 // cluster v with a ready router, a listener on its load-balancer address
 // for each Service port whose target port the router passes through.
 func (e *Emulator) passthroughListeners(v *clusterView, want map[string]func(net.Conn), kinds map[string]string) {

@@ -6,13 +6,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -20,7 +18,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/flotillamesh/flotilla/scenarios/lab"
 )
@@ -137,96 +134,31 @@ func (e *Emulator) call(ctx context.Context, cluster string, caller *podRef, req
 	}
 	path := req.URL.RequestURI()
 
-	injector := v.injector(client)
-	if e.cfg.Istiod && sidecarContainer(client) != nil {
+	if sidecarContainer(client) != nil {
 		return e.callAsProxy(ctx, cluster, client, host, port, svcName, ns, path)
 	}
-	if e.cfg.Istiod && ambientPod(v, client) && redirected(client) {
+	if ambientPod(v, client) && redirected(client) {
 		return e.callViaZtunnel(ctx, cluster, client, host, port, svcName, ns, path)
 	}
-	if injector == nil || e.cfg.Istiod {
-		cpNS := ""
-		if v.cp != nil {
-			cpNS = v.cp.namespace
-		}
-		eps, err := listEndpoints(ctx, cluster, m.kube, ns, svcName, portName, cpNS)
-		if err != nil {
-			return answer{http.StatusBadGateway, err.Error() + "\n"}
-		}
-		if len(eps) == 0 {
-			return answer{http.StatusBadGateway, "curl: (7) Failed to connect: no endpoints\n"}
-		}
-		ep := eps[e.next(cluster+"/kube-proxy/"+ns+"/"+svcName, len(eps))]
-		conn, err := dialEndpoint(ctx, ep.ip, ep.port)
-		if err != nil {
-			return answer{http.StatusBadGateway, fmt.Sprintf("curl: (7) Failed to connect: %v\n", err)}
-		}
-		defer conn.Close()
-		return roundTrip(conn, host, port, path)
-	}
-
-	s := e.serving(w, v, injector)
-	if s == nil {
-		return answer{http.StatusServiceUnavailable, fmt.Sprintf("no healthy upstream: the sidecar has no configuration (no istiod serves cluster %s at remotePilotAddress %q)\n", cluster, injector.remotePilotAddress)}
-	}
-	cert, _, err := e.workloadCert(s, cluster, client)
+	// Without a sidecar, kube-proxy.
+	eps, err := listEndpoints(ctx, cluster, m.kube, ns, svcName, portName)
 	if err != nil {
-		return envoyFailure("connection failure", err)
+		return answer{http.StatusBadGateway, err.Error() + "\n"}
 	}
-	eps, gws := e.meshView(ctx, s, ns, svcName, portName)
-	clientNet := injector.proxyNetwork()
-	type target struct {
-		ep      endpoint
-		gateway string
+	if len(eps) == 0 {
+		return answer{http.StatusBadGateway, "curl: (7) Failed to connect: no endpoints\n"}
 	}
-	var targets []target
-	allowed := map[string]bool{}
-	for _, ep := range eps {
-		allowed[fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", s.cp.trustDomain, ns, ep.sa)] = true
-		if ep.network == "" || clientNet == "" || ep.network == clientNet {
-			targets = append(targets, target{ep: ep})
-			continue
-		}
-		// istiod drops endpoints of networks it knows no gateway for, and
-		// of workloads without sidecars there (only mTLS passes through).
-		if g := gws[ep.network]; len(g) > 0 && ep.mtls {
-			targets = append(targets, target{ep: ep, gateway: g[0]})
-		}
-	}
-	if len(targets) == 0 {
-		return answer{http.StatusServiceUnavailable, "no healthy upstream\n"}
-	}
-	t := targets[e.next(cluster+"/"+client.Namespace+"/"+client.Name+"/"+ns+"/"+svcName, len(targets))]
-	var conn net.Conn
-	if t.gateway != "" {
-		conn, err = dialTCP(ctx, net.JoinHostPort(t.gateway, strconv.Itoa(crossNetworkPort)))
-	} else {
-		conn, err = dialEndpoint(ctx, t.ep.ip, t.ep.port)
-	}
+	ep := eps[e.next(cluster+"/kube-proxy/"+ns+"/"+svcName, len(eps))]
+	conn, err := dialEndpoint(ctx, ep.ip, ep.port)
 	if err != nil {
-		return envoyFailure("connection failure", err)
+		return answer{http.StatusBadGateway, fmt.Sprintf("curl: (7) Failed to connect: %v\n", err)}
 	}
 	defer conn.Close()
-	if !t.ep.mtls {
-		return roundTrip(conn, host, port, path)
-	}
-	sni := fmt.Sprintf("outbound_.%d_._.%s.%s.svc.cluster.local", port, svcName, ns)
-	tc := tls.Client(conn, &tls.Config{
-		Certificates: []tls.Certificate{*cert},
-		ServerName:   sni,
-		// Istio checks the peer's chain and SPIFFE identity, not a DNS name.
-		InsecureSkipVerify:    true,
-		VerifyPeerCertificate: verifyPeer(s.cp.roots, s.cp.trustDomain, allowed),
-		MinVersion:            tls.VersionTLS12,
-	})
-	if err := tc.HandshakeContext(ctx); err != nil {
-		return envoyFailure("connection failure", fmt.Errorf("TLS error: %w", err))
-	}
-	return roundTrip(tc, host, port, path)
+	return roundTrip(conn, host, port, path)
 }
 
-// callAsProxy makes a call as the client pod's Envoy, configured by istiod
-// (Config.Istiod): the outbound cluster's endpoints as istiod sent them
+// callAsProxy makes a call as the client pod's Envoy, configured by
+// istiod: the outbound cluster's endpoints as istiod sent them
 // (in another network, the east-west gateway at 15443 that istiod put in
 // their place), over the transport socket the cluster's matches pick for
 // the endpoint (Istio mTLS for tlsMode istio, with istiod's SNI and SANs),
@@ -277,73 +209,6 @@ func (e *Emulator) callAsProxy(ctx context.Context, cluster string, client *core
 	return roundTrip(tc, host, port, path)
 }
 
-// meshView is the serving istiod's view of a service: endpoints in its
-// config cluster (read through istio-kubeconfig when its namespace holds
-// one, else the cluster it runs in) and in every cluster its remote secrets
-// reach, and the cross-network gateways those clusters offer, by network.
-func (e *Emulator) meshView(ctx context.Context, s *servingCP, ns, svc, portName string) ([]endpoint, map[string][]string) {
-	type source struct {
-		name string
-		kube kubernetes.Interface
-	}
-	config := source{name: s.cp.clusterID(), kube: e.member(s.cluster).kube}
-	if s.cp.configKubeconfig != nil {
-		rc, err := e.remoteKube(*s.cp.configKubeconfig)
-		if err != nil {
-			e.logf("%s: istiod %s/%s: %v", s.cluster, s.cp.namespace, s.cp.revision, err)
-			return nil, nil
-		}
-		config.kube = rc.kube
-	}
-	secrets := s.cp.secrets
-	if s.cp.configKubeconfig != nil && !s.cp.localSecretWatcher() {
-		// istiod watches remote secrets in its config cluster.
-		list, err := config.kube.CoreV1().Secrets(s.cp.namespace).List(ctx, metav1.ListOptions{LabelSelector: multiClusterLabel + "=true"})
-		if err != nil {
-			e.logf("%s: istiod %s/%s: list remote secrets in config cluster %s: %v", s.cluster, s.cp.namespace, s.cp.revision, config.name, err)
-		} else {
-			secrets = remoteSecrets(config.name, list.Items)
-		}
-	}
-	sources := []source{config}
-	for _, rs := range secrets {
-		if rs.target == config.name {
-			continue // istiod ignores a secret for its own cluster
-		}
-		rc, err := e.remoteKube(rs)
-		if err != nil {
-			e.logf("%s: %v", s.cluster, err)
-			continue
-		}
-		sources = append(sources, source{name: rs.target, kube: rc.kube})
-	}
-	seen := map[string]bool{}
-	var eps []endpoint
-	gws := map[string][]string{}
-	for _, src := range sources {
-		if seen[src.name] {
-			continue
-		}
-		seen[src.name] = true
-		got, err := listEndpoints(ctx, src.name, src.kube, ns, svc, portName, s.cp.namespace)
-		if err != nil {
-			e.logf("%s: istiod: %v", s.cluster, err)
-			continue
-		}
-		eps = append(eps, got...)
-		g, err := networkGateways(ctx, src.name, src.kube, s.cp.namespace)
-		if err != nil {
-			e.logf("%s: istiod: %v", s.cluster, err)
-			continue
-		}
-		for n, addrs := range g {
-			gws[n] = append(gws[n], addrs...)
-		}
-	}
-	sort.SliceStable(eps, func(i, j int) bool { return eps[i].cluster+eps[i].ip < eps[j].cluster+eps[j].ip })
-	return eps, gws
-}
-
 // next is round-robin over n choices, per key.
 func (e *Emulator) next(key string, n int) int {
 	e.mu.Lock()
@@ -378,7 +243,7 @@ func (e *Emulator) serverHandler(cluster, ns, name string) func(net.Conn) {
 			return
 		}
 		var conn net.Conn = &peekedConn{Conn: c, r: br}
-		if first[0] == 0x16 && e.cfg.Istiod { // a TLS handshake record, to the sidecar istiod configured
+		if first[0] == 0x16 { // a TLS handshake record, to the sidecar istiod configured
 			a := e.agentFor(cluster, pod)
 			if a == nil {
 				return // the app speaks no TLS
@@ -392,28 +257,6 @@ func (e *Emulator) serverHandler(cluster, ns, name string) func(net.Conn) {
 				Certificates:          []tls.Certificate{*cert},
 				ClientAuth:            tls.RequireAnyClientCert,
 				VerifyPeerCertificate: a.withCRL(verifyPeer(roots, trustDomain, nil), roots),
-				MinVersion:            tls.VersionTLS12,
-			})
-			if err := tc.Handshake(); err != nil {
-				e.logf("%s: pod %s/%s: inbound TLS: %v", cluster, ns, name, err)
-				return
-			}
-			conn = tc
-		} else if first[0] == 0x16 { // a TLS handshake record
-			injector := v.injector(pod)
-			s := e.serving(w, v, injector)
-			if injector == nil || s == nil {
-				return // the app speaks no TLS
-			}
-			cert, _, err := e.workloadCert(s, cluster, pod)
-			if err != nil {
-				e.logf("%s: pod %s/%s: %v", cluster, ns, name, err)
-				return
-			}
-			tc := tls.Server(conn, &tls.Config{
-				Certificates:          []tls.Certificate{*cert},
-				ClientAuth:            tls.RequireAnyClientCert,
-				VerifyPeerCertificate: verifyPeer(s.cp.roots, s.cp.trustDomain, nil),
 				MinVersion:            tls.VersionTLS12,
 			})
 			if err := tc.Handshake(); err != nil {
@@ -437,63 +280,19 @@ func (e *Emulator) serverHandler(cluster, ns, name string) func(net.Conn) {
 
 // gatewayHandler is an east-west gateway's 15443 listener: AUTO_PASSTHROUGH
 // reads the SNI outbound_.<port>_._.<service host> and passes the TLS
-// stream, untouched, to a local endpoint of that service.
-//
-// With Config.Istiod the endpoints are those istiod sent the gateway's
-// Envoy for the cluster the SNI names (AUTO_PASSTHROUGH's SNI-DNAT
-// clusters are named as the SNI).
+// stream, untouched, to an endpoint istiod sent the gateway's Envoy for the
+// cluster the SNI names (AUTO_PASSTHROUGH's SNI-DNAT clusters are named as
+// the SNI).
 func (e *Emulator) gatewayHandler(cluster, selector string) func(net.Conn) {
 	return func(c net.Conn) {
 		sni, hello := peekSNI(c)
-		port, svc, ns, ok := parseSNI(sni)
-		if !ok {
+		if _, _, _, ok := parseSNI(sni); !ok {
 			e.logf("%s: gateway: SNI %q is not outbound_.<port>_._.<service>.<namespace>.svc.cluster.local", cluster, sni)
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		defer cancel()
-		if e.cfg.Istiod {
-			e.passThroughAsGateway(ctx, c, hello, cluster, selector, sni)
-			return
-		}
-		m := e.member(cluster)
-		v := e.world.Load().views[cluster]
-		if v == nil || v.cp == nil {
-			return
-		}
-		s, err := m.kube.CoreV1().Services(ns).Get(ctx, svc, metav1.GetOptions{})
-		if err != nil {
-			e.logf("%s: gateway: service %s/%s: %v", cluster, ns, svc, err)
-			return
-		}
-		portName := ""
-		for _, p := range s.Spec.Ports {
-			if int(p.Port) == port {
-				portName = p.Name
-			}
-		}
-		all, err := listEndpoints(ctx, cluster, m.kube, ns, svc, portName, v.cp.namespace)
-		if err != nil {
-			e.logf("%s: gateway: %v", cluster, err)
-			return
-		}
-		var eps []endpoint
-		for _, ep := range all {
-			if ep.mtls {
-				eps = append(eps, ep)
-			}
-		}
-		if len(eps) == 0 {
-			e.logf("%s: gateway: no endpoint with a sidecar for %s", cluster, sni)
-			return
-		}
-		ep := eps[e.next(cluster+"/gateway/"+ns+"/"+svc, len(eps))]
-		up, err := dialEndpoint(ctx, ep.ip, ep.port)
-		if err != nil {
-			e.logf("%s: gateway: %v", cluster, err)
-			return
-		}
-		passThrough(c, up, hello.Bytes())
+		e.passThroughAsGateway(ctx, c, hello, cluster, selector, sni)
 	}
 }
 
@@ -647,12 +446,4 @@ func (p *peekedConn) Write(b []byte) (int, error) {
 		return 0, io.ErrClosedPipe
 	}
 	return p.Conn.Write(b)
-}
-
-func pemToDER(b []byte) []byte {
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		return nil
-	}
-	return blk.Bytes
 }

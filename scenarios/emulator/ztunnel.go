@@ -59,7 +59,7 @@ const (
 	cniNodeValue              = "istio-cni-node"
 )
 
-// ztunnel plays one ztunnel DaemonSet pod (Config.Istiod): it connects to
+// ztunnel plays one ztunnel DaemonSet pod: it connects to
 // istiod as that pod (XDS_ADDRESS and CA_ADDRESS from its container, a
 // token of its service account for audience istio-ca bound to it, as the
 // chart's istio-token volume is), keeps istiod's workload view from the
@@ -97,7 +97,7 @@ func isZtunnelPod(p *corev1.Pod) bool {
 // pod itself) says istio.io/dataplane-mode=ambient, the pod does not opt
 // out with none, and it has no sidecar.
 func ambientPod(v *clusterView, p *corev1.Pod) bool {
-	if podHasSidecar(p) || isZtunnelPod(p) || p.Spec.HostNetwork {
+	if sidecarContainer(p) != nil || isZtunnelPod(p) || p.Spec.HostNetwork {
 		return false
 	}
 	if m, ok := p.Labels[dataplaneModeLabel]; ok {

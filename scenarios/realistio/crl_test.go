@@ -234,7 +234,7 @@ func startEmulatorLogged(t *testing.T, l *lab.Lab) *lines {
 		cs = append(cs, emulator.Cluster{Name: c.Name, Config: c.RESTConfig()})
 	}
 	log := &lines{t: t}
-	em, err := emulator.New(emulator.Config{Clusters: cs, Istiod: true, Log: log})
+	em, err := emulator.New(emulator.Config{Clusters: cs, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,7 +39,7 @@ const (
 // TestVerifyMultiPrimaryMultiNetwork runs flotilla's verify over a
 // multi-primary, multi-network mesh whose sidecars are configured by the
 // real istiods: the emulator plays only Envoy and istio-agent
-// (emulator.Config.Istiod), so each pod's certificate comes from its
+// (the lab runs real Istio), so each pod's certificate comes from its
 // istiod's CA and its endpoints from that istiod over xDS. Every request
 // of each side must be answered, by v1 and v2 both; the certificate each
 // helloworld pod presents must be the one istiod issued to it, signed by
@@ -209,7 +209,7 @@ func startEmulator(t *testing.T, l *lab.Lab) *emulator.Emulator {
 	for _, c := range l.Clusters() {
 		cs = append(cs, emulator.Cluster{Name: c.Name, Config: c.RESTConfig()})
 	}
-	em, err := emulator.New(emulator.Config{Clusters: cs, Istiod: true, Log: testLog{t}})
+	em, err := emulator.New(emulator.Config{Clusters: cs, Log: testLog{t}})
 	if err != nil {
 		t.Fatal(err)
 	}

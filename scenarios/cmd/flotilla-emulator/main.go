@@ -31,8 +31,14 @@ func run() error {
 	kubeconfig := flag.String("kubeconfig", os.Getenv("KUBECONFIG"), "the lab's kubeconfig (one context per cluster)")
 	contexts := flag.String("contexts", "", "comma-separated contexts (default: all)")
 	quiet := flag.Bool("quiet", false, "do not log listener changes and failed calls")
-	istiod := flag.Bool("istiod", false, "the lab runs real istiods (lab.Options.RealIstio): take workload certificates and endpoints from them")
+	// The emulator plays Envoy and istio-agent only: certificates and
+	// endpoints come from the lab's real istiods. The flag stays for the
+	// scripts that give it.
+	istiod := flag.Bool("istiod", true, "the lab runs real istiods (flotilla-lab --istio), which the emulator needs: it takes workload certificates and endpoints from them")
 	flag.Parse()
+	if !*istiod {
+		return fmt.Errorf("--istiod=false: the emulator no longer plays istiod; run the lab with real Istio (flotilla-lab --istio)")
+	}
 	if *kubeconfig == "" {
 		return fmt.Errorf("no kubeconfig: give --kubeconfig or set KUBECONFIG")
 	}
@@ -49,7 +55,7 @@ func run() error {
 		}
 		sort.Strings(names)
 	}
-	cfg := emulator.Config{Log: os.Stderr, Istiod: *istiod}
+	cfg := emulator.Config{Log: os.Stderr}
 	if *quiet {
 		cfg.Log = nil
 	}
