@@ -116,7 +116,7 @@ func RetireOtherMode(ctx context.Context, c *kube.Cluster, namespace string, amb
 	var deleted []string
 	for _, u := range stale {
 		ref := kube.ObjectRef(u)
-		gvr, _, err := c.Resource(u.GroupVersionKind())
+		gvr, _, err := c.Resource(ctx, u.GroupVersionKind())
 		if meta.IsNoMatchError(err) {
 			continue // no such CRDs: nothing of the kind was written
 		}

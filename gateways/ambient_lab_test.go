@@ -31,7 +31,7 @@ func TestLabAmbient(t *testing.T) {
 	reset := func() {
 		resetSail(t, clusters)
 		for _, c := range clusters {
-			gvr, _, err := c.Resource(ztunnelGVK)
+			gvr, _, err := c.Resource(ctx, ztunnelGVK)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -150,7 +150,7 @@ func TestLabDataplaneModeSwitch(t *testing.T) {
 	reset := func() {
 		resetSail(t, clusters)
 		for _, c := range clusters {
-			gvr, _, err := c.Resource(ztunnelGVK)
+			gvr, _, err := c.Resource(ctx, ztunnelGVK)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -167,7 +167,7 @@ func TestLabDataplaneModeSwitch(t *testing.T) {
 	sidecar := []deploy.Member{member("east", "primary", "network1"), member("west", "primary", "network2")}
 	exists := func(c *kube.Cluster, gvk schema.GroupVersionKind, name string) bool {
 		t.Helper()
-		gvr, _, err := c.Resource(gvk)
+		gvr, _, err := c.Resource(ctx, gvk)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -221,7 +221,7 @@ func TestLabDataplaneModeSwitch(t *testing.T) {
 		},
 	}}
 	east := clusters["east"]
-	gvr, _, err := east.Resource(deployment)
+	gvr, _, err := east.Resource(ctx, deployment)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,7 +73,7 @@ func UnexposeAPIServer(ctx context.Context, c *kube.Cluster, namespace string) (
 	var deleted []string
 	for _, u := range []*unstructured.Unstructured{APIServerGateway(namespace), APIServerVirtualService(namespace)} {
 		ref := kube.ObjectRef(u)
-		gvr, _, err := c.Resource(u.GroupVersionKind())
+		gvr, _, err := c.Resource(ctx, u.GroupVersionKind())
 		if meta.IsNoMatchError(err) {
 			continue // no Istio CRDs: nothing of the kind was written
 		}

@@ -54,7 +54,7 @@ func resetSail(t *testing.T, clusters map[string]*kube.Cluster) {
 			gvk  schema.GroupVersionKind
 			name string
 		}{{istioGVK, deploy.IstioName}, {istioGVK, deploy.ExternalIstiodName}, {istioCNIGVK, deploy.IstioCNIName}} {
-			gvr, _, err := c.Resource(x.gvk)
+			gvr, _, err := c.Resource(ctx, x.gvk)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -77,7 +77,7 @@ func prefixed(prefix string, opts deploy.Options) deploy.Options {
 // get reads an object of the plan back from the cluster.
 func get(ctx context.Context, t *testing.T, c *kube.Cluster, want *unstructured.Unstructured) *unstructured.Unstructured {
 	t.Helper()
-	gvr, namespaced, err := c.Resource(want.GroupVersionKind())
+	gvr, namespaced, err := c.Resource(ctx, want.GroupVersionKind())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +269,7 @@ func TestLabTopologies(t *testing.T) {
 			t.Run("expected Gateways with exact ports, modes and hosts", func(t *testing.T) {
 				for _, p := range res.Plans {
 					c := clusters[p.Cluster]
-					gvr, _, err := c.Resource(gatewayGVK)
+					gvr, _, err := c.Resource(ctx, gatewayGVK)
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -356,7 +356,7 @@ func TestLabDryRun(t *testing.T) {
 		for _, p := range res.Plans {
 			for _, o := range p.Objects() {
 				u := o.Unstructured()
-				gvr, namespaced, err := clusters[p.Cluster].Resource(u.GroupVersionKind())
+				gvr, namespaced, err := clusters[p.Cluster].Resource(ctx, u.GroupVersionKind())
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -597,7 +597,7 @@ func TestLabRenderApply(t *testing.T) {
 		c := clusters[p.Cluster]
 		for _, o := range append(append([]kube.Object(nil), p.Gateways...), p.ControlPlane...) {
 			u := o.Unstructured()
-			gvr, namespaced, err := c.Resource(u.GroupVersionKind())
+			gvr, namespaced, err := c.Resource(ctx, u.GroupVersionKind())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -656,7 +656,7 @@ func waitGone(ctx context.Context, t *testing.T, c *kube.Cluster, p ClusterPlan)
 	deadline := time.Now().Add(2 * time.Minute)
 	for _, o := range append(append([]kube.Object(nil), p.Gateways...), p.ControlPlane...) {
 		u := o.Unstructured()
-		gvr, namespaced, err := c.Resource(u.GroupVersionKind())
+		gvr, namespaced, err := c.Resource(ctx, u.GroupVersionKind())
 		if err != nil {
 			t.Fatal(err)
 		}

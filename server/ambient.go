@@ -41,7 +41,7 @@ var gatewayAPIGVK = schema.GroupVersionKind{Group: "gateway.networking.k8s.io", 
 
 func readAmbientGateway(ctx context.Context, kc *kube.Cluster, g *gateways.Gateway) *AmbientGatewayStatus {
 	out := &AmbientGatewayStatus{Namespace: g.Namespace, Name: g.Name}
-	gvr, _, err := kc.Resource(gatewayAPIGVK)
+	gvr, _, err := kc.Resource(ctx, gatewayAPIGVK)
 	if err != nil {
 		out.Error = fmt.Sprintf("%s: Gateway API: %v", kc.Name, err)
 		return out

@@ -72,7 +72,7 @@ func TestAmbientApplyLab(t *testing.T) {
 		resetSail(ctx, t, l)
 		for _, name := range []string{"east", "west"} {
 			kc := connectLab(t, l, name)
-			gvr, _, err := kc.Resource(schema.GroupVersionKind{Group: "sailoperator.io", Version: "v1", Kind: "ZTunnel"})
+			gvr, _, err := kc.Resource(ctx, schema.GroupVersionKind{Group: "sailoperator.io", Version: "v1", Kind: "ZTunnel"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -185,7 +185,7 @@ func TestAmbientApplyLab(t *testing.T) {
 	})
 
 	t.Run("check: an ambient gateway without the network label is found", func(t *testing.T) {
-		gvr, _, err := west.Resource(gatewayAPIGVK)
+		gvr, _, err := west.Resource(ctx, gatewayAPIGVK)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -171,7 +171,7 @@ func resetSail(ctx context.Context, t testing.TB, l *lab.Lab) {
 			t.Fatal(err)
 		}
 		for _, kind := range []string{"Istio", "IstioCNI"} {
-			gvr, _, err := c.Resource(schema.GroupVersionKind{Group: "sailoperator.io", Version: "v1", Kind: kind})
+			gvr, _, err := c.Resource(ctx, schema.GroupVersionKind{Group: "sailoperator.io", Version: "v1", Kind: kind})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -129,25 +130,45 @@ func (c *Cluster) DeleteOptions() metav1.DeleteOptions {
 	return o
 }
 
-// Resource maps a group/version/kind to its resource and whether it is namespaced.
-func (c *Cluster) Resource(gvk schema.GroupVersionKind) (schema.GroupVersionResource, bool, error) {
-	m, err := c.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-	if err != nil {
-		// A CRD installed after the first lookup is unknown to the cached mapper.
-		c.mapper.Reset()
-		m, err = c.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+// Resource maps a group/version/kind to its resource and whether it is
+// namespaced. Discovery does not heed a context (its client has a timeout
+// of its own), so the lookup runs apart and Resource returns once ctx is
+// done: a hub shutting down must not wait on an API server that hangs.
+func (c *Cluster) Resource(ctx context.Context, gvk schema.GroupVersionKind) (schema.GroupVersionResource, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return schema.GroupVersionResource{}, false, fmt.Errorf("%s: look up the API for %s: %w", c.Name, gvk, err)
 	}
-	if err != nil {
-		return schema.GroupVersionResource{}, false, fmt.Errorf("%s: no API for %s (is its CRD installed?): %w", c.Name, gvk, err)
+	type mapping struct {
+		m   *meta.RESTMapping
+		err error
 	}
-	return m.Resource, m.Scope.Name() == "namespace", nil
+	done := make(chan mapping, 1)
+	go func() {
+		m, err := c.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil {
+			// A CRD installed after the first lookup is unknown to the cached mapper.
+			c.mapper.Reset()
+			m, err = c.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		}
+		done <- mapping{m, err}
+	}()
+	var r mapping
+	select {
+	case <-ctx.Done():
+		return schema.GroupVersionResource{}, false, fmt.Errorf("%s: look up the API for %s: %w", c.Name, gvk, ctx.Err())
+	case r = <-done:
+	}
+	if r.err != nil {
+		return schema.GroupVersionResource{}, false, fmt.Errorf("%s: no API for %s (is its CRD installed?): %w", c.Name, gvk, r.err)
+	}
+	return r.m.Resource, r.m.Scope.Name() == "namespace", nil
 }
 
 // Apply server-side applies obj, of any kind, as c's manager, takes it
 // over from FieldManager where that is due (TakeOver), and returns the
 // object as stored.
 func (c *Cluster) Apply(ctx context.Context, obj *unstructured.Unstructured) (*unstructured.Unstructured, error) {
-	gvr, namespaced, err := c.Resource(obj.GroupVersionKind())
+	gvr, namespaced, err := c.Resource(ctx, obj.GroupVersionKind())
 	if err != nil {
 		return nil, err
 	}

@@ -85,7 +85,7 @@ func Custom(u *unstructured.Unstructured) Object {
 		setDigest(u, d)
 	}
 	return Object{u: u, digest: d, named: true, apply: func(ctx context.Context, c *Cluster) (metav1.Object, error) {
-		gvr, namespaced, err := c.Resource(u.GroupVersionKind())
+		gvr, namespaced, err := c.Resource(ctx, u.GroupVersionKind())
 		if err != nil {
 			return nil, err
 		}
@@ -152,26 +152,26 @@ func (o Object) TakeOver(ctx context.Context, c *Cluster, live metav1.Object) er
 	if c.DryRun || c.Manager() == FieldManager || live == nil || !Legacy(live) {
 		return nil
 	}
-	gvr, _, err := o.resource(c)
+	gvr, _, err := o.resource(ctx, c)
 	if err != nil {
 		return err
 	}
 	return c.TakeOver(ctx, gvr, live)
 }
 
-func (o Object) resource(c *Cluster) (schema.GroupVersionResource, bool, error) {
+func (o Object) resource(ctx context.Context, c *Cluster) (schema.GroupVersionResource, bool, error) {
 	if o.builtin {
 		// Built-in kinds are named regularly, and their typed apply needs no
 		// discovery either; discovery would not heed ctx.
 		gvr, _ := meta.UnsafeGuessKindToResource(o.u.GroupVersionKind())
 		return gvr, o.u.GetNamespace() != "", nil
 	}
-	return c.Resource(o.u.GroupVersionKind())
+	return c.Resource(ctx, o.u.GroupVersionKind())
 }
 
 // Get reads the object as it is stored in c; nil when it does not exist.
 func (o Object) Get(ctx context.Context, c *Cluster) (*unstructured.Unstructured, error) {
-	gvr, namespaced, err := o.resource(c)
+	gvr, namespaced, err := o.resource(ctx, c)
 	if err != nil {
 		return nil, err
 	}

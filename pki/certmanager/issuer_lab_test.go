@@ -151,7 +151,7 @@ func TestLabRemove(t *testing.T) {
 	}
 	t.Logf("removed %v", removed)
 	for _, gvk := range []schema.GroupVersionKind{certmanager.CertificateGVK, certmanager.CertificateRequestGVK, certmanager.IssuerGVK, v1alpha1.MeshIssuerGVK} {
-		gvr, _, err := west.Resource(gvk)
+		gvr, _, err := west.Resource(ctx, gvk)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -50,7 +50,7 @@ func CheckIssuer(ctx context.Context, c *kube.Cluster, namespace string, ref Iss
 	if err := ref.validate(); err != nil {
 		return fmt.Errorf("%s: %w", c.Name, err)
 	}
-	gvr, _, err := c.Resource(gvkOf(ref.kind()))
+	gvr, _, err := c.Resource(ctx, gvkOf(ref.kind()))
 	if err != nil {
 		return err
 	}
@@ -134,7 +134,7 @@ func InstallIssuerCRD(ctx context.Context, c *kube.Cluster) (served bool, err er
 		return false, err
 	}
 	if c.DryRun {
-		_, _, err := c.Resource(v1alpha1.MeshIssuerGVK)
+		_, _, err := c.Resource(ctx, v1alpha1.MeshIssuerGVK)
 		return err == nil, nil
 	}
 	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
@@ -147,7 +147,7 @@ func InstallIssuerCRD(ctx context.Context, c *kube.Cluster) (served bool, err er
 		for _, cond := range conds {
 			m, _ := cond.(map[string]any)
 			if m["type"] == "Established" && m["status"] == "True" {
-				_, _, err := c.Resource(v1alpha1.MeshIssuerGVK)
+				_, _, err := c.Resource(ctx, v1alpha1.MeshIssuerGVK)
 				return err == nil, nil
 			}
 		}
@@ -174,7 +174,7 @@ func removeLegacyRoot(ctx context.Context, c *kube.Cluster, ns string) (bool, er
 		}
 		removed = true
 	}
-	gvr, _, err := c.Resource(IssuerGVK)
+	gvr, _, err := c.Resource(ctx, IssuerGVK)
 	if err != nil {
 		return removed, err
 	}
@@ -198,7 +198,7 @@ func Certificate(ctx context.Context, c *kube.Cluster, namespace string) (*cmapi
 }
 
 func getCertificate(ctx context.Context, c *kube.Cluster, namespace, name string) (*cmapi.Certificate, error) {
-	gvr, _, err := c.Resource(CertificateGVK)
+	gvr, _, err := c.Resource(ctx, CertificateGVK)
 	if err != nil {
 		return nil, err
 	}
@@ -431,7 +431,7 @@ func deniedRequest(ctx context.Context, c *kube.Cluster, crt *cmapi.Certificate)
 	if issuing < 0 {
 		return nil
 	}
-	gvr, _, err := c.Resource(CertificateRequestGVK)
+	gvr, _, err := c.Resource(ctx, CertificateRequestGVK)
 	if err != nil {
 		return nil
 	}
@@ -482,7 +482,7 @@ func Renew(ctx context.Context, c *kube.Cluster, namespace string) error {
 	if err != nil {
 		return err
 	}
-	gvr, _, err := c.Resource(CertificateGVK)
+	gvr, _, err := c.Resource(ctx, CertificateGVK)
 	if err != nil {
 		return err
 	}

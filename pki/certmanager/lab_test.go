@@ -115,7 +115,7 @@ func TestLabIntermediatesAndProjection(t *testing.T) {
 		if seen < 2 {
 			t.Fatalf("looked at %d private keys: the walk missed the intermediates' secrets", seen)
 		}
-		gvr, _, err := east.Resource(certmanager.IssuerGVK)
+		gvr, _, err := east.Resource(ctx, certmanager.IssuerGVK)
 		if err != nil {
 			t.Fatal(err)
 		}

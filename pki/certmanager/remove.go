@@ -47,7 +47,7 @@ func Remove(ctx context.Context, c *kube.Cluster, namespace string) (Removed, er
 	secrets := schema.GroupVersionResource{Version: "v1", Resource: "secrets"}
 
 	certs := map[string]bool{}
-	if gvr, _, err := c.Resource(CertificateGVK); err == nil {
+	if gvr, _, err := c.Resource(ctx, CertificateGVK); err == nil {
 		list, err := c.Dynamic.Resource(gvr).Namespace(namespace).List(ctx, sel)
 		if err != nil {
 			return nil, fmt.Errorf("%s: list Certificates in %s: %w", c.Name, namespace, err)
@@ -61,7 +61,7 @@ func Remove(ctx context.Context, c *kube.Cluster, namespace string) (Removed, er
 			}
 		}
 	}
-	if gvr, _, err := c.Resource(CertificateRequestGVK); err == nil {
+	if gvr, _, err := c.Resource(ctx, CertificateRequestGVK); err == nil {
 		list, err := c.Dynamic.Resource(gvr).Namespace(namespace).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("%s: list CertificateRequests in %s: %w", c.Name, namespace, err)
@@ -74,7 +74,7 @@ func Remove(ctx context.Context, c *kube.Cluster, namespace string) (Removed, er
 		}
 	}
 	for _, gvk := range []schema.GroupVersionKind{IssuerGVK, v1alpha1.MeshIssuerGVK} {
-		gvr, _, err := c.Resource(gvk)
+		gvr, _, err := c.Resource(ctx, gvk)
 		if err != nil {
 			continue // kind not served: nothing of it to delete
 		}

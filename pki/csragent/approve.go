@@ -86,7 +86,7 @@ func (a *CertificateApprover) Reconcile(ctx context.Context, cr *cmapi.Certifica
 			"lastTransitionTime": time.Now().UTC().Format(time.RFC3339),
 		}}},
 	}}
-	gvr, _, err := a.Cluster.Resource(cmapi.SchemeGroupVersion.WithKind(cmapi.CertificateRequestKind))
+	gvr, _, err := a.Cluster.Resource(ctx, cmapi.SchemeGroupVersion.WithKind(cmapi.CertificateRequestKind))
 	if err != nil {
 		return false, err
 	}
@@ -116,7 +116,7 @@ func (a *CertificateApprover) certificateOf(ctx context.Context, cr *cmapi.Certi
 	if !slices.Contains(servingCertificates(), name) {
 		return nil, errNotOurs
 	}
-	gvr, _, err := a.Cluster.Resource(certmanager.CertificateGVK)
+	gvr, _, err := a.Cluster.Resource(ctx, certmanager.CertificateGVK)
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +195,7 @@ func decided(cr *cmapi.CertificateRequest) bool {
 // apply without a running hub does (the requests of Certificates written
 // by this apply appear later, and wait for the next apply or the hub).
 func (a *CertificateApprover) ApprovePending(ctx context.Context) (int, error) {
-	gvr, _, err := a.Cluster.Resource(cmapi.SchemeGroupVersion.WithKind(cmapi.CertificateRequestKind))
+	gvr, _, err := a.Cluster.Resource(ctx, cmapi.SchemeGroupVersion.WithKind(cmapi.CertificateRequestKind))
 	if err != nil {
 		return 0, err
 	}
@@ -223,7 +223,7 @@ func (a *CertificateApprover) ApprovePending(ctx context.Context) (int, error) {
 // Run watches the namespace's CertificateRequests until ctx ends and
 // approves each serving Certificate's request as it appears.
 func (a *CertificateApprover) Run(ctx context.Context) error {
-	gvr, _, err := a.Cluster.Resource(cmapi.SchemeGroupVersion.WithKind(cmapi.CertificateRequestKind))
+	gvr, _, err := a.Cluster.Resource(ctx, cmapi.SchemeGroupVersion.WithKind(cmapi.CertificateRequestKind))
 	if err != nil {
 		return err
 	}

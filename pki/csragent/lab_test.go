@@ -318,7 +318,7 @@ func TestLabWorkloadCertificate(t *testing.T) {
 	if life := leaf.NotAfter.Sub(leaf.NotBefore); life > time.Hour+time.Minute {
 		t.Errorf("leaf lives %s, asked for 1h", life)
 	}
-	gvr, _, err := e.kc.Resource(certmanager.CertificateRequestGVK)
+	gvr, _, err := e.kc.Resource(ctx, certmanager.CertificateRequestGVK)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,7 +74,7 @@ func New(opts Options) (*Server, error) {
 // for the watch's first list. CreateCertificate needs it.
 func (s *Server) Start(ctx context.Context) error {
 	c := s.opts.Cluster
-	gvr, _, err := c.Resource(cmapi.SchemeGroupVersion.WithKind(cmapi.CertificateRequestKind))
+	gvr, _, err := c.Resource(ctx, cmapi.SchemeGroupVersion.WithKind(cmapi.CertificateRequestKind))
 	if err != nil {
 		return err
 	}
