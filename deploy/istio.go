@@ -51,6 +51,7 @@ func sailResource(kind, name string, spec map[string]any) *unstructured.Unstruct
 // istio is a Sail Istio resource with values merged with the caller's extra
 // values (Options.Values, then Options.ClusterValues[cluster]).
 func (p *planner) istio(name, namespace, profile string, values map[string]any) *unstructured.Unstructured {
+	values = MergeValues(values, p.trustDomainValues())
 	values = MergeValues(values, p.opts.Values)
 	values = MergeValues(values, p.opts.ClusterValues[p.m.Name])
 	spec := map[string]any{
@@ -64,6 +65,19 @@ func (p *planner) istio(name, namespace, profile string, values map[string]any) 
 		spec["values"] = values
 	}
 	return sailResource("Istio", name, spec)
+}
+
+// trustDomainValues set meshConfig.trustDomain, on every Istio resource
+// whatever its role: istiod signs identities in its mesh config's trust
+// domain, and a remote's or data plane's mesh config is the one the
+// serving istiod injects with (and, for a config cluster, reads). The
+// default is left unwritten: Istio's charts default to cluster.local, so
+// meshes on it keep their Istio resources byte for byte.
+func (p *planner) trustDomainValues() map[string]any {
+	if td := p.opts.TrustDomain; td != "" && td != DefaultTrustDomain {
+		return map[string]any{"meshConfig": map[string]any{"trustDomain": td}}
+	}
+	return nil
 }
 
 func (p *planner) istioCNI() *unstructured.Unstructured {

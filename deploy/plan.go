@@ -29,7 +29,9 @@ const (
 	DefaultNamespace         = "istio-system"
 	DefaultExternalNamespace = "external-istiod"
 	DefaultCNINamespace      = "istio-cni"
-	DefaultAddressTimeout    = 2 * time.Minute
+	// DefaultTrustDomain is Istio's trust domain when meshConfig names none.
+	DefaultTrustDomain    = "cluster.local"
+	DefaultAddressTimeout = 2 * time.Minute
 )
 
 // Options are the mesh-wide settings of a plan.
@@ -48,6 +50,10 @@ type Options struct {
 	BeforeControlPlanes func(ctx context.Context) error
 	// MeshID is global.meshID.
 	MeshID string
+	// TrustDomain is meshConfig.trustDomain of every Istio resource: the
+	// SPIFFE trust domain istiod issues identities in. "" and
+	// DefaultTrustDomain write nothing, which Istio reads as cluster.local.
+	TrustDomain string
 	// Version is the Istio version, Sail's spec.version ("1.30.3" or "v1.30.3").
 	Version string
 	// Namespace is the control-plane namespace of primaries, remotes and

@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"cmp"
 	"errors"
 	"reflect"
 	"strings"
@@ -295,4 +296,59 @@ func planCluster(topology Topology, members []Member, cluster string, opts Optio
 		return ClusterPlan{}, err
 	}
 	return PlanCluster(l, cluster, opts, addrs)
+}
+
+// TestTrustDomain: a non-default trust domain reaches meshConfig.trustDomain
+// of every Istio resource of every role and topology (beside the values a
+// role already sets in meshConfig); the default, named or not, writes
+// nothing, so meshes on cluster.local keep their resources unchanged.
+func TestTrustDomain(t *testing.T) {
+	mp := []Member{member("east", "primary", "n1"), member("west", "primary", "n2")}
+	pr := []Member{member("east", "primary", "n1"), member("west", "remote", "n2")}
+	ecp := []Member{member("east", "control-plane", "n1"), member("west", "data-plane", "n1"), member("north", "data-plane", "n2")}
+	amb := []Member{ambientMember("east", "primary", "n1"), ambientMember("west", "primary", "n2")}
+	resources := []struct {
+		name     string
+		topology Topology
+		members  []Member
+		cluster  string
+		istio    string
+	}{
+		{"multi-primary", MultiPrimary, mp, "west", IstioName},
+		{"primary serving remotes", PrimaryRemote, pr, "east", IstioName},
+		{"remote", PrimaryRemote, pr, "west", IstioName},
+		{"control-plane cluster's own", ExternalControlPlane, ecp, "east", IstioName},
+		{"external istiod", ExternalControlPlane, ecp, "east", ExternalIstiodName},
+		{"config cluster", ExternalControlPlane, ecp, "west", ExternalIstiodName},
+		{"second data plane", ExternalControlPlane, ecp, "north", ExternalIstiodName},
+		{"ambient primary", MultiPrimary, amb, "east", IstioName},
+	}
+	for _, td := range []struct {
+		trustDomain string
+		want        any
+	}{
+		{"flotilla.example", "flotilla.example"},
+		{"cluster.local", nil},
+		{"", nil},
+	} {
+		for _, r := range resources {
+			t.Run(r.name+"/"+cmp.Or(td.trustDomain, "unset"), func(t *testing.T) {
+				opts := testOpts
+				opts.TrustDomain = td.trustDomain
+				p, err := planCluster(r.topology, r.members, r.cluster, opts, map[string]string{"east": "192.0.2.10"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				spec := istioSpec(t, p, r.istio)
+				if got := field(spec, "values.meshConfig.trustDomain"); !reflect.DeepEqual(got, td.want) {
+					t.Errorf("values.meshConfig.trustDomain = %#v, want %#v", got, td.want)
+				}
+				if r.istio == ExternalIstiodName && r.cluster == "east" {
+					if got := field(spec, "values.meshConfig.rootNamespace"); got != "external-istiod" {
+						t.Errorf("values.meshConfig.rootNamespace = %#v, want the external istiod's namespace beside the trust domain", got)
+					}
+				}
+			})
+		}
+	}
 }

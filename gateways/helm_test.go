@@ -102,3 +102,54 @@ func field(m map[string]any, path string) any {
 	v, _, _ := unstructured.NestedFieldNoCopy(m, strings.Split(path, ".")...)
 	return v
 }
+
+// TestHelmTrustDomain: every istiod release of every topology carries the
+// plan's trust domain in meshConfig.trustDomain, as the Sail resources do,
+// and the rendered values file holds it.
+func TestHelmTrustDomain(t *testing.T) {
+	opts := deploy.Options{MeshID: "mesh1", Version: "1.30.3", TrustDomain: "flotilla.example"}
+	tests := []struct {
+		name     string
+		topology deploy.Topology
+		members  []deploy.Member
+		istiods  int
+	}{
+		{"multi-primary", deploy.MultiPrimary, []deploy.Member{member("east", "primary", "n1"), member("west", "primary", "n2")}, 2},
+		{"primary-remote", deploy.PrimaryRemote, []deploy.Member{member("east", "primary", "n1"), member("west", "remote", "n2")}, 2},
+		{"external control plane", deploy.ExternalControlPlane, []deploy.Member{member("east", "control-plane", "n0"), member("west", "data-plane", "n1")}, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			plans, err := planMesh(tt.topology, tt.members, opts, map[string]string{"east": "192.0.2.10"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			for _, p := range plans {
+				for _, r := range p.HelmReleases() {
+					if r.Chart != "istiod" {
+						continue
+					}
+					n++
+					if got := field(r.Values, "meshConfig.trustDomain"); got != "flotilla.example" {
+						t.Errorf("%s: release %s: meshConfig.trustDomain = %#v, want flotilla.example", p.Cluster, r.Name, got)
+					}
+				}
+			}
+			if n != tt.istiods {
+				t.Errorf("%d istiod releases, want %d", n, tt.istiods)
+			}
+			dir := t.TempDir()
+			if _, err := RenderHelm(dir, plans, "1.30.3"); err != nil {
+				t.Fatal(err)
+			}
+			data, err := os.ReadFile(filepath.Join(dir, "helm", "west", "istiod"+map[bool]string{true: "-external-istiod"}[tt.topology == deploy.ExternalControlPlane]+".values.yaml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(data), "trustDomain: flotilla.example") {
+				t.Errorf("west's istiod values file lacks the trust domain:\n%s", data)
+			}
+		})
+	}
+}

@@ -120,10 +120,11 @@ func PlanControlPlanes(m *spec.Mesh) ([]gateways.ClusterPlan, error) {
 // deployOptions are the control-plane settings of m.
 func deployOptions(m *spec.Mesh) deploy.Options {
 	o := deploy.Options{
-		MeshID:    m.Spec.MeshID,
-		Version:   istioVersion(m),
-		Namespace: m.Spec.ControlPlaneNamespace,
-		Exposure:  map[string]gateways.Exposure{},
+		MeshID:      m.Spec.MeshID,
+		TrustDomain: m.Spec.TrustDomain,
+		Version:     istioVersion(m),
+		Namespace:   m.Spec.ControlPlaneNamespace,
+		Exposure:    map[string]gateways.Exposure{},
 	}
 	if csrAgentOf(m) != nil {
 		// istiod's own CA off; istiod and the proxies ask the csr-agent.
