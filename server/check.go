@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -156,6 +157,10 @@ func diagnose(p *plan, st *Status, now time.Time) []Check {
 			by := plans[c.Name].AddressOf
 			ic.Message = fmt.Sprintf("global.remotePilotAddress %q, want %s's gateway address %s", c.Istio.RemotePilotAddress, by, gatewayOf[by])
 			ic.Hint = fmt.Sprintf("run flotilla apply: %s's injection webhook and proxies reach the istiod serving it at that address, through %s's gateway", c.Name, by)
+		case cmp.Or(c.Istio.TrustDomain, deploy.DefaultTrustDomain) != cmp.Or(p.TrustDomain, deploy.DefaultTrustDomain):
+			// Unset is Istio's default, cluster.local.
+			ic.Message = fmt.Sprintf("meshConfig.trustDomain %q, want %q", cmp.Or(c.Istio.TrustDomain, deploy.DefaultTrustDomain), cmp.Or(p.TrustDomain, deploy.DefaultTrustDomain))
+			ic.Hint = "run flotilla apply"
 		default:
 			ic.OK = true
 		}
@@ -164,6 +169,9 @@ func diagnose(p *plan, st *Status, now time.Time) []Check {
 			add(*ck)
 		}
 		if ck := istiodCACheck(c); ck != nil {
+			add(*ck)
+		}
+		if ck := istiodTrustDomainCheck(c, cmp.Or(p.TrustDomain, deploy.DefaultTrustDomain)); ck != nil {
 			add(*ck)
 		}
 		if ck := istiodNetworksCheck(c, gatewayNetworks(p, plans, c.Name), p.Layout.Ambient()); ck != nil {

@@ -382,3 +382,43 @@ spec:
 		})
 	}
 }
+
+// TestIstiodTrustDomainCheck: an istiod whose active mesh config names
+// another trust domain than the spec's fails; one that did not answer its
+// mesh config (or could not be read at all) is not judged.
+func TestIstiodTrustDomainCheck(t *testing.T) {
+	view := func(td, errMsg string) IstiodView {
+		return IstiodView{Namespace: "istio-system", Pod: "istiod-1", TrustDomain: td, Error: errMsg}
+	}
+	tests := []struct {
+		name    string
+		istiods []IstiodView
+		want    string
+		ok      *bool
+		message string
+	}{
+		{"no istiod", nil, "flotilla.example", nil, ""},
+		{"mesh config not read", []IstiodView{view("", "")}, "flotilla.example", nil, ""},
+		{"unreadable istiod is istiodCheck's", []IstiodView{view("cluster.local", "forbidden")}, "flotilla.example", nil, ""},
+		{"spec's domain", []IstiodView{view("flotilla.example", "")}, "flotilla.example", ptrBool(true), "spiffe://flotilla.example/... (istio-system/istiod-1)"},
+		{"default domain", []IstiodView{view("cluster.local", "")}, "cluster.local", ptrBool(true), "spiffe://cluster.local/"},
+		{"istiod kept cluster.local", []IstiodView{view("cluster.local", "")}, "flotilla.example", ptrBool(false), "issues spiffe://cluster.local/... identities (its mesh config's trustDomain), not the spec's trust domain flotilla.example"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := istiodTrustDomainCheck(ClusterStatus{Name: "east", Istiods: tc.istiods}, tc.want)
+			if (got == nil) != (tc.ok == nil) {
+				t.Fatalf("check = %+v, want ok %v", got, tc.ok)
+			}
+			if got == nil {
+				return
+			}
+			if got.OK != *tc.ok || !strings.Contains(got.Message, tc.message) {
+				t.Errorf("check = ok %v %q, want ok %v containing %q", got.OK, got.Message, *tc.ok, tc.message)
+			}
+			if !got.OK && !strings.Contains(got.Hint, "meshConfig.trustDomain") {
+				t.Errorf("hint %q does not name meshConfig.trustDomain", got.Hint)
+			}
+		})
+	}
+}

@@ -39,8 +39,12 @@ type IstiodView struct {
 	Roots []string `json:"roots,omitempty"`
 	// SelfSignedCA: istiod's namespace holds istio-ca-secret, the CA istiod
 	// generates for itself when it starts without cacerts.
-	SelfSignedCA bool   `json:"selfSignedCA,omitempty"`
-	Error        string `json:"error,omitempty"`
+	SelfSignedCA bool `json:"selfSignedCA,omitempty"`
+	// TrustDomain is the trust domain of istiod's active mesh config
+	// (/debug/mesh), the one its CA puts in the SPIFFE identities it
+	// issues; empty when istiod did not answer it.
+	TrustDomain string `json:"trustDomain,omitempty"`
+	Error       string `json:"error,omitempty"`
 }
 
 // NetworkGateway is one entry of istiod's /debug/networkz.
@@ -103,7 +107,7 @@ func readIstiods(ctx context.Context, kc *kube.Cluster, ambient bool) ([]IstiodV
 			v.Error = err.Error()
 		} else if err := readIstiodCA(ctx, kc, &v); err != nil {
 			v.Error = err.Error()
-		} else if ambient {
+		} else if v.TrustDomain = readIstiodTrustDomain(ctx, kc, &p); ambient {
 			if err := readAmbientz(ctx, kc, &p, &v); err != nil {
 				v.Error = err.Error()
 			}
@@ -152,6 +156,23 @@ func readIstiodCA(ctx context.Context, kc *kube.Cluster, v *IstiodView) error {
 		return fmt.Errorf("%s: read secret %s/%s: %w", kc.Name, v.Namespace, istioSelfSignedCA, err)
 	}
 	return nil
+}
+
+// readIstiodTrustDomain is the trust domain of istiod's active mesh
+// config, or "" when it cannot be read: the view stays usable without it,
+// and the trust-domain check then says nothing of this istiod.
+func readIstiodTrustDomain(ctx context.Context, kc *kube.Cluster, p *corev1.Pod) string {
+	body, err := kc.Kube.CoreV1().Pods(p.Namespace).ProxyGet("http", p.Name, strconv.Itoa(monitoringPort(p)), "/debug/mesh", nil).DoRaw(ctx)
+	if err != nil {
+		return ""
+	}
+	var mesh struct {
+		TrustDomain string `json:"trustDomain"`
+	}
+	if json.Unmarshal(body, &mesh) != nil {
+		return ""
+	}
+	return mesh.TrustDomain
 }
 
 func monitoringPort(p *corev1.Pod) int {
@@ -259,6 +280,35 @@ func istiodCACheck(c ClusterStatus) *Check {
 	}
 	ck.OK = true
 	ck.Message = "signs under root " + short(c.RootFingerprint)
+	return ck
+}
+
+// istiodTrustDomainCheck says whether the cluster's istiods issue
+// identities in the spec's trust domain (want), as their active mesh config
+// says. Nil when no istiod told its mesh config.
+func istiodTrustDomainCheck(c ClusterStatus, want string) *Check {
+	ck := &Check{Name: "istiod issues the mesh's trust domain", Cluster: c.Name}
+	var problems, seen []string
+	for _, v := range c.Istiods {
+		if v.Error != "" || v.TrustDomain == "" {
+			continue
+		}
+		seen = append(seen, v.Namespace+"/"+v.Pod)
+		if v.TrustDomain != want {
+			problems = append(problems, fmt.Sprintf("istiod %s/%s issues spiffe://%s/... identities (its mesh config's trustDomain), not the spec's trust domain %s", v.Namespace, v.Pod, v.TrustDomain, want))
+		}
+	}
+	if len(seen) == 0 {
+		return nil
+	}
+	if len(problems) > 0 {
+		sort.Strings(problems)
+		ck.Message = strings.Join(problems, "; ")
+		ck.Hint = "istiod takes its trust domain from meshConfig.trustDomain of its Istio resource (the istio ConfigMap its chart renders): run flotilla apply; if the resource already names " + want + ", look for another tool's values overriding it. Workloads keep their old identities until their certificates renew"
+		return ck
+	}
+	ck.OK = true
+	ck.Message = "spiffe://" + want + "/... (" + strings.Join(seen, ", ") + ")"
 	return ck
 }
 

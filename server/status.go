@@ -100,6 +100,9 @@ type IstioStatus struct {
 	// RemotePilotAddress is global.remotePilotAddress: where a remote's
 	// (or a data plane's) webhooks and proxies reach the istiod serving it.
 	RemotePilotAddress string `json:"remotePilotAddress,omitempty"`
+	// TrustDomain is spec.values.meshConfig.trustDomain; "" is unset
+	// (cluster.local).
+	TrustDomain string `json:"trustDomain,omitempty"`
 }
 
 // RemoteSecretStatus is one remote secret a cluster holds.
@@ -353,6 +356,7 @@ func istioStatus(u *unstructured.Unstructured) *IstioStatus {
 	s.ClusterName, _, _ = unstructured.NestedString(u.Object, "spec", "values", "global", "multiCluster", "clusterName")
 	s.Network, _, _ = unstructured.NestedString(u.Object, "spec", "values", "global", "network")
 	s.RemotePilotAddress, _, _ = unstructured.NestedString(u.Object, "spec", "values", "global", "remotePilotAddress")
+	s.TrustDomain, _, _ = unstructured.NestedString(u.Object, "spec", "values", "meshConfig", "trustDomain")
 	return s
 }
 
