@@ -135,19 +135,7 @@ func TestMultiPrimaryMultiNetwork(t *testing.T) {
 // parsed spec; the apply must succeed in every cluster.
 func applyMultiPrimary(t *testing.T, ctx context.Context, l *lab.Lab) (*server.Hub, *spec.Mesh) {
 	t.Helper()
-	doc := fmt.Sprintf(`apiVersion: flotilla.dev/v1alpha1
-kind: Mesh
-metadata: {name: mesh1}
-spec:
-  meshID: mesh1
-  topology: multi-primary
-  allowLoopbackAPIServers: true
-  pki: {keyAlgorithm: ECDSA-P256}
-  clusters:
-  - {name: east, context: east, network: network1, kubeconfig: %[1]s}
-  - {name: west, context: west, network: network2, kubeconfig: %[1]s}
-`, l.Kubeconfig)
-	return applyDoc(t, ctx, l, doc)
+	return applyDoc(t, ctx, l, multiPrimaryDoc(l, ""))
 }
 
 // applyDoc applies the mesh spec doc to the lab with the hub whose state

@@ -27,13 +27,20 @@ const labTrustDomain = "flotilla.example"
 // carries spiffe://flotilla.example/ns/sample/sa/default, istiod's CDS
 // names that identity as helloworld's, verify crosses both clusters with
 // no failure, and flotilla check reads the domain from each istiod. The
-// lab is put back on cluster.local afterwards for the package's other tests.
+// lab is then put back on cluster.local (for the package's other tests),
+// and checking the flotilla.example spec against it must fail, naming
+// cluster.local, in both clusters.
 func TestTrustDomain(t *testing.T) {
 	l := testLab.Get(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	h, m := applyDoc(t, ctx, l, multiPrimaryDoc(l, "  trustDomain: "+labTrustDomain+"\n"))
-	t.Cleanup(func() { restoreTrustDomain(t, l, h) })
+	restored := false
+	t.Cleanup(func() {
+		if !restored {
+			restoreTrustDomain(t, l, h)
+		}
+	})
 
 	istiods := map[string]lab.IstiodInfo{}
 	for _, c := range l.Clusters() {
@@ -130,6 +137,32 @@ func TestTrustDomain(t *testing.T) {
 	for _, c := range []string{"east", "west"} {
 		if !read[c] {
 			t.Errorf("check did not read istiod's trust domain in %s", c)
+		}
+	}
+
+	// Negative control: with the lab back on cluster.local, checking the
+	// flotilla.example spec finds each istiod issuing cluster.local.
+	removeSample(t, l)
+	restoreTrustDomain(t, l, h)
+	restored = true
+	checks, err = h.Check(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := map[string]bool{}
+	for _, c := range checks {
+		if c.Name == "istiod issues the mesh's trust domain" || c.Name == "Istio resource consistent" {
+			t.Logf("against cluster.local: check %s [%s]: ok %v: %s", c.Name, c.Cluster, c.OK, c.Message)
+			if !c.OK && strings.Contains(c.Message, "cluster.local") {
+				failed[c.Name+" ["+c.Cluster+"]"] = true
+			}
+		}
+	}
+	for _, name := range []string{"istiod issues the mesh's trust domain", "Istio resource consistent"} {
+		for _, c := range []string{"east", "west"} {
+			if !failed[name+" ["+c+"]"] {
+				t.Errorf("check %q [%s] did not fail naming cluster.local while istiod runs on it (failed: %v)", name, c, failed)
+			}
 		}
 	}
 }
