@@ -22,13 +22,14 @@ const labTrustDomain = "flotilla.example"
 // TestTrustDomain applies the multi-primary, multi-network mesh with
 // trustDomain flotilla.example and reads what real Istio makes of it: the
 // istio ConfigMap the chart renders from the Istio resource names the
-// domain, istiod's active mesh config (/debug/mesh) has it, every sample
-// pod's certificate, which the emulator's agent gets from istiod's CA,
-// carries spiffe://flotilla.example/ns/sample/sa/default, istiod's CDS
-// names that identity as helloworld's, verify crosses both clusters with
-// no failure, and flotilla check reads the domain from each istiod. The
-// lab is then put back on cluster.local (for the package's other tests),
-// and checking the flotilla.example spec against it must fail, naming
+// domain, a second apply changes nothing, istiod's active mesh config
+// (/debug/mesh) has it, every sample pod's certificate, which the
+// emulator's agent gets from istiod's CA, carries
+// spiffe://flotilla.example/ns/sample/sa/<its account>, istiod's CDS names
+// helloworld's identity in it, verify crosses both clusters with no
+// failure, and flotilla check reads the domain from each istiod. The lab is
+// then put back on cluster.local (for the package's other tests), and
+// checking the flotilla.example spec against it must fail, naming
 // cluster.local, in both clusters.
 func TestTrustDomain(t *testing.T) {
 	l := testLab.Get(t)
@@ -49,15 +50,34 @@ func TestTrustDomain(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitReconciled(t, ctx, kc, c, "default")
-		cm, err := kc.Kube.CoreV1().ConfigMaps("istio-system").Get(ctx, "istio", metav1.GetOptions{})
+		// waitReconciled may see the previous generation's condition when
+		// the lab ran the mesh on cluster.local before: wait for the render.
+		var mesh string
+		err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+			cm, err := kc.Kube.CoreV1().ConfigMaps("istio-system").Get(ctx, "istio", metav1.GetOptions{})
+			if err != nil {
+				return false, nil
+			}
+			mesh = cm.Data["mesh"]
+			return strings.Contains(mesh, "trustDomain: "+labTrustDomain), nil
+		})
 		if err != nil {
-			t.Fatalf("%s: mesh config: %v", c.Name, err)
-		}
-		if !strings.Contains(cm.Data["mesh"], "trustDomain: "+labTrustDomain) {
-			t.Errorf("%s: ConfigMap istio-system/istio rendered by the chart lacks trustDomain %s:\n%s", c.Name, labTrustDomain, cm.Data["mesh"])
+			t.Errorf("%s: ConfigMap istio-system/istio rendered by the chart lacks trustDomain %s:\n%s", c.Name, labTrustDomain, mesh)
 		}
 		istiods[c.Name] = waitIstiodReady(t, ctx, c)
 		waitIstiodTrustDomain(t, ctx, c.Name, istiods[c.Name], labTrustDomain)
+	}
+	// The rendered trust domain round-trips through the Sail CRD's schema:
+	// applying the same spec again changes nothing.
+	rep, err := h.Apply(ctx, m, server.ApplyOptions{})
+	if err == nil {
+		err = rep.Err()
+	}
+	if err != nil {
+		t.Fatalf("second apply: %v", err)
+	}
+	if n := rep.Changes(); n != 0 {
+		t.Errorf("second apply of the flotilla.example spec counted %d changes, want 0: %+v", n, rep.Steps)
 	}
 	em := startEmulator(t, l)
 
