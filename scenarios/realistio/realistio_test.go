@@ -170,6 +170,11 @@ func waitReconciled(t *testing.T, ctx context.Context, kc *kube.Cluster, c *lab.
 		if err != nil {
 			return false, nil
 		}
+		// Reconciled speaks of the generation sail-lab last observed: after
+		// a spec change, an older Reconciled is not this one's.
+		if obs, _, _ := unstructured.NestedInt64(u.Object, "status", "observedGeneration"); obs != u.GetGeneration() {
+			return false, nil
+		}
 		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
 		for _, co := range conds {
 			cm, _ := co.(map[string]any)
